@@ -1,0 +1,1073 @@
+//! Public HTTPS URLs through Caddy (issue 4).
+//!
+//! Every VM gets `https://<name>.<public-ip-with-dashes>.<suffix>` (for example
+//! `https://cosmic-nova.64-34-93-45.sslip.io`), which Caddy reverse-proxies to
+//! `<guest-ip>:<guest_port>`. Wildcard DNS services such as sslip.io resolve the
+//! name to the IP written in it, so no DNS record has to be made, and Caddy
+//! obtains the certificate itself.
+//!
+//! # What fcm owns
+//!
+//! fcm owns one file per VM, `<sites_dir>/<name>.caddy`, and nothing else. The
+//! user's main Caddyfile gets a single `import <sites_dir>/*.caddy` line,
+//! appended once by [`Caddy::ensure_import`] when no line reads exactly that;
+//! after that first append fcm never writes the main Caddyfile again, so it stays
+//! byte-identical while VMs come and go, and the user's own sites are never
+//! rewritten. `sites_dir` must be an absolute path of `[A-Za-z0-9._/-]` so that
+//! the import line needs no quoting.
+//!
+//! # Changing a site
+//!
+//! A change writes the VM's file atomically, runs `caddy validate` on the main
+//! Caddyfile, then `caddy reload --address <admin>`. If either fails (Caddy not
+//! installed, not running, or rejecting the result), the VM's file is put back as
+//! it was (removed, or its previous content restored) and the error is returned;
+//! the daemon reports it as a warning ("URL not live: ...") and the VM works
+//! without its URL. Every Caddy command runs with a deadline. Changes are
+//! serialised by a lock inside [`Caddy`], so one value can be shared by threads.
+//!
+//! # Stopped VMs
+//!
+//! While a VM is stopped its site file is rewritten to a static response,
+//! `503 VM <name> is stopped: run `fcm start <name>``, so the URL answers at once
+//! instead of waiting for a guest that is not there ([`Caddy::set_stopped`]).
+//! A running VM's site proxies to the guest, and a `handle_errors` block turns a
+//! guest that does not answer (still booting, no web server on the port) into a
+//! `502` page that says so, rather than Caddy's empty error.
+//!
+//! # Names
+//!
+//! Only a [`VmName`] (`[a-z0-9-]`) and IP addresses reach a site file, and the
+//! rendered domain is checked again to be dot-separated `[a-z0-9-]` labels, since
+//! the suffix comes from the configuration.
+//!
+//! # Public IP
+//!
+//! `caddy.public_ip` when set; otherwise it is detected once, in [`Caddy::new`],
+//! from the `src` of `ip -4 route get 1.1.1.1` (a route lookup: no packet is
+//! sent). Behind NAT this is a private address and `public_ip` should be set.
+//! Without a default route fcm falls back to 127.0.0.1 and says so through
+//! [`Caddy::public_ip_source`].
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::host::{self, HostError};
+use crate::names::VmName;
+
+/// Caddy settings of the daemon config (`"caddy": {...}` in the config file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaddyConfig {
+    /// Turn URLs off entirely.
+    pub enabled: bool,
+    /// The main Caddyfile; fcm only adds one `import` line to it, once.
+    pub caddyfile: PathBuf,
+    /// Directory holding one fcm-owned file per VM.
+    pub sites_dir: PathBuf,
+    pub caddy_bin: PathBuf,
+    /// Caddy's admin endpoint, used to reload.
+    pub admin: String,
+    /// Public IPv4 for `<name>.<a-b-c-d>.<suffix>`; detected when unset.
+    pub public_ip: Option<Ipv4Addr>,
+    pub domain_suffix: String,
+    /// Guest port the URL proxies to.
+    pub guest_port: u16,
+}
+
+impl Default for CaddyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            caddyfile: PathBuf::from("/etc/caddy/Caddyfile"),
+            sites_dir: PathBuf::from("/etc/caddy/fcm.d"),
+            caddy_bin: PathBuf::from("caddy"),
+            admin: "localhost:2019".into(),
+            public_ip: None,
+            domain_suffix: "sslip.io".into(),
+            guest_port: 8000,
+        }
+    }
+}
+
+/// `caddy validate` only adapts and provisions the configuration.
+const VALIDATE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A reload waits for Caddy to swap configurations, old servers included.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// `ip route get` answers from the kernel's tables.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Any address outside the host works; the lookup sends nothing to it.
+const ROUTE_PROBE: &str = "1.1.1.1";
+/// How long Caddy waits for a guest to accept a connection.
+const DIAL_TIMEOUT: &str = "5s";
+/// Mode of the files fcm writes; Debian's caddy service reads them as user caddy.
+const SITE_MODE: u32 = 0o644;
+
+#[derive(Debug, Error)]
+pub enum CaddyError {
+    #[error(
+        "refusing to serve the domain {domain:?}: it must be dot-separated labels of [a-z0-9-] (check caddy.domain_suffix)"
+    )]
+    UnsafeDomain { domain: String },
+    #[error(
+        "the Caddy sites directory {path:?} must be an absolute path of [A-Za-z0-9._/-] characters to be imported"
+    )]
+    UnsafeSitesDir { path: PathBuf },
+    #[error("the main Caddyfile {path} does not exist (is Caddy installed?)")]
+    NoCaddyfile { path: PathBuf },
+    #[error("could not {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("caddy is not installed (could not run {bin})")]
+    NotInstalled {
+        bin: PathBuf,
+        #[source]
+        source: HostError,
+    },
+    #[error("Caddy rejected the configuration with {site}")]
+    Invalid {
+        site: PathBuf,
+        #[source]
+        source: HostError,
+    },
+    #[error("caddy is not running (reload failed: nothing answers on its admin address {admin})")]
+    NotRunning {
+        admin: String,
+        #[source]
+        source: HostError,
+    },
+    #[error("caddy did not accept the configuration with {site}")]
+    Reload {
+        site: PathBuf,
+        #[source]
+        source: HostError,
+    },
+    #[error("{failure}; then {site} could not be put back as it was")]
+    Restore {
+        site: PathBuf,
+        failure: Box<CaddyError>,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where [`Caddy::public_ip`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicIpSource {
+    /// `caddy.public_ip` in the configuration.
+    Configured,
+    /// The source address of the default route.
+    Detected,
+    /// Detection was impossible or skipped; the IP is 127.0.0.1.
+    Fallback { reason: String },
+}
+
+impl fmt::Display for PublicIpSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Configured => f.write_str("set by caddy.public_ip"),
+            Self::Detected => f.write_str("detected from the default route"),
+            Self::Fallback { reason } => {
+                write!(f, "fallback to 127.0.0.1 ({reason}); set caddy.public_ip")
+            }
+        }
+    }
+}
+
+/// What a VM's site file serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SiteState {
+    /// Proxy to the guest.
+    Running { upstream: SocketAddr },
+    /// A static 503 page.
+    Stopped,
+}
+
+/// fcm's handle on Caddy: the configuration, the public IP chosen once, and a
+/// lock that serialises changes to the sites directory.
+#[derive(Debug)]
+pub struct Caddy {
+    cfg: CaddyConfig,
+    suffix: String,
+    public_ip: Ipv4Addr,
+    public_ip_source: PublicIpSource,
+    lock: Mutex<()>,
+}
+
+impl Caddy {
+    /// Takes the configuration; detects the public IP when it is not set and
+    /// URLs are enabled (one route lookup, bounded by a short timeout).
+    pub fn new(cfg: CaddyConfig) -> Self {
+        let (public_ip, public_ip_source) = match cfg.public_ip {
+            Some(ip) => (ip, PublicIpSource::Configured),
+            None if !cfg.enabled => (
+                Ipv4Addr::LOCALHOST,
+                PublicIpSource::Fallback {
+                    reason: "URLs are disabled".into(),
+                },
+            ),
+            None => match detect_public_ip() {
+                Ok(ip) => (ip, PublicIpSource::Detected),
+                Err(reason) => (Ipv4Addr::LOCALHOST, PublicIpSource::Fallback { reason }),
+            },
+        };
+        let suffix = cfg.domain_suffix.trim_matches('.').to_ascii_lowercase();
+        Self {
+            cfg,
+            suffix,
+            public_ip,
+            public_ip_source,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Whether URLs are on. When they are off, every change is a no-op.
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    pub fn config(&self) -> &CaddyConfig {
+        &self.cfg
+    }
+
+    /// The IP written into domains.
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.public_ip
+    }
+
+    /// Where [`Self::public_ip`] came from; a [`PublicIpSource::Fallback`]
+    /// deserves a warning, as URLs with 127.0.0.1 only work on this host.
+    pub fn public_ip_source(&self) -> &PublicIpSource {
+        &self.public_ip_source
+    }
+
+    /// `<name>.<a-b-c-d>.<suffix>`, e.g. `cosmic-nova.64-34-93-45.sslip.io`.
+    pub fn domain(&self, name: &VmName) -> String {
+        let [a, b, c, d] = self.public_ip.octets();
+        if self.suffix.is_empty() {
+            format!("{name}.{a}-{b}-{c}-{d}")
+        } else {
+            format!("{name}.{a}-{b}-{c}-{d}.{}", self.suffix)
+        }
+    }
+
+    /// `https://` and [`Self::domain`].
+    pub fn url(&self, name: &VmName) -> String {
+        format!("https://{}", self.domain(name))
+    }
+
+    /// The fcm-owned file of this VM: `<sites_dir>/<name>.caddy`.
+    pub fn site_path(&self, name: &VmName) -> PathBuf {
+        self.cfg.sites_dir.join(format!("{name}.caddy"))
+    }
+
+    /// The line that imports fcm's sites into the main Caddyfile.
+    pub fn import_line(&self) -> Result<String, CaddyError> {
+        import_line(&self.cfg.sites_dir)
+    }
+
+    /// Creates the sites directory and appends the import line to the main
+    /// Caddyfile unless a line already reads exactly that (atomic write, mode
+    /// and symlinks kept). Does not reload Caddy.
+    pub fn ensure_import(&self) -> Result<(), CaddyError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let _guard = self.lock();
+        self.ensure_import_locked()
+    }
+
+    /// Makes the URL of a running VM proxy to `<ip>:<guest_port>`.
+    pub fn add_site(&self, name: &VmName, ip: Ipv4Addr) -> Result<(), CaddyError> {
+        self.add_site_upstream(name, SocketAddr::from((ip, self.cfg.guest_port)))
+    }
+
+    /// Like [`Self::add_site`] with any upstream address (tests, or a guest
+    /// reached through a forwarded port).
+    pub fn add_site_upstream(&self, name: &VmName, upstream: SocketAddr) -> Result<(), CaddyError> {
+        self.put_site(name, SiteState::Running { upstream })
+    }
+
+    /// Switches a VM's site between the static "stopped" page and the proxy to
+    /// `<ip>:<guest_port>`.
+    pub fn set_stopped(
+        &self,
+        name: &VmName,
+        stopped: bool,
+        ip: Ipv4Addr,
+    ) -> Result<(), CaddyError> {
+        if stopped {
+            self.put_site(name, SiteState::Stopped)
+        } else {
+            self.add_site(name, ip)
+        }
+    }
+
+    /// Removes a VM's site and reloads; a VM without a site file is fine.
+    pub fn remove_site(&self, name: &VmName) -> Result<(), CaddyError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let _guard = self.lock();
+        let path = self.site_path(name);
+        let Some(previous) = read_optional(&path)? else {
+            return Ok(());
+        };
+        remove_optional(&path)?;
+        self.apply_or_restore(&path, Some(previous))
+    }
+
+    /// The VMs that have a site file, by name.
+    pub fn list_sites(&self) -> Result<Vec<VmName>, CaddyError> {
+        let dir = &self.cfg.sites_dir;
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(io_err("list", dir, source)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| io_err("list", dir, source))?;
+            let file = entry.file_name();
+            let Some(stem) = file.to_str().and_then(|f| f.strip_suffix(".caddy")) else {
+                continue;
+            };
+            if let Ok(name) = VmName::parse(stem) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes the site files of VMs for which `keep` is false (left behind by
+    /// a crash) and reloads once if any went. Returns the names removed. The
+    /// files stay removed when the reload fails: their VMs are gone, and a
+    /// Caddy that starts later must not serve them.
+    pub fn prune_sites(&self, keep: &dyn Fn(&VmName) -> bool) -> Result<Vec<VmName>, CaddyError> {
+        if !self.enabled() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.lock();
+        let stale: Vec<VmName> = self
+            .list_sites()?
+            .into_iter()
+            .filter(|n| !keep(n))
+            .collect();
+        for name in &stale {
+            remove_optional(&self.site_path(name))?;
+        }
+        if !stale.is_empty() {
+            self.validate_and_reload(&self.cfg.sites_dir)?;
+        }
+        Ok(stale)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data, only the order of file changes.
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ensure_import_locked(&self) -> Result<(), CaddyError> {
+        let line = self.import_line()?;
+        let main = &self.cfg.caddyfile;
+        let text = match fs::read(main) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(CaddyError::NoCaddyfile { path: main.clone() });
+            }
+            Err(source) => return Err(io_err("read", main, source)),
+        };
+        let dir = &self.cfg.sites_dir;
+        fs::create_dir_all(dir).map_err(|source| io_err("create", dir, source))?;
+        let Some(new) = with_import_line(&text, &line) else {
+            return Ok(());
+        };
+        // Write through a symlink rather than replacing it, keeping the mode.
+        let target = fs::canonicalize(main).map_err(|source| io_err("resolve", main, source))?;
+        let mode = fs::metadata(&target)
+            .map_err(|source| io_err("inspect", &target, source))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        host::write_atomic(&target, &new, mode).map_err(|source| io_err("write", &target, source))
+    }
+
+    fn render(&self, name: &VmName, state: SiteState) -> Result<String, CaddyError> {
+        let domain = self.domain(name);
+        check_domain(&domain)?;
+        Ok(render_site(&domain, name, state))
+    }
+
+    fn put_site(&self, name: &VmName, state: SiteState) -> Result<(), CaddyError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let content = self.render(name, state)?;
+        let _guard = self.lock();
+        self.ensure_import_locked()?;
+        let path = self.site_path(name);
+        let previous = read_optional(&path)?;
+        host::write_atomic(&path, content.as_bytes(), SITE_MODE)
+            .map_err(|source| io_err("write", &path, source))?;
+        self.apply_or_restore(&path, previous)
+    }
+
+    /// Validates and reloads; on failure puts `site` back to `previous`
+    /// (`None`: the file did not exist).
+    fn apply_or_restore(&self, site: &Path, previous: Option<Vec<u8>>) -> Result<(), CaddyError> {
+        let Err(failure) = self.validate_and_reload(site) else {
+            return Ok(());
+        };
+        let restored = match &previous {
+            Some(old) => host::write_atomic(site, old, SITE_MODE),
+            None => match fs::remove_file(site) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        };
+        match restored {
+            Ok(()) => Err(failure),
+            Err(source) => Err(CaddyError::Restore {
+                site: site.to_path_buf(),
+                failure: Box::new(failure),
+                source,
+            }),
+        }
+    }
+
+    fn validate_and_reload(&self, site: &Path) -> Result<(), CaddyError> {
+        let bin = &self.cfg.caddy_bin;
+        let main = self.cfg.caddyfile.as_os_str();
+        let validate = [
+            OsStr::new("validate"),
+            "--config".as_ref(),
+            main,
+            "--adapter".as_ref(),
+            "caddyfile".as_ref(),
+        ];
+        run_bounded(bin, &validate, VALIDATE_TIMEOUT).map_err(|source| match source {
+            HostError::Spawn { .. } => CaddyError::NotInstalled {
+                bin: bin.clone(),
+                source,
+            },
+            HostError::Failed { .. } => CaddyError::Invalid {
+                site: site.to_path_buf(),
+                source,
+            },
+        })?;
+        let reload = [
+            OsStr::new("reload"),
+            "--config".as_ref(),
+            main,
+            "--adapter".as_ref(),
+            "caddyfile".as_ref(),
+            "--address".as_ref(),
+            self.cfg.admin.as_ref(),
+        ];
+        run_bounded(bin, &reload, RELOAD_TIMEOUT).map_err(|source| match &source {
+            HostError::Spawn { .. } => CaddyError::NotInstalled {
+                bin: bin.clone(),
+                source,
+            },
+            HostError::Failed { stderr, .. } if admin_unreachable(stderr) => {
+                CaddyError::NotRunning {
+                    admin: self.cfg.admin.clone(),
+                    source,
+                }
+            }
+            HostError::Failed { .. } => CaddyError::Reload {
+                site: site.to_path_buf(),
+                source,
+            },
+        })?;
+        Ok(())
+    }
+}
+
+/// `import <dir>/*.caddy`, for a directory that needs no quoting.
+fn import_line(dir: &Path) -> Result<String, CaddyError> {
+    let unsafe_dir = || CaddyError::UnsafeSitesDir {
+        path: dir.to_path_buf(),
+    };
+    let text = dir.to_str().ok_or_else(unsafe_dir)?;
+    let safe = text.starts_with('/')
+        && text
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-'));
+    if !safe {
+        return Err(unsafe_dir());
+    }
+    Ok(format!("import {}/*.caddy", text.trim_end_matches('/')))
+}
+
+/// The main Caddyfile with the import block appended, or `None` when a line
+/// already reads exactly `line` (surrounding blanks aside).
+fn with_import_line(text: &[u8], line: &str) -> Option<Vec<u8>> {
+    let present = text
+        .split(|&c| c == b'\n')
+        .any(|l| l.trim_ascii() == line.as_bytes());
+    if present {
+        return None;
+    }
+    let mut out = text.to_vec();
+    if !out.is_empty() {
+        if !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"# Added once by fcm: one site per VM, written and removed by fcm.\n");
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
+    Some(out)
+}
+
+/// Defence in depth: a domain is dot-separated labels of `[a-z0-9-]`, each
+/// 1-63 long and not starting or ending with `-`, 253 characters at most.
+fn check_domain(domain: &str) -> Result<(), CaddyError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    };
+    if domain.len() <= 253 && domain.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(CaddyError::UnsafeDomain {
+            domain: domain.chars().take(300).collect(),
+        })
+    }
+}
+
+/// The site file of one VM. Only checked domains, VM names and socket
+/// addresses are interpolated, none of which can hold a quote, brace or blank.
+fn render_site(domain: &str, name: &VmName, state: SiteState) -> String {
+    match state {
+        SiteState::Running { upstream } => {
+            let port = upstream.port();
+            format!(
+                "# Written by fcm for VM {name} (running); fcm rewrites and removes this file.\n\
+                 {domain} {{\n\
+                 \treverse_proxy {upstream} {{\n\
+                 \t\ttransport http {{\n\
+                 \t\t\tdial_timeout {DIAL_TIMEOUT}\n\
+                 \t\t}}\n\
+                 \t}}\n\
+                 \thandle_errors {{\n\
+                 \t\trespond \"VM {name} is not answering on port {port}: is its web server running?\" 502\n\
+                 \t}}\n\
+                 }}\n"
+            )
+        }
+        SiteState::Stopped => format!(
+            "# Written by fcm for VM {name} (stopped); fcm rewrites and removes this file.\n\
+             {domain} {{\n\
+             \trespond \"VM {name} is stopped: run `fcm start {name}`\" 503\n\
+             }}\n"
+        ),
+    }
+}
+
+/// The `src` address of `ip -4 route get 1.1.1.1`: the address this host would
+/// send from. Only asks the kernel's routing table.
+fn detect_public_ip() -> Result<Ipv4Addr, String> {
+    let args = [
+        OsStr::new("-4"),
+        "route".as_ref(),
+        "get".as_ref(),
+        ROUTE_PROBE.as_ref(),
+    ];
+    match run_bounded(Path::new("ip"), &args, ROUTE_TIMEOUT) {
+        Ok(out) => parse_route_src(&out)
+            .ok_or_else(|| format!("no source address in `ip route get`: {}", out.trim())),
+        Err(HostError::Failed { stderr, .. }) if !stderr.is_empty() => {
+            Err(format!("no route: {stderr}"))
+        }
+        Err(e) => Err(format!("route lookup failed: {e}")),
+    }
+}
+
+fn parse_route_src(out: &str) -> Option<Ipv4Addr> {
+    let mut words = out.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "src" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// Whether `caddy reload` failed because nothing listens on the admin address.
+fn admin_unreachable(stderr: &str) -> bool {
+    // Go's dialer: `dial tcp 127.0.0.1:2019: connect: connection refused`, or
+    // `dial unix /run/caddy.sock: connect: no such file or directory`.
+    stderr.contains("dial ") && stderr.contains("connect: ")
+}
+
+/// Caddy logs JSON lines on stderr and ends a failure with `Error: ...`; keep
+/// just those lines when there are any.
+fn caddy_stderr_summary(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("Error:"))
+        .collect();
+    if errors.is_empty() {
+        stderr.trim().to_owned()
+    } else {
+        errors.join("\n")
+    }
+}
+
+/// Runs a program (no shell) with a deadline, killing it when the deadline
+/// passes; returns stdout. [`host::run`] has no deadline, and a wedged Caddy
+/// must not hang a VM operation.
+fn run_bounded(program: &Path, args: &[&OsStr], timeout: Duration) -> Result<String, HostError> {
+    let mut cmd = program.to_string_lossy().into_owned();
+    for arg in args {
+        cmd.push(' ');
+        cmd.push_str(&arg.to_string_lossy());
+    }
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| HostError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = host::wait_until(timeout, Duration::from_millis(10), || {
+        child.try_wait().ok().flatten()
+    });
+    let status = match status {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = (stdout.join(), stderr.join());
+            let status = format!("timed out after {}s", timeout.as_secs());
+            return Err(HostError::Failed {
+                cmd,
+                status,
+                stderr: String::new(),
+            });
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if status.success() {
+        Ok(stdout)
+    } else {
+        Err(HostError::Failed {
+            cmd,
+            status: status.to_string(),
+            stderr: caddy_stderr_summary(&stderr),
+        })
+    }
+}
+
+/// Reads a child's pipe to the end on a thread, so a full pipe never blocks it.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, CaddyError> {
+    match fs::read(path) {
+        Ok(data) => Ok(Some(data)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(io_err("read", path, source)),
+    }
+}
+
+fn remove_optional(path: &Path) -> Result<(), CaddyError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(io_err("remove", path, source)),
+    }
+}
+
+fn io_err(action: &'static str, path: &Path, source: io::Error) -> CaddyError {
+    CaddyError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> VmName {
+        VmName::parse(s).expect("valid name")
+    }
+
+    fn caddy_in(dir: &Path) -> Caddy {
+        Caddy::new(CaddyConfig {
+            caddyfile: dir.join("Caddyfile"),
+            sites_dir: dir.join("fcm.d"),
+            caddy_bin: PathBuf::from("/nonexistent/caddy"),
+            public_ip: Some(Ipv4Addr::new(64, 34, 93, 45)),
+            ..CaddyConfig::default()
+        })
+    }
+
+    #[test]
+    fn domain_and_url_follow_the_spec() {
+        let caddy = Caddy::new(CaddyConfig {
+            public_ip: Some(Ipv4Addr::new(64, 34, 93, 45)),
+            ..Default::default()
+        });
+        let n = name("cosmic-nova");
+        assert_eq!(caddy.domain(&n), "cosmic-nova.64-34-93-45.sslip.io");
+        assert_eq!(caddy.url(&n), "https://cosmic-nova.64-34-93-45.sslip.io");
+        assert_eq!(
+            caddy.site_path(&n),
+            PathBuf::from("/etc/caddy/fcm.d/cosmic-nova.caddy")
+        );
+        assert_eq!(caddy.public_ip_source(), &PublicIpSource::Configured);
+
+        let odd = Caddy::new(CaddyConfig {
+            public_ip: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            domain_suffix: ".Example.COM.".into(),
+            ..Default::default()
+        });
+        assert_eq!(odd.domain(&n), "cosmic-nova.10-0-0-1.example.com");
+    }
+
+    #[test]
+    fn rendered_domains_are_rechecked() {
+        for ok in [
+            "a.1-2-3-4.sslip.io",
+            "cosmic-nova.64-34-93-45.nip.io",
+            "x.1-2-3-4",
+        ] {
+            assert!(check_domain(ok).is_ok(), "{ok} rejected");
+        }
+        let long_label = format!("{}.io", "a".repeat(64));
+        for bad in [
+            "a.1-2-3-4.ssl ip.io",
+            "a.1-2-3-4.sslip.io {",
+            "a.1-2-3-4.sslip.io\nimport /etc/passwd",
+            "a..io",
+            "a.io.",
+            "a.-io",
+            "A.io",
+            "a.\"io\"",
+            "a.é.io",
+            long_label.as_str(),
+        ] {
+            assert!(check_domain(bad).is_err(), "{bad:?} accepted");
+        }
+        let hostile = Caddy::new(CaddyConfig {
+            public_ip: Some(Ipv4Addr::LOCALHOST),
+            domain_suffix: "io {\n}\n:80 {".into(),
+            ..Default::default()
+        });
+        let err = hostile
+            .render(&name("vm"), SiteState::Stopped)
+            .expect_err("must reject");
+        assert!(matches!(err, CaddyError::UnsafeDomain { .. }), "{err}");
+    }
+
+    #[test]
+    fn running_site_proxies_and_explains_errors() {
+        let upstream: SocketAddr = "172.16.0.2:8000".parse().expect("addr");
+        let text = render_site(
+            "cosmic-nova.1-2-3-4.sslip.io",
+            &name("cosmic-nova"),
+            SiteState::Running { upstream },
+        );
+        assert_eq!(
+            text,
+            "# Written by fcm for VM cosmic-nova (running); fcm rewrites and removes this file.\n\
+             cosmic-nova.1-2-3-4.sslip.io {\n\
+             \treverse_proxy 172.16.0.2:8000 {\n\
+             \t\ttransport http {\n\
+             \t\t\tdial_timeout 5s\n\
+             \t\t}\n\
+             \t}\n\
+             \thandle_errors {\n\
+             \t\trespond \"VM cosmic-nova is not answering on port 8000: is its web server running?\" 502\n\
+             \t}\n\
+             }\n"
+        );
+        let braces = text.matches('{').count();
+        assert_eq!(braces, text.matches('}').count());
+    }
+
+    #[test]
+    fn stopped_site_answers_statically() {
+        let text = render_site("web.1-2-3-4.sslip.io", &name("web"), SiteState::Stopped);
+        assert!(text.contains("web.1-2-3-4.sslip.io {\n"), "{text}");
+        assert!(
+            text.contains("\trespond \"VM web is stopped: run `fcm start web`\" 503\n"),
+            "{text}"
+        );
+        assert!(!text.contains("reverse_proxy"), "{text}");
+    }
+
+    #[test]
+    fn import_line_requires_a_plain_absolute_dir() {
+        assert_eq!(
+            import_line(Path::new("/etc/caddy/fcm.d")).expect("ok"),
+            "import /etc/caddy/fcm.d/*.caddy"
+        );
+        assert_eq!(
+            import_line(Path::new("/etc/caddy/fcm.d/")).expect("ok"),
+            "import /etc/caddy/fcm.d/*.caddy"
+        );
+        for bad in [
+            "fcm.d",
+            "/etc/my sites",
+            "/etc/\"x\"",
+            "/etc/{x}",
+            "/etc/x\nimport /y",
+            "/etc/#x",
+        ] {
+            assert!(import_line(Path::new(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn import_line_is_appended_once() {
+        let line = "import /etc/caddy/fcm.d/*.caddy";
+        let user = b":80 {\n\troot * /usr/share/caddy\n\tfile_server\n}";
+        let once = with_import_line(user, line).expect("appended");
+        assert!(
+            once.starts_with(user),
+            "user's text must be kept byte for byte"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&once[user.len()..]),
+            "\n\n# Added once by fcm: one site per VM, written and removed by fcm.\nimport /etc/caddy/fcm.d/*.caddy\n"
+        );
+        assert_eq!(with_import_line(&once, line), None);
+        assert_eq!(
+            with_import_line(b"  import /etc/caddy/fcm.d/*.caddy  \r\n", line),
+            None
+        );
+        // A commented-out or different import is not ours.
+        assert!(with_import_line(b"# import /etc/caddy/fcm.d/*.caddy\n", line).is_some());
+        assert!(with_import_line(b"import /etc/caddy/other/*.caddy\n", line).is_some());
+        let empty = with_import_line(b"", line).expect("appended");
+        assert!(empty.starts_with(b"# Added once by fcm"));
+    }
+
+    #[test]
+    fn ensure_import_touches_the_main_file_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let caddy = caddy_in(dir.path());
+        let main = dir.path().join("Caddyfile");
+
+        let err = caddy.ensure_import().expect_err("no Caddyfile yet");
+        assert!(matches!(err, CaddyError::NoCaddyfile { .. }), "{err}");
+        assert!(
+            !dir.path().join("fcm.d").exists(),
+            "nothing made without a Caddyfile"
+        );
+
+        fs::write(&main, "example.com {\n\trespond hi\n}\n").expect("write");
+        fs::set_permissions(&main, fs::Permissions::from_mode(0o640)).expect("chmod");
+        caddy.ensure_import().expect("first");
+        let after_first = fs::read(&main).expect("read");
+        let line = format!("import {}/fcm.d/*.caddy", dir.path().display());
+        assert!(String::from_utf8_lossy(&after_first).contains(&line));
+        assert!(dir.path().join("fcm.d").is_dir());
+        assert_eq!(
+            fs::metadata(&main).expect("stat").permissions().mode() & 0o777,
+            0o640
+        );
+
+        caddy.ensure_import().expect("second");
+        assert_eq!(fs::read(&main).expect("read"), after_first);
+        let entries: Vec<_> = fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(entries.len(), 2, "temp files left behind: {entries:?}");
+    }
+
+    #[test]
+    fn ensure_import_writes_through_a_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real-Caddyfile");
+        fs::write(&real, ":80 {\n}\n").expect("write");
+        std::os::unix::fs::symlink(&real, dir.path().join("Caddyfile")).expect("symlink");
+        caddy_in(dir.path()).ensure_import().expect("import");
+        assert!(
+            fs::symlink_metadata(dir.path().join("Caddyfile"))
+                .expect("stat")
+                .file_type()
+                .is_symlink()
+        );
+        assert!(fs::read_to_string(&real).expect("read").contains("import "));
+    }
+
+    #[test]
+    fn failed_change_leaves_no_site_file() {
+        // caddy_bin does not exist: validation cannot run, the new file goes.
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("Caddyfile"), "").expect("write");
+        let caddy = caddy_in(dir.path());
+        let n = name("cosmic-nova");
+        let err = caddy
+            .add_site(&n, Ipv4Addr::new(172, 16, 0, 2))
+            .expect_err("no caddy");
+        assert!(matches!(err, CaddyError::NotInstalled { .. }), "{err}");
+        assert!(!caddy.site_path(&n).exists());
+        assert_eq!(
+            fs::read_dir(dir.path().join("fcm.d")).expect("ls").count(),
+            0
+        );
+
+        // An existing file gets its old content back.
+        fs::write(caddy.site_path(&n), "old").expect("write");
+        caddy
+            .set_stopped(&n, true, Ipv4Addr::new(172, 16, 0, 2))
+            .expect_err("no caddy");
+        assert_eq!(
+            fs::read_to_string(caddy.site_path(&n)).expect("read"),
+            "old"
+        );
+        caddy.remove_site(&n).expect_err("no caddy");
+        assert_eq!(
+            fs::read_to_string(caddy.site_path(&n)).expect("read"),
+            "old"
+        );
+        assert_eq!(caddy.list_sites().expect("list"), vec![n.clone()]);
+        caddy
+            .remove_site(&name("never-made"))
+            .expect("missing file is fine");
+    }
+
+    #[test]
+    fn disabled_caddy_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let caddy = Caddy::new(CaddyConfig {
+            enabled: false,
+            caddyfile: dir.path().join("Caddyfile"),
+            sites_dir: dir.path().join("fcm.d"),
+            ..CaddyConfig::default()
+        });
+        assert!(!caddy.enabled());
+        assert!(matches!(
+            caddy.public_ip_source(),
+            PublicIpSource::Fallback { .. }
+        ));
+        caddy.ensure_import().expect("no-op");
+        caddy
+            .add_site(&name("a"), Ipv4Addr::LOCALHOST)
+            .expect("no-op");
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn route_src_is_parsed() {
+        let out = "1.1.1.1 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0 \n    cache \n";
+        assert_eq!(parse_route_src(out), Some(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(
+            parse_route_src("1.1.1.1 dev wg0 table 51820 src 10.8.0.3 uid 0\n"),
+            Some(Ipv4Addr::new(10, 8, 0, 3))
+        );
+        assert_eq!(
+            parse_route_src("1.1.1.1 via 192.0.2.1 dev eth0 uid 0\n"),
+            None
+        );
+        assert_eq!(parse_route_src("src"), None);
+        assert_eq!(parse_route_src("src nonsense"), None);
+    }
+
+    #[test]
+    fn detection_gives_an_address_or_a_reason() {
+        // A route lookup only; nothing is sent.
+        let caddy = Caddy::new(CaddyConfig::default());
+        match caddy.public_ip_source() {
+            PublicIpSource::Detected => assert!(!caddy.public_ip().is_unspecified()),
+            PublicIpSource::Fallback { reason } => {
+                assert!(!reason.is_empty());
+                assert_eq!(caddy.public_ip(), Ipv4Addr::LOCALHOST);
+            }
+            PublicIpSource::Configured => panic!("nothing was configured"),
+        }
+    }
+
+    #[test]
+    fn caddy_errors_are_summarised() {
+        let stderr = "{\"level\":\"info\",\"msg\":\"using provided configuration\"}\n\
+                      Error: sending configuration to instance: performing request: Post \"http://127.0.0.1:2019/load\": \
+                      dial tcp 127.0.0.1:2019: connect: connection refused\n";
+        let summary = caddy_stderr_summary(stderr);
+        assert!(
+            summary.starts_with("Error: sending configuration"),
+            "{summary}"
+        );
+        assert!(!summary.contains("level"), "{summary}");
+        assert!(admin_unreachable(&summary));
+        assert!(!admin_unreachable(
+            "Error: loading new config: http app module: start: listening on :443: bind: permission denied"
+        ));
+        assert_eq!(caddy_stderr_summary("  plain failure \n"), "plain failure");
+    }
+
+    #[test]
+    fn bounded_run_kills_at_the_deadline() {
+        let start = std::time::Instant::now();
+        let err = run_bounded(
+            Path::new("sleep"),
+            &[OsStr::new("10")],
+            Duration::from_millis(200),
+        )
+        .expect_err("timeout");
+        assert!(err.to_string().contains("timed out"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            run_bounded(
+                Path::new("echo"),
+                &[OsStr::new("hi")],
+                Duration::from_secs(5)
+            )
+            .expect("echo"),
+            "hi\n"
+        );
+    }
+
+    #[test]
+    fn caddy_is_shareable_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Caddy>();
+    }
+}

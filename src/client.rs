@@ -1,0 +1,229 @@
+//! The CLI's side of the API: where the daemon is, the token, requests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::config::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot reach the fcm daemon at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("{message}")]
+    Api {
+        status: u16,
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("no API token found")]
+    NoToken,
+    #[error("unexpected response from the daemon: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Connect { .. } => {
+                Some("is the daemon running? try: sudo fcm daemon (or set FCM_HOST)".into())
+            }
+            Self::Api { hint, .. } => hint.clone(),
+            Self::NoToken => Some(format!(
+                "set FCM_TOKEN, or copy the daemon's token: sudo cat {DEFAULT_STATE_DIR}/.token > ~/.fcm-token"
+            )),
+            Self::Protocol(_) => None,
+        }
+    }
+}
+
+/// `FCM_HOST` (`host`, `host:port` or a URL); default `http://127.0.0.1:7777`.
+pub fn daemon_url() -> String {
+    match std::env::var("FCM_HOST") {
+        Ok(h) if !h.trim().is_empty() => {
+            let h = h.trim().trim_end_matches('/');
+            let with_scheme = if h.contains("://") {
+                h.to_owned()
+            } else {
+                format!("http://{h}")
+            };
+            let authority = with_scheme.split("://").nth(1).unwrap_or_default();
+            let has_port = authority
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+            if has_port {
+                with_scheme
+            } else {
+                format!("{with_scheme}:{DEFAULT_API_PORT}")
+            }
+        }
+        _ => format!("http://127.0.0.1:{DEFAULT_API_PORT}"),
+    }
+}
+
+/// The daemon's host name or address, from [`daemon_url`].
+pub fn daemon_host() -> String {
+    let url = daemon_url();
+    let authority = url
+        .split("://")
+        .nth(1)
+        .unwrap_or("127.0.0.1")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1");
+    match authority.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        None => authority.to_owned(),
+    }
+}
+
+/// Whether the daemon is on this machine.
+pub fn daemon_is_local() -> bool {
+    matches!(daemon_host().as_str(), "127.0.0.1" | "localhost" | "::1")
+        || daemon_host().starts_with("127.")
+}
+
+/// The terminal stream address: `FCM_STREAM` (`host:port`), else the
+/// daemon's host on port 7778.
+pub fn stream_addr() -> String {
+    match std::env::var("FCM_STREAM") {
+        Ok(a) if !a.trim().is_empty() => a.trim().to_owned(),
+        _ => {
+            let h = daemon_host();
+            if h.contains(':') {
+                format!("[{h}]:{DEFAULT_STREAM_PORT}")
+            } else {
+                format!("{h}:{DEFAULT_STREAM_PORT}")
+            }
+        }
+    }
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `FCM_TOKEN`, else `~/.fcm-token`, else (for root on the daemon's host)
+/// the daemon's own token file.
+pub fn load_token() -> Result<String, ClientError> {
+    if let Ok(t) = std::env::var("FCM_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_owned());
+    }
+    let mut candidates: Vec<PathBuf> = home().map(|h| h.join(".fcm-token")).into_iter().collect();
+    if daemon_is_local() {
+        let state = std::env::var_os("FCM_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        candidates.push(state.join(".token"));
+    }
+    candidates
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.trim().to_owned())
+        .find(|t| !t.is_empty())
+        .ok_or(ClientError::NoToken)
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn from_env() -> Result<Self, ClientError> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            // create waits for the guest's SSH; under TCG that can take minutes.
+            .timeout_read(Duration::from_secs(900))
+            .build();
+        Ok(Self {
+            base: daemon_url(),
+            token: load_token()?,
+            agent,
+        })
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let req = self
+            .agent
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let resp = match body {
+            Some(b) => req.send_json(b.clone()),
+            None => req.call(),
+        };
+        match resp {
+            Ok(r) => r
+                .into_json()
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+            Err(ureq::Error::Status(status, r)) => {
+                let v: Value = r.into_json().unwrap_or(Value::Null);
+                let message = v["error"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("HTTP {status}"));
+                let hint = v["hint"].as_str().map(str::to_owned);
+                Err(ClientError::Api {
+                    status,
+                    message,
+                    hint,
+                })
+            }
+            Err(ureq::Error::Transport(t)) => Err(ClientError::Connect {
+                url: self.base.clone(),
+                message: t.to_string(),
+            }),
+        }
+    }
+}
+
+/// Percent-encodes a path segment (a VM argument may hold anything).
+pub fn seg(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The user's SSH key pair, most preferred first: (private, public).
+pub fn user_ssh_key() -> Option<(PathBuf, String)> {
+    let dir = home()?.join(".ssh");
+    ["id_ed25519", "id_ecdsa", "id_rsa"].iter().find_map(|k| {
+        let public = std::fs::read_to_string(dir.join(format!("{k}.pub"))).ok()?;
+        Some((dir.join(k), public.trim().to_owned()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(seg("cosmic-nova"), "cosmic-nova");
+        assert_eq!(seg("../../etc"), "..%2F..%2Fetc");
+        assert_eq!(seg("a b;c"), "a%20b%3Bc");
+    }
+}

@@ -1,0 +1,240 @@
+//! Daemon configuration: defaults, an optional JSON config file, and flags.
+//! Every path, port and name the daemon touches comes from here so tests can
+//! point it at a temp dir and a network namespace.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/firecracker";
+pub const DEFAULT_API_PORT: u16 = 7777;
+pub const DEFAULT_STREAM_PORT: u16 = 7778;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("could not read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which VMM runs the guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// Firecracker where hardware virtualisation is usable, QEMU otherwise.
+    Auto,
+    Firecracker,
+    Qemu,
+}
+
+/// Everything the daemon needs to know. Field names are the config file's keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// VM directories, the token, the lock and (by default) the guest assets.
+    pub state_dir: PathBuf,
+    /// HTTP API address.
+    pub listen: SocketAddr,
+    /// Terminal streaming address.
+    pub stream_listen: SocketAddr,
+    pub bridge: String,
+    /// Gateway address on the bridge; the subnet is gateway/prefix_len.
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    /// First and last VM address handed out.
+    pub pool_start: Ipv4Addr,
+    pub pool_end: Ipv4Addr,
+    /// Name of the nftables table fcm owns (family ip).
+    pub nft_table: String,
+    /// DNS server written into guests.
+    pub dns: Ipv4Addr,
+    /// Guest assets; relative paths are taken from the state dir.
+    pub kernel: PathBuf,
+    /// Optional initramfs; used when the file exists.
+    pub initrd: PathBuf,
+    pub rootfs: PathBuf,
+    pub firecracker_bin: PathBuf,
+    pub qemu_bin: PathBuf,
+    pub backend: BackendChoice,
+    pub default_cpus: u8,
+    pub default_memory_mib: u32,
+    /// Seconds a guest gets to shut down cleanly before it is killed.
+    pub stop_timeout_secs: u64,
+    /// Seconds `create` waits for SSH when asked to.
+    pub ssh_timeout_secs: u64,
+    /// Serial console log cap per VM, in bytes.
+    pub console_log_max_bytes: u64,
+    /// Public HTTPS URLs through Caddy.
+    pub caddy: crate::caddy::CaddyConfig,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            stream_listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_STREAM_PORT)),
+            bridge: "fcm0".into(),
+            gateway: Ipv4Addr::new(172, 16, 0, 1),
+            prefix_len: 24,
+            pool_start: Ipv4Addr::new(172, 16, 0, 50),
+            pool_end: Ipv4Addr::new(172, 16, 0, 254),
+            nft_table: "fcm".into(),
+            dns: Ipv4Addr::new(1, 1, 1, 1),
+            kernel: PathBuf::from("vmlinux.bin"),
+            initrd: PathBuf::from("initrd.img"),
+            rootfs: PathBuf::from("base-rootfs.img"),
+            firecracker_bin: PathBuf::from("firecracker"),
+            qemu_bin: PathBuf::from("qemu-system-x86_64"),
+            backend: BackendChoice::Auto,
+            default_cpus: 1,
+            default_memory_mib: 512,
+            stop_timeout_secs: 20,
+            ssh_timeout_secs: 180,
+            console_log_max_bytes: 1 << 20,
+            caddy: crate::caddy::CaddyConfig::default(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Reads a JSON config file; missing keys keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks the values that would otherwise fail late and obscurely.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.bridge.is_empty()
+            || self.bridge.len() > 15
+            || !self
+                .bridge
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        {
+            return bad("bridge must be 1-15 characters of [A-Za-z0-9_-]");
+        }
+        if !self
+            .nft_table
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+            || self.nft_table.is_empty()
+        {
+            return bad("nft_table must be [A-Za-z0-9_]+");
+        }
+        if !(8..=30).contains(&self.prefix_len) {
+            return bad("prefix_len must be between 8 and 30");
+        }
+        let (s, e) = (u32::from(self.pool_start), u32::from(self.pool_end));
+        if s > e {
+            return bad("pool_start must not be after pool_end");
+        }
+        if !self.in_subnet(self.pool_start) || !self.in_subnet(self.pool_end) {
+            return bad("the address pool must lie inside the gateway's subnet");
+        }
+        if (s..=e).contains(&u32::from(self.gateway)) {
+            return bad("the gateway must not be inside the address pool");
+        }
+        if self.default_cpus == 0 || self.default_memory_mib < 64 {
+            return bad("default_cpus must be at least 1 and default_memory_mib at least 64");
+        }
+        Ok(())
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix_len))
+                .unwrap_or(0),
+        )
+    }
+
+    /// The VM subnet in CIDR form, e.g. `172.16.0.0/24`.
+    pub fn subnet_cidr(&self) -> String {
+        let net = u32::from(self.gateway) & u32::from(self.netmask());
+        format!("{}/{}", Ipv4Addr::from(net), self.prefix_len)
+    }
+
+    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+        let m = u32::from(self.netmask());
+        u32::from(ip) & m == u32::from(self.gateway) & m
+    }
+
+    /// Resolves an asset path against the state dir.
+    pub fn asset(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.state_dir.join(p)
+        }
+    }
+
+    pub fn token_path(&self) -> PathBuf {
+        self.state_dir.join(".token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_spec() {
+        let c = DaemonConfig::default();
+        c.validate().expect("defaults valid");
+        assert_eq!(c.subnet_cidr(), "172.16.0.0/24");
+        assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(c.listen.port(), 7777);
+        assert_eq!(
+            c.asset(Path::new("vmlinux.bin")),
+            PathBuf::from("/var/lib/firecracker/vmlinux.bin")
+        );
+    }
+
+    #[test]
+    fn file_overrides_some_keys_and_rejects_unknown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.json");
+        std::fs::write(&p, r#"{"bridge":"br9","default_memory_mib":256}"#).expect("write");
+        let c = DaemonConfig::from_file(&p).expect("parse");
+        assert_eq!(
+            (c.bridge.as_str(), c.default_memory_mib, c.default_cpus),
+            ("br9", 256, 1)
+        );
+        std::fs::write(&p, r#"{"brige":"x"}"#).expect("write");
+        assert!(DaemonConfig::from_file(&p).is_err());
+    }
+
+    #[test]
+    fn validation_catches_bad_networks() {
+        let mut c = DaemonConfig {
+            bridge: "a;b".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        c.bridge = "fcm0".into();
+        c.pool_start = Ipv4Addr::new(10, 0, 0, 5);
+        assert!(c.validate().is_err());
+    }
+}

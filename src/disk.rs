@@ -1,0 +1,317 @@
+//! Per-VM disks: a sparse (or reflinked) copy of the base rootfs, and files
+//! written into the ext4 image with `debugfs`, without mounting it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::host::{self, HostError};
+
+#[derive(Debug, Error)]
+pub enum DiskError {
+    #[error("could not copy {from} to {to}")]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not write {guest_path} into {image}")]
+    Inject {
+        image: PathBuf,
+        guest_path: String,
+        #[source]
+        source: HostError,
+    },
+    #[error("could not stage a file for {image}")]
+    Stage {
+        image: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How a copy was made, for benchmarks and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMethod {
+    Reflink,
+    Sparse,
+}
+
+/// Copies `from` to `to`: a reflink where the filesystem supports it,
+/// otherwise a sparse copy that moves only the allocated extents.
+pub fn copy_rootfs(from: &Path, to: &Path) -> Result<CopyMethod, DiskError> {
+    let err = |source| DiskError::Copy {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        source,
+    };
+    let src = File::open(from).map_err(err)?;
+    let dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(err)?;
+    let result = (|| {
+        // SAFETY: FICLONE takes the source fd as its argument; both fds are
+        // open for the duration of the call.
+        let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+        if rc == 0 {
+            return Ok(CopyMethod::Reflink);
+        }
+        sparse_copy(&src, &dst)?;
+        Ok(CopyMethod::Sparse)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(to);
+    }
+    result.map_err(err)
+}
+
+fn sparse_copy(src: &File, dst: &File) -> io::Result<()> {
+    let len = src.metadata()?.len();
+    dst.set_len(len)?;
+    let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let len = i64::try_from(len).map_err(io::Error::other)?;
+    let mut pos: i64 = 0;
+    while pos < len {
+        // SAFETY: lseek on an open fd; errors are reported through the return value.
+        let data = unsafe { libc::lseek(sfd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(sfd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut off_in = data;
+        let mut off_out = data;
+        while off_in < hole {
+            let want = usize::try_from(hole - off_in)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            // SAFETY: both fds are open, the offsets point to valid i64s that
+            // the kernel updates.
+            let n = unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        pos = hole;
+    }
+    dst.sync_all()
+}
+
+/// A file to place in the guest's filesystem.
+pub struct GuestFile<'a> {
+    pub path: &'a str,
+    pub content: &'a [u8],
+    /// Permission bits, e.g. 0o600.
+    pub mode: u32,
+    /// Permission bits of the parent directory (it is created if missing).
+    pub dir_mode: u32,
+}
+
+/// Writes files (owned by root) into an ext4 image with `debugfs -w`,
+/// creating their parent directory when missing.
+/// Guest paths are constants of fcm, never user input.
+pub fn inject(image: &Path, files: &[GuestFile<'_>]) -> Result<(), DiskError> {
+    let staging = tempdir_near(image).map_err(|source| DiskError::Stage {
+        image: image.to_owned(),
+        source,
+    })?;
+    let mut script = String::new();
+    for (i, f) in files.iter().enumerate() {
+        let local = staging.join(format!("f{i}"));
+        fs::write(&local, f.content).map_err(|source| DiskError::Stage {
+            image: image.to_owned(),
+            source,
+        })?;
+        if let Some((dir, _)) = f.path.rsplit_once('/')
+            && !dir.is_empty()
+        {
+            // mkdir fails harmlessly when the directory exists.
+            script.push_str(&format!(
+                "mkdir {dir}\nsif {dir} mode 040{m:03o}\nsif {dir} uid 0\nsif {dir} gid 0\n",
+                m = f.dir_mode & 0o777
+            ));
+        }
+        script.push_str(&format!(
+            "rm {p}\nwrite {l} {p}\nsif {p} mode 0100{m:03o}\nsif {p} uid 0\nsif {p} gid 0\n",
+            p = f.path,
+            l = local.display(),
+            m = f.mode & 0o777
+        ));
+    }
+    let cmdfile = staging.join("cmds");
+    fs::write(&cmdfile, &script).map_err(|source| DiskError::Stage {
+        image: image.to_owned(),
+        source,
+    })?;
+    let out = host::run(
+        "debugfs",
+        [
+            "-w".as_ref(),
+            "-f".as_ref(),
+            cmdfile.as_os_str(),
+            image.as_os_str(),
+        ],
+    );
+    let _ = fs::remove_dir_all(&staging);
+    let guest_path = files.iter().map(|f| f.path).collect::<Vec<_>>().join(", ");
+    out.map_err(|source| DiskError::Inject {
+        image: image.to_owned(),
+        guest_path: guest_path.clone(),
+        source,
+    })?;
+    // debugfs reports failed commands on stderr but still exits 0: check
+    // that every file is there with its size.
+    for f in files {
+        let stat = host::run(
+            "debugfs",
+            [
+                "-R".as_ref(),
+                format!("stat {}", f.path).as_ref(),
+                image.as_os_str(),
+            ],
+        )
+        .map_err(|source| DiskError::Inject {
+            image: image.to_owned(),
+            guest_path: f.path.to_owned(),
+            source,
+        })?;
+        let want = format!("Size: {}", f.content.len());
+        if !stat.contains(&want) {
+            return Err(DiskError::Inject {
+                image: image.to_owned(),
+                guest_path: f.path.to_owned(),
+                source: HostError::Failed {
+                    cmd: "debugfs write".into(),
+                    status: "file missing afterwards".into(),
+                    stderr: stat,
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads a file out of an ext4 image (used by tests and diagnostics).
+pub fn read_file(image: &Path, guest_path: &str) -> Result<String, HostError> {
+    host::run(
+        "debugfs",
+        [
+            "-R".as_ref(),
+            format!("cat {guest_path}").as_ref(),
+            image.as_os_str(),
+        ],
+    )
+}
+
+fn tempdir_near(image: &Path) -> io::Result<PathBuf> {
+    let parent = image.parent().unwrap_or(Path::new("/tmp"));
+    let dir = parent.join(format!(
+        ".inject-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    fs::create_dir(&dir)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn sparse_copy_keeps_content_and_holes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src.img");
+        let mut f = File::create(&src).expect("create");
+        f.write_all(b"head").expect("write");
+        f.seek(SeekFrom::Start(64 << 20)).expect("seek");
+        f.write_all(b"tail").expect("write");
+        drop(f);
+        let dst = dir.path().join("dst.img");
+        copy_rootfs(&src, &dst).expect("copy");
+        assert_eq!(fs::read(&src).expect("src"), fs::read(&dst).expect("dst"));
+        assert!(
+            dst.metadata().expect("meta").blocks() * 512 < 4 << 20,
+            "copy is not sparse"
+        );
+        // Refuses to overwrite an existing disk.
+        assert!(copy_rootfs(&src, &dst).is_err());
+    }
+
+    #[test]
+    fn inject_writes_files_without_mounting() {
+        if host::find_program(Path::new("mkfs.ext4")).is_none() {
+            eprintln!("skipping: mkfs.ext4 not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("fs.img");
+        host::run(
+            "mkfs.ext4",
+            [
+                "-q".as_ref(),
+                "-F".as_ref(),
+                img.as_os_str(),
+                "16M".as_ref(),
+            ],
+        )
+        .expect("mkfs");
+        let files = [GuestFile {
+            path: "/root/.ssh/authorized_keys",
+            content: b"ssh-ed25519 AAAA one\n",
+            mode: 0o600,
+            dir_mode: 0o700,
+        }];
+        host::run(
+            "debugfs",
+            [
+                "-w".as_ref(),
+                "-R".as_ref(),
+                "mkdir /root".as_ref(),
+                img.as_os_str(),
+            ],
+        )
+        .expect("mkdir");
+        inject(&img, &files).expect("inject");
+        // A second injection replaces the file.
+        let files = [GuestFile {
+            path: "/root/.ssh/authorized_keys",
+            content: b"ssh-ed25519 AAAA two\n",
+            mode: 0o600,
+            dir_mode: 0o700,
+        }];
+        inject(&img, &files).expect("inject again");
+        assert_eq!(
+            read_file(&img, "/root/.ssh/authorized_keys").expect("cat"),
+            "ssh-ed25519 AAAA two\n"
+        );
+        let stat = host::run(
+            "debugfs",
+            [
+                "-R".as_ref(),
+                "stat /root/.ssh/authorized_keys".as_ref(),
+                img.as_os_str(),
+            ],
+        )
+        .expect("stat");
+        assert!(stat.contains("Mode:  0600"), "{stat}");
+    }
+}

@@ -1,0 +1,127 @@
+//! SSH into guests: the daemon's own key, per-VM host keys pinned in a
+//! known_hosts file, and readiness checks.
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::host::{self, HostError};
+
+/// The daemon's private key (its `.pub` beside it), made on first start.
+pub fn daemon_key(state_dir: &Path) -> PathBuf {
+    state_dir.join("ssh").join("id_ed25519")
+}
+
+/// Creates an ed25519 key pair at `path` unless one exists; returns the public key.
+pub fn ensure_keypair(path: &Path, comment: &str) -> Result<String, HostError> {
+    let public = path.with_extension("pub");
+    if !path.exists() || !public.exists() {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(&public);
+        host::run(
+            "ssh-keygen",
+            [
+                "-q".as_ref(),
+                "-t".as_ref(),
+                "ed25519".as_ref(),
+                "-N".as_ref(),
+                "".as_ref(),
+                "-C".as_ref(),
+                comment.as_ref(),
+                "-f".as_ref(),
+                path.as_os_str(),
+            ],
+        )?;
+    }
+    std::fs::read_to_string(&public)
+        .map(|s| s.trim().to_owned())
+        .map_err(|source| HostError::Spawn {
+            cmd: format!("read {}", public.display()),
+            source,
+        })
+}
+
+/// Options for a non-interactive SSH from the daemon into a guest.
+pub fn daemon_ssh_args(key: &Path, known_hosts: &Path, ip: Ipv4Addr) -> Vec<String> {
+    vec![
+        "-i".into(),
+        key.display().to_string(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        "-o".into(),
+        "ConnectTimeout=5".into(),
+        "-o".into(),
+        "LogLevel=ERROR".into(),
+        format!("root@{ip}"),
+    ]
+}
+
+/// A known_hosts line pinning `host_key` (`ssh-ed25519 AAAA... comment`) for `ip`.
+pub fn known_hosts_line(ip: Ipv4Addr, host_key: &str) -> String {
+    let mut parts = host_key.split_whitespace();
+    let kind = parts.next().unwrap_or_default();
+    let key = parts.next().unwrap_or_default();
+    format!("{ip} {kind} {key}\n")
+}
+
+/// True once something at ip:22 sends an SSH banner.
+pub fn banner_ready(ip: Ipv4Addr) -> bool {
+    let addr = SocketAddr::from((ip, 22));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).is_ok() && &buf == b"SSH-"
+}
+
+/// Waits until the guest's SSH answers.
+pub fn wait_ready(ip: Ipv4Addr, timeout: Duration) -> bool {
+    host::wait_until(timeout, Duration::from_millis(200), || {
+        banner_ready(ip).then_some(())
+    })
+    .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_hosts_line_drops_comment() {
+        let l = known_hosts_line(Ipv4Addr::new(172, 16, 0, 50), "ssh-ed25519 AAAAC3 fcm-abc");
+        assert_eq!(l, "172.16.0.50 ssh-ed25519 AAAAC3\n");
+    }
+
+    #[test]
+    fn keypair_is_made_once() {
+        if host::find_program(Path::new("ssh-keygen")).is_none() {
+            eprintln!("skipping: ssh-keygen not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let k = dir.path().join("ssh/id_ed25519");
+        let a = ensure_keypair(&k, "t").expect("keygen");
+        let b = ensure_keypair(&k, "t").expect("keygen");
+        assert!(a.starts_with("ssh-ed25519 "));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn banner_check_fails_fast_on_closed_port() {
+        assert!(
+            !banner_ready(Ipv4Addr::LOCALHOST)
+                || std::net::TcpStream::connect("127.0.0.1:22").is_ok()
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The on-disk record of each VM: `<state>/<id>/config.json`, written atomically.
+
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::host;
+use crate::names::{VmId, VmName};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("could not write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a valid VM record")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Create is in progress (a record in this state after a daemon crash is undone).
+    Creating,
+    Running,
+    Stopped,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Firecracker,
+    Qemu,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expose {
+    pub port: u16,
+    pub domain: String,
+}
+
+/// `config.json`: the spec's fields (`id`, `name`, `ip`, `state`, `expose`) and
+/// what fcm needs besides to restart and clean up a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub id: VmId,
+    pub name: VmName,
+    pub ip: Ipv4Addr,
+    pub state: VmState,
+    pub expose: Option<Expose>,
+    pub backend: Backend,
+    pub mac: String,
+    pub cpus: u8,
+    pub memory_mib: u32,
+    pub tap: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// VMM process while running.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The guest's SSH host public key, pinned by clients.
+    #[serde(default)]
+    pub host_key: Option<String>,
+}
+
+pub fn vm_dir(state_dir: &Path, id: &VmId) -> PathBuf {
+    state_dir.join(id.as_str())
+}
+
+pub fn record_path(state_dir: &Path, id: &VmId) -> PathBuf {
+    vm_dir(state_dir, id).join("config.json")
+}
+
+pub fn save(state_dir: &Path, rec: &VmRecord) -> Result<(), StoreError> {
+    let path = record_path(state_dir, &rec.id);
+    let mut data = serde_json::to_vec_pretty(rec).map_err(|e| StoreError::Write {
+        path: path.clone(),
+        source: io::Error::other(e),
+    })?;
+    data.push(b'\n');
+    host::write_atomic(&path, &data, 0o644).map_err(|source| StoreError::Write { path, source })
+}
+
+pub fn load(path: &Path) -> Result<VmRecord, StoreError> {
+    let text = fs::read_to_string(path).map_err(|source| StoreError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| StoreError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Entries of the state dir: directories named like VM ids, with their
+/// record if it parses. Other files (the token, assets) are ignored.
+pub fn scan(state_dir: &Path) -> io::Result<Vec<(VmId, Result<VmRecord, StoreError>)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(state_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| VmId::parse(n).ok()) else {
+            continue;
+        };
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let rec = load(&record_path(state_dir, &id));
+        out.push((id, rec));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample(id: &str, name: &str) -> VmRecord {
+        VmRecord {
+            id: VmId::parse(id).expect("id"),
+            name: VmName::parse(name).expect("name"),
+            ip: Ipv4Addr::new(172, 16, 0, 50),
+            state: VmState::Running,
+            expose: Some(Expose {
+                port: 8000,
+                domain: format!("{name}.1-2-3-4.sslip.io"),
+            }),
+            backend: Backend::Qemu,
+            mac: "06:00:ac:10:00:32".into(),
+            cpus: 1,
+            memory_mib: 512,
+            tap: format!("tap_{id}"),
+            created_at: 1,
+            pid: Some(42),
+            host_key: None,
+        }
+    }
+
+    #[test]
+    fn save_load_scan_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = sample("8i5agfx2", "cosmic-nova");
+        fs::create_dir(vm_dir(dir.path(), &rec.id)).expect("mkdir");
+        save(dir.path(), &rec).expect("save");
+        fs::write(dir.path().join(".token"), "x").expect("token");
+        fs::create_dir(dir.path().join("not-an-id")).expect("mkdir");
+        let found = scan(dir.path()).expect("scan");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1.as_ref().expect("record"), &rec);
+        let json: serde_json::Value =
+            serde_json::from_slice(&fs::read(record_path(dir.path(), &rec.id)).expect("read"))
+                .expect("json");
+        for key in ["id", "name", "ip", "state", "expose"] {
+            assert!(json.get(key).is_some(), "config.json lacks {key}");
+        }
+        assert_eq!(json["state"], "running");
+        assert_eq!(json["expose"]["port"], 8000);
+    }
+
+    #[test]
+    fn corrupt_record_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("abcdefgh")).expect("mkdir");
+        fs::write(dir.path().join("abcdefgh/config.json"), "{").expect("write");
+        let found = scan(dir.path()).expect("scan");
+        assert!(matches!(found[0].1, Err(StoreError::Parse { .. })));
+    }
+}

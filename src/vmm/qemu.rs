@@ -1,0 +1,131 @@
+//! The QEMU backend: `microvm` under TCG, the same kernel, initrd, rootfs,
+//! command line, tap and MAC as Firecracker. A slow fallback for hosts
+//! without usable hardware virtualisation.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{LaunchSpec, Vmm, VmmError};
+use crate::host;
+use crate::store::Backend;
+
+pub const PIDFILE: &str = "qemu.pid";
+pub const QMP: &str = "qmp.sock";
+
+pub struct Qemu {
+    bin: PathBuf,
+}
+
+impl Qemu {
+    pub fn new(bin: PathBuf) -> Self {
+        Self { bin }
+    }
+
+    /// The full argument list; public for the benchmark and tests.
+    pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
+        let d = |p: &Path| p.display().to_string();
+        let mut a: Vec<String> = [
+            "-name",
+            &format!("fcm-{}", spec.id),
+            "-M",
+            "microvm,x-option-roms=off,rtc=on,acpi=on",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            &spec.memory_mib.to_string(),
+            "-smp",
+            &spec.cpus.to_string(),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-chardev",
+            &format!("file,id=con,path={},append=on", d(&spec.console_log())),
+            "-serial",
+            "chardev:con",
+            "-kernel",
+            &d(spec.kernel),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(initrd) = spec.initrd {
+            a.extend(["-initrd".into(), d(initrd)]);
+        }
+        a.extend(
+            [
+                "-append",
+                &format!("{} {}", spec.cmdline, QEMU_CMDLINE_EXTRA),
+                "-drive",
+                &format!(
+                    "id=root,file={},format=raw,if=none,cache=writeback",
+                    d(spec.rootfs)
+                ),
+                "-device",
+                "virtio-blk-device,drive=root",
+                "-netdev",
+                &format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap),
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={}", spec.mac),
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", d(&spec.dir.join(QMP))),
+                "-pidfile",
+                &d(&spec.dir.join(PIDFILE)),
+                "-daemonize",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        a
+    }
+}
+
+/// Extra kernel arguments QEMU's microvm needs under TCG.
+pub const QEMU_CMDLINE_EXTRA: &str = "tsc_early_khz=2000";
+
+impl Vmm for Qemu {
+    fn backend(&self) -> Backend {
+        Backend::Qemu
+    }
+
+    fn binary(&self) -> &Path {
+        &self.bin
+    }
+
+    fn runtime_files(&self) -> &'static [&'static str] {
+        &[PIDFILE, QMP]
+    }
+
+    fn launch(&self, spec: &LaunchSpec<'_>) -> Result<u32, VmmError> {
+        let bin = host::find_program(&self.bin).ok_or_else(|| VmmError::MissingBinary {
+            program: "qemu-system-x86_64",
+            path: self.bin.clone(),
+        })?;
+        let pidfile = spec.dir.join(PIDFILE);
+        let _ = fs::remove_file(&pidfile);
+        // With -daemonize QEMU returns once the machine is set up (tap opened,
+        // disk opened), so its exit status reports configuration errors.
+        host::run(&bin.to_string_lossy(), Self::args(spec)).map_err(VmmError::Qemu)?;
+        host::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            fs::read_to_string(&pidfile)
+                .ok()?
+                .trim()
+                .parse::<u32>()
+                .ok()
+        })
+        .ok_or_else(|| VmmError::NotReady {
+            program: "qemu-system-x86_64",
+            detail: format!("no pid in {}", pidfile.display()),
+        })
+    }
+
+    fn request_shutdown(&self, _dir: &Path) -> Result<(), VmmError> {
+        // microvm has no keyboard controller for Ctrl-Alt-Del; the daemon
+        // asks the guest over SSH instead.
+        Ok(())
+    }
+}

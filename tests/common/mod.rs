@@ -1,0 +1,430 @@
+//! Test harness: a fresh network namespace per test, the real `fcm daemon`
+//! on a temp state dir inside it, and the real `fcm` CLI driving it.
+//! Everything is undone on drop, also when the test fails: VMM processes
+//! are killed by PID, the namespace (with its bridge and taps) is deleted.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn fcm_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fcm")
+}
+
+/// Where `scripts/setup.sh` put the kernel, initrd and rootfs.
+pub fn assets() -> PathBuf {
+    std::env::var_os("FCM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker"))
+}
+
+/// Whether end-to-end tests can run here; prints why not. Missing pieces
+/// fail the test unless FCM_E2E_OPTIONAL=1 (a developer without the set-up).
+pub fn e2e_ready() -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    for f in ["vmlinux.bin", "initrd.img", "base-rootfs.img"] {
+        if !assets().join(f).is_file() {
+            missing.push(assets().join(f).display().to_string());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "end-to-end test needs {} (run scripts/setup.sh as root)",
+        missing.join(", ")
+    );
+    if std::env::var("FCM_E2E_OPTIONAL").as_deref() == Ok("1") {
+        eprintln!("skipping: {msg}");
+        false
+    } else {
+        panic!("{msg}");
+    }
+}
+
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A network namespace with loopback up; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("fcmt-{tag}-{}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "ip netns add {name} failed");
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command run inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        self.cmd(argv[0])
+            .args(&argv[1..])
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Names of links inside the namespace.
+    pub fn links(&self) -> Vec<String> {
+        let out = self.exec(&["ip", "-o", "link", "show"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The real daemon in a namespace, with a temp state dir and a client home.
+pub struct Fcm {
+    pub ns: Netns,
+    pub dir: tempfile::TempDir,
+    pub daemon: Option<Child>,
+    pub extra_args: Vec<String>,
+}
+
+impl Fcm {
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    /// Starts a daemon with the QEMU backend and no Caddy, unless
+    /// `extra_args` say otherwise.
+    pub fn start(tag: &str, extra_args: &[&str]) -> Self {
+        let ns = Netns::new(tag);
+        let dir = tempfile::Builder::new()
+            .prefix("fcm-test-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let mut f = Self {
+            ns,
+            dir,
+            daemon: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        fs::create_dir_all(f.home().join(".ssh")).expect("home");
+        let key = f.home().join(".ssh/id_ed25519");
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "tester", "-f"])
+            .arg(&key)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "ssh-keygen failed");
+        f.spawn_daemon();
+        f
+    }
+
+    pub fn daemon_args(&self) -> Vec<String> {
+        let a = assets();
+        let mut v: Vec<String> = vec![
+            "daemon".into(),
+            "--state-dir".into(),
+            self.state().display().to_string(),
+            "--kernel".into(),
+            a.join("vmlinux.bin").display().to_string(),
+            "--initrd".into(),
+            a.join("initrd.img").display().to_string(),
+            "--rootfs".into(),
+            a.join("base-rootfs.img").display().to_string(),
+        ];
+        if !self.extra_args.iter().any(|x| x == "--backend") {
+            v.extend(["--backend".into(), "qemu".into()]);
+        }
+        if !self.extra_args.iter().any(|x| x == "--config") {
+            v.push("--no-caddy".into());
+        }
+        v.extend(self.extra_args.iter().cloned());
+        v
+    }
+
+    pub fn spawn_daemon(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("log");
+        let child = self
+            .ns
+            .cmd(fcm_bin())
+            .args(self.daemon_args())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon");
+        self.daemon = Some(child);
+        let up = wait_for(Duration::from_secs(20), || {
+            let out = self
+                .ns
+                .exec(&["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/7777 && echo up"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("up")
+                .then_some(())
+        });
+        if up.is_none() {
+            panic!(
+                "daemon did not come up:\n{}",
+                fs::read_to_string(self.log()).unwrap_or_default()
+            );
+        }
+    }
+
+    /// Kills the daemon (SIGKILL), leaving its VMs running.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            // `ip netns exec` execs the daemon, so this is the daemon's pid.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn token(&self) -> String {
+        fs::read_to_string(self.state().join(".token"))
+            .expect("token")
+            .trim()
+            .to_string()
+    }
+
+    /// The `fcm` CLI inside the namespace, as a user with its own home.
+    pub fn cli(&self) -> Command {
+        let mut c = self.ns.cmd("env");
+        c.arg(format!("HOME={}", self.home().display()))
+            .arg(format!("FCM_STATE_DIR={}", self.state().display()))
+            .arg("-u")
+            .arg("FCM_TOKEN")
+            .arg("-u")
+            .arg("FCM_HOST")
+            .arg(fcm_bin());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cli()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fcm")
+    }
+
+    /// Runs fcm and panics with its output unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "fcm {args:?} failed: {}\n{}\n--- daemon log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(self.log()).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `fcm create --json`, returning the VM as JSON.
+    pub fn create(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["create", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        serde_json::from_str(out.trim()).expect("create --json output")
+    }
+
+    pub fn vms(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(self.ok(&["ls", "--json"]).trim()).expect("ls --json")
+    }
+
+    pub fn vm(&self, name: &str) -> serde_json::Value {
+        self.vms()
+            .into_iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed"))
+    }
+
+    /// `fcm ssh <vm> -- cmd` output.
+    pub fn ssh(&self, vm: &str, cmd: &str) -> Output {
+        self.cli()
+            .args(["ssh", vm, "--", cmd])
+            .stdin(Stdio::null())
+            .output()
+            .expect("fcm ssh")
+    }
+
+    /// A raw API call with curl inside the namespace: (status, body).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> (u16, String) {
+        let mut c = self.ns.cmd("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if body.is_some() {
+            c.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "@-",
+            ]);
+        }
+        c.arg(format!("http://127.0.0.1:7777{path}"));
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("curl");
+        if let Some(b) = body {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(b).expect("write body");
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// PIDs of every VMM this test's daemon started (from the pid files).
+    pub fn vmm_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.state()) {
+            for e in rd.flatten() {
+                for f in ["qemu.pid", "firecracker.pid"] {
+                    if let Ok(p) = fs::read_to_string(e.path().join(f))
+                        && let Ok(p) = p.trim().parse()
+                    {
+                        pids.push(p);
+                    }
+                }
+            }
+        }
+        pids
+    }
+
+    /// Processes whose command line mentions this test's state dir.
+    pub fn processes(&self) -> Vec<u32> {
+        let marker = self.state().display().to_string();
+        let mut v = Vec::new();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if Some(pid) == self.daemon.as_ref().map(|c| c.id()) {
+                continue;
+            }
+            if let Ok(c) = fs::read(e.path().join("cmdline")) {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                if c.contains(&marker) && !c.contains(" daemon ") {
+                    v.push(pid);
+                }
+            }
+        }
+        v
+    }
+}
+
+pub fn kill_pid(pid: u32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+impl Drop for Fcm {
+    fn drop(&mut self) {
+        self.kill_daemon();
+        for pid in self.vmm_pids().into_iter().chain(self.processes()) {
+            kill_pid(pid);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log ---\n{}",
+                fs::read_to_string(self.log()).unwrap_or_default()
+            );
+            for e in fs::read_dir(self.state()).into_iter().flatten().flatten() {
+                let log = e.path().join("console.log");
+                if let Ok(s) = fs::read_to_string(&log) {
+                    let tail: String = s
+                        .chars()
+                        .rev()
+                        .take(3000)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    eprintln!("--- {} (tail) ---\n{tail}", log.display());
+                }
+            }
+        }
+    }
+}
+
+/// True when something at ip:port answers from inside the namespace.
+pub fn tcp_open(ns: &Netns, ip: &str, port: u16) -> bool {
+    let out = ns.exec(&[
+        "bash",
+        "-c",
+        &format!("exec 3<>/dev/tcp/{ip}/{port} && echo open"),
+    ]);
+    String::from_utf8_lossy(&out.stdout).contains("open")
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+}
