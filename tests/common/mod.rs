@@ -171,13 +171,16 @@ impl Fcm {
             "daemon".into(),
             "--state-dir".into(),
             self.state().display().to_string(),
-            "--kernel".into(),
-            a.join("vmlinux.bin").display().to_string(),
-            "--initrd".into(),
-            a.join("initrd.img").display().to_string(),
-            "--rootfs".into(),
-            a.join("base-rootfs.img").display().to_string(),
         ];
+        for (flag, file) in [
+            ("--kernel", "vmlinux.bin"),
+            ("--initrd", "initrd.img"),
+            ("--rootfs", "base-rootfs.img"),
+        ] {
+            if !self.extra_args.iter().any(|x| x == flag) {
+                v.extend([flag.into(), a.join(file).display().to_string()]);
+            }
+        }
         if !self.extra_args.iter().any(|x| x == "--backend") {
             v.extend(["--backend".into(), "qemu".into()]);
         }
@@ -239,12 +242,9 @@ impl Fcm {
     /// The `fcm` CLI inside the namespace, as a user with its own home.
     pub fn cli(&self) -> Command {
         let mut c = self.ns.cmd("env");
-        c.arg(format!("HOME={}", self.home().display()))
+        c.args(["-u", "FCM_TOKEN", "-u", "FCM_HOST", "-u", "FCM_STREAM"])
+            .arg(format!("HOME={}", self.home().display()))
             .arg(format!("FCM_STATE_DIR={}", self.state().display()))
-            .arg("-u")
-            .arg("FCM_TOKEN")
-            .arg("-u")
-            .arg("FCM_HOST")
             .arg(fcm_bin());
         c
     }

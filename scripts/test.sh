@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: host set-up (packages,
+# Firecracker, guest kernel + rootfs; cached after the first run), lints,
+# then every unit and end-to-end test. Run as root: the end-to-end tests
+# make network namespaces and boot guests in them.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ "$(id -u)" != 0 ]; then
+	echo "scripts/test.sh: run as root (sudo bash scripts/test.sh)" >&2
+	exit 2
+fi
+if ! command -v cargo >/dev/null; then
+	echo "scripts/test.sh: cargo not found; install a Rust toolchain >= 1.85 (rustup)" >&2
+	exit 2
+fi
+
+bash scripts/setup.sh
+
+echo "== lints" >&2
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== tests" >&2
+# Two test threads: each end-to-end test boots QEMU/TCG guests, and the
+# machines this runs on have two cores.
+cargo test --locked -- --test-threads=2
