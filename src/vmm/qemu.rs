@@ -59,7 +59,7 @@ impl Qemu {
         a.extend(
             [
                 "-append",
-                &format!("{} {}", spec.cmdline, QEMU_CMDLINE_EXTRA),
+                &format!("{} {}", spec.cmdline, cmdline_extra()),
                 "-drive",
                 &format!(
                     "id=root,file={},format=raw,if=none,cache=writeback",
@@ -84,8 +84,40 @@ impl Qemu {
     }
 }
 
-/// Extra kernel arguments QEMU's microvm needs under TCG.
-pub const QEMU_CMDLINE_EXTRA: &str = "tsc_early_khz=2000";
+/// Extra kernel arguments QEMU's microvm needs under TCG: the guest's TSC
+/// ticks at the host's TSC rate, and calibrating it against the emulated PIT
+/// is unreliable under emulation, so the rate is passed in. A wrong value
+/// breaks the guest's timers (sleeps never end).
+pub fn cmdline_extra() -> String {
+    match host_tsc_khz() {
+        Some(khz) => format!("tsc_early_khz={khz}"),
+        None => String::new(),
+    }
+}
+
+/// The host's TSC frequency in kHz: sysfs where the kernel exports it,
+/// else the first `cpu MHz` of /proc/cpuinfo.
+pub fn host_tsc_khz() -> Option<u64> {
+    if let Ok(s) = fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+        && let Ok(k) = s.trim().parse()
+    {
+        return Some(k);
+    }
+    let info = fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_cpu_mhz(&info)
+}
+
+fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0) as u64)
+}
 
 impl Vmm for Qemu {
     fn backend(&self) -> Backend {
@@ -127,5 +159,19 @@ impl Vmm for Qemu {
         // microvm has no keyboard controller for Ctrl-Alt-Del; the daemon
         // asks the guest over SSH instead.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_mhz_becomes_khz() {
+        assert_eq!(
+            parse_cpu_mhz("processor\t: 0\ncpu MHz\t\t: 2445.406\n"),
+            Some(2_445_406)
+        );
+        assert_eq!(parse_cpu_mhz("nothing here"), None);
     }
 }
