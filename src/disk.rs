@@ -102,7 +102,16 @@ fn sparse_copy(src: &File, dst: &File) -> io::Result<()> {
             // the kernel updates.
             let n = unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
             if n < 0 {
-                return Err(io::Error::last_os_error());
+                let e = io::Error::last_os_error();
+                // Across filesystems (or where unsupported) copy by hand.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                ) {
+                    copy_range(src, dst, off_in, hole)?;
+                    break;
+                }
+                return Err(e);
             }
             if n == 0 {
                 break;
@@ -111,6 +120,27 @@ fn sparse_copy(src: &File, dst: &File) -> io::Result<()> {
         pos = hole;
     }
     dst.sync_all()
+}
+
+/// Copies bytes `[from, to)` with positioned reads and writes.
+fn copy_range(src: &File, dst: &File, from: i64, to: i64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let from = u64::try_from(from).map_err(io::Error::other)?;
+    let end = u64::try_from(to).map_err(io::Error::other)?;
+    let mut off = from;
+    while off < end {
+        let want = usize::try_from(end - off)
+            .unwrap_or(buf.len())
+            .min(buf.len());
+        let n = src.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
 }
 
 /// A file to place in the guest's filesystem.

@@ -186,3 +186,54 @@ fn client_without_daemon_says_what_to_do() {
         .expect("fcm");
     assert_eq!(usage.status.code(), Some(2));
 }
+
+#[test]
+fn a_full_disk_fails_create_at_a_named_step_and_leaves_nothing() {
+    if !root() || !common::assets().join("base-rootfs.img").exists() {
+        eprintln!("skipping: needs root and the guest assets (scripts/setup.sh)");
+        return;
+    }
+    // A state dir on a 64 MiB tmpfs: the 1 GiB sparse rootfs (~400 MB of
+    // data) cannot be copied there.
+    let f = Fcm::start("full", &[]);
+    let small = f.dir.path().join("small");
+    fs::create_dir_all(&small).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "fcm-test-full"])
+        .arg(&small)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(mounted, "could not mount a tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let g = Fcm::start(
+        "full2",
+        &["--state-dir", &small.join("state").display().to_string()],
+    );
+    let out = g.run(&["create", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("copy rootfs") && err.contains("No space left"),
+        "{err}"
+    );
+    let left: Vec<_> = fs::read_dir(g.state())
+        .expect("state")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.') && n != "ssh")
+        .collect();
+    assert!(left.is_empty(), "create left {left:?}");
+    assert!(
+        !g.ns.links().iter().any(|l| l.starts_with("tap_")),
+        "tap left"
+    );
+    drop(g);
+    drop(f);
+}

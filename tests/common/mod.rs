@@ -126,8 +126,16 @@ pub struct Fcm {
 }
 
 impl Fcm {
+    /// The daemon's state dir: `--state-dir` from the extra args, else one in the temp dir.
     pub fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
+        let given = self
+            .extra_args
+            .iter()
+            .position(|a| a == "--state-dir")
+            .and_then(|i| self.extra_args.get(i + 1));
+        given
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dir.path().join("state"))
     }
 
     pub fn home(&self) -> PathBuf {
@@ -167,11 +175,10 @@ impl Fcm {
 
     pub fn daemon_args(&self) -> Vec<String> {
         let a = assets();
-        let mut v: Vec<String> = vec![
-            "daemon".into(),
-            "--state-dir".into(),
-            self.state().display().to_string(),
-        ];
+        let mut v: Vec<String> = vec!["daemon".into()];
+        if !self.extra_args.iter().any(|x| x == "--state-dir") {
+            v.extend(["--state-dir".into(), self.state().display().to_string()]);
+        }
         for (flag, file) in [
             ("--kernel", "vmlinux.bin"),
             ("--initrd", "initrd.img"),
