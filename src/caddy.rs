@@ -52,13 +52,13 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::{Mutex, MutexGuard};
-use std::thread;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -641,65 +641,20 @@ fn caddy_stderr_summary(stderr: &str) -> String {
     }
 }
 
-/// Runs a program (no shell) with a deadline, killing it when the deadline
-/// passes; returns stdout. [`host::run`] has no deadline, and a wedged Caddy
-/// must not hang a VM operation.
+/// Runs a program with a deadline (a wedged Caddy must not hang a VM
+/// operation), keeping only Caddy's `Error:` lines of its stderr.
 fn run_bounded(program: &Path, args: &[&OsStr], timeout: Duration) -> Result<String, HostError> {
-    let mut cmd = program.to_string_lossy().into_owned();
-    for arg in args {
-        cmd.push(' ');
-        cmd.push_str(&arg.to_string_lossy());
-    }
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| HostError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let status = host::wait_until(timeout, Duration::from_millis(10), || {
-        child.try_wait().ok().flatten()
-    });
-    let status = match status {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = (stdout.join(), stderr.join());
-            let status = format!("timed out after {}s", timeout.as_secs());
-            return Err(HostError::Failed {
-                cmd,
-                status,
-                stderr: String::new(),
-            });
-        }
-    };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    if status.success() {
-        Ok(stdout)
-    } else {
-        Err(HostError::Failed {
+    host::run_timeout(&program.to_string_lossy(), args, timeout).map_err(|e| match e {
+        HostError::Failed {
             cmd,
-            status: status.to_string(),
+            status,
+            stderr,
+        } => HostError::Failed {
+            cmd,
+            status,
             stderr: caddy_stderr_summary(&stderr),
-        })
-    }
-}
-
-/// Reads a child's pipe to the end on a thread, so a full pipe never blocks it.
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        },
+        other => other,
     })
 }
 

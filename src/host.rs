@@ -33,7 +33,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    run_with_stdin(program, args, None)
+    run_full(program, args, None, None)
 }
 
 /// Like [`run`], feeding `stdin` to the program.
@@ -41,6 +41,31 @@ pub fn run_with_stdin<I, S>(
     program: &str,
     args: I,
     stdin: Option<&[u8]>,
+) -> Result<String, HostError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_full(program, args, stdin, None)
+}
+
+/// Like [`run`], killing the program if it has not finished within `timeout`.
+pub fn run_timeout<I, S>(program: &str, args: I, timeout: Duration) -> Result<String, HostError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_full(program, args, None, Some(timeout))
+}
+
+/// The one way fcm runs a host program: no shell, stdout and stderr
+/// captured (drained by threads so a chatty program cannot block), an
+/// optional deadline after which the program is killed.
+pub fn run_full<I, S>(
+    program: &str,
+    args: I,
+    stdin: Option<&[u8]>,
+    timeout: Option<Duration>,
 ) -> Result<String, HostError>
 where
     I: IntoIterator<Item = S>,
@@ -62,25 +87,50 @@ where
             cmd: cmd.clone(),
             source,
         })?;
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // A program that exits early closes the pipe; its status tells why.
         let _ = pipe.write_all(data);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| HostError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let status = match timeout {
+        None => child.wait().ok(),
+        Some(t) => wait_until(t, Duration::from_millis(10), || {
+            child.try_wait().ok().flatten()
+        }),
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = (out.join(), err.join());
+        let secs = timeout.map(|t| t.as_secs_f32()).unwrap_or_default();
+        return Err(HostError::Failed {
+            cmd,
+            status: format!("timed out after {secs} s"),
+            stderr: String::new(),
+        });
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    if status.success() {
+        Ok(stdout)
     } else {
         Err(HostError::Failed {
             cmd,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            status: status.to_string(),
+            stderr: stderr.trim().to_owned(),
         })
     }
+}
+
+fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
 }
 
 fn render(program: &str, args: &[std::ffi::OsString]) -> String {
@@ -90,47 +140,6 @@ fn render(program: &str, args: &[std::ffi::OsString]) -> String {
         s.push_str(&a.to_string_lossy());
     }
     s
-}
-
-/// Runs a program and kills it if it has not finished within `timeout`.
-/// Output is discarded; only success matters to callers.
-pub fn run_timeout<I, S>(program: &str, args: I, timeout: Duration) -> Result<(), HostError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let cmd = render(program, &args);
-    let mut child = Command::new(program)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| HostError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
-    let status = wait_until(timeout, Duration::from_millis(20), || {
-        child.try_wait().ok().flatten()
-    });
-    match status {
-        Some(s) if s.success() => Ok(()),
-        Some(s) => Err(HostError::Failed {
-            cmd,
-            status: s.to_string(),
-            stderr: String::new(),
-        }),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(HostError::Failed {
-                cmd,
-                status: format!("timed out after {timeout:?}"),
-                stderr: String::new(),
-            })
-        }
-    }
 }
 
 /// Writes `data` to `path` so that a crash leaves either the old or the new
@@ -237,6 +246,21 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("boom") && msg.contains('3'), "{msg}");
         assert_eq!(run("echo", ["hi"]).expect("echo").trim(), "hi");
+    }
+
+    #[test]
+    fn run_timeout_kills_slow_programs() {
+        let t = Instant::now();
+        let err =
+            run_timeout("sleep", ["5"], Duration::from_millis(200)).expect_err("must time out");
+        assert!(err.to_string().contains("timed out"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(4));
+        assert_eq!(
+            run_timeout("echo", ["ok"], Duration::from_secs(5))
+                .expect("echo")
+                .trim(),
+            "ok"
+        );
     }
 
     #[test]

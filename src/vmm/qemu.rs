@@ -116,7 +116,7 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()?;
-    (mhz > 0.0).then(|| (mhz * 1000.0) as u64)
+    (mhz > 0.0).then_some((mhz * 1000.0) as u64)
 }
 
 impl Vmm for Qemu {
