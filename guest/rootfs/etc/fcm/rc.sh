@@ -1,0 +1,186 @@
+#!/bin/busybox sh
+# fcm guest boot script, run once by busybox init (::sysinit).
+#
+# Kernel parameters used:
+#   ip=<ip>::<gw>:<netmask>:<hostname>:<dev>:<autoconf>   (kernel ip= syntax;
+#       the cloud kernel has no IP_PNP, so this script applies it)
+#   fcm.dns=<ip>[,<ip>...]   nameservers for /etc/resolv.conf (default 1.1.1.1)
+#   ro                       leave / read-only (default: remount it rw)
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+umask 022
+
+# Log to the console with the uptime, as the kernel does.
+log() {
+	{ read -r up _ </proc/uptime; } 2>/dev/null || up="?"
+	echo "fcm-rc[$up]: $*"
+}
+
+# Under emulation every exec costs 40-80 ms. This script runs under the static
+# busybox sh, which runs its applets (mount, mkdir, chmod...) without an exec;
+# the only programs it execs are iproute2's ip (once) and, rarely, ssh-keygen.
+mounted=" "
+refresh_mounts() {
+	mounted=" "
+	while read -r _ mp _ opts _; do
+		mounted="$mounted$mp "
+		[ "$mp" = / ] && root_opts=$opts
+	done </proc/mounts
+}
+
+[ -r /proc/self/stat ] || mount -t proc -o nosuid,nodev,noexec proc /proc
+refresh_mounts
+mkdir -p /sys /dev /run /tmp
+mount_once() { # TYPE DIR OPTIONS
+	case "$mounted" in *" $2 "*) return 0 ;; esac
+	mount -t "$1" -o "$3" "$1" "$2" || log "warning: cannot mount $1 on $2"
+}
+mount_once sysfs /sys nosuid,nodev,noexec
+mount_once devtmpfs /dev mode=0755,nosuid
+mount_once tmpfs /run mode=0755,nosuid,nodev,size=20%
+mount_once tmpfs /tmp mode=1777,nosuid,nodev,size=50%
+mkdir -p /dev/pts /dev/shm /run/sshd /run/fcm/www
+mount_once devpts /dev/pts gid=5,mode=0620,ptmxmode=0666,nosuid,noexec
+mount_once tmpfs /dev/shm mode=1777,nosuid,nodev
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
+[ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
+[ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
+[ -e /dev/ptmx ] || ln -s pts/ptmx /dev/ptmx
+: >/run/utmp
+log "mounts done"
+
+read -r cmdline </proc/cmdline
+ipconf=
+dns=1.1.1.1
+want_ro=
+for arg in $cmdline; do
+	case "$arg" in
+		ip=*) ipconf=${arg#ip=} ;;
+		fcm.dns=*) dns=${arg#fcm.dns=} ;;
+		ro) want_ro=1 ;;
+		rw) want_ro= ;;
+	esac
+done
+
+case ",$root_opts," in
+	*,ro,*) [ -n "$want_ro" ] || mount -o remount,rw / || log "warning: cannot remount / read-write" ;;
+esac
+
+# --- entropy ---------------------------------------------------------------
+# Nothing to do: Linux 6.1 has its CRNG ready at once when the CPU has RDRAND
+# (any real CPU; QEMU TCG with -cpu max) or a virtio-rng/entropy device is
+# there (the initramfs loads virtio-rng), and within seconds from CPU jitter
+# otherwise, so sshd does not stall. Mixing in a saved seed would not credit
+# entropy anyway.
+
+# --- hostname + network from ip= ------------------------------------------
+mask_to_prefix() { # 255.255.255.0 -> 24
+	prefix=0
+	oldifs=$IFS
+	IFS=.
+	for octet in $1; do
+		case "$octet" in
+			255) prefix=$((prefix + 8)) ;; 254) prefix=$((prefix + 7)) ;;
+			252) prefix=$((prefix + 6)) ;; 248) prefix=$((prefix + 5)) ;;
+			240) prefix=$((prefix + 4)) ;; 224) prefix=$((prefix + 3)) ;;
+			192) prefix=$((prefix + 2)) ;; 128) prefix=$((prefix + 1)) ;;
+		esac
+	done
+	IFS=$oldifs
+	echo "$prefix"
+}
+
+addr='' gw='' mask='' host='' dev=''
+if [ -n "$ipconf" ]; then
+	case "$ipconf" in
+		off | none | dhcp | on | any | bootp | rarp | both)
+			log "ip=$ipconf: only static ip=<ip>::<gw>:<mask>:<host>:<dev>:off|on is supported" ;;
+		*)
+			oldifs=$IFS
+			IFS=:
+			# shellcheck disable=SC2086
+			set -- $ipconf
+			IFS=$oldifs
+			addr=$1 gw=$3 mask=$4 host=$5 dev=$6
+			;;
+	esac
+fi
+[ -n "$dev" ] || dev=eth0
+[ -n "$mask" ] || mask=255.255.255.0
+
+if [ -n "$host" ]; then
+	echo "$host" >/proc/sys/kernel/hostname
+	echo "$host" >/etc/hostname
+elif [ -s /etc/hostname ]; then
+	read -r host </etc/hostname && echo "$host" >/proc/sys/kernel/hostname
+fi
+read -r host </proc/sys/kernel/hostname
+
+# Keep the hostname resolvable (sudo, tmux, python) without DNS: rewrite the
+# 127.0.1.1 line of /etc/hosts, keep every other line.
+if [ -n "$host" ]; then
+	hosts=
+	while IFS= read -r line; do
+		case "$line" in 127.0.1.1[[:space:]]*) ;; *) hosts="$hosts$line
+" ;; esac
+	done </etc/hosts
+	printf '%s127.0.1.1\t%s\n' "$hosts" "$host" >/etc/hosts
+fi
+
+# One 'ip -batch' for lo and eth0: address, up, default route.
+{
+	echo "link set lo up"
+	if [ -n "$addr" ]; then
+		tries=50 # virtio_net was loaded by the initramfs; give it up to 5 s
+		while [ ! -e "/sys/class/net/$dev" ] && [ "$tries" -gt 0 ]; do
+			sleep 0.1
+			tries=$((tries - 1))
+		done
+		if [ -e "/sys/class/net/$dev" ]; then
+			echo "address add $addr/$(mask_to_prefix "$mask") dev $dev"
+			echo "link set $dev up"
+			[ -n "$gw" ] && echo "route replace default via $gw dev $dev"
+		else
+			log "error: network device $dev not found; no network" >&2
+		fi
+	fi
+} >/run/fcm/net.batch
+# iproute2 (the busybox ip applet has no -batch).
+/usr/bin/ip -batch /run/fcm/net.batch || log "warning: network set-up failed: $(tr '\n' ';' </run/fcm/net.batch)"
+[ -n "$addr" ] && log "$dev $addr/$(mask_to_prefix "$mask") gw ${gw:-none} host $host"
+
+# resolv.conf: a real file (replacing e.g. a dangling symlink into /run).
+resolv="# written at boot by /etc/fcm/rc.sh (kernel parameter fcm.dns=)"
+oldifs=$IFS
+IFS=,
+for ns in $dns; do resolv="$resolv
+nameserver $ns"; done
+IFS=$oldifs
+[ -L /etc/resolv.conf ] && rm -f /etc/resolv.conf
+echo "$resolv" >/etc/resolv.conf
+
+# --- SSH host key ------------------------------------------------------------
+# The host normally writes /etc/ssh/ssh_host_ed25519_key into the image before
+# the first boot. If there is none, make one (ed25519 only: RSA keygen takes
+# seconds under emulation).
+have_key=
+for k in /etc/ssh/ssh_host_*_key; do [ -f "$k" ] && have_key=1; done
+if [ -z "$have_key" ]; then
+	log "no SSH host key in the image; generating an ed25519 one"
+	ssh-keygen -q -t ed25519 -N '' -C "root@$host" -f /etc/ssh/ssh_host_ed25519_key
+fi
+# sshd ignores keys that others can read; debugfs-written files may be loose.
+chmod go-rwx /etc/ssh/ssh_host_*_key /root/.ssh /root/.ssh/authorized_keys 2>/dev/null
+
+# --- placeholder web page on :8000 -------------------------------------------
+case "$host" in
+	*[!A-Za-z0-9.-]*) html_host=$(printf '%s' "$host" | sed 's/&/\&amp;/g; s/</\&lt;/g; s/>/\&gt;/g') ;;
+	*) html_host=$host ;;
+esac
+printf '%s\n' '<!doctype html>' \
+	"<html><head><meta charset=\"utf-8\"><title>$html_host</title></head>" \
+	"<body><h1>Hello from $html_host</h1>" \
+	'<p>This fcm microVM is up. Replace this page by serving your app on port 8000.</p>' \
+	'</body></html>' >/run/fcm/www/index.html
+
+log "boot done"
