@@ -227,7 +227,7 @@ base_cmdline() { # name
 base_qemu_args() { # dir id name tap
 	local dir=$1 id=$2 name=$3 tap=$4
 	printf '%s\n' -name "fcm-$id" -M microvm,x-option-roms=off,rtc=on,acpi=on -accel tcg \
-		-cpu max -m "$MEM" -smp "$CPUS" -nodefaults -no-user-config -display none -no-reboot \
+		-cpu max -m "$MEM" -smp "$CPUS" -nodefaults -no-user-config -display none -no-reboot -device i8042 \
 		-chardev "file,id=con,path=$dir/console.log,append=on" -serial chardev:con \
 		-kernel "$KERNEL" -initrd "$INITRD" -append "$(base_cmdline "$name") $(qemu_cmdline_extra)" \
 		-drive "id=root,file=$dir/rootfs.img,format=raw,if=none,cache=writeback" \

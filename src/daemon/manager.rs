@@ -651,17 +651,26 @@ impl Manager {
         if !host::process_alive(pid, &marker) {
             return true;
         }
-        let _ = self.vmm_for(r.backend).request_shutdown(&dir);
-        let mut args = ssh::daemon_ssh_args(&self.key, &self.known_hosts(&r.id), r.ip);
-        args.push("reboot".into());
-        let _ = host::run_timeout("ssh", &args, Duration::from_secs(10));
         let gone = || (!host::process_alive(pid, &marker)).then_some(());
-        let clean = host::wait_until(
-            Duration::from_secs(self.cfg.stop_timeout_secs),
-            Duration::from_millis(50),
-            gone,
-        )
-        .is_some();
+        let deadline = Duration::from_secs(self.cfg.stop_timeout_secs);
+        let started = std::time::Instant::now();
+        // Ctrl-Alt-Del through the VMM first; if the guest does not react
+        // within a few seconds (or the VMM cannot send it), `reboot` over SSH.
+        let asked = self.vmm_for(r.backend).request_shutdown(&dir).is_ok();
+        let mut clean = asked
+            && host::wait_until(
+                deadline.min(Duration::from_secs(8)),
+                Duration::from_millis(50),
+                gone,
+            )
+            .is_some();
+        if !clean {
+            let mut args = ssh::daemon_ssh_args(&self.key, &self.known_hosts(&r.id), r.ip);
+            args.push("reboot".into());
+            let _ = host::run_timeout("ssh", &args, Duration::from_secs(10));
+            let left = deadline.saturating_sub(started.elapsed());
+            clean = host::wait_until(left, Duration::from_millis(50), gone).is_some();
+        }
         if !clean {
             self.kill(pid, &dir);
         }
