@@ -85,6 +85,10 @@ pub struct CaddyConfig {
     pub domain_suffix: String,
     /// Guest port the URL proxies to.
     pub guest_port: u16,
+    /// How to reload Caddy: an argv run instead of `caddy reload --config
+    /// <caddyfile> --adapter caddyfile --address <admin>` (for example
+    /// `["systemctl", "reload", "caddy"]`). Empty means the default.
+    pub reload_command: Vec<String>,
 }
 
 impl Default for CaddyConfig {
@@ -98,6 +102,7 @@ impl Default for CaddyConfig {
             public_ip: None,
             domain_suffix: "sslip.io".into(),
             guest_port: 8000,
+            reload_command: Vec::new(),
         }
     }
 }
@@ -474,7 +479,7 @@ impl Caddy {
                 source,
             },
         })?;
-        let reload = [
+        let default_reload = [
             OsStr::new("reload"),
             "--config".as_ref(),
             main,
@@ -483,7 +488,18 @@ impl Caddy {
             "--address".as_ref(),
             self.cfg.admin.as_ref(),
         ];
-        run_bounded(bin, &reload, RELOAD_TIMEOUT).map_err(|source| match &source {
+        let custom: Vec<&OsStr> = self
+            .cfg
+            .reload_command
+            .iter()
+            .skip(1)
+            .map(OsStr::new)
+            .collect();
+        let (program, args): (&Path, &[&OsStr]) = match self.cfg.reload_command.first() {
+            Some(p) => (Path::new(p), &custom),
+            None => (bin, &default_reload),
+        };
+        run_bounded(program, args, RELOAD_TIMEOUT).map_err(|source| match &source {
             HostError::Spawn { .. } => CaddyError::NotInstalled {
                 bin: bin.clone(),
                 source,

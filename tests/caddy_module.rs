@@ -208,6 +208,7 @@ impl Env {
             public_ip: Some(Ipv4Addr::LOCALHOST),
             domain_suffix: "sslip.io".into(),
             guest_port,
+            reload_command: Vec::new(),
         }
     }
 
@@ -569,4 +570,42 @@ fn missing_caddy_binary_is_reported() {
         fs::read_dir(dir.path().join("fcm.d")).expect("ls").count(),
         0
     );
+}
+
+#[test]
+fn a_configured_reload_command_is_used_and_its_failure_rolls_back() {
+    if !caddy_installed() {
+        return;
+    }
+    let env = Env::new();
+    let vm = name("cosmic-nova");
+    let guest = Upstream::start("Hello from cosmic-nova");
+    // A reload command that fails: nothing may stay behind.
+    let failing = Caddy::new(CaddyConfig {
+        reload_command: vec!["false".into()],
+        ..env.config(guest.addr.port())
+    });
+    let err = failing
+        .add_site_upstream(&vm, guest.addr)
+        .expect_err("reload fails");
+    assert!(matches!(err, CaddyError::Reload { .. }), "{err:?}");
+    assert!(env.site_files().is_empty(), "{:?}", env.site_files());
+    // The same reload spelled out as a custom command works.
+    let custom = Caddy::new(CaddyConfig {
+        reload_command: vec![
+            "caddy".into(),
+            "reload".into(),
+            "--config".into(),
+            env.main.display().to_string(),
+            "--adapter".into(),
+            "caddyfile".into(),
+            "--address".into(),
+            env.admin.clone(),
+        ],
+        ..env.config(guest.addr.port())
+    });
+    custom
+        .add_site_upstream(&vm, guest.addr)
+        .expect("custom reload");
+    env.expect_page(&custom.domain(&vm), 200, "Hello from cosmic-nova");
 }
