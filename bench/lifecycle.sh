@@ -543,11 +543,10 @@ How it was measured:
   InstanceStart — kvm-pvm — which does not affect this measurement.)
 - Copy: \`target/release/examples/copy_rootfs\` (one \`fcm::disk::copy_rootfs\` per process)
   versus \`cp --sparse=always\` (coreutils $(cp --version | head -1 | awk '{ print $4 }')) into a fresh file on
-  the same filesystem; the copy uses ${COPY_USED} MiB either way. \`copy_rootfs\` ends with an
-  fsync of the copy and cp does not, hence the extra row with \`sync FILE\` after cp. In the
-  create rows that flush costs fcm nothing extra: the hand-made path's \`debugfs -w\` fsyncs
-  the freshly copied image when it opens it (about 0.4 s here, seen with strace), and in
-  fcm's path the same debugfs then finds nothing left to flush.
+  the same filesystem; the copy uses ${COPY_USED} MiB either way. Neither side fsyncs the copy (fcm stopped doing so
+  after an earlier run of this benchmark showed that fsync was all of its 3.8x gap); the row
+  with \`sync FILE\` after cp shows what a durable copy would cost. In the create rows the
+  image is flushed by \`debugfs -w\`, which fsyncs it when it opens it, on both sides.
 - \`fcm ls --json\`: client process time inside the namespace, after 3 untimed runs; the
   $LS_VMS VMs are stopped-VM records (\`<state>/<id>/config.json\`) written before the
   daemon started.
