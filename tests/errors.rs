@@ -237,3 +237,41 @@ fn a_full_disk_fails_create_at_a_named_step_and_leaves_nothing() {
     drop(g);
     drop(f);
 }
+
+#[test]
+fn a_name_that_is_another_vms_id_is_ambiguous_and_the_error_says_so() {
+    if !root() || !common::assets().join("base-rootfs.img").exists() {
+        eprintln!("skipping: needs root and the guest assets (scripts/setup.sh)");
+        return;
+    }
+    let f = Fcm::start("ambig", &[]);
+    // Ids may start with a digit; names may not. Make VMs until one's id
+    // could also be a name (each try has a 26/36 chance).
+    let mut a_id = String::new();
+    for _ in 0..20 {
+        let a = f.create(&["--no-wait"]);
+        let id = a["id"].as_str().expect("id").to_string();
+        if id.starts_with(|c: char| c.is_ascii_lowercase()) {
+            a_id = id;
+            break;
+        }
+        f.ok(&["destroy", &id]);
+    }
+    assert!(!a_id.is_empty(), "no letter-led id in 20 tries");
+    let b = f.create(&["--no-wait", "--name", &a_id]);
+    assert_eq!(b["name"], a_id.as_str());
+    let (s, body) = f.api("GET", &format!("/vms/{a_id}"), Some(&f.token()), None);
+    assert_eq!(s, 409, "{body}");
+    assert!(
+        body.contains("ambiguous") && body.contains("use the id"),
+        "{body}"
+    );
+    // A duplicate name is refused outright.
+    let dup = f.run(&["create", "--no-wait", "--name", &a_id]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    // Each VM is still reachable by its own id.
+    f.ok(&["destroy", b["id"].as_str().expect("id")]);
+    f.ok(&["destroy", &a_id]);
+    assert!(f.vms().is_empty());
+}
