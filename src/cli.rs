@@ -185,8 +185,8 @@ impl From<ConsoleError> for Failure {
             },
             ConsoleError::Client(c) => c.into(),
             other => Self {
+                hint: other.hint(),
                 message: crate::daemon::manager::chain(&other),
-                hint: None,
             },
         }
     }
@@ -258,18 +258,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 None
             };
-            let id = console::attach(c.token(), &vm, session.as_deref(), !new)?;
-            eprintln!(
-                "\r\n[detached from session {id} of {vm}; rejoin with: fcm attach {vm} {id}]"
-            );
+            let a = console::attach(c.token(), &vm, session.as_deref(), !new)?;
+            eprintln!("\r\n{}", a.message(&vm));
             Ok(())
         }
         Cmd::Attach { vm, session } => {
             let c = Client::from_env()?;
-            let id = console::attach(c.token(), &vm, Some(&session), false)?;
-            eprintln!(
-                "\r\n[detached from session {id} of {vm}; rejoin with: fcm attach {vm} {id}]"
-            );
+            let a = console::attach(c.token(), &vm, Some(&session), false)?;
+            eprintln!("\r\n{}", a.message(&vm));
             Ok(())
         }
         Cmd::Sessions { vm, json } => {

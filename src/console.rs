@@ -1,15 +1,20 @@
-//! `fcm console` / `fcm attach`: the client end of the terminal stream.
-//! Puts the local terminal in raw mode (restored on every exit path),
-//! forwards keystrokes and window sizes, prints what the guest sends.
+//! `fcm console` / `fcm attach`: the client end of the terminal stream
+//! (protocol in `docs/console.md`). Puts the local terminal in raw mode
+//! (restored on every exit path, termination signals included), forwards
+//! keystrokes and window sizes, prints what the guest sends.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
 use crate::client::{ClientError, stream_addr};
-use crate::stream::{FRAME_INPUT, Handshake, HandshakeReply, frame, resize_frame};
+use crate::stream::{FRAME_INPUT, Handshake, HandshakeReply, frame, keepalive, resize_frame};
+
+/// The terminal settings to put back, for the signal handler.
+static SAVED: OnceLock<(i32, libc::termios)> = OnceLock::new();
 
 /// Restores the terminal's settings when dropped.
 struct RawMode {
@@ -30,6 +35,10 @@ impl RawMode {
                 return None;
             }
             let saved = t;
+            let _ = SAVED.set((fd, saved));
+            for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+                libc::signal(sig, restore_and_die as *const () as libc::sighandler_t);
+            }
             libc::cfmakeraw(&mut t);
             if libc::tcsetattr(fd, libc::TCSANOW, &t) != 0 {
                 return None;
@@ -45,6 +54,19 @@ impl Drop for RawMode {
         unsafe {
             libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
         }
+    }
+}
+
+/// Signal handler: puts the terminal back, then dies of the same signal.
+extern "C" fn restore_and_die(sig: libc::c_int) {
+    // SAFETY: tcsetattr, signal and raise are async-signal-safe; SAVED is
+    // only read (an atomic load) here.
+    unsafe {
+        if let Some((fd, t)) = SAVED.get() {
+            libc::tcsetattr(*fd, libc::TCSANOW, t);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
     }
 }
 
@@ -72,7 +94,7 @@ fn term_size() -> (u16, u16) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
-    #[error("cannot reach the daemon's terminal port {addr}: {source}")]
+    #[error("cannot reach the daemon's terminal port {addr}")]
     Connect {
         addr: String,
         #[source]
@@ -80,39 +102,100 @@ pub enum ConsoleError {
     },
     #[error("{error}")]
     Refused { error: String, hint: Option<String> },
-    #[error("terminal stream failed: {0}")]
+    #[error("terminal stream failed")]
     Io(#[from] io::Error),
     #[error(transparent)]
     Client(#[from] ClientError),
 }
 
-/// Attaches the local terminal to `session` (or the default) of `vm`.
-/// Returns the session id once the stream ends (detach or disconnect).
+impl ConsoleError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Connect { .. } => Some(
+                "is the daemon running and its port 7778 reachable? set FCM_HOST or FCM_STREAM"
+                    .into(),
+            ),
+            Self::Refused { hint, .. } => hint.clone(),
+            Self::Client(c) => c.hint(),
+            Self::Io(_) => None,
+        }
+    }
+}
+
+/// How an attached stream ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// The client detached (tmux detach, or the daemon closed the stream);
+    /// the session keeps running.
+    Detached,
+    /// The session's last shell exited, or the session was killed.
+    Exited,
+    /// The VM was stopped or destroyed.
+    VmStopped,
+    /// The connection broke; the session keeps running.
+    Lost(io::Error),
+}
+
+/// A finished attachment: which session, and how it ended.
+#[derive(Debug)]
+pub struct Attached {
+    pub session: String,
+    pub ending: Ending,
+}
+
+impl Attached {
+    /// The line to show once the local terminal is back.
+    pub fn message(&self, vm: &str) -> String {
+        let id = &self.session;
+        match &self.ending {
+            Ending::Detached => {
+                format!("[detached from session {id} of {vm}; rejoin with: fcm attach {vm} {id}]")
+            }
+            Ending::Exited => format!("[session {id} of {vm} has ended]"),
+            Ending::VmStopped => format!("[VM {vm} stopped; session {id} has ended]"),
+            Ending::Lost(e) => format!(
+                "[connection to the daemon lost ({e}); session {id} keeps running; rejoin with: fcm attach {vm} {id}]"
+            ),
+        }
+    }
+}
+
+/// Leaves modes a full-screen program may have set when the stream broke
+/// before tmux could undo them: alternate screen, hidden cursor, mouse
+/// reporting, bracketed paste, attributes.
+const TERMINAL_RESET: &[u8] =
+    b"\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[0m";
+
+fn connect() -> Result<TcpStream, ConsoleError> {
+    let addr = stream_addr();
+    let err = |source| ConsoleError::Connect {
+        addr: addr.clone(),
+        source,
+    };
+    let addrs: Vec<_> = addr.to_socket_addrs().map_err(err)?.collect();
+    let mut last = io::Error::other("no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e,
+        }
+    }
+    Err(err(last))
+}
+
+/// Attaches the local terminal to `session` (or the default) of `vm`;
+/// with `create`, the session is made if missing. Returns once the stream
+/// ends (detach, session end, disconnect).
 pub fn attach(
     token: &str,
     vm: &str,
     session: Option<&str>,
     create: bool,
-) -> Result<String, ConsoleError> {
-    let addr = stream_addr();
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|source| ConsoleError::Connect {
-            addr: addr.clone(),
-            source,
-        })?
-        .next()
-        .ok_or_else(|| ConsoleError::Connect {
-            addr: addr.clone(),
-            source: io::Error::other("no address"),
-        })?;
-    let conn = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).map_err(|source| {
-        ConsoleError::Connect {
-            addr: addr.clone(),
-            source,
-        }
-    })?;
+) -> Result<Attached, ConsoleError> {
+    let conn = connect()?;
     let _ = conn.set_nodelay(true);
+    keepalive(&conn, 15, 5);
+    conn.set_write_timeout(Some(Duration::from_secs(60)))?;
     let (cols, rows) = term_size();
     let hs = Handshake {
         vm: vm.to_owned(),
@@ -123,13 +206,21 @@ pub fn attach(
         term: std::env::var("TERM").ok(),
         create,
     };
-    let mut line = serde_json::to_string(&hs).map_err(io::Error::other)?;
-    line.push('\n');
-    (&conn).write_all(line.as_bytes())?;
+    let mut line = serde_json::to_vec(&hs).map_err(io::Error::other)?;
+    line.push(b'\n');
+    (&conn).write_all(&line)?;
+    // The daemon may ask the guest whether the session exists first.
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut reply = Vec::new();
-    let mut r = BufReader::new(&conn);
+    let mut r = BufReader::new((&conn).take(64 * 1024));
     r.read_until(b'\n', &mut reply)?;
+    if reply.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the daemon closed the connection without a reply",
+        )
+        .into());
+    }
     let reply: HandshakeReply = serde_json::from_slice(&reply)
         .map_err(|e| io::Error::other(format!("bad reply from the daemon: {e}")))?;
     if !reply.ok {
@@ -144,35 +235,43 @@ pub fn attach(
     let session = reply.session.unwrap_or_default();
 
     let raw = RawMode::enable(io::stdin().as_raw_fd());
+    // Both threads send frames; one lock keeps each frame whole.
+    let up = Arc::new(Mutex::new(conn.try_clone()?));
+    let send = |up: &Mutex<TcpStream>, f: &[u8]| -> bool {
+        let mut w = up.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(f).is_ok()
+    };
     {
         // Keystrokes: stdin -> input frames. Ends with the process.
-        let mut up = conn.try_clone()?;
+        let up = Arc::clone(&up);
         thread::spawn(move || {
-            let mut buf = [0u8; 4096];
+            let mut buf = [0u8; 16 * 1024];
             let mut stdin = io::stdin().lock();
             loop {
                 match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) => break,
                     Ok(n) => {
-                        if up.write_all(&frame(FRAME_INPUT, &buf[..n])).is_err() {
+                        if !send(&up, &frame(FRAME_INPUT, &buf[..n])) {
                             break;
                         }
                     }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
                 }
             }
         });
     }
     {
         // Window size: polled, so no signal handler is needed.
-        let mut up = conn.try_clone()?;
+        let up = Arc::clone(&up);
         thread::spawn(move || {
-            let mut last = term_size();
+            let mut last = (cols, rows);
             loop {
                 thread::sleep(Duration::from_millis(200));
                 let now = term_size();
                 if now != last {
                     last = now;
-                    if up.write_all(&resize_frame(now.0, now.1)).is_err() {
+                    if !send(&up, &resize_frame(now.0, now.1)) {
                         break;
                     }
                 }
@@ -180,21 +279,69 @@ pub fn attach(
         });
     }
     let mut out = io::stdout().lock();
+    // The tail of the output tells a detach from a session's end.
+    let mut tail: Vec<u8> = Vec::with_capacity(1024);
+    let mut keep = |data: &[u8]| {
+        tail.extend_from_slice(data);
+        if tail.len() > 512 {
+            tail.drain(..tail.len() - 512);
+        }
+    };
     out.write_all(&already)?;
     out.flush()?;
-    let mut buf = [0u8; 16 * 1024];
+    keep(&already);
+    let mut buf = vec![0u8; 64 * 1024];
     let mut down = &conn;
-    loop {
+    let broken = loop {
         match down.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => break None,
             Ok(n) => {
                 out.write_all(&buf[..n])?;
                 out.flush()?;
+                keep(&buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
+            Err(e) => break Some(e),
         }
+    };
+    let tail = String::from_utf8_lossy(&tail);
+    let ending = match broken {
+        Some(e) => Ending::Lost(e),
+        None if tail.contains("[fcm: VM ") => Ending::VmStopped,
+        None if tail.contains("[exited]") || tail.contains("[server exited]") => Ending::Exited,
+        None => Ending::Detached,
+    };
+    if matches!(ending, Ending::Lost(_) | Ending::VmStopped) {
+        let _ = out.write_all(TERMINAL_RESET);
+        let _ = out.flush();
     }
     drop(raw);
-    Ok(session)
+    Ok(Attached { session, ending })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endings_say_what_to_do() {
+        let a = |ending| Attached {
+            session: "main".into(),
+            ending,
+        };
+        assert!(
+            a(Ending::Detached)
+                .message("vm")
+                .contains("rejoin with: fcm attach vm main")
+        );
+        assert_eq!(
+            a(Ending::Exited).message("vm"),
+            "[session main of vm has ended]"
+        );
+        assert!(
+            a(Ending::Lost(io::Error::other("x")))
+                .message("vm")
+                .contains("keeps running")
+        );
+    }
 }

@@ -2,7 +2,11 @@
 //! the daemon's key. tmux is the source of truth; the daemon keeps no
 //! session table that could disagree with it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +20,9 @@ use crate::store::VmRecord;
 
 /// The session `fcm console` opens when none is named.
 pub const DEFAULT_SESSION: &str = "main";
+
+/// How long one tmux command in the guest may take (connect included).
+pub const GUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Error)]
 pub enum SessionError {
@@ -46,14 +53,25 @@ impl SessionError {
         }
     }
 
+    /// What the user should do next, naming the VM where that helps.
     pub fn hint(&self) -> Option<String> {
         match self {
+            Self::Vm(ManagerError::WrongState {
+                name,
+                wanted: "running",
+                ..
+            }) => Some(format!("start it with: fcm start {name}")),
             Self::Vm(e) => e.hint().map(Into::into),
-            Self::NotFound { vm, .. } => Some(format!("list sessions with: fcm sessions {vm}")),
+            Self::InvalidId(_) => Some("list sessions with: fcm sessions <vm>".into()),
+            Self::NotFound { vm, .. } => Some(format!(
+                "list sessions with: fcm sessions {vm}, or open one with: fcm console {vm}"
+            )),
+            Self::Exists { vm, session } => {
+                Some(format!("join it with: fcm attach {vm} {session}"))
+            }
             Self::Guest { .. } => {
                 Some("the guest may still be booting; try again in a few seconds".into())
             }
-            _ => None,
         }
     }
 }
@@ -61,17 +79,60 @@ impl SessionError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionInfo {
     pub id: String,
-    /// Unix seconds.
+    /// Unix seconds (the guest's clock).
     pub created: u64,
+    /// Clients attached to the session.
     pub attached: u32,
     /// The command running in the session's active pane.
     pub command: String,
 }
 
-/// Live terminal connections, for leak checks.
+/// One attached terminal connection, so that stopping its VM can end it.
+struct Live {
+    vm_id: String,
+    vm_name: String,
+    /// The `ssh -tt … tmux attach` process; registered only while unreaped.
+    ssh_pid: u32,
+    vm_gone: Arc<AtomicBool>,
+}
+
+/// The terminal connections the daemon serves: how many are open (for the
+/// connection cap and leak checks) and which VM each attached one is on.
+/// tmux in the guest stays the source of truth about sessions themselves.
 #[derive(Default)]
 pub struct Sessions {
-    pub streams: AtomicUsize,
+    /// Connections being served, handshake included.
+    open: AtomicUsize,
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Live>>,
+}
+
+/// A counted connection slot; released on drop.
+pub struct Slot(Arc<Sessions>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An attached stream in the registry; removed on drop, which must happen
+/// before its ssh process is reaped (so a signal never hits a reused pid).
+pub struct Registration<'a> {
+    sessions: &'a Sessions,
+    key: u64,
+    /// Set when the VM is being stopped or destroyed.
+    pub vm_gone: Arc<AtomicBool>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        lock(&self.sessions.live).remove(&self.key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 const TMUX_FORMAT: &str =
@@ -82,18 +143,100 @@ impl Sessions {
         Self::default()
     }
 
+    /// Terminal connections currently open.
     pub fn active_streams(&self) -> usize {
-        self.streams.load(Ordering::Relaxed)
+        self.open.load(Ordering::Acquire)
     }
 
-    /// Runs a command in the guest with the daemon's key; returns stdout.
+    /// Takes a connection slot unless `max` are already in use.
+    pub fn open_slot(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(self)))
+    }
+
+    /// Records an attached stream of `rec` served by `ssh_pid`.
+    pub fn register(&self, rec: &VmRecord, ssh_pid: u32) -> Registration<'_> {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let vm_gone = Arc::new(AtomicBool::new(false));
+        lock(&self.live).insert(
+            key,
+            Live {
+                vm_id: rec.id.to_string(),
+                vm_name: rec.name.to_string(),
+                ssh_pid,
+                vm_gone: Arc::clone(&vm_gone),
+            },
+        );
+        Registration {
+            sessions: self,
+            key,
+            vm_gone,
+        }
+    }
+
+    /// Attached streams right now.
+    pub fn attached_streams(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    /// Runs a command in the guest with the daemon's key, bounded in time;
+    /// returns (exit code, stdout). Exit code 255 is ssh's own failure.
+    fn guest_status(
+        m: &Manager,
+        rec: &VmRecord,
+        remote: &str,
+    ) -> Result<(i32, String), SessionError> {
+        let mut args = ssh::daemon_ssh_args(m.daemon_key(), &m.known_hosts(&rec.id), rec.ip);
+        args.push(remote.to_owned());
+        let failed = |status: String, stderr: String| SessionError::Guest {
+            vm: rec.name.to_string(),
+            source: HostError::Failed {
+                cmd: format!("ssh root@{} {remote}", rec.ip),
+                status,
+                stderr,
+            },
+        };
+        let (code, out, err) =
+            run_bounded("ssh", &args, GUEST_TIMEOUT).map_err(|source| SessionError::Guest {
+                vm: rec.name.to_string(),
+                source,
+            })?;
+        match code {
+            None => Err(failed(
+                format!("no answer within {} s", GUEST_TIMEOUT.as_secs()),
+                err,
+            )),
+            Some(255) => Err(failed("exit status: 255".into(), err)),
+            Some(c) => Ok((c, out)),
+        }
+    }
+
+    /// Like [`Self::guest_status`], failing on a non-zero exit.
     fn guest(m: &Manager, rec: &VmRecord, remote: &str) -> Result<String, SessionError> {
         let mut args = ssh::daemon_ssh_args(m.daemon_key(), &m.known_hosts(&rec.id), rec.ip);
         args.push(remote.to_owned());
-        host::run("ssh", &args).map_err(|source| SessionError::Guest {
-            vm: rec.name.to_string(),
-            source,
-        })
+        match run_bounded("ssh", &args, GUEST_TIMEOUT) {
+            Ok((Some(0), out, _)) => Ok(out),
+            Ok((code, _, stderr)) => Err(SessionError::Guest {
+                vm: rec.name.to_string(),
+                source: HostError::Failed {
+                    cmd: format!("ssh root@{} {remote}", rec.ip),
+                    status: code.map_or_else(
+                        || format!("no answer within {} s", GUEST_TIMEOUT.as_secs()),
+                        |c| format!("exit status: {c}"),
+                    ),
+                    stderr,
+                },
+            }),
+            Err(source) => Err(SessionError::Guest {
+                vm: rec.name.to_string(),
+                source,
+            }),
+        }
     }
 
     pub fn list(&self, m: &Manager, vm: &str) -> Result<Vec<SessionInfo>, SessionError> {
@@ -125,23 +268,41 @@ impl Sessions {
             Some(n) => SessionId::parse(n)?,
             None => fresh_id(),
         };
-        let existing = Self::list_of(m, &rec)?;
-        if existing.iter().any(|s| s.id == id.as_str()) {
-            return Err(SessionError::Exists {
-                vm: rec.name.to_string(),
-                session: id.to_string(),
-            });
-        }
-        Self::guest(
+        // One round trip: check, create, list. (Should another client
+        // create the same name in between, tmux refuses the duplicate.)
+        let (code, out) = Self::guest_status(
             m,
             &rec,
-            &format!("tmux new-session -d -s {id} -x 120 -y 40"),
+            &format!(
+                "tmux has-session -t ={id} 2>/dev/null && exit 3; \
+                 tmux new-session -d -s {id} -x 120 -y 40 || exit 4; \
+                 tmux list-panes -a -F '{TMUX_FORMAT}|#{{window_active}}#{{pane_active}}'"
+            ),
         )?;
+        match code {
+            0 => {}
+            3 => {
+                return Err(SessionError::Exists {
+                    vm: rec.name.to_string(),
+                    session: id.to_string(),
+                });
+            }
+            c => {
+                return Err(SessionError::Guest {
+                    vm: rec.name.to_string(),
+                    source: HostError::Failed {
+                        cmd: format!("tmux new-session -d -s {id}"),
+                        status: format!("exit status: {c}"),
+                        stderr: String::new(),
+                    },
+                });
+            }
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Ok(Self::list_of(m, &rec)?
+        Ok(parse_sessions(&out)
             .into_iter()
             .find(|s| s.id == id.as_str())
             .unwrap_or(SessionInfo {
@@ -155,33 +316,94 @@ impl Sessions {
     pub fn kill(&self, m: &Manager, vm: &str, session: &str) -> Result<SessionInfo, SessionError> {
         let rec = m.running(vm)?;
         let id = SessionId::parse(session)?;
-        let found = Self::list_of(m, &rec)?
+        // One round trip: the listing (for the reply), then the kill.
+        let (code, out) = Self::guest_status(
+            m,
+            &rec,
+            &format!(
+                "tmux list-panes -a -F '{TMUX_FORMAT}|#{{window_active}}#{{pane_active}}' 2>/dev/null; \
+                 tmux kill-session -t ={id} 2>/dev/null || exit 3"
+            ),
+        )?;
+        let not_found = || SessionError::NotFound {
+            vm: rec.name.to_string(),
+            session: id.to_string(),
+        };
+        if code != 0 {
+            return Err(not_found());
+        }
+        parse_sessions(&out)
             .into_iter()
             .find(|s| s.id == id.as_str())
-            .ok_or_else(|| SessionError::NotFound {
-                vm: rec.name.to_string(),
-                session: id.to_string(),
-            })?;
-        Self::guest(m, &rec, &format!("tmux kill-session -t ={id}"))?;
-        Ok(found)
+            .ok_or_else(not_found)
     }
 
-    /// Checks that a session exists (for attach).
-    pub fn require(&self, m: &Manager, rec: &VmRecord, id: &SessionId) -> Result<(), SessionError> {
-        let exists = Self::list_of(m, rec)?.iter().any(|s| s.id == id.as_str());
-        if exists {
-            Ok(())
-        } else {
-            Err(SessionError::NotFound {
-                vm: rec.name.to_string(),
-                session: id.to_string(),
-            })
+    /// Ends the attached streams of a VM that is being stopped or destroyed
+    /// (its sessions end with it). `vm` is a name or an id.
+    pub fn forget_vm(&self, vm: &str) {
+        for l in lock(&self.live).values() {
+            if l.vm_id == vm || l.vm_name == vm {
+                l.vm_gone.store(true, Ordering::Release);
+                // ssh exits on SIGTERM; the stream then says why and closes.
+                host::signal(l.ssh_pid, libc::SIGTERM);
+            }
         }
     }
+}
 
-    /// Sessions end with their VM; nothing is cached here to forget, but
-    /// the hook keeps the API layer honest about when that happens.
-    pub fn forget_vm(&self, _vm: &str) {}
+/// Runs a program (no shell) with a deadline; returns (exit code or None
+/// on timeout, stdout, stderr). Output is capped at 1 MiB each.
+fn run_bounded(
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Result<(Option<i32>, String, String), HostError> {
+    let spawn_err = |source| HostError::Spawn {
+        cmd: format!("{program} {}", args.join(" ")),
+        source,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let drain = |p: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(p) = p {
+                let _ = p.take(1 << 20).read_to_end(&mut v);
+            }
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status = host::wait_until(timeout, Duration::from_millis(10), || {
+        child.try_wait().ok().flatten()
+    });
+    let code = match status {
+        Some(s) => Some(s.code().unwrap_or(-1)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    Ok((code, out, err.trim().to_owned()))
 }
 
 /// A new session id such as `s-4k2x`.
@@ -222,9 +444,6 @@ fn parse_sessions(out: &str) -> Vec<SessionInfo> {
     v
 }
 
-/// How long a handshake may take before the daemon drops the connection.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +463,50 @@ mod tests {
             }
         );
         assert_eq!(s[1].command, "top");
+    }
+
+    #[test]
+    fn hints_name_the_vm() {
+        let stopped = SessionError::Vm(ManagerError::WrongState {
+            name: "cosmic-nova".into(),
+            state: "stopped",
+            wanted: "running",
+            action: "use it",
+        });
+        assert_eq!(stopped.status(), 409);
+        assert_eq!(
+            stopped.hint().as_deref(),
+            Some("start it with: fcm start cosmic-nova")
+        );
+        let missing = SessionError::NotFound {
+            vm: "cosmic-nova".into(),
+            session: "s-1".into(),
+        };
+        assert_eq!(missing.status(), 404);
+        assert!(
+            missing
+                .hint()
+                .is_some_and(|h| h.contains("fcm sessions cosmic-nova"))
+        );
+    }
+
+    #[test]
+    fn bounded_runs_report_status_and_time_out() {
+        let (code, out, err) = run_bounded(
+            "sh",
+            &["-c".into(), "echo hi; echo oops >&2; exit 3".into()],
+            Duration::from_secs(5),
+        )
+        .expect("sh");
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (Some(3), "hi\n", "oops")
+        );
+        let t = std::time::Instant::now();
+        let (code, _, _) =
+            run_bounded("sleep", &["5".into()], Duration::from_millis(200)).expect("sleep");
+        assert_eq!(code, None);
+        assert!(t.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
