@@ -56,12 +56,7 @@ impl SessionError {
     /// What the user should do next, naming the VM where that helps.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Vm(ManagerError::WrongState {
-                name,
-                wanted: "running",
-                ..
-            }) => Some(format!("start it with: fcm start {name}")),
-            Self::Vm(e) => e.hint().map(Into::into),
+            Self::Vm(e) => e.hint(),
             Self::InvalidId(_) => Some("list sessions with: fcm sessions <vm>".into()),
             Self::NotFound { vm, .. } => Some(format!(
                 "list sessions with: fcm sessions {vm}, or open one with: fcm console {vm}"

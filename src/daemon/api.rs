@@ -74,7 +74,7 @@ impl From<ManagerError> for ApiError {
         let status = status_of(&e);
         let hint = e.hint();
         let mut a = ApiError::new(status, chain(&e));
-        a.hint = hint.map(Into::into);
+        a.hint = hint;
         a
     }
 }

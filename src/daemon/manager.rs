@@ -63,16 +63,21 @@ pub enum ManagerError {
 }
 
 impl ManagerError {
-    pub fn hint(&self) -> Option<&'static str> {
+    /// What the user should do next, naming the VM where that helps.
+    pub fn hint(&self) -> Option<String> {
         match self {
-            Self::Missing { hint, .. } => Some(hint),
-            Self::NotFound(_) => Some("list VMs with: fcm ls"),
+            Self::Missing { hint, .. } => Some((*hint).into()),
+            Self::NotFound(_) => Some("list VMs with: fcm ls".into()),
             Self::WrongState {
-                wanted: "running", ..
-            } => Some("start it with: fcm start <vm>"),
+                name,
+                wanted: "running",
+                ..
+            } => Some(format!("start it with: fcm start {name}")),
             Self::WrongState {
-                wanted: "stopped", ..
-            } => Some("stop it first with: fcm stop <vm>"),
+                name,
+                wanted: "stopped",
+                ..
+            } => Some(format!("stop it first with: fcm stop {name}")),
             _ => None,
         }
     }
@@ -349,14 +354,7 @@ impl Manager {
         let (_, e) = self.resolve(vm)?;
         self.refresh(&e);
         let r = lock(&e.rec).clone();
-        if r.state != VmState::Running {
-            return Err(ManagerError::WrongState {
-                name: r.name.to_string(),
-                state: r.state.as_str(),
-                wanted: "running",
-                action: "use it",
-            });
-        }
+        require_state(&r, VmState::Running, "use it")?;
         Ok(r)
     }
 
@@ -379,8 +377,8 @@ impl Manager {
             if let Err(err) = store::save(&self.cfg.state_dir, &r) {
                 eprintln!("fcm: warning: {}", chain(&err));
             }
-            if let Some(c) = &self.caddy {
-                let _ = c.set_stopped(&r.name, true, r.ip);
+            if let Some(w) = self.mark_url(&r, true) {
+                eprintln!("fcm: warning: {w}");
             }
         }
     }
@@ -591,6 +589,15 @@ impl Manager {
         self.vmm_for(rec.backend).launch(&spec)
     }
 
+    /// Switches the VM's URL between proxying and the "stopped" page; a
+    /// failure is a warning for the caller to show.
+    fn mark_url(&self, r: &VmRecord, stopped: bool) -> Option<String> {
+        let c = self.caddy.as_ref()?;
+        c.set_stopped(&r.name, stopped, r.ip)
+            .err()
+            .map(|e| chain(&e))
+    }
+
     /// Adds the VM's URL; failures are warnings, never a failed create.
     fn publish(&self, rec: &VmRecord) -> Vec<String> {
         let Some(c) = self.caddy.as_ref().filter(|c| c.enabled()) else {
@@ -682,14 +689,7 @@ impl Manager {
         self.refresh(&e);
         let _op = lock(&e.op);
         let r = lock(&e.rec).clone();
-        if r.state != VmState::Running {
-            return Err(ManagerError::WrongState {
-                name: r.name.to_string(),
-                state: r.state.as_str(),
-                wanted: "running",
-                action: "stop it",
-            });
-        }
+        require_state(&r, VmState::Running, "stop it")?;
         let clean = self.shutdown(&r);
         let errors = self.release_runtime(&r);
         let mut r2 = r.clone();
@@ -709,11 +709,7 @@ impl Manager {
             ));
         }
         view.warnings.extend(errors);
-        if let Some(c) = &self.caddy
-            && let Err(err) = c.set_stopped(&r.name, true, r.ip)
-        {
-            view.warnings.push(chain(&err));
-        }
+        view.warnings.extend(self.mark_url(&r, true));
         Ok(view)
     }
 
@@ -722,14 +718,7 @@ impl Manager {
         self.refresh(&e);
         let _op = lock(&e.op);
         let mut r = lock(&e.rec).clone();
-        if r.state != VmState::Stopped {
-            return Err(ManagerError::WrongState {
-                name: r.name.to_string(),
-                state: r.state.as_str(),
-                wanted: "stopped",
-                action: "start it",
-            });
-        }
+        require_state(&r, VmState::Stopped, "start it")?;
         self.check_prerequisites(r.backend)?;
         let fail = |msg: String| ManagerError::Operation {
             action: "start",
@@ -749,11 +738,7 @@ impl Manager {
         *lock(&e.rec) = r.clone();
         store::save(&self.cfg.state_dir, &r).map_err(|err| fail(chain(&err)))?;
         let mut view = VmView::of(&r);
-        if let Some(c) = &self.caddy
-            && let Err(err) = c.set_stopped(&r.name, false, r.ip)
-        {
-            view.warnings.push(chain(&err));
-        }
+        view.warnings.extend(self.mark_url(&r, false));
         Ok(view)
     }
 
@@ -885,6 +870,19 @@ impl Manager {
             }
         }
     }
+}
+
+/// A wrong-state error unless `r` is in `wanted`.
+fn require_state(r: &VmRecord, wanted: VmState, action: &'static str) -> Result<(), ManagerError> {
+    if r.state == wanted {
+        return Ok(());
+    }
+    Err(ManagerError::WrongState {
+        name: r.name.to_string(),
+        state: r.state.as_str(),
+        wanted: wanted.as_str(),
+        action,
+    })
 }
 
 /// Accepts one OpenSSH public key line.
