@@ -3,8 +3,8 @@
 # daemon and create a VM that answers SSH. Everything runs inside a network
 # namespace of its own ("fcm-demo"), so the host's network is not touched.
 #
-#   sudo bash scripts/demo.sh         # set up, start, create, ssh
-#   sudo bash scripts/demo.sh down    # stop the daemon and VMs, remove the namespace
+#   bash scripts/demo.sh         # as root: set up, start, create, ssh
+#   bash scripts/demo.sh down    # stop the daemon and VMs, remove the namespace
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -67,7 +67,7 @@ cli ssh "$name" -- 'uname -a; echo "hello from $(hostname)"'
 cat <<EOT >&2
 
 The daemon and $name are running in namespace $NS. Try:
-  sudo ip netns exec $NS env HOME=$RUN/home FCM_STATE_DIR=$STATE $FCM console $name
-  sudo ip netns exec $NS env HOME=$RUN/home FCM_STATE_DIR=$STATE $FCM ls
-Remove everything with: sudo bash scripts/demo.sh down
+  ip netns exec $NS env HOME=$RUN/home FCM_STATE_DIR=$STATE $FCM console $name
+  ip netns exec $NS env HOME=$RUN/home FCM_STATE_DIR=$STATE $FCM ls
+Remove everything with: bash scripts/demo.sh down
 EOT
