@@ -45,7 +45,9 @@ in_ns ip link set lo up
 ssh-keygen -q -t ed25519 -N "" -f "$RUN/home/.ssh/id_ed25519"
 
 echo "== starting the daemon in namespace $NS (log: $RUN/daemon.log)" >&2
-in_ns "$FCM" daemon --state-dir "$STATE" --no-caddy \
+# Started directly (not through in_ns) so that $! is the daemon itself:
+# ip netns exec execs the program.
+ip netns exec "$NS" "$FCM" daemon --state-dir "$STATE" --no-caddy \
 	--kernel /var/lib/firecracker/vmlinux.bin --initrd /var/lib/firecracker/initrd.img \
 	--rootfs /var/lib/firecracker/base-rootfs.img >"$RUN/daemon.log" 2>&1 &
 echo $! >"$RUN/daemon.pid"
