@@ -207,33 +207,43 @@ pub fn inject(image: &Path, files: &[GuestFile<'_>]) -> Result<(), DiskError> {
         guest_path: guest_path.clone(),
         source,
     })?;
-    // debugfs reports failed commands on stderr but still exits 0: check
-    // that every file is there with its size.
+    // debugfs reports failed commands on stderr but still exits 0: check,
+    // in one more run, that every file is there with its size. With -f,
+    // debugfs echoes each command as "debugfs: <command>" before its output.
+    let stats: String = files.iter().map(|f| format!("stat {}\n", f.path)).collect();
+    let missing = |path: &str, detail: String| DiskError::Inject {
+        image: image.to_owned(),
+        guest_path: path.to_owned(),
+        source: HostError::Failed {
+            cmd: "debugfs write".into(),
+            status: "file missing afterwards".into(),
+            stderr: detail,
+        },
+    };
+    let out = host::run_with_stdin(
+        "debugfs",
+        ["-f".as_ref(), "-".as_ref(), image.as_os_str()],
+        Some(stats.as_bytes()),
+    )
+    .map_err(|source| DiskError::Inject {
+        image: image.to_owned(),
+        guest_path: guest_path.clone(),
+        source,
+    })?;
+    let blocks: Vec<&str> = out.split("debugfs: stat ").skip(1).collect();
     for f in files {
-        let stat = host::run(
-            "debugfs",
-            [
-                "-R".as_ref(),
-                format!("stat {}", f.path).as_ref(),
-                image.as_os_str(),
-            ],
-        )
-        .map_err(|source| DiskError::Inject {
-            image: image.to_owned(),
-            guest_path: f.path.to_owned(),
-            source,
-        })?;
+        let block = blocks
+            .iter()
+            .find(|b| b.starts_with(&format!("{}\n", f.path)));
         let want = format!("Size: {}", f.content.len());
-        if !stat.contains(&want) {
-            return Err(DiskError::Inject {
-                image: image.to_owned(),
-                guest_path: f.path.to_owned(),
-                source: HostError::Failed {
-                    cmd: "debugfs write".into(),
-                    status: "file missing afterwards".into(),
-                    stderr: stat,
-                },
-            });
+        match block {
+            Some(b) if b.contains(&want) => {}
+            other => {
+                return Err(missing(
+                    f.path,
+                    other.map(|b| b.to_string()).unwrap_or_default(),
+                ));
+            }
         }
     }
     Ok(())
@@ -345,5 +355,15 @@ mod tests {
         )
         .expect("stat");
         assert!(stat.contains("Mode:  0600"), "{stat}");
+        // debugfs exits 0 when a write fails (here: the grandparent
+        // directory is missing); inject must notice and say which file.
+        let bad = [GuestFile {
+            path: "/no/such/dir/file",
+            content: b"x",
+            mode: 0o600,
+            dir_mode: 0o700,
+        }];
+        let err = inject(&img, &bad).expect_err("a failed write must be reported");
+        assert!(err.to_string().contains("/no/such/dir/file"), "{err}");
     }
 }
