@@ -69,7 +69,11 @@ pub struct Netns {
 impl Netns {
     pub fn new(tag: &str) -> Self {
         let name = format!("fcmt-{tag}-{}", std::process::id() % 100_000);
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace left by a killed earlier run of this test; usually none.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
