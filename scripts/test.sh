@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 	exit 2
 fi
 if ! command -v cargo >/dev/null; then
-	echo "scripts/test.sh: cargo not found; install a Rust toolchain >= 1.85 (rustup)" >&2
+	echo "scripts/test.sh: cargo not found; install a Rust toolchain >= 1.95 (rustup)" >&2
 	exit 2
 fi
 
