@@ -12,7 +12,7 @@
 #   2. `fcm create --no-wait` with the Firecracker backend (to InstanceStart) versus
 #      the same disk/key/tap work plus firecracker --api-sock and curl --unix-socket
 #      PUTs of boot-source, drives, machine-config, network-interfaces, InstanceStart.
-#   3. The per-VM rootfs copy: fcm::disk::copy_rootfs (examples/copy_rootfs.rs)
+#   3. The per-VM rootfs copy: fcm::host::disk::copy_rootfs (examples/copy_rootfs.rs)
 #      versus cp --sparse=always (and, for context, cp followed by an fsync of the copy).
 #   4. `fcm ls --json` with 50 stopped VMs on record versus with none.
 #
@@ -175,8 +175,8 @@ settle() { sync; }
 # ------------------------------------------- the baseline, as a plain shell
 # These functions run inside the baseline's namespace (ip netns exec bash -c).
 
-# The per-VM disk, keys and tap, the way fcm makes them (src/daemon/manager.rs
-# `build`, src/disk.rs `inject`): a sparse copy, a fresh ed25519 host key, one
+# The per-VM disk, keys and tap, the way fcm makes them (src/daemon/manager/create.rs
+# `build`, src/host/disk.rs `inject`): a sparse copy, a fresh ed25519 host key, one
 # debugfs -w script writing authorized_keys and the host key pair, a tap.
 base_prep() { # dir tap name
 	local dir=$1 tap=$2 name=$3
@@ -210,7 +210,7 @@ sif $gp gid 0
 	ip link set "$tap" up
 }
 
-# What src/vmm/qemu.rs `cmdline_extra` adds under TCG: the host's TSC rate
+# What src/host/vmm/qemu.rs `cmdline_extra` adds under TCG: the host's TSC rate
 # (sysfs, else the first "cpu MHz" of /proc/cpuinfo).
 qemu_cmdline_extra() {
 	local khz
@@ -223,7 +223,7 @@ base_cmdline() { # name
 	echo "console=ttyS0 reboot=k panic=1 root=/dev/vda rw ip=$VM_IP::$GATEWAY:$NETMASK:$1:eth0:on fcm.dns=$DNS"
 }
 
-# The argv of src/vmm/qemu.rs `Qemu::args`, one a line.
+# The argv of src/host/vmm/qemu.rs `Qemu::args`, one a line.
 base_qemu_args() { # dir id name tap
 	local dir=$1 id=$2 name=$3 tap=$4
 	printf '%s\n' -name "fcm-$id" -M microvm,x-option-roms=off,rtc=on,acpi=on -accel tcg \
@@ -251,7 +251,7 @@ base_qemu_boot() { # dir id name tap
 	qemu-system-x86_64 "${args[@]}" >&2
 	t2=$(us_now)
 	deadline=$((SECONDS + 180))
-	# Same cadence as fcm's wait (src/ssh.rs): a try, then 200 ms.
+	# Same cadence as fcm's wait (src/host/ssh.rs): a try, then 200 ms.
 	until banner_ready "$VM_IP"; do
 		[ "$SECONDS" -lt "$deadline" ] || { echo "no SSH banner" >&2; return 1; }
 		sleep 0.2
@@ -264,7 +264,7 @@ fc_put() { # sock path json
 		-H 'Content-Type: application/json' -d "$3" "http://localhost$2" >/dev/null
 }
 
-# The calls of src/vmm/firecracker.rs `launch`; prints "prep_done" timestamp (us).
+# The calls of src/host/vmm/firecracker.rs `launch`; prints "prep_done" timestamp (us).
 base_fc_start() { # dir id name tap
 	local dir=$1 id=$2 name=$3 tap=$4 t1 sock=$1/firecracker.socket
 	base_prep "$dir" "$tap" "$name"
@@ -414,7 +414,7 @@ stop_daemon
 
 # -------------------------------------------------------- 3. rootfs copy
 
-log "3/4 per-VM rootfs copy: fcm::disk::copy_rootfs vs cp --sparse=always ($COPY_RUNS runs each)"
+log "3/4 per-VM rootfs copy: fcm::host::disk::copy_rootfs vs cp --sparse=always ($COPY_RUNS runs each)"
 C=$TMP/copy.img
 METHOD=
 for i in $(seq "$COPY_RUNS"); do
@@ -531,7 +531,7 @@ How it was measured:
   script. Other people's work on the machine adds noise; compare within a run.
 - Baseline, QEMU: a bash function does what \`fcm create\` does — \`cp --sparse=always\` of the
   rootfs, \`ssh-keygen\` for a host key, one \`debugfs -w -f\` script writing
-  \`authorized_keys\` and the host key pair (the same commands as \`fcm::disk::inject\`), a tap
+  \`authorized_keys\` and the host key pair (the same commands as \`fcm::host::disk::inject\`), a tap
   on a bridge (the bridge made once beforehand, as the daemon does at start-up), then
   \`qemu-system-x86_64\` with the daemon's argv ($ARGV_NOTE),
   then the SSH banner polled about as the daemon polls it (a try of at most 1 s, then 200 ms). Its mean
@@ -541,7 +541,7 @@ How it was measured:
   machine-config, network-interfaces/eth0, actions InstanceStart) with the daemon's bodies.
   Mean split: ${bf_prep} ms disk/keys/tap, ${bf_api} ms spawn + API calls. (Here the guest crashes after
   InstanceStart — kvm-pvm — which does not affect this measurement.)
-- Copy: \`target/release/examples/copy_rootfs\` (one \`fcm::disk::copy_rootfs\` per process)
+- Copy: \`target/release/examples/copy_rootfs\` (one \`fcm::host::disk::copy_rootfs\` per process)
   versus \`cp --sparse=always\` (coreutils $(cp --version | head -1 | awk '{ print $4 }')) into a fresh file on
   the same filesystem; the copy uses ${COPY_USED} MiB either way. Neither side fsyncs the copy (fcm stopped doing so
   after an earlier run of this benchmark showed that fsync was all of its 3.8x gap); the row

@@ -1,5 +1,5 @@
 //! Copies a rootfs image the way the daemon does for each new VM
-//! (`fcm::disk::copy_rootfs`: a reflink where the filesystem supports it,
+//! (`fcm::host::disk::copy_rootfs`: a reflink where the filesystem supports it,
 //! otherwise a sparse SEEK_DATA/SEEK_HOLE + copy_file_range copy).
 //! Used by `bench/lifecycle.sh` to compare with `cp --sparse=always`.
 //!
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use fcm::disk::{CopyMethod, copy_rootfs};
+use fcm::host::disk::{CopyMethod, copy_rootfs};
 
 fn main() -> ExitCode {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/firecracker";
-pub const DEFAULT_API_PORT: u16 = 7777;
-pub const DEFAULT_STREAM_PORT: u16 = 7778;
+use crate::wire::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -78,7 +76,7 @@ pub struct DaemonConfig {
     /// Serial console log cap per VM, in bytes.
     pub console_log_max_bytes: u64,
     /// Public HTTPS URLs through Caddy.
-    pub caddy: crate::caddy::CaddyConfig,
+    pub caddy: CaddyConfig,
 }
 
 impl Default for DaemonConfig {
@@ -105,7 +103,7 @@ impl Default for DaemonConfig {
             stop_timeout_secs: 20,
             ssh_timeout_secs: 180,
             console_log_max_bytes: 1 << 20,
-            caddy: crate::caddy::CaddyConfig::default(),
+            caddy: CaddyConfig::default(),
         }
     }
 }
@@ -192,6 +190,46 @@ impl DaemonConfig {
 
     pub fn token_path(&self) -> PathBuf {
         self.state_dir.join(".token")
+    }
+}
+
+/// Caddy settings of the daemon config (`"caddy": {...}` in the config file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaddyConfig {
+    /// Turn URLs off entirely.
+    pub enabled: bool,
+    /// The main Caddyfile; fcm only adds one `import` line to it, once.
+    pub caddyfile: PathBuf,
+    /// Directory holding one fcm-owned file per VM.
+    pub sites_dir: PathBuf,
+    pub caddy_bin: PathBuf,
+    /// Caddy's admin endpoint, used to reload.
+    pub admin: String,
+    /// Public IPv4 for `<name>.<a-b-c-d>.<suffix>`; detected when unset.
+    pub public_ip: Option<Ipv4Addr>,
+    pub domain_suffix: String,
+    /// Guest port the URL proxies to.
+    pub guest_port: u16,
+    /// How to reload Caddy: an argv run instead of `caddy reload --config
+    /// <caddyfile> --adapter caddyfile --address <admin>` (for example
+    /// `["systemctl", "reload", "caddy"]`). Empty means the default.
+    pub reload_command: Vec<String>,
+}
+
+impl Default for CaddyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            caddyfile: PathBuf::from("/etc/caddy/Caddyfile"),
+            sites_dir: PathBuf::from("/etc/caddy/fcm.d"),
+            caddy_bin: PathBuf::from("caddy"),
+            admin: "localhost:2019".into(),
+            public_ip: None,
+            domain_suffix: "sslip.io".into(),
+            guest_port: 8000,
+            reload_command: Vec::new(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fcm::caddy::{Caddy, CaddyConfig, CaddyError};
+use fcm::host::caddy::{Caddy, CaddyConfig, CaddyError};
 use fcm::names::VmName;
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -104,7 +104,7 @@ struct CaddyProcess {
 
 impl Drop for CaddyProcess {
     fn drop(&mut self) {
-        fcm::host::signal(self.child.id(), libc::SIGTERM);
+        fcm::host::signal(self.child.id(), fcm::host::Signal::TERM);
         let exited = wait_for(Duration::from_secs(5), || {
             self.child.try_wait().ok().flatten()
         });

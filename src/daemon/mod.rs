@@ -1,29 +1,43 @@
 //! `fcm daemon`: owns the VMs. HTTP API on 127.0.0.1:7777 (bearer token),
 //! terminal streaming on :7778.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `http` | the HTTP transport: workers, token check, body limits |
+//! | `api` | `(method, path)` → typed route; handlers; error → status |
+//! | `auth` | the token file and constant-time comparison |
+//! | `manager` | the VM table and every VM operation |
+//! | `lifecycle` | VM states and the transitions every operation goes through |
+//! | `store` | the per-VM record `<state>/<id>/config.json` |
+//! | `sessions` | tmux sessions in guests; attached-stream registry |
+//! | `stream` | the terminal-stream server (port 7778) |
 
 pub mod api;
+pub mod auth;
+pub mod http;
+pub mod lifecycle;
 pub mod manager;
+pub mod sessions;
+pub mod store;
+pub mod stream;
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use rand::Rng;
 use thiserror::Error;
 
-use crate::caddy::Caddy;
 use crate::config::{ConfigError, DaemonConfig};
+use crate::error::chain;
 use crate::host;
-use crate::network::{self, NetworkError};
-use crate::sessions::Sessions;
-use crate::stream;
-use api::{ApiError, MAX_BODY};
-use manager::{Manager, ManagerError, chain};
+use crate::host::caddy::{Caddy, PublicIpSource};
+use crate::host::network::{self, NetworkError};
+use manager::{Manager, ManagerError};
+use sessions::Sessions;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -47,24 +61,21 @@ pub enum DaemonError {
     Listen { addr: String, message: String },
 }
 
-const WORKERS: usize = 16;
-
-/// Reads or creates the API token (32 random alphanumerics, mode 0600).
-pub fn ensure_token(path: &Path) -> std::io::Result<String> {
-    if let Ok(t) = fs::read_to_string(path) {
-        let t = t.trim().to_owned();
-        if !t.is_empty() {
-            return Ok(t);
+impl DaemonError {
+    /// What the user should do next.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::NotRoot => Some("run it with sudo: sudo fcm daemon".into()),
+            Self::Locked(_) => Some("stop the other daemon, or use another --state-dir".into()),
+            _ => None,
         }
     }
-    // rand's ThreadRng is a CSPRNG seeded from the OS.
-    let token: String = rand::thread_rng()
-        .sample_iter(&rand::distributions::Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
-    host::write_atomic(path, format!("{token}\n").as_bytes(), 0o600)?;
-    Ok(token)
+}
+
+/// Locks a mutex, ignoring poison: a panic in one request must not take
+/// the daemon's shared state down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Takes the state dir's lock for the life of the process.
@@ -81,9 +92,11 @@ fn take_lock(state_dir: &Path) -> Result<fs::File, DaemonError> {
             path: path.display().to_string(),
             source,
         })?;
-    // SAFETY: flock on an fd we own; no memory is passed.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    let locked = host::fs::try_lock_exclusive(&f).map_err(|source| DaemonError::StateDir {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if !locked {
         let mut pid = String::new();
         let _ = f.read_to_string(&mut pid);
         let who = pid.trim();
@@ -99,6 +112,20 @@ fn take_lock(state_dir: &Path) -> Result<fs::File, DaemonError> {
     Ok(f)
 }
 
+fn start_caddy(cfg: &DaemonConfig) -> Option<Caddy> {
+    if !cfg.caddy.enabled {
+        return None;
+    }
+    let c = Caddy::new(cfg.caddy.clone());
+    if let PublicIpSource::Fallback { .. } = c.public_ip_source() {
+        eprintln!("fcm: warning: public IP for URLs: {}", c.public_ip_source());
+    }
+    if let Err(e) = c.ensure_import() {
+        eprintln!("fcm: warning: public URLs will not be live: {}", chain(&e));
+    }
+    Some(c)
+}
+
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     if !host::is_root() {
         return Err(DaemonError::NotRoot);
@@ -110,24 +137,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         source,
     })?;
     let _lock = take_lock(&sd)?;
-    let token = ensure_token(&cfg.token_path()).map_err(|source| DaemonError::StateDir {
+    let token = auth::ensure_token(&cfg.token_path()).map_err(|source| DaemonError::StateDir {
         path: cfg.token_path().display().to_string(),
         source,
     })?;
     network::setup(&cfg)?;
 
-    let caddy = if cfg.caddy.enabled {
-        let c = Caddy::new(cfg.caddy.clone());
-        if let crate::caddy::PublicIpSource::Fallback { .. } = c.public_ip_source() {
-            eprintln!("fcm: warning: public IP for URLs: {}", c.public_ip_source());
-        }
-        if let Err(e) = c.ensure_import() {
-            eprintln!("fcm: warning: public URLs will not be live: {}", chain(&e));
-        }
-        Some(c)
-    } else {
-        None
-    };
+    let caddy = start_caddy(&cfg);
     let cfg = Arc::new(cfg);
     let manager = Arc::new(Manager::new(Arc::clone(&cfg), caddy)?);
     manager.prune_sites();
@@ -169,108 +185,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         );
         thread::spawn(move || stream::serve(stream_listener, m, s, t));
     }
-
-    let server = Arc::new(server);
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let (srv, m, s, t) = (
-                Arc::clone(&server),
-                Arc::clone(&manager),
-                Arc::clone(&sessions),
-                Arc::clone(&token),
-            );
-            thread::spawn(move || {
-                while let Ok(req) = srv.recv() {
-                    serve_one(req, &m, &s, &t);
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
+    http::serve(server, manager, sessions, token);
     Ok(())
 }
-
-fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str) {
-    let method = req.method().as_str().to_owned();
-    let url = req.url().to_owned();
-    let result = (|| {
-        let route = api::route(&method, &url)?;
-        if route != api::Route::Health {
-            let auth = req
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Authorization"))
-                .map(|h| h.value.as_str().to_owned());
-            match api::bearer(auth.as_deref()) {
-                Some(t) if api::token_matches(t, token) => {}
-                Some(_) => return Err(ApiError::new(401, "invalid token").with_hint(TOKEN_HINT)),
-                None => {
-                    return Err(ApiError::new(401, "missing bearer token").with_hint(TOKEN_HINT));
-                }
-            }
-        }
-        if req.body_length().is_some_and(|n| n > MAX_BODY) {
-            return Err(ApiError::new(
-                413,
-                format!("request body is larger than {MAX_BODY} bytes"),
-            ));
-        }
-        let mut body = Vec::new();
-        req.as_reader()
-            .take(MAX_BODY as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| ApiError::new(400, format!("could not read the request body: {e}")))?;
-        if body.len() > MAX_BODY {
-            return Err(ApiError::new(
-                413,
-                format!("request body is larger than {MAX_BODY} bytes"),
-            ));
-        }
-        api::handle(m, s, route, &body)
-    })();
-    let (status, body) = match result {
-        Ok(r) => (r.status, r.body),
-        Err(e) => {
-            if e.status >= 500 {
-                eprintln!("fcm daemon: {method} {url}: {}", e.message);
-            }
-            (e.status, e.body())
-        }
-    };
-    let mut data = body.to_string();
-    data.push('\n');
-    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
-    let mut resp = tiny_http::Response::from_string(data).with_status_code(status);
-    if let Ok(h) = header {
-        resp = resp.with_header(h);
-    }
-    // The client may have gone away; nothing to do about it.
-    let _ = req.respond(resp);
-}
-
-const TOKEN_HINT: &str = "set FCM_TOKEN or copy the daemon's <state>/.token to ~/.fcm-token";
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_is_made_once_with_mode_0600() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join(".token");
-        let a = ensure_token(&p).expect("token");
-        let b = ensure_token(&p).expect("token");
-        assert_eq!(a, b);
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
-        assert_eq!(
-            fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
-            0o600
-        );
-    }
 
     #[test]
     fn second_lock_is_refused() {

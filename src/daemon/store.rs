@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::lifecycle::VmState;
 use crate::host;
+use crate::host::vmm::Backend;
 use crate::names::{VmId, VmName};
+use crate::wire::api::{Expose, VmView};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -31,47 +34,6 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmState {
-    /// Create is in progress (a record in this state after a daemon crash is undone).
-    Creating,
-    Running,
-    Stopped,
-}
-
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Creating => "creating",
-            Self::Running => "running",
-            Self::Stopped => "stopped",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Firecracker,
-    Qemu,
-}
-
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Firecracker => "firecracker",
-            Self::Qemu => "qemu",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Expose {
-    pub port: u16,
-    pub domain: String,
 }
 
 /// `config.json`: the spec's fields (`id`, `name`, `ip`, `state`, `expose`) and
@@ -96,6 +58,32 @@ pub struct VmRecord {
     /// The guest's SSH host public key, pinned by clients.
     #[serde(default)]
     pub host_key: Option<String>,
+}
+
+impl VmRecord {
+    /// The VM as the API shows it.
+    pub fn view(&self) -> VmView {
+        VmView {
+            id: self.id.to_string(),
+            name: self.name.to_string(),
+            ip: self.ip,
+            state: self.state.as_str().into(),
+            backend: self.backend.as_str().into(),
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            mac: self.mac.clone(),
+            tap: self.tap.clone(),
+            created_at: self.created_at,
+            pid: self.pid,
+            url: self
+                .expose
+                .as_ref()
+                .map(|e| format!("https://{}", e.domain)),
+            expose: self.expose.clone(),
+            warnings: Vec::new(),
+            ssh_ready: None,
+        }
+    }
 }
 
 pub fn vm_dir(state_dir: &Path, id: &VmId) -> PathBuf {

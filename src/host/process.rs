@@ -1,15 +1,19 @@
-//! The seam for side effects on the host: running commands (never through a
-//! shell), atomic file writes, process liveness and bounded waits.
+//! Running host programs (never through a shell), process liveness and
+//! signals, and bounded waits.
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use rustix::process::Signal;
 use thiserror::Error;
+
+/// Output kept of each of a program's streams; the rest is read and dropped.
+pub const OUTPUT_CAP: usize = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum HostError {
@@ -25,6 +29,18 @@ pub enum HostError {
         status: String,
         stderr: String,
     },
+}
+
+/// What a bounded run of a program gave.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The exit code; `None` when the deadline passed and it was killed,
+    /// `Some(-1)` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command line, for error messages.
+    pub cmd: String,
 }
 
 /// Runs a program with arguments (no shell) and returns its stdout.
@@ -58,15 +74,14 @@ where
     run_full(program, args, None, Some(timeout))
 }
 
-/// The one way fcm runs a host program: no shell, stdout and stderr
-/// captured (drained by threads so a chatty program cannot block), an
-/// optional deadline after which the program is killed.
-pub fn run_full<I, S>(
+/// Like [`run`], but a non-zero exit is the caller's to judge: returns
+/// the [`Outcome`] whatever the exit code.
+pub fn run_outcome<I, S>(
     program: &str,
     args: I,
     stdin: Option<&[u8]>,
     timeout: Option<Duration>,
-) -> Result<String, HostError>
+) -> Result<Outcome, HostError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -99,35 +114,58 @@ where
             child.try_wait().ok().flatten()
         }),
     };
-    let Some(status) = status else {
+    if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
-        let _ = (out.join(), err.join());
-        let secs = timeout.map(|t| t.as_secs_f32()).unwrap_or_default();
-        return Err(HostError::Failed {
-            cmd,
-            status: format!("timed out after {secs} s"),
-            stderr: String::new(),
-        });
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    if status.success() {
-        Ok(stdout)
-    } else {
-        Err(HostError::Failed {
-            cmd,
-            status: status.to_string(),
-            stderr: stderr.trim().to_owned(),
-        })
+    }
+    Ok(Outcome {
+        code: status.map(|s| s.code().unwrap_or(-1)),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default().trim().to_owned(),
+        cmd,
+    })
+}
+
+/// The one way fcm runs a host program: no shell, stdout and stderr
+/// captured (drained by threads so a chatty program cannot block, each
+/// capped at [`OUTPUT_CAP`]), an optional deadline after which the program
+/// is killed. A non-zero exit is an error carrying the program's stderr.
+pub fn run_full<I, S>(
+    program: &str,
+    args: I,
+    stdin: Option<&[u8]>,
+    timeout: Option<Duration>,
+) -> Result<String, HostError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let o = run_outcome(program, args, stdin, timeout)?;
+    match o.code {
+        Some(0) => Ok(o.stdout),
+        None => Err(HostError::Failed {
+            cmd: o.cmd,
+            status: format!(
+                "timed out after {} s",
+                timeout.map(|t| t.as_secs_f32()).unwrap_or_default()
+            ),
+            stderr: o.stderr,
+        }),
+        Some(c) => Err(HostError::Failed {
+            cmd: o.cmd,
+            status: format!("exit status: {c}"),
+            stderr: o.stderr,
+        }),
     }
 }
 
-fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
     thread::spawn(move || {
         let mut buf = Vec::new();
         if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
+            let _ = (&mut p).take(OUTPUT_CAP as u64).read_to_end(&mut buf);
+            // Keep reading (and dropping) so the program never blocks on a full pipe.
+            let _ = io::copy(&mut p, &mut io::sink());
         }
         String::from_utf8_lossy(&buf).into_owned()
     })
@@ -140,34 +178,6 @@ fn render(program: &str, args: &[std::ffi::OsString]) -> String {
         s.push_str(&a.to_string_lossy());
     }
     s
-}
-
-/// Writes `data` to `path` so that a crash leaves either the old or the new
-/// content: temp file in the same directory, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Polls `f` until it returns `Some` or the deadline passes.
@@ -206,23 +216,22 @@ pub fn process_alive(pid: u32, marker: &str) -> bool {
     cmdline.contains(marker)
 }
 
-/// Sends a signal; a process that is already gone is not an error.
-pub fn signal(pid: u32, sig: i32) {
-    let Ok(pid) = i32::try_from(pid) else { return };
-    if pid <= 1 {
+/// Sends a signal; a process that is already gone is not an error, and
+/// pids 0 and 1 are never signalled.
+pub fn signal(pid: u32, sig: Signal) {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .filter(|p| *p > 1)
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
-    }
-    // SAFETY: kill(2) with a positive pid and a valid signal number has no
-    // memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, sig);
-    }
+    };
+    let _ = rustix::process::kill_process(pid, sig);
 }
 
 /// Whether the current process runs as root.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid(2) takes no arguments and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// Looks a program up on `PATH` (or checks an explicit path).
@@ -264,17 +273,18 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_replaces_content() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("config.json");
-        write_atomic(&p, b"one", 0o600).expect("write");
-        write_atomic(&p, b"two", 0o600).expect("write");
-        assert_eq!(fs::read(&p).expect("read"), b"two");
+    fn outcome_keeps_the_exit_code_and_caps_output() {
+        let o =
+            run_outcome("sh", ["-c", "echo out; echo err >&2; exit 7"], None, None).expect("run");
         assert_eq!(
-            fs::read_dir(dir.path()).expect("ls").count(),
-            1,
-            "temp file left behind"
+            (o.code, o.stdout.trim(), o.stderr.as_str()),
+            (Some(7), "out", "err")
         );
+        let big = run_outcome("head", ["-c", "3000000", "/dev/zero"], None, None).expect("run");
+        assert_eq!((big.code, big.stdout.len()), (Some(0), OUTPUT_CAP));
+        let slow =
+            run_outcome("sleep", ["5"], None, Some(Duration::from_millis(100))).expect("run");
+        assert_eq!(slow.code, None);
     }
 
     #[test]

@@ -8,10 +8,26 @@ use thiserror::Error;
 
 use crate::config::{BackendChoice, DaemonConfig};
 use crate::host::HostError;
-use crate::store::Backend;
 
 pub mod firecracker;
 pub mod qemu;
+
+/// Which VMM runs a VM (kept in its record: a VM stays on its backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Firecracker,
+    Qemu,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu",
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum VmmError {

@@ -3,23 +3,18 @@
 //! session table that could disagree with it.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::daemon::manager::{Manager, ManagerError};
-use crate::host::{self, HostError};
+use super::lock;
+use super::manager::{Manager, ManagerError};
+use super::store::VmRecord;
+use crate::host::{self, HostError, Signal, ssh};
 use crate::names::{NameError, SessionId};
-use crate::ssh;
-use crate::store::VmRecord;
-
-/// The session `fcm console` opens when none is named.
-pub const DEFAULT_SESSION: &str = "main";
+use crate::wire::api::SessionInfo;
 
 /// How long one tmux command in the guest may take (connect included).
 pub const GUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,16 +38,6 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::Vm(e) => crate::daemon::api::status_of(e),
-            Self::InvalidId(_) => 400,
-            Self::NotFound { .. } => 404,
-            Self::Exists { .. } => 409,
-            Self::Guest { .. } => 502,
-        }
-    }
-
     /// What the user should do next, naming the VM where that helps.
     pub fn hint(&self) -> Option<String> {
         match self {
@@ -69,17 +54,6 @@ impl SessionError {
             }
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub id: String,
-    /// Unix seconds (the guest's clock).
-    pub created: u64,
-    /// Clients attached to the session.
-    pub attached: u32,
-    /// The command running in the session's active pane.
-    pub command: String,
 }
 
 /// One attached terminal connection, so that stopping its VM can end it.
@@ -124,10 +98,6 @@ impl Drop for Registration<'_> {
     fn drop(&mut self) {
         lock(&self.sessions.live).remove(&self.key);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 const TMUX_FORMAT: &str =
@@ -187,49 +157,39 @@ impl Sessions {
     ) -> Result<(i32, String), SessionError> {
         let mut args = ssh::daemon_ssh_args(m.daemon_key(), &m.known_hosts(&rec.id), rec.ip);
         args.push(remote.to_owned());
-        let failed = |status: String, stderr: String| SessionError::Guest {
+        let guest_err = |source| SessionError::Guest {
             vm: rec.name.to_string(),
-            source: HostError::Failed {
+            source,
+        };
+        let o = host::run_outcome("ssh", &args, None, Some(GUEST_TIMEOUT)).map_err(guest_err)?;
+        let failed = |status: String| {
+            guest_err(HostError::Failed {
                 cmd: format!("ssh root@{} {remote}", rec.ip),
                 status,
-                stderr,
-            },
+                stderr: o.stderr.clone(),
+            })
         };
-        let (code, out, err) =
-            run_bounded("ssh", &args, GUEST_TIMEOUT).map_err(|source| SessionError::Guest {
-                vm: rec.name.to_string(),
-                source,
-            })?;
-        match code {
-            None => Err(failed(
-                format!("no answer within {} s", GUEST_TIMEOUT.as_secs()),
-                err,
-            )),
-            Some(255) => Err(failed("exit status: 255".into(), err)),
-            Some(c) => Ok((c, out)),
+        match o.code {
+            None => Err(failed(format!(
+                "no answer within {} s",
+                GUEST_TIMEOUT.as_secs()
+            ))),
+            Some(255) => Err(failed("exit status: 255".into())),
+            Some(c) => Ok((c, o.stdout)),
         }
     }
 
     /// Like [`Self::guest_status`], failing on a non-zero exit.
     fn guest(m: &Manager, rec: &VmRecord, remote: &str) -> Result<String, SessionError> {
-        let mut args = ssh::daemon_ssh_args(m.daemon_key(), &m.known_hosts(&rec.id), rec.ip);
-        args.push(remote.to_owned());
-        match run_bounded("ssh", &args, GUEST_TIMEOUT) {
-            Ok((Some(0), out, _)) => Ok(out),
-            Ok((code, _, stderr)) => Err(SessionError::Guest {
+        match Self::guest_status(m, rec, remote)? {
+            (0, out) => Ok(out),
+            (c, _) => Err(SessionError::Guest {
                 vm: rec.name.to_string(),
                 source: HostError::Failed {
                     cmd: format!("ssh root@{} {remote}", rec.ip),
-                    status: code.map_or_else(
-                        || format!("no answer within {} s", GUEST_TIMEOUT.as_secs()),
-                        |c| format!("exit status: {c}"),
-                    ),
-                    stderr,
+                    status: format!("exit status: {c}"),
+                    stderr: String::new(),
                 },
-            }),
-            Err(source) => Err(SessionError::Guest {
-                vm: rec.name.to_string(),
-                source,
             }),
         }
     }
@@ -340,65 +300,10 @@ impl Sessions {
             if l.vm_id == vm || l.vm_name == vm {
                 l.vm_gone.store(true, Ordering::Release);
                 // ssh exits on SIGTERM; the stream then says why and closes.
-                host::signal(l.ssh_pid, libc::SIGTERM);
+                host::signal(l.ssh_pid, Signal::TERM);
             }
         }
     }
-}
-
-/// Runs a program (no shell) with a deadline; returns (exit code or None
-/// on timeout, stdout, stderr). Output is capped at 1 MiB each.
-fn run_bounded(
-    program: &str,
-    args: &[String],
-    timeout: Duration,
-) -> Result<(Option<i32>, String, String), HostError> {
-    let spawn_err = |source| HostError::Spawn {
-        cmd: format!("{program} {}", args.join(" ")),
-        source,
-    };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    let drain = |p: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(p) = p {
-                let _ = p.take(1 << 20).read_to_end(&mut v);
-            }
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let status = host::wait_until(timeout, Duration::from_millis(10), || {
-        child.try_wait().ok().flatten()
-    });
-    let code = match status {
-        Some(s) => Some(s.code().unwrap_or(-1)),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            None
-        }
-    };
-    let out = out.join().unwrap_or_default();
-    let err = err.join().unwrap_or_default();
-    Ok((code, out, err.trim().to_owned()))
 }
 
 /// A new session id such as `s-4k2x`.
@@ -460,6 +365,7 @@ mod tests {
         assert_eq!(s[1].command, "top");
     }
 
+    // Their status codes are checked beside the mapping, in `daemon::api`.
     #[test]
     fn hints_name_the_vm() {
         let stopped = SessionError::Vm(ManagerError::WrongState {
@@ -468,7 +374,6 @@ mod tests {
             wanted: "running",
             action: "use it",
         });
-        assert_eq!(stopped.status(), 409);
         assert_eq!(
             stopped.hint().as_deref(),
             Some("start it with: fcm start cosmic-nova")
@@ -477,7 +382,6 @@ mod tests {
             vm: "cosmic-nova".into(),
             session: "s-1".into(),
         };
-        assert_eq!(missing.status(), 404);
         assert!(
             missing
                 .hint()
@@ -487,19 +391,22 @@ mod tests {
 
     #[test]
     fn bounded_runs_report_status_and_time_out() {
-        let (code, out, err) = run_bounded(
+        let o = host::run_outcome(
             "sh",
-            &["-c".into(), "echo hi; echo oops >&2; exit 3".into()],
-            Duration::from_secs(5),
+            ["-c", "echo hi; echo oops >&2; exit 3"],
+            None,
+            Some(Duration::from_secs(5)),
         )
         .expect("sh");
+        let (code, out, err) = (o.code, o.stdout, o.stderr);
         assert_eq!(
             (code, out.as_str(), err.as_str()),
             (Some(3), "hi\n", "oops")
         );
         let t = std::time::Instant::now();
-        let (code, _, _) =
-            run_bounded("sleep", &["5".into()], Duration::from_millis(200)).expect("sleep");
+        let code = host::run_outcome("sleep", ["5"], None, Some(Duration::from_millis(200)))
+            .expect("sleep")
+            .code;
         assert_eq!(code, None);
         assert!(t.elapsed() < Duration::from_secs(2));
     }

@@ -1,12 +1,18 @@
 //! The HTTP API: `(method, path, body)` parsed into a typed request in one
-//! `match`, handlers returning `Result<Reply, ApiError>`, and one function
-//! mapping error kinds to status codes. See `docs/openapi.yaml`.
+//! `match`, handlers (one file per resource) returning
+//! `Result<Reply, ApiError>`, and one function mapping error kinds to
+//! status codes. See `docs/openapi.yaml`.
+
+mod sessions;
+mod vms;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::manager::{CreateRequest, Manager, ManagerError, chain};
-use crate::sessions::{SessionError, Sessions};
+use super::manager::{Manager, ManagerError};
+use super::sessions::{SessionError, Sessions};
+use crate::error::chain;
+use crate::wire::api::ErrorBody;
 
 /// Largest request body accepted (413 above).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -48,11 +54,12 @@ impl ApiError {
     }
 
     pub fn body(&self) -> Value {
-        let mut v = json!({ "error": self.message, "status": self.status });
-        if let Some(h) = &self.hint {
-            v["hint"] = json!(h);
-        }
-        v
+        let body = ErrorBody {
+            error: self.message.clone(),
+            status: self.status,
+            hint: self.hint.clone(),
+        };
+        serde_json::to_value(body).unwrap_or(Value::Null)
     }
 }
 
@@ -79,9 +86,20 @@ impl From<ManagerError> for ApiError {
     }
 }
 
+/// Status codes of session errors; a VM error keeps its own.
+pub fn session_status_of(e: &SessionError) -> u16 {
+    match e {
+        SessionError::Vm(e) => status_of(e),
+        SessionError::InvalidId(_) => 400,
+        SessionError::NotFound { .. } => 404,
+        SessionError::Exists { .. } => 409,
+        SessionError::Guest { .. } => 502,
+    }
+}
+
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
-        let status = e.status();
+        let status = session_status_of(&e);
         let hint = e.hint();
         let mut a = ApiError::new(status, chain(&e));
         a.hint = hint;
@@ -94,7 +112,7 @@ pub struct Reply {
     pub body: Value,
 }
 
-fn ok<T: Serialize>(status: u16, v: T) -> Result<Reply, ApiError> {
+pub(super) fn ok<T: Serialize>(status: u16, v: T) -> Result<Reply, ApiError> {
     serde_json::to_value(v)
         .map(|body| Reply { status, body })
         .map_err(|e| ApiError::new(500, format!("could not encode the response: {e}")))
@@ -140,7 +158,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     Ok(r)
 }
 
-fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
@@ -150,93 +170,27 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T
     })
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartRequest {
-    wait_ssh: Option<bool>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SessionRequest {
-    name: Option<String>,
-}
-
-pub fn handle(m: &Manager, sessions: &Sessions, r: Route, body: &[u8]) -> Result<Reply, ApiError> {
+/// Runs a parsed request.
+pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply, ApiError> {
     match r {
-        Route::Health => ok(
-            200,
-            json!({"ok": true, "version": env!("CARGO_PKG_VERSION"), "backend": m.backend().as_str()}),
-        ),
+        Route::Health => vms::health(m),
         Route::ListVms => ok(200, m.list()),
-        Route::CreateVm => {
-            let req: CreateRequest = parse_body(body)?;
-            let wait = req.wait_ssh.unwrap_or(true);
-            let mut view = m.create(req)?;
-            if wait {
-                let ready = m.wait_ssh(view.ip);
-                view.ssh_ready = Some(ready);
-                if !ready {
-                    view.warnings.push(format!(
-                        "the VM is running but SSH did not answer within {} s; see {}/{}/console.log",
-                        m.config().ssh_timeout_secs,
-                        m.config().state_dir.display(),
-                        view.id
-                    ));
-                }
-            }
-            ok(201, view)
-        }
+        Route::CreateVm => vms::create(m, parse_body(body)?),
         Route::GetVm(v) => ok(200, m.get(&v)?),
         Route::VmSsh(v) => ok(200, m.ssh_info(&v)?),
-        Route::StopVm(v) => {
-            let _: StartRequest = parse_body(body)?;
-            sessions.forget_vm(&v);
-            ok(200, m.stop(&v)?)
-        }
-        Route::StartVm(v) => {
-            let req: StartRequest = parse_body(body)?;
-            let mut view = m.start(&v)?;
-            if req.wait_ssh.unwrap_or(true) {
-                view.ssh_ready = Some(m.wait_ssh(view.ip));
-            }
-            ok(200, view)
-        }
-        Route::DestroyVm(v) => {
-            sessions.forget_vm(&v);
-            ok(200, m.destroy(&v)?)
-        }
-        Route::ListSessions(v) => ok(200, sessions.list(m, &v)?),
-        Route::CreateSession(v) => {
-            let req: SessionRequest = parse_body(body)?;
-            ok(201, sessions.create(m, &v, req.name.as_deref())?)
-        }
-        Route::DeleteSession(v, s) => ok(200, sessions.kill(m, &v, &s)?),
+        Route::StopVm(v) => vms::stop(m, s, &v, parse_body(body)?),
+        Route::StartVm(v) => vms::start(m, &v, parse_body(body)?),
+        Route::DestroyVm(v) => vms::destroy(m, s, &v),
+        Route::ListSessions(v) => ok(200, s.list(m, &v)?),
+        Route::CreateSession(v) => sessions::create(m, s, &v, parse_body(body)?),
+        Route::DeleteSession(v, id) => ok(200, s.kill(m, &v, &id)?),
     }
-}
-
-/// Constant-time comparison of the presented token with the daemon's.
-pub fn token_matches(presented: &str, expected: &str) -> bool {
-    let (a, b) = (presented.as_bytes(), expected.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0 && !b.is_empty()
-}
-
-/// The bearer token from an `Authorization` header value.
-pub fn bearer(header: Option<&str>) -> Option<&str> {
-    let h = header?.trim();
-    let (scheme, tok) = h.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::api::CreateRequest;
 
     #[test]
     fn routes_parse() {
@@ -258,18 +212,6 @@ mod tests {
         assert_eq!(route("PUT", "/vms").expect_err("405").status, 405);
         assert_eq!(route("GET", "/etc/passwd").expect_err("404").status, 404);
         assert_eq!(route("GET", "/vms/a/b/c/d/e").expect_err("404").status, 404);
-    }
-
-    #[test]
-    fn tokens_compare() {
-        assert!(token_matches("abc", "abc"));
-        assert!(!token_matches("abd", "abc"));
-        assert!(!token_matches("ab", "abc"));
-        assert!(!token_matches("", ""));
-        assert_eq!(bearer(Some("Bearer xyz")), Some("xyz"));
-        assert_eq!(bearer(Some("bearer  xyz ")), Some("xyz"));
-        assert_eq!(bearer(Some("Basic xyz")), None);
-        assert_eq!(bearer(None), None);
     }
 
     #[test]
@@ -303,5 +245,21 @@ mod tests {
             503
         );
         assert_eq!(s(ManagerError::BadRequest("x".into())), 400);
+    }
+
+    #[test]
+    fn session_error_statuses() {
+        let stopped = SessionError::Vm(ManagerError::WrongState {
+            name: "cosmic-nova".into(),
+            state: "stopped",
+            wanted: "running",
+            action: "use it",
+        });
+        assert_eq!(session_status_of(&stopped), 409);
+        let missing = SessionError::NotFound {
+            vm: "cosmic-nova".into(),
+            session: "s-1".into(),
+        };
+        assert_eq!(session_status_of(&missing), 404);
     }
 }

@@ -3,7 +3,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -56,10 +55,7 @@ pub fn copy_rootfs(from: &Path, to: &Path) -> Result<CopyMethod, DiskError> {
         .open(to)
         .map_err(err)?;
     let result = (|| {
-        // SAFETY: FICLONE takes the source fd as its argument; both fds are
-        // open for the duration of the call.
-        let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-        if rc == 0 {
+        if rustix::fs::ioctl_ficlone(&dst, &src).is_ok() {
             return Ok(CopyMethod::Reflink);
         }
         sparse_copy(&src, &dst)?;
@@ -72,49 +68,33 @@ pub fn copy_rootfs(from: &Path, to: &Path) -> Result<CopyMethod, DiskError> {
 }
 
 fn sparse_copy(src: &File, dst: &File) -> io::Result<()> {
+    use rustix::fs::{SeekFrom, seek};
+    use rustix::io::Errno;
     let len = src.metadata()?.len();
     dst.set_len(len)?;
-    let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
-    let len = i64::try_from(len).map_err(io::Error::other)?;
-    let mut pos: i64 = 0;
+    let mut pos: u64 = 0;
     while pos < len {
-        // SAFETY: lseek on an open fd; errors are reported through the return value.
-        let data = unsafe { libc::lseek(sfd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(sfd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut off_in = data;
-        let mut off_out = data;
+        let data = match seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break, // only a hole remains
+            Err(e) => return Err(e.into()),
+        };
+        let hole = seek(src, SeekFrom::Hole(data))?;
+        let (mut off_in, mut off_out) = (data, data);
         while off_in < hole {
             let want = usize::try_from(hole - off_in)
                 .unwrap_or(usize::MAX)
                 .min(1 << 30);
-            // SAFETY: both fds are open, the offsets point to valid i64s that
-            // the kernel updates.
-            let n = unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
+            match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want)
+            {
+                Ok(0) => break,
+                Ok(_) => {}
                 // Across filesystems (or where unsupported) copy by hand.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
-                ) {
+                Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL) => {
                     copy_range(src, dst, off_in, hole)?;
                     break;
                 }
-                return Err(e);
-            }
-            if n == 0 {
-                break;
+                Err(e) => return Err(e.into()),
             }
         }
         pos = hole;
@@ -125,11 +105,9 @@ fn sparse_copy(src: &File, dst: &File) -> io::Result<()> {
 }
 
 /// Copies bytes `[from, to)` with positioned reads and writes.
-fn copy_range(src: &File, dst: &File, from: i64, to: i64) -> io::Result<()> {
+fn copy_range(src: &File, dst: &File, from: u64, end: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 1 << 20];
-    let from = u64::try_from(from).map_err(io::Error::other)?;
-    let end = u64::try_from(to).map_err(io::Error::other)?;
     let mut off = from;
     while off < end {
         let want = usize::try_from(end - off)

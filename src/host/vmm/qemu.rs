@@ -6,9 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::Backend;
 use super::{LaunchSpec, Vmm, VmmError};
 use crate::host;
-use crate::store::Backend;
 
 pub const PIDFILE: &str = "qemu.pid";
 pub const QMP: &str = "qmp.sock";
@@ -88,42 +88,62 @@ impl Qemu {
     }
 }
 
-/// Runs one QMP command: read the greeting, negotiate, send, read the answer.
-fn qmp(socket: &Path, command: &serde_json::Value) -> Result<(), String> {
-    use std::io::{BufRead, BufReader, Write};
+/// One message from QMP: the answer to a command, or an event in between.
+#[derive(serde::Deserialize)]
+struct QmpMessage {
+    #[serde(default)]
+    r#return: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<QmpError>,
+}
+
+#[derive(serde::Deserialize)]
+struct QmpError {
+    class: String,
+    desc: String,
+}
+
+/// Runs one QMP command: read the greeting, negotiate, send, read the
+/// answer (skipping events), each read and write within 3 s. QMP serves one
+/// client at a time; the connection is closed on return.
+fn qmp(socket: &Path, command: &serde_json::Value) -> Result<serde_json::Value, String> {
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::net::UnixStream;
     let s = UnixStream::connect(socket).map_err(|e| format!("QMP {}: {e}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(Duration::from_secs(3)))
         .map_err(|e| e.to_string())?;
-    let mut r = BufReader::new(&s);
+    let mut r = BufReader::new((&s).take(1 << 20));
     let mut line = String::new();
     let mut w = &s;
     r.read_line(&mut line)
         .map_err(|e| format!("QMP greeting: {e}"))?;
+    let mut answer = serde_json::Value::Null;
     for cmd in [
         serde_json::json!({"execute": "qmp_capabilities"}),
         command.clone(),
     ] {
         writeln!(w, "{cmd}").map_err(|e| format!("QMP write: {e}"))?;
-        // Skip asynchronous events until the command's answer.
-        loop {
+        answer = loop {
             line.clear();
             r.read_line(&mut line)
                 .map_err(|e| format!("QMP read: {e}"))?;
             if line.is_empty() {
                 return Err("QMP closed the connection".into());
             }
-            if line.contains("\"error\"") {
-                return Err(format!("QMP: {}", line.trim()));
+            let msg: QmpMessage = serde_json::from_str(&line)
+                .map_err(|e| format!("QMP sent something that is not JSON ({e})"))?;
+            if let Some(e) = msg.error {
+                return Err(format!("QMP {}: {}", e.class, e.desc));
             }
-            if line.contains("\"return\"") {
-                break;
+            if let Some(v) = msg.r#return {
+                break v;
             }
-        }
+            // An asynchronous event: keep reading for the answer.
+        };
     }
-    Ok(())
+    Ok(answer)
 }
 
 /// Extra kernel arguments QEMU's microvm needs under TCG: the guest's TSC
@@ -206,10 +226,12 @@ impl Vmm for Qemu {
                 {"type": "qcode", "data": "delete"}
             ]}
         });
-        qmp(&dir.join(QMP), &keys).map_err(|detail| VmmError::NotReady {
-            program: "qemu-system-x86_64",
-            detail,
-        })
+        qmp(&dir.join(QMP), &keys)
+            .map(|_| ())
+            .map_err(|detail| VmmError::NotReady {
+                program: "qemu-system-x86_64",
+                detail,
+            })
     }
 }
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::Backend;
 use super::{LaunchSpec, Vmm, VmmError};
 use crate::host;
-use crate::store::Backend;
 
 pub const SOCKET: &str = "firecracker.socket";
 pub const PIDFILE: &str = "firecracker.pid";
@@ -29,6 +29,8 @@ impl Firecracker {
 }
 
 /// One HTTP/1.1 request over the API socket; returns the status and body.
+/// Every read and write has a 5 s timeout, and the answer is read until
+/// `httparse` has its head and `Content-Length` bytes of body arrived.
 pub fn api_call(
     socket: &Path,
     method: &str,
@@ -48,49 +50,65 @@ pub fn api_call(
     );
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
-    // With Connection: close Firecracker ends the stream after the response;
-    // a timeout after some bytes means the body was complete.
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 resp.extend_from_slice(&buf[..n]);
-                if response_complete(&resp) {
-                    break;
+                if let Some(done) = parse_response(&resp)? {
+                    return Ok(done);
+                }
+                if resp.len() > MAX_RESPONSE {
+                    return Err(format!("response larger than {MAX_RESPONSE} bytes"));
                 }
             }
-            Err(e) if !resp.is_empty() && e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.to_string()),
         }
     }
-    let text = String::from_utf8_lossy(&resp);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("malformed response: {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    // The VMM closed the connection: what arrived must be a whole answer.
+    parse_response(&resp)?.ok_or_else(|| {
+        format!(
+            "incomplete response: {:?}",
+            String::from_utf8_lossy(&resp[..resp.len().min(200)])
+        )
+    })
 }
 
-fn response_complete(resp: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(resp);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
+/// Largest API answer read (Firecracker's are a few KiB).
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// `Some((status, body))` once `resp` holds a whole answer.
+fn parse_response(resp: &[u8]) -> Result<Option<(u16, String)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let head_len = match r.parse(resp) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("malformed response: {e}")),
     };
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
+    let status = r.code.ok_or("malformed response: no status")?;
+    let len = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
         })
         .unwrap_or(0);
-    body.len() >= len
+    let body = &resp[head_len..];
+    if body.len() < len {
+        return Ok(None);
+    }
+    Ok(Some((
+        status,
+        String::from_utf8_lossy(&body[..len]).into_owned(),
+    )))
 }
 
 fn put(
@@ -151,7 +169,7 @@ impl Vmm for Firecracker {
             })?;
         let pid = child.id();
         let kill = |e: VmmError| {
-            host::signal(pid, libc::SIGKILL);
+            host::signal(pid, host::Signal::KILL);
             e
         };
         host::write_atomic(&spec.dir.join(PIDFILE), pid.to_string().as_bytes(), 0o644)
@@ -221,13 +239,19 @@ mod tests {
 
     #[test]
     fn response_completeness() {
-        assert!(!response_complete(b"HTTP/1.1 204 No Content\r\n"));
-        assert!(response_complete(b"HTTP/1.1 204 No Content\r\n\r\n"));
-        assert!(!response_complete(
+        let complete = |r: &[u8]| parse_response(r).expect("parse").is_some();
+        assert!(!complete(b"HTTP/1.1 204 No Content\r\n"));
+        assert!(complete(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert!(!complete(
             b"HTTP/1.1 400 Bad\r\nContent-Length: 5\r\n\r\nab"
         ));
-        assert!(response_complete(
+        assert!(complete(
             b"HTTP/1.1 400 Bad\r\nContent-Length: 5\r\n\r\nabcde"
         ));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 400 Bad\r\nContent-Length: 5\r\n\r\nabcde").expect("parse"),
+            Some((400, "abcde".into()))
+        );
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
     }
 }

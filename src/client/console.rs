@@ -5,66 +5,67 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use rustix::termios::{OptionalActions, Termios, tcgetattr, tcsetattr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use crate::client::{ClientError, stream_addr};
-use crate::stream::{FRAME_INPUT, Handshake, HandshakeReply, frame, keepalive, resize_frame};
+use super::api::{ClientError, stream_addr};
+use crate::wire::stream::{FRAME_INPUT, Handshake, HandshakeReply, frame, keepalive, resize_frame};
 
 /// The terminal settings to put back, for the signal handler.
-static SAVED: OnceLock<(i32, libc::termios)> = OnceLock::new();
+static SAVED: OnceLock<(RawFd, Termios)> = OnceLock::new();
 
 /// Restores the terminal's settings when dropped.
 struct RawMode {
-    fd: i32,
-    saved: libc::termios,
+    fd: RawFd,
+    saved: Termios,
 }
 
 impl RawMode {
-    fn enable(fd: i32) -> Option<Self> {
-        // SAFETY: isatty/tcgetattr/tcsetattr on a valid fd with a termios
-        // we own; failure is reported through return values.
-        unsafe {
-            if libc::isatty(fd) != 1 {
-                return None;
-            }
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(fd, &mut t) != 0 {
-                return None;
-            }
-            let saved = t;
-            let _ = SAVED.set((fd, saved));
-            for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+    fn enable(fd: BorrowedFd<'_>) -> Option<Self> {
+        if !rustix::termios::isatty(fd) {
+            return None;
+        }
+        let saved = tcgetattr(fd).ok()?;
+        let _ = SAVED.set((fd.as_raw_fd(), saved.clone()));
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+            // SAFETY: installs a handler that only makes async-signal-safe
+            // calls (see `restore_and_die`).
+            unsafe {
                 libc::signal(sig, restore_and_die as *const () as libc::sighandler_t);
             }
-            libc::cfmakeraw(&mut t);
-            if libc::tcsetattr(fd, libc::TCSANOW, &t) != 0 {
-                return None;
-            }
-            Some(Self { fd, saved })
         }
+        let mut raw = saved.clone();
+        raw.make_raw();
+        tcsetattr(fd, OptionalActions::Now, &raw).ok()?;
+        Some(Self {
+            fd: fd.as_raw_fd(),
+            saved,
+        })
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // SAFETY: restores the settings read in `enable` on the same fd.
-        unsafe {
-            libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
-        }
+        // SAFETY: the fd is stdin's, open for the life of the process.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let _ = tcsetattr(fd, OptionalActions::Now, &self.saved);
     }
 }
 
 /// Signal handler: puts the terminal back, then dies of the same signal.
 extern "C" fn restore_and_die(sig: libc::c_int) {
-    // SAFETY: tcsetattr, signal and raise are async-signal-safe; SAVED is
-    // only read (an atomic load) here.
+    if let Some((fd, t)) = SAVED.get() {
+        // SAFETY: stdin's fd stays open; tcsetattr is a plain ioctl, which
+        // is async-signal-safe, and SAVED is only read here.
+        let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
+        let _ = tcsetattr(fd, OptionalActions::Now, t);
+    }
+    // SAFETY: signal and raise are async-signal-safe.
     unsafe {
-        if let Some((fd, t)) = SAVED.get() {
-            libc::tcsetattr(*fd, libc::TCSANOW, t);
-        }
         libc::signal(sig, libc::SIG_DFL);
         libc::raise(sig);
     }
@@ -72,15 +73,10 @@ extern "C" fn restore_and_die(sig: libc::c_int) {
 
 /// The terminal's size, or $COLUMNS/$LINES, or 80x24.
 fn term_size() -> (u16, u16) {
-    let mut ws: libc::winsize = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes into a valid winsize.
-    let rc = unsafe { libc::ioctl(io::stdout().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    if rc == 0 && ws.ws_col > 0 && ws.ws_row > 0 {
+    if let Ok(ws) = rustix::termios::tcgetwinsize(io::stdout())
+        && ws.ws_col > 0
+        && ws.ws_row > 0
+    {
         return (ws.ws_col, ws.ws_row);
     }
     let env = |k: &str, d: u16| {
@@ -194,7 +190,7 @@ pub fn attach(
 ) -> Result<Attached, ConsoleError> {
     let conn = connect()?;
     let _ = conn.set_nodelay(true);
-    keepalive(&conn, 15, 5);
+    keepalive(&conn, Duration::from_secs(15), Duration::from_secs(5));
     conn.set_write_timeout(Some(Duration::from_secs(60)))?;
     let (cols, rows) = term_size();
     let hs = Handshake {
@@ -234,7 +230,8 @@ pub fn attach(
     conn.set_read_timeout(None)?;
     let session = reply.session.unwrap_or_default();
 
-    let raw = RawMode::enable(io::stdin().as_raw_fd());
+    let stdin = io::stdin();
+    let raw = RawMode::enable(stdin.as_fd());
     // Both threads send frames; one lock keeps each frame whole.
     let up = Arc::new(Mutex::new(conn.try_clone()?));
     let send = |up: &Mutex<TcpStream>, f: &[u8]| -> bool {

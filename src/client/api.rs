@@ -1,12 +1,15 @@
-//! The CLI's side of the API: where the daemon is, the token, requests.
+//! The CLI's side of the API: where the daemon is, the token, and typed
+//! requests (the wire types in `crate::wire::api`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::config::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
+use crate::wire::api::ErrorBody;
+use crate::wire::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -154,19 +157,37 @@ impl Client {
         &self.token
     }
 
-    pub fn request(
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call("GET", path, None::<&()>)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call("POST", path, Some(body))
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call("DELETE", path, None::<&()>)
+    }
+
+    /// One request; an error answer becomes [`ClientError::Api`] with the
+    /// daemon's message and hint.
+    fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, ClientError> {
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
         let req = self
             .agent
             .request(method, &url)
             .set("Authorization", &format!("Bearer {}", self.token));
         let resp = match body {
-            Some(b) => req.send_json(b.clone()),
+            Some(b) => req.send_json(b),
             None => req.call(),
         };
         match resp {
@@ -174,12 +195,10 @@ impl Client {
                 .into_json()
                 .map_err(|e| ClientError::Protocol(e.to_string())),
             Err(ureq::Error::Status(status, r)) => {
-                let v: Value = r.into_json().unwrap_or(Value::Null);
-                let message = v["error"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("HTTP {status}"));
-                let hint = v["hint"].as_str().map(str::to_owned);
+                let (message, hint) = match r.into_json::<ErrorBody>() {
+                    Ok(e) => (e.error, e.hint),
+                    Err(_) => (format!("HTTP {status}"), None),
+                };
                 Err(ClientError::Api {
                     status,
                     message,

@@ -1,0 +1,124 @@
+//! The client: every `fcm` command but `daemon`. It talks to the daemon
+//! through the HTTP API (`api`) and the terminal stream (`console`), with
+//! the wire types of `crate::wire`, and never reaches into the daemon.
+//!
+//! | module | commands |
+//! |---|---|
+//! | `vms` | create, ls, stop, start, destroy |
+//! | `ssh` | ssh (the user's own ssh, pinned host key) |
+//! | `sessions` | console, attach, sessions, kill |
+
+pub mod api;
+pub mod console;
+mod sessions;
+mod ssh;
+mod vms;
+
+use std::io::Write;
+
+use crate::cli::Cmd;
+use crate::error::chain;
+pub use api::{Client, ClientError};
+use console::ConsoleError;
+
+/// An error as the user sees it: the message and, where it helps, a hint.
+pub struct Failure {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>, hint: Option<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Self {
+            hint: e.hint(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<ConsoleError> for Failure {
+    fn from(e: ConsoleError) -> Self {
+        match e {
+            ConsoleError::Refused { error, hint } => Self {
+                message: error,
+                hint,
+            },
+            ConsoleError::Client(c) => c.into(),
+            other => Self {
+                hint: other.hint(),
+                message: chain(&other),
+            },
+        }
+    }
+}
+
+/// Prints one line of data on stdout. A closed pipe (`fcm ls | head`) is
+/// not an error worth reporting.
+pub(crate) fn out(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+}
+
+/// Prints a value as JSON on stdout.
+pub(crate) fn out_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
+    let s = serde_json::to_string(v)
+        .map_err(|e| Failure::new(format!("could not encode JSON: {e}"), None))?;
+    out(&s);
+    Ok(())
+}
+
+/// Prints the daemon's warnings on stderr.
+pub(crate) fn warnings(list: &[String]) {
+    for w in list {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// Runs one client command.
+pub fn run(cmd: Cmd) -> Result<(), Failure> {
+    match cmd {
+        Cmd::Daemon(_) => Err(Failure::new(
+            "`fcm daemon` is not a client command",
+            Some("run it as: sudo fcm daemon".into()),
+        )),
+        Cmd::Create(a) => vms::create(a),
+        Cmd::Ls { json } => vms::ls(json),
+        Cmd::Ssh { vm, command } => ssh::ssh(&vm, &command),
+        Cmd::Stop { vm } => vms::stop(&vm),
+        Cmd::Start { vm, no_wait } => vms::start(&vm, no_wait),
+        Cmd::Destroy { vm } => vms::destroy(&vm),
+        Cmd::Console { vm, new } => sessions::console(&vm, new),
+        Cmd::Attach { vm, session } => sessions::attach(&vm, &session),
+        Cmd::Sessions { vm, json } => sessions::list(&vm, json),
+        Cmd::Kill { vm, session } => sessions::kill(&vm, &session),
+    }
+}
+
+/// "3m ago" for a Unix time.
+pub(crate) fn format_time(secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let ago = now.saturating_sub(secs);
+    match ago {
+        0..60 => format!("{ago}s ago"),
+        60..3600 => format!("{}m ago", ago / 60),
+        3600..86400 => format!("{}h ago", ago / 3600),
+        _ => format!("{}d ago", ago / 86400),
+    }
+}
+
+/// `-` for a missing value in a table.
+pub(crate) fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}

@@ -1,0 +1,62 @@
+//! console, attach, sessions, kill.
+
+use super::api::{Client, seg};
+use super::{Failure, console, format_time, out, out_json};
+use crate::wire::api::{SessionInfo, SessionRequest};
+
+pub(super) fn console(vm: &str, new: bool) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    let session = if new {
+        let s: SessionInfo = c.post(
+            &format!("/vms/{}/sessions", seg(vm)),
+            &SessionRequest::default(),
+        )?;
+        Some(s.id)
+    } else {
+        None
+    };
+    let a = console::attach(c.token(), vm, session.as_deref(), !new)?;
+    eprintln!("\r\n{}", a.message(vm));
+    Ok(())
+}
+
+pub(super) fn attach(vm: &str, session: &str) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    let a = console::attach(c.token(), vm, Some(session), false)?;
+    eprintln!("\r\n{}", a.message(vm));
+    Ok(())
+}
+
+pub(super) fn list(vm: &str, json: bool) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    let list: Vec<SessionInfo> = c.get(&format!("/vms/{}/sessions", seg(vm)))?;
+    if json {
+        return out_json(&list);
+    }
+    if list.is_empty() {
+        eprintln!("no sessions in {vm}; open one with: fcm console {vm}");
+        return Ok(());
+    }
+    out(&format!(
+        "{:<12} {:<20} {:<9} COMMAND",
+        "SESSION", "CREATED", "ATTACHED"
+    ));
+    for x in list {
+        out(&format!(
+            "{:<12} {:<20} {:<9} {}",
+            x.id,
+            format_time(x.created),
+            x.attached,
+            x.command
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn kill(vm: &str, session: &str) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    eprintln!("killing session...");
+    let s: SessionInfo = c.delete(&format!("/vms/{}/sessions/{}", seg(vm), seg(session)))?;
+    out(&format!("{}: done", s.id));
+    Ok(())
+}

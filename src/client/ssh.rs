@@ -1,0 +1,80 @@
+//! `fcm ssh`: the user's own ssh, with the guest's host key pinned.
+
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use super::Failure;
+use super::api::{self, Client, seg};
+use crate::host;
+use crate::wire::api::SshInfo;
+
+pub(super) fn ssh(vm: &str, command: &[String]) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    let info: SshInfo = c.get(&format!("/vms/{}/ssh", seg(vm)))?;
+    if info.state != "running" {
+        return Err(Failure::new(
+            format!("VM {} is {}", info.name, info.state),
+            Some(format!("start it with: fcm start {}", info.name)),
+        ));
+    }
+    let mut args: Vec<String> = Vec::new();
+    if let Some((private, _)) = api::user_ssh_key()
+        && private.exists()
+    {
+        args.extend([
+            "-i".into(),
+            private.display().to_string(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+        ]);
+    }
+    if let Some(key) = &info.host_key {
+        let kh = known_hosts_file(info.ip, key)?;
+        args.extend([
+            "-o".into(),
+            format!("UserKnownHostsFile={}", kh.display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+        ]);
+    } else {
+        args.extend(["-o".into(), "StrictHostKeyChecking=accept-new".into()]);
+    }
+    args.extend(["-o".into(), "LogLevel=ERROR".into()]);
+    if !api::daemon_is_local() {
+        // The VM's address lives on the daemon host's bridge: jump through it.
+        let user = std::env::var("FCM_JUMP_USER").unwrap_or_else(|_| "root".into());
+        args.extend(["-J".into(), format!("{user}@{}", api::daemon_host())]);
+    }
+    args.push(format!("{}@{}", info.user, info.ip));
+    args.extend(command.iter().cloned());
+    let err = std::process::Command::new("ssh").args(&args).exec();
+    Err(Failure::new(
+        format!("could not run ssh: {err}"),
+        Some("install openssh-client".into()),
+    ))
+}
+
+/// Writes the pinned host key to the user's fcm known_hosts file.
+fn known_hosts_file(ip: Ipv4Addr, key: &str) -> Result<PathBuf, Failure> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join("fcm");
+    let io =
+        |e: std::io::Error| Failure::new(format!("could not write {}: {e}", dir.display()), None);
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let path = dir.join("known_hosts");
+    let line = host::ssh::known_hosts_line(ip, key);
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let prefix = format!("{ip} ");
+    let mut kept: String = existing
+        .lines()
+        .filter(|l| !l.starts_with(&prefix))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    kept.push_str(&line);
+    host::write_atomic(&path, kept.as_bytes(), 0o644).map_err(io)?;
+    Ok(path)
+}

@@ -1,0 +1,246 @@
+//! Create: validate the request, reserve a name, an address and an id
+//! under the table lock, then build the VM step by step; a failure at any
+//! step undoes everything made so far and names the step.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Entry, Manager, ManagerError};
+use crate::daemon::lifecycle::VmState;
+use crate::daemon::lock;
+use crate::daemon::store::{self, VmRecord};
+use crate::error::chain;
+use crate::host::disk::{self, GuestFile};
+use crate::host::{self, network, ssh};
+use crate::names::{VmId, VmName};
+use crate::wire::api::{CreateRequest, Expose, VmView};
+
+const CPUS_MAX: u8 = 32;
+const MEMORY_RANGE: std::ops::RangeInclusive<u32> = 64..=262_144;
+const KEY_MAX: usize = 16 * 1024;
+
+impl Manager {
+    pub fn create(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
+        let cpus = req.cpus.unwrap_or(self.cfg.default_cpus);
+        if cpus == 0 || cpus > CPUS_MAX {
+            return Err(ManagerError::BadRequest(format!(
+                "cpus must be between 1 and {CPUS_MAX}"
+            )));
+        }
+        let memory_mib = req.memory_mib.unwrap_or(self.cfg.default_memory_mib);
+        if !MEMORY_RANGE.contains(&memory_mib) {
+            return Err(ManagerError::BadRequest(format!(
+                "memory_mib must be between {} and {}",
+                MEMORY_RANGE.start(),
+                MEMORY_RANGE.end()
+            )));
+        }
+        let wanted_name = req.name.as_deref().map(VmName::parse).transpose()?;
+        let user_key = req
+            .ssh_public_key
+            .as_deref()
+            .map(validate_public_key)
+            .transpose()?;
+        let backend = self.backend;
+        self.check_prerequisites(backend)?;
+
+        // Reserve id, name and address while holding the table lock.
+        let entry;
+        let rec;
+        {
+            let mut vms = lock(&self.vms);
+            let records: Vec<VmRecord> = vms.values().map(|e| lock(&e.rec).clone()).collect();
+            let taken = |n: &VmName| records.iter().any(|r| &r.name == n);
+            let name = match wanted_name {
+                Some(n) if taken(&n) => return Err(ManagerError::NameTaken(n.to_string())),
+                Some(n) => n,
+                None => VmName::random_unique(&taken),
+            };
+            let used: BTreeSet<Ipv4Addr> = records.iter().map(|r| r.ip).collect();
+            let ip = network::allocate_ip(&self.cfg, &used).map_err(|_| {
+                ManagerError::PoolExhausted(format!(
+                    "{}-{}",
+                    self.cfg.pool_start, self.cfg.pool_end
+                ))
+            })?;
+            let mut id = VmId::random();
+            while vms.contains_key(&id) || self.dir(&id).exists() {
+                id = VmId::random();
+            }
+            fs::create_dir_all(&self.cfg.state_dir)
+                .and_then(|_| fs::create_dir(self.dir(&id)))
+                .map_err(|e| ManagerError::CreateStep {
+                    step: "create VM directory",
+                    message: e.to_string(),
+                })?;
+            let expose = self.caddy.as_ref().filter(|c| c.enabled()).map(|c| Expose {
+                port: self.cfg.caddy.guest_port,
+                domain: c.domain(&name),
+            });
+            rec = VmRecord {
+                tap: id.tap_name(),
+                mac: network::mac_for(ip),
+                id: id.clone(),
+                name,
+                ip,
+                state: VmState::Creating,
+                expose,
+                backend,
+                cpus,
+                memory_mib,
+                created_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                pid: None,
+                host_key: None,
+            };
+            entry = Entry::new(rec.clone());
+            vms.insert(id, Arc::clone(&entry));
+        }
+        let _op = lock(&entry.op);
+        match self.build(&entry, rec.clone(), user_key.as_deref()) {
+            Ok(view) => Ok(view),
+            Err((step, message)) => {
+                let mut r = lock(&entry.rec).clone();
+                r.state = VmState::Creating;
+                self.undo_create(&r);
+                lock(&self.vms).remove(&r.id);
+                Err(ManagerError::CreateStep { step, message })
+            }
+        }
+    }
+
+    /// The steps of create after reservation. An error names its step.
+    fn build(
+        &self,
+        entry: &Entry,
+        mut rec: VmRecord,
+        user_key: Option<&str>,
+    ) -> Result<VmView, (&'static str, String)> {
+        let dir = self.dir(&rec.id);
+        let step = |s: &'static str| move |e: &dyn std::error::Error| (s, chain(e));
+        store::save(&self.cfg.state_dir, &rec).map_err(|e| step("save record")(&e))?;
+        let rootfs = dir.join("rootfs.img");
+        disk::copy_rootfs(&self.cfg.asset(&self.cfg.rootfs), &rootfs)
+            .map_err(|e| step("copy rootfs")(&e))?;
+        let host_key_path = dir.join("ssh_host_ed25519_key");
+        let host_pub = ssh::ensure_keypair(&host_key_path, &format!("fcm-{}", rec.id))
+            .map_err(|e| step("generate host key")(&e))?;
+        let host_priv = fs::read(&host_key_path).map_err(|e| step("generate host key")(&e))?;
+        let mut authorized = format!("{}\n", self.key_pub);
+        if let Some(k) = user_key {
+            authorized.push_str(k);
+            authorized.push('\n');
+        }
+        let host_pub_line = format!("{host_pub}\n");
+        disk::inject(
+            &rootfs,
+            &[
+                GuestFile {
+                    path: "/root/.ssh/authorized_keys",
+                    content: authorized.as_bytes(),
+                    mode: 0o600,
+                    dir_mode: 0o700,
+                },
+                GuestFile {
+                    path: "/etc/ssh/ssh_host_ed25519_key",
+                    content: &host_priv,
+                    mode: 0o600,
+                    dir_mode: 0o755,
+                },
+                GuestFile {
+                    path: "/etc/ssh/ssh_host_ed25519_key.pub",
+                    content: host_pub_line.as_bytes(),
+                    mode: 0o644,
+                    dir_mode: 0o755,
+                },
+            ],
+        )
+        .map_err(|e| step("inject SSH keys")(&e))?;
+        // The private host key lives only in the guest's disk.
+        let _ = fs::remove_file(&host_key_path);
+        host::write_atomic(
+            &self.known_hosts(&rec.id),
+            ssh::known_hosts_line(rec.ip, &host_pub).as_bytes(),
+            0o644,
+        )
+        .map_err(|e| step("write known_hosts")(&e))?;
+        rec.host_key = Some(host_pub);
+        network::create_tap(&self.cfg, &rec.id).map_err(|e| step("create tap device")(&e))?;
+        let pid = self.launch(&rec).map_err(|e| step("start VMM")(&e))?;
+        rec.pid = Some(pid);
+        rec.state = VmState::Running;
+        *lock(&entry.rec) = rec.clone();
+        store::save(&self.cfg.state_dir, &rec).map_err(|e| step("save record")(&e))?;
+        let mut view = rec.view();
+        view.warnings = self.publish(&rec);
+        Ok(view)
+    }
+
+    pub(super) fn undo_create(&self, r: &VmRecord) {
+        if let Some(pid) = r.pid {
+            self.kill(pid, &self.dir(&r.id));
+        }
+        for e in self.release_runtime(r) {
+            eprintln!("fcm: warning: undoing create of {}: {e}", r.name);
+        }
+        if let Some(c) = &self.caddy {
+            let _ = c.remove_site(&r.name);
+        }
+        if let Err(e) = fs::remove_dir_all(self.dir(&r.id)) {
+            eprintln!("fcm: warning: undoing create of {}: {e}", r.name);
+        }
+    }
+}
+
+/// Accepts one OpenSSH public key line.
+fn validate_public_key(k: &str) -> Result<String, ManagerError> {
+    let k = k.trim();
+    let bad = |m: &str| Err(ManagerError::BadRequest(format!("ssh_public_key {m}")));
+    if k.is_empty() || k.len() > KEY_MAX {
+        return bad("must be one OpenSSH public key line of at most 16 KiB");
+    }
+    if k.chars().any(|c| c.is_control()) {
+        return bad("must be a single line without control characters");
+    }
+    let mut parts = k.split_whitespace();
+    let kind = parts.next().unwrap_or_default();
+    let body = parts.next().unwrap_or_default();
+    let known =
+        kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+    if !known
+        || body.is_empty()
+        || !body
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c))
+    {
+        return bad(
+            "is not an OpenSSH public key (expected e.g. \"ssh-ed25519 AAAA... user@host\")",
+        );
+    }
+    Ok(k.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_keys_are_checked() {
+        assert!(validate_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI me@host").is_ok());
+        assert!(validate_public_key("ssh-rsa AAAAB3Nza== ").is_ok());
+        for bad in [
+            "",
+            "hello",
+            "ssh-ed25519",
+            "ssh-ed25519 AAAA\ncommand=\"x\" ssh-rsa AAAA",
+            "ssh-ed25519 $(reboot)",
+        ] {
+            assert!(validate_public_key(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

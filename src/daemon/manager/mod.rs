@@ -1,0 +1,364 @@
+//! The VM manager: the one owner of VM state. Transports (the HTTP API,
+//! the terminal stream) call into it; it drives the host layer.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the table, name resolution, queries, launch and URL helpers |
+//! | `create.rs` | create: validate, reserve, build, undo on failure |
+//! | `ops.rs` | stop, start, destroy |
+//! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
+//!
+//! Locking: `vms` is held only briefly (lookups, reserving names and
+//! addresses); each VM has its own operation lock, so a slow create or stop
+//! never blocks listing or operating on other VMs.
+
+mod create;
+mod ops;
+mod recover;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::lifecycle::{self, Transition, VmState};
+use super::lock;
+use super::store::{self, VmRecord};
+use crate::config::DaemonConfig;
+use crate::error::chain;
+use crate::host::caddy::Caddy;
+use crate::host::vmm::{self, Backend, LaunchSpec, Vmm};
+use crate::host::{self, Signal, ssh};
+use crate::names::{NameError, VmId, VmName};
+use crate::wire::api::{SshInfo, VmView};
+
+#[derive(Debug, Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("no VM named or with id {0:?}")]
+    NotFound(String),
+    #[error("{0:?} is ambiguous: it is the name of one VM and the id of another; use the id")]
+    Ambiguous(String),
+    #[error("VM {name} is {state}; it must be {wanted} to {action}")]
+    WrongState {
+        name: String,
+        state: &'static str,
+        wanted: &'static str,
+        action: &'static str,
+    },
+    #[error("a VM named {0} already exists")]
+    NameTaken(String),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("{what} not found at {path}")]
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    #[error("no free IP address in the pool {0}")]
+    PoolExhausted(String),
+    #[error("create failed at step \"{step}\": {message}")]
+    CreateStep { step: &'static str, message: String },
+    #[error("{action} of VM {name} failed: {message}")]
+    Operation {
+        action: &'static str,
+        name: String,
+        message: String,
+    },
+}
+
+impl ManagerError {
+    /// What the user should do next, naming the VM where that helps.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Missing { hint, .. } => Some((*hint).into()),
+            Self::NotFound(_) => Some("list VMs with: fcm ls".into()),
+            Self::WrongState {
+                name,
+                wanted: "running",
+                ..
+            } => Some(format!("start it with: fcm start {name}")),
+            Self::WrongState {
+                name,
+                wanted: "stopped",
+                ..
+            } => Some(format!("stop it first with: fcm stop {name}")),
+            _ => None,
+        }
+    }
+}
+
+struct Entry {
+    /// Serialises long operations on this VM.
+    op: Mutex<()>,
+    rec: Mutex<VmRecord>,
+}
+
+impl Entry {
+    fn new(rec: VmRecord) -> Arc<Self> {
+        Arc::new(Self {
+            op: Mutex::new(()),
+            rec: Mutex::new(rec),
+        })
+    }
+}
+
+pub struct Manager {
+    cfg: Arc<DaemonConfig>,
+    backend: Backend,
+    vms: Mutex<BTreeMap<VmId, Arc<Entry>>>,
+    caddy: Option<Caddy>,
+    key: PathBuf,
+    key_pub: String,
+}
+
+impl Manager {
+    /// Sets up what the daemon owns (key, recovered VMs); the network and
+    /// the lock are the caller's.
+    pub fn new(cfg: Arc<DaemonConfig>, caddy: Option<Caddy>) -> Result<Self, ManagerError> {
+        let key = ssh::daemon_key(&cfg.state_dir);
+        let key_pub =
+            ssh::ensure_keypair(&key, "fcm-daemon").map_err(|e| ManagerError::Operation {
+                action: "key generation",
+                name: "daemon".into(),
+                message: chain(&e),
+            })?;
+        let m = Self {
+            backend: vmm::choose(&cfg),
+            cfg,
+            vms: Mutex::new(BTreeMap::new()),
+            caddy,
+            key,
+            key_pub,
+        };
+        m.recover();
+        Ok(m)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn config(&self) -> &DaemonConfig {
+        &self.cfg
+    }
+
+    pub fn daemon_key(&self) -> &Path {
+        &self.key
+    }
+
+    fn dir(&self, id: &VmId) -> PathBuf {
+        store::vm_dir(&self.cfg.state_dir, id)
+    }
+
+    pub fn known_hosts(&self, id: &VmId) -> PathBuf {
+        self.dir(id).join("known_hosts")
+    }
+
+    /// Resolves a user's `<vm>` argument (a name or an id).
+    fn resolve(&self, vm: &str) -> Result<(VmId, Arc<Entry>), ManagerError> {
+        let as_id = VmId::parse(vm).ok();
+        let as_name = VmName::parse(vm).ok();
+        if as_id.is_none() && as_name.is_none() {
+            return Err(VmName::parse(vm)
+                .err()
+                .map(Into::into)
+                .unwrap_or(ManagerError::NotFound(vm.into())));
+        }
+        let vms = lock(&self.vms);
+        let by_id = as_id.as_ref().and_then(|id| vms.get_key_value(id));
+        let by_name = as_name
+            .as_ref()
+            .and_then(|n| vms.iter().find(|(_, e)| &lock(&e.rec).name == n));
+        match (by_id, by_name) {
+            (Some(a), Some(b)) if a.0 != b.0 => Err(ManagerError::Ambiguous(vm.into())),
+            (Some((id, e)), _) | (None, Some((id, e))) => Ok((id.clone(), Arc::clone(e))),
+            (None, None) => Err(ManagerError::NotFound(vm.into())),
+        }
+    }
+
+    fn vmm_for(&self, backend: Backend) -> Box<dyn Vmm> {
+        vmm::make(backend, &self.cfg)
+    }
+
+    /// Fails with 503-style errors when an asset or binary is missing.
+    fn check_prerequisites(&self, backend: Backend) -> Result<(), ManagerError> {
+        const SETUP: &str =
+            "run scripts/setup.sh (see README) or set the path in the daemon config";
+        let kernel = self.cfg.asset(&self.cfg.kernel);
+        if !kernel.is_file() {
+            return Err(ManagerError::Missing {
+                what: "guest kernel",
+                path: kernel,
+                hint: SETUP,
+            });
+        }
+        let rootfs = self.cfg.asset(&self.cfg.rootfs);
+        if !rootfs.is_file() {
+            return Err(ManagerError::Missing {
+                what: "base rootfs",
+                path: rootfs,
+                hint: SETUP,
+            });
+        }
+        let vmm = self.vmm_for(backend);
+        if host::find_program(vmm.binary()).is_none() {
+            let (what, hint) = match backend {
+                Backend::Firecracker => (
+                    "firecracker binary",
+                    "run scripts/install-firecracker.sh, or set firecracker_bin",
+                ),
+                Backend::Qemu => (
+                    "qemu-system-x86_64",
+                    "apt-get install qemu-system-x86, or set qemu_bin",
+                ),
+            };
+            return Err(ManagerError::Missing {
+                what,
+                path: vmm.binary().to_owned(),
+                hint,
+            });
+        }
+        Ok(())
+    }
+
+    fn initrd(&self) -> Option<PathBuf> {
+        let p = self.cfg.asset(&self.cfg.initrd);
+        p.is_file().then_some(p)
+    }
+
+    fn cmdline(&self, rec: &VmRecord) -> String {
+        format!(
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw ip={}::{}:{}:{}:eth0:on fcm.dns={}",
+            rec.ip,
+            self.cfg.gateway,
+            self.cfg.netmask(),
+            rec.name,
+            self.cfg.dns
+        )
+    }
+
+    pub fn list(&self) -> Vec<VmView> {
+        let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
+        let mut out: Vec<VmView> = entries
+            .iter()
+            .map(|e| {
+                self.refresh(e);
+                lock(&e.rec).view()
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn get(&self, vm: &str) -> Result<VmView, ManagerError> {
+        let (_, e) = self.resolve(vm)?;
+        self.refresh(&e);
+        Ok(lock(&e.rec).view())
+    }
+
+    pub fn ssh_info(&self, vm: &str) -> Result<SshInfo, ManagerError> {
+        let (_, e) = self.resolve(vm)?;
+        self.refresh(&e);
+        let r = lock(&e.rec);
+        Ok(SshInfo {
+            id: r.id.to_string(),
+            name: r.name.to_string(),
+            ip: r.ip,
+            user: "root".into(),
+            port: 22,
+            state: r.state.as_str().into(),
+            host_key: r.host_key.clone(),
+        })
+    }
+
+    /// The record of a running VM, for the session layer.
+    pub fn running(&self, vm: &str) -> Result<VmRecord, ManagerError> {
+        let (_, e) = self.resolve(vm)?;
+        self.refresh(&e);
+        let r = lock(&e.rec).clone();
+        lifecycle::require(r.state, VmState::Running, "use it").map_err(|w| wrong_state(&r, w))?;
+        Ok(r)
+    }
+
+    fn launch(&self, rec: &VmRecord) -> Result<u32, vmm::VmmError> {
+        let dir = self.dir(&rec.id);
+        let kernel = self.cfg.asset(&self.cfg.kernel);
+        let initrd = self.initrd();
+        let rootfs = dir.join("rootfs.img");
+        let spec = LaunchSpec {
+            id: rec.id.as_str(),
+            dir: &dir,
+            kernel: &kernel,
+            initrd: initrd.as_deref(),
+            rootfs: &rootfs,
+            cmdline: self.cmdline(rec),
+            tap: &rec.tap,
+            mac: &rec.mac,
+            cpus: rec.cpus,
+            memory_mib: rec.memory_mib,
+        };
+        self.vmm_for(rec.backend).launch(&spec)
+    }
+
+    /// Switches the VM's URL between proxying and the "stopped" page; a
+    /// failure is a warning for the caller to show.
+    fn mark_url(&self, r: &VmRecord, stopped: bool) -> Option<String> {
+        let c = self.caddy.as_ref()?;
+        c.set_stopped(&r.name, stopped, r.ip)
+            .err()
+            .map(|e| chain(&e))
+    }
+
+    /// Adds the VM's URL; failures are warnings, never a failed create.
+    fn publish(&self, rec: &VmRecord) -> Vec<String> {
+        let Some(c) = self.caddy.as_ref().filter(|c| c.enabled()) else {
+            return Vec::new();
+        };
+        match c.add_site(&rec.name, rec.ip) {
+            Ok(()) => Vec::new(),
+            Err(e) => vec![format!(
+                "URL {} is not live: {}",
+                c.url(&rec.name),
+                chain(&e)
+            )],
+        }
+    }
+
+    /// Waits for the guest's SSH (used after create and start).
+    pub fn wait_ssh(&self, ip: Ipv4Addr) -> bool {
+        ssh::wait_ready(ip, Duration::from_secs(self.cfg.ssh_timeout_secs))
+    }
+
+    fn kill(&self, pid: u32, dir: &Path) {
+        let marker = dir.to_string_lossy();
+        if !host::process_alive(pid, &marker) {
+            return;
+        }
+        host::signal(pid, Signal::TERM);
+        let gone = || (!host::process_alive(pid, &marker)).then_some(());
+        if host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone).is_none() {
+            host::signal(pid, Signal::KILL);
+            let _ = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone);
+        }
+    }
+}
+
+/// A wrong-state error unless `r` may take transition `t`.
+fn check(r: &VmRecord, t: Transition) -> Result<(), ManagerError> {
+    t.check(r.state).map_err(|w| wrong_state(r, w))
+}
+
+fn wrong_state(r: &VmRecord, w: lifecycle::WrongState) -> ManagerError {
+    ManagerError::WrongState {
+        name: r.name.to_string(),
+        state: w.state.as_str(),
+        wanted: w.wanted,
+        action: w.action,
+    }
+}

@@ -1,0 +1,401 @@
+//! The terminal-stream server (port 7778): one TCP connection per
+//! attached client; the protocol's types are in `wire::stream`.
+//!
+//! Protocol (full description in `docs/console.md`):
+//! 1. the client sends one JSON line, at most [`MAX_HANDSHAKE`] bytes with
+//!    its newline, all of it within [`HANDSHAKE_TIMEOUT`]:
+//!    `{"vm":"cosmic-nova","session":"main","token":"…","cols":80,"rows":24,"term":"xterm-256color","create":true}`
+//!    and then waits for the reply (anything sent early is refused);
+//! 2. the daemon checks the token (constant time) before anything else, then
+//!    the VM and the session, and answers one JSON line:
+//!    `{"ok":true,"session":"main"}`, or `{"ok":false,"error":"…","hint":"…"}`
+//!    and closes;
+//! 3. then the client sends frames `[kind u8][len u16 BE][payload]`, kind 0 =
+//!    input bytes, kind 1 = resize (`cols u16 BE, rows u16 BE`); the daemon
+//!    sends raw terminal output until the session detaches or ends.
+//!
+//! The daemon runs `ssh -tt … tmux attach` on a local pty whose size it
+//! sets from the handshake and the resize frames, so window changes reach
+//! tmux in the guest the ordinary way (SIGWINCH → ssh window-change). When
+//! either side goes away the ssh client is ended and reaped, the pty and
+//! the socket are closed and both threads of the connection return; tmux in
+//! the guest keeps the session.
+
+mod attach;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::auth::{TOKEN_HINT, token_matches};
+use super::manager::Manager;
+use super::sessions::{SessionError, Sessions};
+use crate::error::chain;
+use crate::host::{self, Signal, pty};
+use crate::names::SessionId;
+use crate::wire::DEFAULT_SESSION;
+use crate::wire::stream::{HANDSHAKE_TIMEOUT, Handshake, HandshakeReply, MAX_HANDSHAKE, keepalive};
+
+/// Connections served at once (handshakes included); more are refused.
+pub const MAX_STREAMS: usize = 256;
+/// Terminal sizes are clamped to this range in both dimensions.
+const SIZE_RANGE: (u16, u16) = (2, 1000);
+/// A client that accepts no output for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After a refusal, how long the client's leftover bytes are drained so the
+/// close does not reset the connection before the reply is read.
+const LINGER: Duration = Duration::from_secs(1);
+const CLIENT_HINT: &str = "connect with `fcm console <vm>` or `fcm attach <vm> <session>`";
+
+/// Accepts terminal connections forever, one thread per connection.
+pub fn serve(listener: TcpListener, m: Arc<Manager>, s: Arc<Sessions>, token: Arc<String>) {
+    for conn in listener.incoming() {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of fds or similar: back off rather than spin.
+                eprintln!("fcm daemon: terminal port: accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let Some(slot) = s.open_slot(MAX_STREAMS) else {
+            // Answer without blocking the accept loop, then drop.
+            let _ = conn.set_nonblocking(true);
+            let _ = (&conn).write_all(
+                &HandshakeReply::refusal(
+                    "too many terminal connections".into(),
+                    Some("try again later".into()),
+                )
+                .line(),
+            );
+            continue;
+        };
+        let (m, s, t) = (Arc::clone(&m), Arc::clone(&s), Arc::clone(&token));
+        let spawned = thread::Builder::new()
+            .name("fcm-stream".into())
+            .spawn(move || {
+                let _slot = slot;
+                if let Err(e) = handle(conn, &m, &s, &t)
+                    && !routine(&e)
+                {
+                    eprintln!("fcm daemon: terminal connection: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("fcm daemon: terminal connection: no thread: {e}");
+        }
+    }
+}
+
+/// Errors that only mean the client went away.
+fn routine(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | TimedOut | UnexpectedEof | WouldBlock
+    )
+}
+
+/// Sends a refusal, then closes without resetting the connection.
+fn refuse(conn: &TcpStream, error: String, hint: Option<String>) -> io::Result<()> {
+    let mut w = conn;
+    w.write_all(&HandshakeReply::refusal(error, hint).line())?;
+    let _ = conn.shutdown(Shutdown::Write);
+    // Unread input makes close() send a reset, which can discard the reply
+    // before the client reads it: drain a bounded amount for a bounded time.
+    let deadline = Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut total = 0usize;
+    while total < 64 * 1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match (&*conn).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    Ok(())
+}
+
+/// Reads the handshake line: at most [`MAX_HANDSHAKE`] bytes, all within
+/// [`HANDSHAKE_TIMEOUT`] (a slow sender cannot stretch it), nothing after
+/// the newline.
+fn read_handshake(conn: &TcpStream) -> Result<Handshake, String> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut line: Vec<u8> = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = || format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs());
+        if left.is_zero() {
+            return Err(timeout());
+        }
+        conn.set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        let n = match (&*conn).read(&mut chunk) {
+            Ok(0) => return Err("connection closed before the handshake".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timeout());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        line.extend_from_slice(&chunk[..n]);
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            if end >= MAX_HANDSHAKE {
+                break;
+            }
+            let hs: Handshake = serde_json::from_slice(&line[..end])
+                .map_err(|e| format!("malformed handshake: {e}"))?;
+            if end + 1 != line.len() {
+                return Err("data sent before the handshake was answered".into());
+            }
+            return Ok(hs);
+        }
+        if line.len() >= MAX_HANDSHAKE {
+            break;
+        }
+    }
+    Err(format!(
+        "handshake larger than {MAX_HANDSHAKE} bytes (it must be one JSON line)"
+    ))
+}
+
+fn valid_term(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 32
+        && t.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'+')
+}
+
+fn clamp_size(v: Option<u16>, default: u16) -> u16 {
+    v.unwrap_or(default).clamp(SIZE_RANGE.0, SIZE_RANGE.1)
+}
+
+/// The `ssh -tt … tmux …` process of one connection. Dropping it ends the
+/// process (SIGHUP, then SIGKILL after 3 s) and reaps it.
+struct SshChild(Child);
+
+impl Drop for SshChild {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        host::signal(self.0.id(), Signal::HUP);
+        let exited = host::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
+            self.0.try_wait().ok().flatten()
+        });
+        if exited.is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn handle(conn: TcpStream, m: &Manager, s: &Sessions, token: &str) -> io::Result<()> {
+    let _ = conn.set_nodelay(true);
+    keepalive(&conn, Duration::from_secs(20), Duration::from_secs(5));
+    conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let hs = match read_handshake(&conn) {
+        Ok(h) => h,
+        Err(e) => return refuse(&conn, e, Some(CLIENT_HINT.into())),
+    };
+    // The token first: nothing about VMs or sessions leaks to a stranger.
+    if !token_matches(&hs.token, token) {
+        return refuse(&conn, "invalid token".into(), Some(TOKEN_HINT.into()));
+    }
+    let session = match SessionId::parse(hs.session.as_deref().unwrap_or(DEFAULT_SESSION)) {
+        Ok(id) => id,
+        Err(e) => {
+            let e = SessionError::from(e);
+            return refuse(&conn, chain(&e), e.hint());
+        }
+    };
+    let rec = match m.running(&hs.vm) {
+        Ok(r) => r,
+        Err(e) => {
+            let e = SessionError::from(e);
+            return refuse(&conn, chain(&e), e.hint());
+        }
+    };
+    let term = hs
+        .term
+        .filter(|t| valid_term(t))
+        .unwrap_or_else(|| "xterm-256color".into());
+    let (cols, rows) = (clamp_size(hs.cols, 80), clamp_size(hs.rows, 24));
+
+    let (master, slave) = pty::open(cols, rows)?;
+    let mut child = match attach::spawn_ssh(m, &rec, &session, hs.create, &term, slave) {
+        Ok(c) => SshChild(c),
+        Err(e) => {
+            return refuse(
+                &conn,
+                format!("could not start ssh: {e}"),
+                Some("install openssh-client on the daemon's host".into()),
+            );
+        }
+    };
+    // Answer only once tmux is about to run in the guest, so that "ok"
+    // means attached and a missing session is a clean refusal.
+    let early = match attach::await_ready(&master, &mut child.0, &conn) {
+        Ok(early) => early,
+        Err(attach::NotReady::ClientGone) => return Ok(()),
+        Err(attach::NotReady::NoSession) => {
+            let e = SessionError::NotFound {
+                vm: rec.name.to_string(),
+                session: session.to_string(),
+            };
+            return refuse(&conn, chain(&e), e.hint());
+        }
+        Err(attach::NotReady::Failed(why)) => {
+            return refuse(
+                &conn,
+                format!("could not reach tmux in VM {}: {why}", rec.name),
+                Some("the guest may still be booting; try again in a few seconds".into()),
+            );
+        }
+    };
+    // Input is taken only after the reply: bytes sent before it are a
+    // protocol error, not keystrokes for the guest.
+    if pending_input(&conn) {
+        return refuse(
+            &conn,
+            "data sent before the handshake was answered".into(),
+            Some(CLIENT_HINT.into()),
+        );
+    }
+    let ok = HandshakeReply {
+        ok: true,
+        session: Some(session.to_string()),
+        error: None,
+        hint: None,
+    };
+    // Declared after `child`, so it is dropped (unregistered) before the
+    // child is reaped: `forget_vm` never signals a reused pid.
+    let reg = s.register(&rec, child.0.id());
+    (&conn).write_all(&ok.line())?;
+    (&conn).write_all(&early)?;
+    conn.set_read_timeout(None)?;
+
+    let input = {
+        let to_pty = master.try_clone()?;
+        let from_client = conn.try_clone()?;
+        let ssh_pid = child.0.id();
+        thread::Builder::new()
+            .name("fcm-stream-in".into())
+            .spawn(move || {
+                let _ = attach::pump_input(from_client, to_pty);
+                // The client is gone or broke the protocol: end the ssh
+                // client (tmux keeps the session). The pid is still ours:
+                // the child is reaped only after this thread is joined.
+                host::signal(ssh_pid, Signal::HUP);
+            })?
+    };
+    attach::pump_output(&master, &conn);
+    if reg.vm_gone.load(Ordering::Acquire) {
+        let note = format!(
+            "\r\n[fcm: VM {} is stopping; its sessions have ended]\r\n",
+            rec.name
+        );
+        let _ = (&conn).write_all(note.as_bytes());
+    }
+    let _ = conn.shutdown(Shutdown::Both);
+    let _ = input.join();
+    drop(master);
+    drop(reg);
+    drop(child);
+    Ok(())
+}
+
+/// Whether the client has sent bytes that are not yet read.
+fn pending_input(conn: &TcpStream) -> bool {
+    use rustix::net::{RecvFlags, recv};
+    let mut b = [0u8; 1];
+    matches!(
+        recv(conn, &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT),
+        Ok((n, _)) if n > 0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms() {
+        assert!(valid_term("xterm-256color"));
+        assert!(valid_term("rxvt-unicode+x"));
+        assert!(!valid_term("x; rm -rf /"));
+        assert!(!valid_term(""));
+    }
+
+    /// Runs `read_handshake` on a real socket fed by `client`.
+    fn server_sees(client: impl FnOnce(TcpStream) + Send + 'static) -> Result<Handshake, String> {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let t = thread::spawn(move || client(TcpStream::connect(addr).expect("connect")));
+        let (conn, _) = l.accept().expect("accept");
+        let r = read_handshake(&conn);
+        drop(conn);
+        let _ = t.join();
+        r
+    }
+
+    #[test]
+    fn handshake_limits() {
+        let ok = server_sees(|mut c| {
+            c.write_all(b"{\"vm\":\"a\",\"token\":\"t\"}\n").expect("w");
+            thread::sleep(Duration::from_millis(100));
+        });
+        assert_eq!(ok.expect("ok").vm, "a");
+        let big = server_sees(|mut c| {
+            let _ = c.write_all(&vec![b'x'; 10_000]);
+        });
+        assert!(big.expect_err("big").contains("larger than"));
+        let early = server_sees(|mut c| {
+            c.write_all(b"{\"vm\":\"a\",\"token\":\"t\"}\n\x00\x00\x01a")
+                .expect("w");
+            thread::sleep(Duration::from_millis(100));
+        });
+        assert!(early.expect_err("early").contains("before the handshake"));
+        let garbage = server_sees(|mut c| {
+            c.write_all(b"GET / HTTP/1.0\r\n").expect("w");
+            thread::sleep(Duration::from_millis(100));
+        });
+        assert!(garbage.expect_err("garbage").contains("malformed"));
+        let closed = server_sees(drop);
+        assert!(closed.expect_err("closed").contains("closed"));
+    }
+
+    #[test]
+    fn a_trickling_handshake_is_cut_at_the_deadline() {
+        let t0 = Instant::now();
+        let slow = server_sees(|mut c| {
+            for _ in 0..80 {
+                if c.write_all(b" ").is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        assert!(slow.expect_err("slow").contains("no handshake within"));
+        let took = t0.elapsed();
+        assert!(
+            took >= HANDSHAKE_TIMEOUT && took < HANDSHAKE_TIMEOUT + Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+}

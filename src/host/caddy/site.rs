@@ -1,0 +1,197 @@
+//! The text fcm writes for Caddy: a VM's site block and the main
+//! Caddyfile's `import` line. Pure functions, so every byte is tested.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::{CaddyError, DIAL_TIMEOUT};
+use crate::names::VmName;
+
+/// What a VM's site file serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SiteState {
+    /// Proxy to the guest.
+    Running { upstream: SocketAddr },
+    /// A static 503 page.
+    Stopped,
+}
+
+/// `import <dir>/*.caddy`, for a directory that needs no quoting.
+pub(super) fn import_line(dir: &Path) -> Result<String, CaddyError> {
+    let unsafe_dir = || CaddyError::UnsafeSitesDir {
+        path: dir.to_path_buf(),
+    };
+    let text = dir.to_str().ok_or_else(unsafe_dir)?;
+    let safe = text.starts_with('/')
+        && text
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-'));
+    if !safe {
+        return Err(unsafe_dir());
+    }
+    Ok(format!("import {}/*.caddy", text.trim_end_matches('/')))
+}
+
+/// The main Caddyfile with the import block appended, or `None` when a line
+/// already reads exactly `line` (surrounding blanks aside).
+pub(super) fn with_import_line(text: &[u8], line: &str) -> Option<Vec<u8>> {
+    let present = text
+        .split(|&c| c == b'\n')
+        .any(|l| l.trim_ascii() == line.as_bytes());
+    if present {
+        return None;
+    }
+    let mut out = text.to_vec();
+    if !out.is_empty() {
+        if !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"# Added once by fcm: one site per VM, written and removed by fcm.\n");
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
+    Some(out)
+}
+
+/// Defence in depth: a domain is dot-separated labels of `[a-z0-9-]`, each
+/// 1-63 long and not starting or ending with `-`, 253 characters at most.
+pub(super) fn check_domain(domain: &str) -> Result<(), CaddyError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    };
+    if domain.len() <= 253 && domain.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(CaddyError::UnsafeDomain {
+            domain: domain.chars().take(300).collect(),
+        })
+    }
+}
+
+/// The site file of one VM. Only checked domains, VM names and socket
+/// addresses are interpolated, none of which can hold a quote, brace or blank.
+pub(super) fn render_site(domain: &str, name: &VmName, state: SiteState) -> String {
+    match state {
+        SiteState::Running { upstream } => {
+            let port = upstream.port();
+            format!(
+                "# Written by fcm for VM {name} (running); fcm rewrites and removes this file.\n\
+                 {domain} {{\n\
+                 \treverse_proxy {upstream} {{\n\
+                 \t\ttransport http {{\n\
+                 \t\t\tdial_timeout {DIAL_TIMEOUT}\n\
+                 \t\t}}\n\
+                 \t}}\n\
+                 \thandle_errors {{\n\
+                 \t\trespond \"VM {name} is not answering on port {port}: is its web server running?\" 502\n\
+                 \t}}\n\
+                 }}\n"
+            )
+        }
+        SiteState::Stopped => format!(
+            "# Written by fcm for VM {name} (stopped); fcm rewrites and removes this file.\n\
+             {domain} {{\n\
+             \trespond \"VM {name} is stopped: run `fcm start {name}`\" 503\n\
+             }}\n"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> VmName {
+        VmName::parse(s).expect("valid name")
+    }
+
+    #[test]
+    fn running_site_proxies_and_explains_errors() {
+        let upstream: SocketAddr = "172.16.0.2:8000".parse().expect("addr");
+        let text = render_site(
+            "cosmic-nova.1-2-3-4.sslip.io",
+            &name("cosmic-nova"),
+            SiteState::Running { upstream },
+        );
+        assert_eq!(
+            text,
+            "# Written by fcm for VM cosmic-nova (running); fcm rewrites and removes this file.\n\
+             cosmic-nova.1-2-3-4.sslip.io {\n\
+             \treverse_proxy 172.16.0.2:8000 {\n\
+             \t\ttransport http {\n\
+             \t\t\tdial_timeout 5s\n\
+             \t\t}\n\
+             \t}\n\
+             \thandle_errors {\n\
+             \t\trespond \"VM cosmic-nova is not answering on port 8000: is its web server running?\" 502\n\
+             \t}\n\
+             }\n"
+        );
+        let braces = text.matches('{').count();
+        assert_eq!(braces, text.matches('}').count());
+    }
+
+    #[test]
+    fn stopped_site_answers_statically() {
+        let text = render_site("web.1-2-3-4.sslip.io", &name("web"), SiteState::Stopped);
+        assert!(text.contains("web.1-2-3-4.sslip.io {\n"), "{text}");
+        assert!(
+            text.contains("\trespond \"VM web is stopped: run `fcm start web`\" 503\n"),
+            "{text}"
+        );
+        assert!(!text.contains("reverse_proxy"), "{text}");
+    }
+
+    #[test]
+    fn import_line_requires_a_plain_absolute_dir() {
+        assert_eq!(
+            import_line(Path::new("/etc/caddy/fcm.d")).expect("ok"),
+            "import /etc/caddy/fcm.d/*.caddy"
+        );
+        assert_eq!(
+            import_line(Path::new("/etc/caddy/fcm.d/")).expect("ok"),
+            "import /etc/caddy/fcm.d/*.caddy"
+        );
+        for bad in [
+            "fcm.d",
+            "/etc/my sites",
+            "/etc/\"x\"",
+            "/etc/{x}",
+            "/etc/x\nimport /y",
+            "/etc/#x",
+        ] {
+            assert!(import_line(Path::new(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn import_line_is_appended_once() {
+        let line = "import /etc/caddy/fcm.d/*.caddy";
+        let user = b":80 {\n\troot * /usr/share/caddy\n\tfile_server\n}";
+        let once = with_import_line(user, line).expect("appended");
+        assert!(
+            once.starts_with(user),
+            "user's text must be kept byte for byte"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&once[user.len()..]),
+            "\n\n# Added once by fcm: one site per VM, written and removed by fcm.\nimport /etc/caddy/fcm.d/*.caddy\n"
+        );
+        assert_eq!(with_import_line(&once, line), None);
+        assert_eq!(
+            with_import_line(b"  import /etc/caddy/fcm.d/*.caddy  \r\n", line),
+            None
+        );
+        // A commented-out or different import is not ours.
+        assert!(with_import_line(b"# import /etc/caddy/fcm.d/*.caddy\n", line).is_some());
+        assert!(with_import_line(b"import /etc/caddy/other/*.caddy\n", line).is_some());
+        let empty = with_import_line(b"", line).expect("appended");
+        assert!(empty.starts_with(b"# Added once by fcm"));
+    }
+}

@@ -1,0 +1,28 @@
+//! The host layer: everything fcm does to the machine it runs on. It
+//! knows nothing of the daemon; the daemon drives it.
+//!
+//! | module | the host side of |
+//! |---|---|
+//! | `process` | running programs (never a shell), signals, liveness, bounded waits |
+//! | `fs` | atomic writes, file locks |
+//! | `pty` | pseudo-terminals for the console's `ssh -tt` |
+//! | `network` | the bridge, `tap_<id>` devices, fcm's nftables table, addresses |
+//! | `disk` | per-VM rootfs copies and files written into an image |
+//! | `vmm` | the VMM backends: Firecracker and QEMU |
+//! | `caddy` | the public URLs: one Caddy site file per VM |
+//! | `ssh` | the daemon's key, guests' host keys, SSH readiness |
+
+pub mod caddy;
+pub mod disk;
+pub mod fs;
+pub mod network;
+pub mod process;
+pub mod pty;
+pub mod ssh;
+pub mod vmm;
+
+pub use fs::write_atomic;
+pub use process::{
+    HostError, Outcome, Signal, find_program, is_root, process_alive, run, run_full, run_outcome,
+    run_timeout, run_with_stdin, signal, wait_until,
+};

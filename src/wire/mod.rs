@@ -1,0 +1,18 @@
+//! Wire types: what travels between `fcm` (the client) and `fcm daemon`.
+//!
+//! Both sides use these serde types and nothing else of each other: the
+//! client never reads a JSON field by hand, and a change of a field is a
+//! change in one place. `api` is the HTTP API (docs/openapi.yaml), `stream`
+//! the terminal stream on port 7778 (docs/console.md).
+
+pub mod api;
+pub mod stream;
+
+/// Where the daemon keeps its state (and its token) by default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/firecracker";
+/// The HTTP API's port (on 127.0.0.1 by default).
+pub const DEFAULT_API_PORT: u16 = 7777;
+/// The terminal stream's port.
+pub const DEFAULT_STREAM_PORT: u16 = 7778;
+/// The console session `fcm console` opens when none is named.
+pub const DEFAULT_SESSION: &str = "main";
