@@ -79,7 +79,16 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
             authorise(&req, token)?;
         }
         let body = read_body(&mut req)?;
-        api::handle(m, s, route, &body)
+        // A panicking handler answers 500 and its worker lives on.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            api::handle(m, s, route, &body)
+        }))
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                500,
+                "internal error: the daemon hit a bug handling this request (see its log)",
+            ))
+        })
     })();
     let (status, body) = match result {
         Ok(r) => (r.status, r.body),
