@@ -16,6 +16,8 @@
 # env:   KEEP=1 keeps the temp dir (serial logs) for inspection.
 #        GROW_SIZE (4G; 0 skips the disk growth checks), MIN_PYTHON (3.14),
 #        RUNTIMES=0 skips the python/pip/ruby/bundler checks.
+#        GUEST_CMD: a shell command to run in the guest after boot 1 (its
+#        output is shown), e.g. to time something there.
 #        QEMU_CPU (max), QEMU_MACHINE (microvm), APPEND_EXTRA (more kernel
 #        parameters), SSH_EXTRA_OPTS (e.g. "-o KexAlgorithms=curve25519-sha256")
 #        to try variants.
@@ -68,6 +70,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# set -e ends the script silently otherwise (e.g. an ssh that failed).
+trap 'log "error: line $LINENO failed (status $?): $BASH_COMMAND"' ERR
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -153,7 +157,7 @@ start_vm() { # $1: log suffix; sets QEMU_PID and T0
 # SSH_EXTRA_OPTS is split into words on purpose.
 # shellcheck disable=SC2206
 SSH=(ssh -i "$TMP/client_key" -o "UserKnownHostsFile=$TMP/known_hosts" -o StrictHostKeyChecking=yes
-	-o BatchMode=yes -o ConnectTimeout=2 -o LogLevel=ERROR ${SSH_EXTRA_OPTS:-} "root@$VM_IP")
+	-o BatchMode=yes -o ConnectTimeout=5 -o LogLevel=ERROR ${SSH_EXTRA_OPTS:-} "root@$VM_IP")
 
 wait_ssh() { # $1: log suffix; sets T_PORT (sshd banner) and T_SSH (login works)
 	local deadline=$(($(date +%s) + BOOT_DEADLINE))
@@ -234,7 +238,7 @@ check_runtimes() {
 		printf "%s\n" "module FcmTiny; OK = \"fcm-bundler-ok\"; end" > fcmtiny/lib/fcmtiny.rb
 		printf "%s\n" "Gem::Specification.new do |s|" "  s.name = \"fcmtiny\"" "  s.version = \"1.0\"" \
 			"  s.summary = \"fcm test\"" "  s.authors = [\"fcm\"]" "  s.files = [\"lib/fcmtiny.rb\"]" "end" > fcmtiny/fcmtiny.gemspec
-		printf "%s\n" "source \"https://rubygems.org\"" "gem \"fcmtiny\", path: \"./fcmtiny\"" > Gemfile
+		printf "%s\n" "gem \"fcmtiny\", path: \"./fcmtiny\"" > Gemfile # no gem server: offline
 		bundle install --local --quiet
 		bundle exec ruby -e "require \"fcmtiny\"; puts FcmTiny::OK"' >"$TMP/bundle.log" 2>&1 ||
 		die "bundler could not install/exec a local path gem: $(tail -5 "$TMP/bundle.log")"
@@ -257,6 +261,11 @@ in_ns "${SSH[@]}" 'tmux new-session -d -s t "sleep 30" && tmux ls && tmux kill-s
 # / must not be resized on a disk the size of the image (the no-op case).
 grep -q 'fcm-rc.*resize:' "$TMP/serial-boot1.log" && die "boot 1 resized / on an image-sized disk: $(grep 'fcm-rc.*resize:' "$TMP/serial-boot1.log")"
 SIZE1_KB=$(in_ns "${SSH[@]}" "df -k / | awk 'NR == 2 { print \$2 }'")
+
+if [ -n "${GUEST_CMD:-}" ]; then
+	log "GUEST_CMD says:"
+	in_ns "${SSH[@]}" "$GUEST_CMD" 2>&1 | sed 's/^/    /' >&2 || true
+fi
 
 PY_VER=- RUBY_VER=- BUNDLER_VER=-
 if [ "$RUNTIMES" = 1 ]; then
