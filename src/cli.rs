@@ -42,8 +42,36 @@ pub enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Remove a VM and everything it had on the host.
+    /// Remove a VM and everything it had on the host (its checkpoints too).
     Destroy { vm: String },
+    /// Save a running VM's memory to its directory and end its VMM (RAM freed).
+    Pause { vm: String },
+    /// Bring a paused VM back as it was (processes, sessions, IP, MAC, tap).
+    Resume {
+        vm: String,
+        /// Return once the VMM runs, without waiting for SSH.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Save a running VM's disk and memory (it keeps running); prints the id.
+    /// `fcm checkpoint rm <vm> <checkpoint>` removes one.
+    Checkpoint(CheckpointArgs),
+    /// List a VM's checkpoints: id, name, created, size.
+    Checkpoints {
+        vm: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return a VM to a checkpoint: its disk and its running programs.
+    Restore {
+        vm: String,
+        /// Checkpoint id or name.
+        checkpoint: String,
+        /// Return once the VMM runs, without waiting for SSH.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Open the VM's persistent console (tmux session "main", or a new one).
     Console {
         vm: String,
@@ -64,6 +92,28 @@ pub enum Cmd {
     Kill { vm: String, session: String },
     /// Run the daemon (root).
     Daemon(Box<DaemonArgs>),
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct CheckpointArgs {
+    #[command(subcommand)]
+    pub action: Option<CheckpointAction>,
+    /// The VM to checkpoint.
+    #[arg(required = true)]
+    pub vm: Option<String>,
+    /// Name the checkpoint (as a VM is named), to restore it by name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print the checkpoint as JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckpointAction {
+    /// Remove a checkpoint.
+    Rm { vm: String, checkpoint: String },
 }
 
 #[derive(Args, Debug)]

@@ -37,6 +37,10 @@ pub enum NameError {
     Name(String),
     #[error("invalid session id {0:?}: use 1-32 characters of [a-z0-9-]")]
     Session(String),
+    #[error(
+        "invalid checkpoint {0:?}: an id (8 characters of [a-z0-9]) or a name (1-48 characters of [a-z0-9-], starting with a letter, not ending with '-')"
+    )]
+    Checkpoint(String),
 }
 
 fn is_lower_alnum(c: u8) -> bool {
@@ -151,6 +155,44 @@ impl SessionId {
     }
 }
 
+/// A checkpoint id, `[a-z0-9]{8}` (the same shape as a VM id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CheckpointId(String);
+
+impl CheckpointId {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        VmId::parse(s)
+            .map(|v| Self(v.0))
+            .map_err(|_| NameError::Checkpoint(truncate(s)))
+    }
+
+    pub fn random() -> Self {
+        Self(VmId::random().0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A checkpoint's name: the rules of a VM name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CheckpointName(String);
+
+impl CheckpointName {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        VmName::parse(s)
+            .map(|v| Self(v.0))
+            .map_err(|_| NameError::Checkpoint(truncate(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Shortens hostile input before it is echoed back in an error.
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
@@ -179,6 +221,8 @@ macro_rules! string_newtype_impls {
 string_newtype_impls!(VmId);
 string_newtype_impls!(VmName);
 string_newtype_impls!(SessionId);
+string_newtype_impls!(CheckpointId);
+string_newtype_impls!(CheckpointName);
 
 #[cfg(test)]
 mod tests {

@@ -7,8 +7,10 @@
 //! | `vms` | create, ls, stop, start, destroy |
 //! | `ssh` | ssh (the user's own ssh, pinned host key) |
 //! | `sessions` | console, attach, sessions, kill |
+//! | `checkpoints` | pause, resume, checkpoint [rm], checkpoints, restore |
 
 pub mod api;
+mod checkpoints;
 pub mod console;
 mod sessions;
 mod ssh;
@@ -101,6 +103,15 @@ pub fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Attach { vm, session } => sessions::attach(&vm, &session),
         Cmd::Sessions { vm, json } => sessions::list(&vm, json),
         Cmd::Kill { vm, session } => sessions::kill(&vm, &session),
+        Cmd::Pause { vm } => checkpoints::pause(&vm),
+        Cmd::Resume { vm, no_wait } => checkpoints::resume(&vm, no_wait),
+        Cmd::Checkpoint(a) => checkpoints::checkpoint(a),
+        Cmd::Checkpoints { vm, json } => checkpoints::list(&vm, json),
+        Cmd::Restore {
+            vm,
+            checkpoint,
+            no_wait,
+        } => checkpoints::restore(&vm, &checkpoint, no_wait),
     }
 }
 

@@ -67,13 +67,22 @@ pub(super) fn ls(json: bool) -> Result<(), Failure> {
 }
 
 /// Prints `name: state` of the VM an operation answered with.
-fn done(v: &VmView) {
+pub(super) fn done(v: &VmView) {
     warnings(&v.warnings);
     out(&format!("{}: {}", v.name, v.state));
 }
 
 pub(super) fn stop(vm: &str) -> Result<(), Failure> {
     let c = Client::from_env()?;
+    if let Ok(v) = c.get::<VmView>(&format!("/vms/{}", seg(vm)))
+        && v.state == "paused"
+    {
+        eprintln!(
+            "warning: {} is paused: stopping it discards its memory state (running programs); \
+             its disk is kept (to keep both: fcm resume {0}, or fcm checkpoint {0} first)",
+            v.name
+        );
+    }
     eprintln!("stopping...");
     done(&c.post(&format!("/vms/{}/stop", seg(vm)), &StartRequest::default())?);
     Ok(())

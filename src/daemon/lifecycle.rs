@@ -13,6 +13,11 @@
 //!                ▼                    └── starting ◄── start ───┘
 //!              (none)
 //!   destroy: from any state ─► destroying ─► (none)
+//!
+//!   running ──pause──► pausing ──► paused ──resume/start──► resuming ──► running
+//!   paused ──stop──► stopping ──► stopped        (the memory state is discarded)
+//!   running ──checkpoint──► checkpointing ──► running
+//!   running | paused | stopped ──restore──► restoring ──► running
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -30,16 +35,31 @@ pub enum VmState {
     Stopped,
     /// Destroy is in progress.
     Destroying,
+    /// Pause is in progress (the memory state is being saved).
+    Pausing,
+    /// No VMM: the memory and device state wait in the VM's `paused/`.
+    Paused,
+    /// Resume is in progress (a VMM is loading the saved state).
+    Resuming,
+    /// A checkpoint is being taken (the guest is briefly paused).
+    Checkpointing,
+    /// A restore to a checkpoint is in progress.
+    Restoring,
 }
 
 impl VmState {
-    pub const ALL: [VmState; 6] = [
+    pub const ALL: [VmState; 11] = [
         Self::Creating,
         Self::Starting,
         Self::Running,
         Self::Stopping,
         Self::Stopped,
         Self::Destroying,
+        Self::Pausing,
+        Self::Paused,
+        Self::Resuming,
+        Self::Checkpointing,
+        Self::Restoring,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +70,11 @@ impl VmState {
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Destroying => "destroying",
+            Self::Pausing => "pausing",
+            Self::Paused => "paused",
+            Self::Resuming => "resuming",
+            Self::Checkpointing => "checkpointing",
+            Self::Restoring => "restoring",
         }
     }
 }
@@ -64,6 +89,14 @@ pub enum Transition {
     /// The VMM was found dead (the guest powered off, or crashed).
     Died,
     Destroy,
+    /// Save memory and devices, end the VMM.
+    Pause,
+    /// Bring a paused VM back from its saved state.
+    Resume,
+    /// Save disk and memory while the VM keeps running.
+    Checkpoint,
+    /// Return the VM to a checkpoint.
+    Restore,
 }
 
 /// A transition asked of a VM in a state that does not allow it.
@@ -83,7 +116,10 @@ impl Transition {
         match self {
             Self::Launched => &[Creating],
             Self::Start => &[Stopped],
-            Self::Stop | Self::Died => &[Running],
+            Self::Stop => &[Running, Paused],
+            Self::Died | Self::Pause | Self::Checkpoint => &[Running],
+            Self::Resume => &[Paused],
+            Self::Restore => &[Running, Paused, Stopped],
             Self::Destroy => &VmState::ALL,
         }
     }
@@ -95,6 +131,10 @@ impl Transition {
             Self::Start => Some(VmState::Starting),
             Self::Stop => Some(VmState::Stopping),
             Self::Destroy => Some(VmState::Destroying),
+            Self::Pause => Some(VmState::Pausing),
+            Self::Resume => Some(VmState::Resuming),
+            Self::Checkpoint => Some(VmState::Checkpointing),
+            Self::Restore => Some(VmState::Restoring),
             Self::Launched | Self::Died => None,
         }
     }
@@ -102,8 +142,10 @@ impl Transition {
     /// Where it ends; `None` when the VM is gone.
     pub fn to(self) -> Option<VmState> {
         match self {
-            Self::Launched | Self::Start => Some(VmState::Running),
+            Self::Launched | Self::Start | Self::Resume => Some(VmState::Running),
+            Self::Checkpoint | Self::Restore => Some(VmState::Running),
             Self::Stop | Self::Died => Some(VmState::Stopped),
+            Self::Pause => Some(VmState::Paused),
             Self::Destroy => None,
         }
     }
@@ -115,6 +157,10 @@ impl Transition {
             Self::Stop => "stop it",
             Self::Died => "mark it stopped",
             Self::Destroy => "destroy it",
+            Self::Pause => "pause it",
+            Self::Resume => "resume it",
+            Self::Checkpoint => "checkpoint it",
+            Self::Restore => "restore it",
         }
     }
 
@@ -125,6 +171,8 @@ impl Transition {
         }
         let wanted = match self.from() {
             [one] => one.as_str(),
+            [VmState::Running, VmState::Paused] => "running or paused",
+            [VmState::Running, VmState::Paused, VmState::Stopped] => "running, paused or stopped",
             _ => "in another state",
         };
         Err(WrongState {
@@ -151,7 +199,7 @@ pub fn require(state: VmState, wanted: VmState, action: &'static str) -> Result<
 /// Whether a VM in this state may have a VMM process (its tap and
 /// runtime files must stay).
 pub fn has_vmm(state: VmState) -> bool {
-    !matches!(state, VmState::Stopped)
+    !matches!(state, VmState::Stopped | VmState::Paused)
 }
 
 /// What recovery does with a VM, given its recorded state and whether a
@@ -170,10 +218,18 @@ pub enum Recovery {
     UndoCreate,
     /// A destroy under way: finish it.
     FinishDestroy,
+    /// A VMM runs, possibly with its vCPUs stopped (a pause, resume,
+    /// checkpoint or restore was under way): adopt it as running and let
+    /// its guest continue. Its saved memory state, if any, is stale.
+    AdoptContinue,
+    /// No VMM, and a complete saved memory state exists: the VM is paused
+    /// (a pause that saved, or a resume that had not launched).
+    MarkPaused,
 }
 
-/// The recovery table: a record converges to the host's truth.
-pub fn recover(state: VmState, vmm_alive: bool) -> Recovery {
+/// The recovery table: a record converges to the host's truth. `saved`
+/// says whether a complete memory state (`<id>/paused/`) exists.
+pub fn recover(state: VmState, vmm_alive: bool, saved: bool) -> Recovery {
     use Recovery::*;
     use VmState::*;
     match (state, vmm_alive) {
@@ -181,9 +237,21 @@ pub fn recover(state: VmState, vmm_alive: bool) -> Recovery {
         (Creating, false) => UndoCreate,
         (Running, true) => Keep,
         (Creating | Starting | Stopping | Stopped, true) => Adopt,
-        (Starting | Running | Stopping, false) => MarkStopped,
+        (Pausing | Paused | Resuming | Checkpointing | Restoring, true) => AdoptContinue,
+        (Starting | Running | Stopping | Checkpointing | Restoring, false) => MarkStopped,
         (Stopped, false) => Keep,
+        (Paused, false) if saved => Keep,
+        (Pausing | Resuming, false) if saved => MarkPaused,
+        (Pausing | Paused | Resuming, false) => MarkStopped,
     }
+}
+
+/// Whether a VM in this state keeps its saved memory state (`paused/`).
+pub fn keeps_saved_state(state: VmState) -> bool {
+    matches!(
+        state,
+        VmState::Pausing | VmState::Paused | VmState::Resuming
+    )
 }
 
 #[cfg(test)]
@@ -217,22 +285,60 @@ mod tests {
     #[test]
     fn recovery_never_strips_a_live_vmm_and_never_keeps_a_dead_one_running() {
         for s in VmState::ALL {
-            let live = recover(s, true);
-            assert!(
-                matches!(
-                    live,
-                    Recovery::Keep | Recovery::Adopt | Recovery::FinishDestroy
-                ),
-                "{s:?} with a live VMM: {live:?}"
-            );
-            let dead = recover(s, false);
-            assert_ne!(dead, Recovery::Adopt, "{s:?} without a VMM");
-            if s == VmState::Running {
-                assert_eq!(dead, Recovery::MarkStopped);
+            for saved in [false, true] {
+                let live = recover(s, true, saved);
+                assert!(
+                    matches!(
+                        live,
+                        Recovery::Keep
+                            | Recovery::Adopt
+                            | Recovery::AdoptContinue
+                            | Recovery::FinishDestroy
+                    ),
+                    "{s:?} with a live VMM: {live:?}"
+                );
+                let dead = recover(s, false, saved);
+                assert!(
+                    !matches!(dead, Recovery::Adopt | Recovery::AdoptContinue),
+                    "{s:?} without a VMM"
+                );
+                if s == VmState::Running {
+                    assert_eq!(dead, Recovery::MarkStopped);
+                }
+                // A saved state is only ever trusted where it was made for.
+                if dead == Recovery::MarkPaused || (dead == Recovery::Keep && s == VmState::Paused)
+                {
+                    assert!(saved && keeps_saved_state(s), "{s:?}");
+                }
             }
         }
-        assert_eq!(recover(VmState::Creating, false), Recovery::UndoCreate);
-        assert_eq!(recover(VmState::Stopped, true), Recovery::Adopt);
+        assert_eq!(
+            recover(VmState::Creating, false, false),
+            Recovery::UndoCreate
+        );
+        assert_eq!(recover(VmState::Stopped, true, false), Recovery::Adopt);
+    }
+
+    #[test]
+    fn a_crash_mid_pause_or_resume_loses_nothing() {
+        use VmState::*;
+        // Saved and the VMM gone: paused (resume may be retried).
+        assert_eq!(recover(Pausing, false, true), Recovery::MarkPaused);
+        assert_eq!(recover(Resuming, false, true), Recovery::MarkPaused);
+        assert_eq!(recover(Paused, false, true), Recovery::Keep);
+        // The VMM still runs: the guest goes on as it was.
+        assert_eq!(recover(Pausing, true, false), Recovery::AdoptContinue);
+        assert_eq!(recover(Resuming, true, true), Recovery::AdoptContinue);
+        assert_eq!(recover(Checkpointing, true, false), Recovery::AdoptContinue);
+        assert_eq!(recover(Restoring, false, false), Recovery::MarkStopped);
+        assert!(Transition::Pause.check(Running).is_ok());
+        assert!(Transition::Resume.check(Paused).is_ok());
+        assert!(Transition::Stop.check(Paused).is_ok());
+        assert!(Transition::Pause.check(Stopped).is_err());
+        assert!(Transition::Restore.check(Stopped).is_ok());
+        assert!(Transition::Checkpoint.check(Paused).is_err());
+        assert_eq!(Transition::Pause.to(), Some(Paused));
+        assert!(!has_vmm(Paused));
     }
 
     #[test]

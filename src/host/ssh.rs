@@ -124,6 +124,85 @@ pub fn wait_ready(ip: Ipv4Addr, timeout: Duration) -> bool {
     .is_some()
 }
 
+/// A script running in a guest over the daemon's SSH, with a pipe to its
+/// stdin and its stdout read line by line (each wait has a deadline). The
+/// ssh process is killed and reaped on drop.
+pub struct GuestScript {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl GuestScript {
+    /// Runs `script` (fcm's own text, never user input) in the guest;
+    /// `ssh_args` come from [`daemon_ssh_args`].
+    pub fn spawn(mut ssh_args: Vec<String>, script: &str) -> std::io::Result<Self> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        ssh_args.push(script.to_owned());
+        let mut child = Command::new("ssh")
+            .args(&ssh_args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let (tx, lines) = std::sync::mpsc::channel();
+        if let Some(out) = stdout {
+            std::thread::spawn(move || {
+                let r = std::io::BufReader::new(out.take(1 << 16));
+                for line in r.lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// The next line the script prints, if one comes within `timeout`.
+    pub fn line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Writes to the script's stdin.
+    pub fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        match self.stdin.as_mut() {
+            Some(w) => w.write_all(data).and_then(|_| w.flush()),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Closes stdin and waits up to `timeout` for ssh to exit; whether it
+    /// exited successfully (it is killed otherwise).
+    pub fn finish(mut self, timeout: Duration) -> bool {
+        self.stdin = None;
+        let child = &mut self.child;
+        host::wait_until(timeout, Duration::from_millis(20), || {
+            child.try_wait().ok().flatten()
+        })
+        .is_some_and(|s| s.success())
+    }
+}
+
+impl Drop for GuestScript {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,37 @@ pub struct StartRequest {
     pub wait_ssh: Option<bool>,
 }
 
+/// Body of `POST /vms/{vm}/pause` (empty: no options yet).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {}
+
+/// Body of `POST /vms/{vm}/checkpoints`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A checkpoint as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckpointView {
+    pub id: String,
+    pub name: Option<String>,
+    /// The VM's name.
+    pub vm: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Space its files take on the host (allocated blocks; a reflinked
+    /// disk's shared extents are counted too).
+    pub size_bytes: u64,
+    /// How its disk was copied: `reflink` or `sparse`.
+    pub disk_copy: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
 /// Body of `POST /vms/{vm}/sessions`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

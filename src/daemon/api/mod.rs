@@ -3,6 +3,7 @@
 //! `Result<Reply, ApiError>`, and one function mapping error kinds to
 //! status codes. See `docs/openapi.yaml`.
 
+mod checkpoints;
 mod sessions;
 mod vms;
 
@@ -31,6 +32,12 @@ pub enum Route {
     ListSessions(String),
     CreateSession(String),
     DeleteSession(String, String),
+    PauseVm(String),
+    ResumeVm(String),
+    ListCheckpoints(String),
+    CreateCheckpoint(String),
+    RestoreCheckpoint(String, String),
+    DeleteCheckpoint(String, String),
 }
 
 #[derive(Debug)]
@@ -83,6 +90,8 @@ pub fn status_of(e: &ManagerError) -> u16 {
         | ManagerError::PoolExhausted(_)
         | ManagerError::ShuttingDown => 503,
         ManagerError::CreateStep { .. } | ManagerError::Operation { .. } => 500,
+        ManagerError::CheckpointNotFound { .. } => 404,
+        ManagerError::CheckpointExists { .. } => 409,
     }
 }
 
@@ -143,6 +152,14 @@ fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
         ("GET", ["vms", v, "sessions"]) => Route::ListSessions(vm(v)),
         ("POST", ["vms", v, "sessions"]) => Route::CreateSession(vm(v)),
         ("DELETE", ["vms", v, "sessions", s]) => Route::DeleteSession(vm(v), s.to_string()),
+        ("POST", ["vms", v, "pause"]) => Route::PauseVm(vm(v)),
+        ("POST", ["vms", v, "resume"]) => Route::ResumeVm(vm(v)),
+        ("GET", ["vms", v, "checkpoints"]) => Route::ListCheckpoints(vm(v)),
+        ("POST", ["vms", v, "checkpoints"]) => Route::CreateCheckpoint(vm(v)),
+        ("POST", ["vms", v, "checkpoints", c, "restore"]) => {
+            Route::RestoreCheckpoint(vm(v), c.to_string())
+        }
+        ("DELETE", ["vms", v, "checkpoints", c]) => Route::DeleteCheckpoint(vm(v), c.to_string()),
         _ => return None,
     })
 }
@@ -203,6 +220,12 @@ pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply,
         Route::ListSessions(v) => ok(200, s.list(m, &v)?),
         Route::CreateSession(v) => sessions::create(m, s, &v, parse_body(body)?),
         Route::DeleteSession(v, id) => ok(200, s.kill(m, &v, &id)?),
+        Route::PauseVm(v) => checkpoints::pause(m, s, &v, parse_body(body)?),
+        Route::ResumeVm(v) => checkpoints::resume(m, &v, parse_body(body)?),
+        Route::ListCheckpoints(v) => checkpoints::list(m, &v),
+        Route::CreateCheckpoint(v) => checkpoints::create(m, &v, parse_body(body)?),
+        Route::RestoreCheckpoint(v, c) => checkpoints::restore(m, s, &v, &c, parse_body(body)?),
+        Route::DeleteCheckpoint(v, c) => checkpoints::delete(m, &v, &c),
     }
 }
 
@@ -227,6 +250,25 @@ mod tests {
         assert_eq!(
             route("DELETE", "/vms/x/sessions/s1").expect("route"),
             Route::DeleteSession("x".into(), "s1".into())
+        );
+        assert_eq!(
+            route("POST", "/vms/x/checkpoints/c1/restore").expect("route"),
+            Route::RestoreCheckpoint("x".into(), "c1".into())
+        );
+        assert_eq!(
+            route("DELETE", "/vms/x/checkpoints/c1").expect("route"),
+            Route::DeleteCheckpoint("x".into(), "c1".into())
+        );
+        assert_eq!(
+            route("POST", "/vms/x/pause").expect("route"),
+            Route::PauseVm("x".into())
+        );
+        assert_eq!(
+            route("PUT", "/vms/x/checkpoints")
+                .expect_err("405")
+                .allow
+                .as_deref(),
+            Some("GET, POST")
         );
         assert_eq!(route("PUT", "/vms").expect_err("405").status, 405);
         assert_eq!(

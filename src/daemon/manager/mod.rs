@@ -7,6 +7,7 @@
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
 //! | `ops.rs` | stop, start, destroy |
 //! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
+//! | `snapshots.rs` | pause, resume, checkpoints, restore |
 //!
 //! Locking: `vms` is held only briefly (lookups, reserving names and
 //! addresses); each VM has its own operation lock, so a slow create or stop
@@ -15,6 +16,7 @@
 mod create;
 mod ops;
 mod recover;
+mod snapshots;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -78,6 +80,10 @@ pub enum ManagerError {
     Broken { id: String, reason: String },
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("VM {vm} has no checkpoint {checkpoint:?}")]
+    CheckpointNotFound { vm: String, checkpoint: String },
+    #[error("VM {vm} already has a checkpoint named {name}")]
+    CheckpointExists { vm: String, name: String },
 }
 
 impl ManagerError {
@@ -86,6 +92,9 @@ impl ManagerError {
         match self {
             Self::Missing { hint, .. } => Some((*hint).into()),
             Self::NotFound(_) => Some("list VMs with: fcm ls".into()),
+            Self::CheckpointNotFound { vm, .. } => {
+                Some(format!("list its checkpoints with: fcm checkpoints {vm}"))
+            }
             Self::WrongState {
                 name,
                 wanted: "running",
@@ -96,6 +105,11 @@ impl ManagerError {
                 wanted: "stopped",
                 ..
             } => Some(format!("stop it first with: fcm stop {name}")),
+            Self::WrongState {
+                name,
+                wanted: "paused",
+                ..
+            } => Some(format!("pause it first with: fcm pause {name}")),
             Self::Broken { id, .. } => Some(format!(
                 "nothing can be done with it but remove it: fcm destroy {id}"
             )),
@@ -401,6 +415,12 @@ impl Manager {
     }
 
     fn launch(&self, rec: &VmRecord) -> Result<u32, vmm::VmmError> {
+        self.launch_from(rec, None)
+    }
+
+    /// Launches the VM's VMM: booting, or loading the state saved in
+    /// `saved` (same command line, same tap, same disk lock).
+    fn launch_from(&self, rec: &VmRecord, saved: Option<&Path>) -> Result<u32, vmm::VmmError> {
         let dir = self.dir(&rec.id);
         let kernel = self.cfg.asset(&self.cfg.kernel);
         let initrd = self.initrd();
@@ -433,7 +453,11 @@ impl Manager {
             memory_mib: rec.memory_mib,
             disk_lock: &disk_lock,
         };
-        self.vmm_for(rec.backend).launch(&spec)
+        let vmm = self.vmm_for(rec.backend);
+        match saved {
+            None => vmm.launch(&spec),
+            Some(from) => vmm.launch_saved(&spec, from),
+        }
     }
 
     /// Makes the VM's URL show its state: the guest's page while it runs,

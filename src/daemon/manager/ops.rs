@@ -52,7 +52,7 @@ impl Manager {
 
     /// Records `rec` (its state set to `state`) as the entry's record;
     /// an error names the operation.
-    fn record(
+    pub(super) fn record(
         &self,
         e: &Entry,
         rec: &mut VmRecord,
@@ -74,11 +74,22 @@ impl Manager {
         let _op = lock(&e.op);
         let mut r = lock(&e.rec).clone();
         check(&r, Transition::Stop)?;
+        let was_paused = r.state == VmState::Paused;
         self.record(&e, &mut r, VmState::Stopping, "stop")?;
         fault::crash_point("stop:after-record");
         let clean = self.shutdown(&r);
         fault::crash_point("stop:after-shutdown");
-        let errors = self.release_runtime(&r);
+        let mut errors = self.release_runtime(&r);
+        if was_paused {
+            // A stopped VM keeps no memory state (recovery removes it too).
+            let saved = self.saved_dir(&r.id);
+            errors.push(match fs::remove_dir_all(&saved) {
+                Ok(()) => "the VM was paused: its memory state (running programs) was discarded; \
+                           it boots from its disk on the next start"
+                    .into(),
+                Err(err) => format!("could not remove {}: {err}", saved.display()),
+            });
+        }
         fault::crash_point("stop:after-release");
         r.pid = None;
         self.record(&e, &mut r, VmState::Stopped, "stop")?;
@@ -95,8 +106,12 @@ impl Manager {
     }
 
     pub fn start(&self, vm: &str) -> Result<VmView, ManagerError> {
-        let _in_flight = self.begin()?;
         let (_, e) = self.resolve(vm)?;
+        if lock(&e.rec).state == VmState::Paused {
+            // Starting a paused VM resumes it, as it was.
+            return self.resume(vm);
+        }
+        let _in_flight = self.begin()?;
         self.refresh(&e);
         let _op = lock(&e.op);
         let mut r = lock(&e.rec).clone();

@@ -90,7 +90,10 @@ impl Manager {
             }
         }
         if e.url_pending.load(Ordering::Acquire)
-            && matches!(r.state, VmState::Running | VmState::Stopped)
+            && matches!(
+                r.state,
+                VmState::Running | VmState::Stopped | VmState::Paused
+            )
         {
             match self.apply_url(e, r.state == VmState::Running) {
                 None => eprintln!(
@@ -209,7 +212,8 @@ impl Manager {
     fn recover_one(&self, mut rec: VmRecord) -> Option<VmRecord> {
         let alive = self.vmm_alive(&rec);
         let was = rec.state;
-        let action = lifecycle::recover(rec.state, alive.is_some());
+        let saved = self.saved_dir(&rec.id).is_dir();
+        let action = lifecycle::recover(rec.state, alive.is_some(), saved);
         let save = |rec: &VmRecord| {
             if let Err(e) = store::save(&self.cfg.state_dir, rec) {
                 eprintln!("fcm: warning: {}", chain(&e));
@@ -217,7 +221,7 @@ impl Manager {
         };
         match action {
             Recovery::Keep => {
-                if rec.state == VmState::Stopped {
+                if !lifecycle::has_vmm(rec.state) {
                     self.release_runtime(&rec);
                 } else if let Some(pid) = alive.filter(|p| *p != 0 && rec.pid != Some(*p)) {
                     rec.pid = Some(pid);
@@ -239,6 +243,38 @@ impl Manager {
                 if let Some(pid) = alive.filter(|p| *p != 0) {
                     rec.pid = Some(pid);
                 }
+                save(&rec);
+            }
+            Recovery::AdoptContinue => {
+                eprintln!(
+                    "fcm: {} was recorded {} and its VMM runs: adopted as running, its guest continues",
+                    rec.name,
+                    was.as_str()
+                );
+                if let Err(e) = network::create_tap(&self.cfg, &rec.id) {
+                    eprintln!("fcm: warning: {}", chain(&e));
+                }
+                // Its vCPUs may be stopped (a save was under way). A guest
+                // frozen for a checkpoint thaws by itself: the daemon's SSH
+                // session ended with the daemon.
+                if let Err(e) = self.vmm_for(rec.backend).continue_guest(&self.dir(&rec.id)) {
+                    eprintln!("fcm: warning: {}: {}", rec.name, chain(&e));
+                }
+                rec.state = VmState::Running;
+                if let Some(pid) = alive.filter(|p| *p != 0) {
+                    rec.pid = Some(pid);
+                }
+                save(&rec);
+            }
+            Recovery::MarkPaused => {
+                eprintln!(
+                    "fcm: {} ({}) has no VMM and a complete saved state: marked paused",
+                    rec.name,
+                    was.as_str()
+                );
+                self.release_runtime(&rec);
+                rec.state = VmState::Paused;
+                rec.pid = None;
                 save(&rec);
             }
             Recovery::MarkStopped => {
@@ -269,6 +305,7 @@ impl Manager {
                 return None;
             }
         }
+        self.sweep_vm_dir(&rec);
         Some(rec)
     }
 }

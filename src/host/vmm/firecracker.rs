@@ -18,6 +18,11 @@ use crate::host;
 
 pub const SOCKET: &str = "firecracker.socket";
 pub const PIDFILE: &str = "firecracker.pid";
+/// A saved guest, inside a state directory: device state and memory.
+pub const VMSTATE: &str = "vmstate";
+pub const MEMORY: &str = "memory";
+/// Longest a snapshot create or load may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct Firecracker {
     bin: PathBuf,
@@ -38,9 +43,21 @@ pub fn api_call(
     path: &str,
     body: &serde_json::Value,
 ) -> Result<(u16, String), String> {
+    api_call_within(socket, method, path, body, Duration::from_secs(5))
+}
+
+/// [`api_call`] with another timeout per read and write (a snapshot of a
+/// large guest takes longer than 5 s).
+pub fn api_call_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let mut s =
         UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
-    let timeout = Some(Duration::from_secs(5));
+    let timeout = Some(timeout);
     s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
     s.set_write_timeout(timeout).map_err(|e| e.to_string())?;
     let body = body.to_string();
@@ -118,7 +135,18 @@ fn put(
     path: &str,
     body: serde_json::Value,
 ) -> Result<(), VmmError> {
-    match api_call(socket, "PUT", path, &body) {
+    call(socket, "PUT", step, path, body, Duration::from_secs(5))
+}
+
+fn call(
+    socket: &Path,
+    method: &str,
+    step: &'static str,
+    path: &str,
+    body: serde_json::Value,
+    timeout: Duration,
+) -> Result<(), VmmError> {
+    match api_call_within(socket, method, path, &body, timeout) {
         Ok((s, _)) if (200..300).contains(&s) => Ok(()),
         Ok((s, b)) => Err(VmmError::Api {
             step,
@@ -142,6 +170,91 @@ impl Vmm for Firecracker {
     }
 
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<u32, VmmError> {
+        let (pid, socket) = self.spawn(spec)?;
+        let kill = |e: VmmError| {
+            host::signal(pid, host::Signal::KILL);
+            e
+        };
+        self.configure(spec, &socket).map_err(kill)?;
+        Ok(pid)
+    }
+
+    fn launch_saved(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError> {
+        let (pid, socket) = self.spawn(spec)?;
+        // The same tap as before, by name (it was re-created with it).
+        let load = json!({
+            "snapshot_path": from.join(VMSTATE),
+            "mem_backend": {"backend_type": "File", "backend_path": from.join(MEMORY)},
+            "resume_vm": false,
+            "network_overrides": [{"iface_id": "eth0", "host_dev_name": spec.tap}],
+        });
+        call(
+            &socket,
+            "PUT",
+            "snapshot/load",
+            "/snapshot/load",
+            load,
+            SNAPSHOT_TIMEOUT,
+        )
+        .map_err(|e| {
+            host::signal(pid, host::Signal::KILL);
+            VmmError::Load(crate::error::chain(&e))
+        })?;
+        Ok(pid)
+    }
+
+    fn save_state(&self, dir: &Path, into: &Path) -> Result<(), VmmError> {
+        let socket = dir.join(SOCKET);
+        let save = |e: VmmError| VmmError::Save(crate::error::chain(&e));
+        call(
+            &socket,
+            "PATCH",
+            "pause",
+            "/vm",
+            json!({"state": "Paused"}),
+            Duration::from_secs(5),
+        )
+        .map_err(save)?;
+        let (vmstate, memory) = (into.join(VMSTATE), into.join(MEMORY));
+        call(
+            &socket,
+            "PUT",
+            "snapshot/create",
+            "/snapshot/create",
+            json!({"snapshot_type": "Full", "snapshot_path": vmstate, "mem_file_path": memory}),
+            SNAPSHOT_TIMEOUT,
+        )
+        .map_err(save)?;
+        for f in [&vmstate, &memory] {
+            super::sync_file(f).map_err(|e| VmmError::Save(format!("{}: {e}", f.display())))?;
+        }
+        Ok(())
+    }
+
+    fn continue_guest(&self, dir: &Path) -> Result<(), VmmError> {
+        call(
+            &dir.join(SOCKET),
+            "PATCH",
+            "resume",
+            "/vm",
+            json!({"state": "Resumed"}),
+            Duration::from_secs(5),
+        )
+    }
+
+    fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError> {
+        put(
+            &dir.join(SOCKET),
+            "SendCtrlAltDel",
+            "/actions",
+            json!({"action_type": "SendCtrlAltDel"}),
+        )
+    }
+}
+
+impl Firecracker {
+    /// Spawns the VMM with its API socket and waits for the socket.
+    fn spawn(&self, spec: &LaunchSpec<'_>) -> Result<(u32, PathBuf), VmmError> {
         let bin = host::find_program(&self.bin).ok_or_else(|| VmmError::MissingBinary {
             program: "firecracker",
             path: self.bin.clone(),
@@ -191,6 +304,11 @@ impl Vmm for Firecracker {
                 detail: format!("API socket {} did not appear within 5 s", socket.display()),
             }));
         }
+        Ok((pid, socket))
+    }
+
+    /// Configures a fresh VMM and boots its guest.
+    fn configure(&self, spec: &LaunchSpec<'_>, socket: &Path) -> Result<(), VmmError> {
         let mut boot = json!({
             "kernel_image_path": spec.kernel,
             "boot_args": format!("{} pci=off", spec.cmdline),
@@ -222,18 +340,9 @@ impl Vmm for Firecracker {
             ),
         ];
         for (step, path, body) in steps {
-            put(&socket, step, &path, body).map_err(kill)?;
+            put(socket, step, &path, body)?;
         }
-        Ok(pid)
-    }
-
-    fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError> {
-        put(
-            &dir.join(SOCKET),
-            "SendCtrlAltDel",
-            "/actions",
-            json!({"action_type": "SendCtrlAltDel"}),
-        )
+        Ok(())
     }
 }
 

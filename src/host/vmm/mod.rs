@@ -58,6 +58,10 @@ pub enum VmmError {
         "the disk {disk} is in use by another VMM (pid {pids}); refusing to run a second one on it"
     )]
     DiskInUse { disk: PathBuf, pids: String },
+    #[error("saving the guest's state failed: {0}")]
+    Save(String),
+    #[error("loading the guest's saved state failed: {0}")]
+    Load(String),
 }
 
 /// What a backend needs to boot one guest. Paths are already validated.
@@ -98,6 +102,28 @@ pub trait Vmm: Send + Sync {
     fn runtime_files(&self) -> &'static [&'static str];
     /// The binary this backend runs.
     fn binary(&self) -> &Path;
+    /// Stops the guest's vCPUs and writes its memory and device state into
+    /// the directory `into` (which exists); on return every file there is
+    /// complete and synced. The guest stays stopped until
+    /// [`Vmm::continue_guest`]; the VMM keeps running.
+    fn save_state(&self, dir: &Path, into: &Path) -> Result<(), VmmError>;
+    /// Lets a guest stopped by `save_state` (or loaded by `launch_saved`) run.
+    fn continue_guest(&self, dir: &Path) -> Result<(), VmmError>;
+    /// Starts a VMM with the same configuration as `launch` that loads the
+    /// state `save_state` wrote into `from`, instead of booting; returns its
+    /// pid. The guest runs once [`Vmm::continue_guest`] returns.
+    fn launch_saved(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError>;
+}
+
+/// Quotes a path for `sh -c` (QEMU runs `exec:` migration URIs through
+/// the shell). The paths are fcm's own (state dir + fixed names).
+pub fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// Fsyncs a file written by another process.
+pub fn sync_file(p: &Path) -> std::io::Result<()> {
+    File::open(p)?.sync_all()
 }
 
 /// Program names a VMM process of either backend has (argv[0]'s file name).

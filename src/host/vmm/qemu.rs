@@ -12,6 +12,8 @@ use crate::host;
 
 pub const PIDFILE: &str = "qemu.pid";
 pub const QMP: &str = "qmp.sock";
+/// The migration stream of a saved guest, inside a state directory.
+pub const MEMORY: &str = "memory.state";
 
 pub struct Qemu {
     bin: PathBuf,
@@ -194,7 +196,117 @@ impl Vmm for Qemu {
         &[PIDFILE, QMP]
     }
 
+    fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError> {
+        self.request_shutdown_keys(dir)
+    }
+
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<u32, VmmError> {
+        self.spawn(spec, None)
+    }
+
+    fn launch_saved(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError> {
+        let memory = from.join(MEMORY);
+        if !memory.is_file() {
+            return Err(VmmError::Load(format!("{} is missing", memory.display())));
+        }
+        self.spawn(spec, Some(&memory))
+    }
+
+    fn save_state(&self, dir: &Path, into: &Path) -> Result<(), VmmError> {
+        let sock = dir.join(QMP);
+        let save = |e: String| VmmError::Save(e);
+        qmp(&sock, &serde_json::json!({"execute": "stop"})).map_err(save)?;
+        // No bandwidth cap (QEMU's default is 32 MiB/s): the guest is stopped.
+        qmp(
+            &sock,
+            &serde_json::json!({"execute": "migrate-set-parameters",
+                "arguments": {"max-bandwidth": 1u64 << 40}}),
+        )
+        .map_err(save)?;
+        let (part, done, failed) = (
+            into.join(format!("{MEMORY}.part")),
+            into.join(MEMORY),
+            into.join(format!("{MEMORY}.failed")),
+        );
+        // The file takes its final name only once cat has written all of it.
+        let uri = format!(
+            "exec:cat > {p} && mv {p} {d} || echo failed > {f}",
+            p = super::sh_quote(&part),
+            d = super::sh_quote(&done),
+            f = super::sh_quote(&failed)
+        );
+        qmp(
+            &sock,
+            &serde_json::json!({"execute": "migrate", "arguments": {"uri": uri}}),
+        )
+        .map_err(save)?;
+        let status =
+            host::wait_until(
+                Duration::from_secs(300),
+                Duration::from_millis(20),
+                || match qmp(&sock, &serde_json::json!({"execute": "query-migrate"})) {
+                    Ok(v) => match v.get("status").and_then(|s| s.as_str()) {
+                        Some("completed") => Some(Ok(())),
+                        Some("failed" | "cancelled") => Some(Err(v
+                            .get("error-desc")
+                            .and_then(|d| d.as_str())
+                            .unwrap_or("migration failed")
+                            .to_owned())),
+                        _ => None,
+                    },
+                    Err(e) => Some(Err(e)),
+                },
+            )
+            .unwrap_or_else(|| Err("migration did not complete within 300 s".into()));
+        status.map_err(save)?;
+        let written = host::wait_until(Duration::from_secs(60), Duration::from_millis(10), || {
+            if done.is_file() {
+                Some(Ok(()))
+            } else if failed.exists() {
+                Some(Err(format!("writing {} failed", part.display())))
+            } else {
+                None
+            }
+        })
+        .unwrap_or_else(|| Err(format!("{} did not appear within 60 s", done.display())));
+        written.map_err(save)?;
+        super::sync_file(&done).map_err(|e| save(format!("{}: {e}", done.display())))
+    }
+
+    fn continue_guest(&self, dir: &Path) -> Result<(), VmmError> {
+        let sock = dir.join(QMP);
+        // An incoming QEMU loads the state first; `cont` once it has.
+        let status =
+            host::wait_until(
+                Duration::from_secs(120),
+                Duration::from_millis(20),
+                || match qmp(&sock, &serde_json::json!({"execute": "query-status"})) {
+                    Ok(v) => {
+                        let s = v.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                        (s != "inmigrate").then(|| Ok(s.to_owned()))
+                    }
+                    Err(e) if e.starts_with("QMP ") && e.contains(".sock") => None,
+                    Err(e) => Some(Err(e)),
+                },
+            )
+            .unwrap_or_else(|| Err("the saved state did not load within 120 s".into()))
+            .map_err(VmmError::Load)?;
+        if status == "running" {
+            return Ok(());
+        }
+        if !matches!(status.as_str(), "paused" | "postmigrate" | "prelaunch") {
+            return Err(VmmError::Load(format!("the guest is {status}")));
+        }
+        qmp(&sock, &serde_json::json!({"execute": "cont"}))
+            .map(|_| ())
+            .map_err(VmmError::Load)
+    }
+}
+
+impl Qemu {
+    /// Starts QEMU (`launch`'s command line, plus `-incoming` from a saved
+    /// migration stream when `incoming` is set).
+    fn spawn(&self, spec: &LaunchSpec<'_>, incoming: Option<&Path>) -> Result<u32, VmmError> {
         let bin = host::find_program(&self.bin).ok_or_else(|| VmmError::MissingBinary {
             program: "qemu-system-x86_64",
             path: self.bin.clone(),
@@ -213,7 +325,13 @@ impl Vmm for Qemu {
         }
         // With -daemonize QEMU returns once the machine is set up (tap opened,
         // disk opened), so its exit status reports configuration errors.
-        let args = Self::args(spec);
+        let mut args = Self::args(spec);
+        if let Some(m) = incoming {
+            args.extend([
+                "-incoming".into(),
+                format!("exec:cat {}", super::sh_quote(m)),
+            ]);
+        }
         let mut cmd = std::process::Command::new(&bin);
         cmd.args(&args);
         spec.disk_lock.pass_to(&mut cmd);
@@ -241,8 +359,10 @@ impl Vmm for Qemu {
             detail: format!("no pid in {}", pidfile.display()),
         })
     }
+}
 
-    fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError> {
+impl Qemu {
+    fn request_shutdown_keys(&self, dir: &Path) -> Result<(), VmmError> {
         let keys = serde_json::json!({
             "execute": "send-key",
             "arguments": {"keys": [

@@ -1,0 +1,105 @@
+//! pause, resume, checkpoint [rm], checkpoints, restore.
+
+use super::api::{Client, seg};
+use super::vms::done;
+use super::{Failure, format_time, or_dash, out, out_json, warnings};
+use crate::cli::{CheckpointAction, CheckpointArgs};
+use crate::wire::api::{CheckpointRequest, CheckpointView, PauseRequest, StartRequest, VmView};
+
+pub(super) fn pause(vm: &str) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    eprintln!("pausing (saving memory)...");
+    let v: VmView = c.post(&format!("/vms/{}/pause", seg(vm)), &PauseRequest {})?;
+    done(&v);
+    Ok(())
+}
+
+pub(super) fn resume(vm: &str, no_wait: bool) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    eprintln!("resuming...");
+    let req = StartRequest {
+        wait_ssh: Some(!no_wait),
+    };
+    done(&c.post(&format!("/vms/{}/resume", seg(vm)), &req)?);
+    Ok(())
+}
+
+/// Sizes as `1.2 GiB`, `87 MiB`.
+fn size(bytes: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let b = bytes as f64;
+    if b >= 1024.0 * MIB {
+        format!("{:.1} GiB", b / 1024.0 / MIB)
+    } else {
+        format!("{:.0} MiB", b / MIB)
+    }
+}
+
+pub(super) fn checkpoint(a: CheckpointArgs) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    if let Some(CheckpointAction::Rm { vm, checkpoint }) = a.action {
+        let cp: CheckpointView = c.delete(&format!(
+            "/vms/{}/checkpoints/{}",
+            seg(&vm),
+            seg(&checkpoint)
+        ))?;
+        out(&format!("removed checkpoint {} of {}", cp.id, cp.vm));
+        return Ok(());
+    }
+    let vm = a.vm.unwrap_or_default();
+    eprintln!("checkpointing (the guest pauses briefly)...");
+    let req = CheckpointRequest { name: a.name };
+    let cp: CheckpointView = c.post(&format!("/vms/{}/checkpoints", seg(&vm)), &req)?;
+    warnings(&cp.warnings);
+    if a.json {
+        return out_json(&cp);
+    }
+    eprintln!(
+        "checkpoint of {}: {} ({} disk copy)",
+        cp.vm,
+        size(cp.size_bytes),
+        cp.disk_copy
+    );
+    out(&cp.id);
+    Ok(())
+}
+
+pub(super) fn list(vm: &str, json: bool) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    let list: Vec<CheckpointView> = c.get(&format!("/vms/{}/checkpoints", seg(vm)))?;
+    if json {
+        return out_json(&list);
+    }
+    if list.is_empty() {
+        eprintln!("no checkpoints; take one with: fcm checkpoint {vm}");
+        return Ok(());
+    }
+    out(&format!(
+        "{:<9} {:<24} {:<10} {:>9}",
+        "ID", "NAME", "CREATED", "SIZE"
+    ));
+    for cp in list {
+        out(&format!(
+            "{:<9} {:<24} {:<10} {:>9}",
+            cp.id,
+            or_dash(cp.name),
+            format_time(cp.created_at),
+            size(cp.size_bytes)
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn restore(vm: &str, checkpoint: &str, no_wait: bool) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    eprintln!("restoring...");
+    let req = StartRequest {
+        wait_ssh: Some(!no_wait),
+    };
+    let v: VmView = c.post(
+        &format!("/vms/{}/checkpoints/{}/restore", seg(vm), seg(checkpoint)),
+        &req,
+    )?;
+    done(&v);
+    Ok(())
+}
