@@ -274,7 +274,7 @@ mod tests {
         let e = Transition::Stop
             .check(Stopped)
             .expect_err("stopped cannot stop");
-        assert_eq!((e.wanted, e.action), ("running", "stop it"));
+        assert_eq!((e.wanted, e.action), ("running or paused", "stop it"));
         assert!(Transition::Stop.check(Creating).is_err());
         assert!(Transition::Start.check(Starting).is_err());
         assert_eq!(Transition::Died.to(), Some(Stopped));
