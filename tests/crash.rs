@@ -102,8 +102,32 @@ fn disagreements(f: &Fcm) -> Vec<String> {
         if state == "running" && per_vm.get(id).is_none_or(|p| p.is_empty()) {
             bad.push(format!("VM {id} listed running without a VMM"));
         }
-        if state == "stopped" && f.taps().contains(&format!("tap_{id}")) {
-            bad.push(format!("stopped VM {id} still has its tap"));
+        if (state == "stopped" || state == "paused") && f.taps().contains(&format!("tap_{id}")) {
+            bad.push(format!("{state} VM {id} still has its tap"));
+        }
+        let dir = f.state().join(id);
+        if (state == "paused") != dir.join("paused").is_dir() {
+            bad.push(format!(
+                "VM {id} is {state}, its saved state exists: {}",
+                dir.join("paused").is_dir()
+            ));
+        }
+        for leftover in [".paused.tmp", "rootfs.img.restore"] {
+            if dir.join(leftover).exists() {
+                bad.push(format!("VM {id} has a leftover {leftover}"));
+            }
+        }
+        for e in fs::read_dir(dir.join("checkpoints"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                bad.push(format!(
+                    "VM {id} has a half-made checkpoint {:?}",
+                    e.file_name()
+                ));
+            }
         }
     }
     bad
@@ -134,6 +158,35 @@ fn assert_usable(f: &Fcm, name: &str, mark: &str) {
 
 /// The crash points compiled into the daemon (read from its source, so a
 /// new step cannot be added without this test walking it).
+fn crash_points_of(ops: &[&str]) -> Vec<String> {
+    crash_points()
+        .into_iter()
+        .filter(|p| ops.iter().any(|o| p.starts_with(&format!("{o}:"))))
+        .collect()
+}
+
+/// The operations the two walks below cover; a crash point of any other
+/// operation fails this test, so a new one cannot go unwalked.
+const WALKED_OPS: [&str; 8] = [
+    "create",
+    "start",
+    "stop",
+    "destroy",
+    "pause",
+    "resume",
+    "checkpoint",
+    "restore",
+];
+
+#[test]
+fn every_crash_point_belongs_to_a_walked_operation() {
+    let stray: Vec<String> = crash_points()
+        .into_iter()
+        .filter(|p| crash_points_of(&WALKED_OPS).binary_search(p).is_err())
+        .collect();
+    assert!(stray.is_empty(), "crash points no test walks: {stray:?}");
+}
+
 fn crash_points() -> Vec<String> {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/daemon/manager");
     let mut v = Vec::new();
@@ -271,8 +324,182 @@ fn a_crash_at_every_step_leaves_each_vm_whole_or_gone() {
     walked.sort();
     assert_eq!(
         walked,
-        crash_points(),
-        "every crash point in the daemon must be walked"
+        crash_points_of(&["create", "start", "stop", "destroy"]),
+        "every crash point of create, start, stop and destroy must be walked"
+    );
+}
+
+/// The pid of a `sleep` started in the guest, if it still runs as `sleep`.
+fn sleeper_runs(f: &Fcm, vm: &str, pid: &str) -> bool {
+    let got = wait_for(Duration::from_secs(180), || {
+        let out = f.ssh(
+            vm,
+            &format!("if [ \"$(cat /proc/{pid}/comm 2>/dev/null)\" = sleep ]; then echo alive; else echo gone; fi"),
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    got.as_deref() == Some("alive")
+}
+
+fn checkpoint_names(f: &Fcm, vm: &str) -> Vec<String> {
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(f.ok(&["checkpoints", vm, "--json"]).trim()).expect("json");
+    list.iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_crash_at_every_step_of_pause_resume_checkpoint_and_restore_loses_nothing() {
+    if !e2e_ready() {
+        return;
+    }
+    let (_tmp, mut f) = start("snapcrash");
+    let mut walked: Vec<String> = Vec::new();
+    let mut matrix: Vec<(String, String)> = Vec::new();
+    f.create(&["--name", "sleepy"]);
+    let mark = "intact-before-crashes";
+    let w = f.ssh("sleepy", &format!("echo {mark} > /root/mark && sync"));
+    assert!(w.status.success(), "write the mark");
+    let out = f.ssh(
+        "sleepy",
+        "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!",
+    );
+    let sleeper = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(sleeper.parse::<u32>().is_ok(), "sleeper pid {sleeper:?}");
+    // The checkpoint every restore returns to: the mark, the sleeper.
+    f.ok(&["checkpoint", "sleepy", "--name", "base"]);
+    let whole = |f: &Fcm, at: &str| {
+        assert_agree(f, at);
+        assert_usable(f, "sleepy", mark);
+        assert!(
+            sleeper_runs(f, "sleepy", &sleeper),
+            "{at}: the sleeper died"
+        );
+        assert!(
+            checkpoint_names(f, "sleepy").contains(&"base".to_string()),
+            "{at}: base lost"
+        );
+    };
+
+    // ----- pause (running) -----
+    for step in ["after-record", "after-save", "after-exit"] {
+        let at = format!("pause:{step}");
+        crash_at(&mut f, &at, &["pause", "sleepy"]);
+        assert_agree(&f, &at);
+        let outcome = match state_of(&f, "sleepy").as_deref() {
+            Some("running") => {
+                whole(&f, &at);
+                f.ok(&["pause", "sleepy"]);
+                "not done (adopted, the guest continued); retried pause succeeded"
+            }
+            Some("paused") => "done (paused, memory state complete)",
+            other => panic!("{at}: sleepy is {other:?}"),
+        };
+        f.ok(&["resume", "sleepy"]);
+        whole(&f, &format!("{at}, resumed"));
+        matrix.push((at.clone(), outcome.to_string()));
+        walked.push(at);
+    }
+
+    // ----- resume (paused) -----
+    for step in ["after-record", "after-tap", "after-launch", "after-save"] {
+        let at = format!("resume:{step}");
+        f.ok(&["pause", "sleepy"]);
+        crash_at(&mut f, &at, &["resume", "sleepy"]);
+        assert_agree(&f, &at);
+        let outcome = match state_of(&f, "sleepy").as_deref() {
+            Some("running") => "done (adopted as running, its guest continued)",
+            Some("paused") => {
+                f.ok(&["resume", "sleepy"]);
+                "not done (still paused, state intact); retried resume succeeded"
+            }
+            other => panic!("{at}: sleepy is {other:?}"),
+        };
+        whole(&f, &format!("{at}, running"));
+        matrix.push((at.clone(), outcome.to_string()));
+        walked.push(at);
+    }
+
+    // ----- checkpoint (running) -----
+    for step in [
+        "after-record",
+        "after-freeze",
+        "after-memory",
+        "after-disk",
+        "after-commit",
+    ] {
+        let at = format!("checkpoint:{step}");
+        let name = format!("c-{}", step.trim_start_matches("after-"));
+        crash_at(&mut f, &at, &["checkpoint", "sleepy", "--name", &name]);
+        assert_eq!(state_of(&f, "sleepy").as_deref(), Some("running"), "{at}");
+        whole(&f, &at);
+        // Its file system is not left frozen.
+        let w = wait_for(Duration::from_secs(120), || {
+            f.ssh("sleepy", "echo w > /root/w && sync")
+                .status
+                .success()
+                .then_some(())
+        });
+        assert!(w.is_some(), "{at}: the guest's disk is not writable");
+        let outcome = if checkpoint_names(&f, "sleepy").contains(&name) {
+            "done (the checkpoint is complete and listed)"
+        } else {
+            f.ok(&["checkpoint", "sleepy", "--name", &name]);
+            "not done (nothing half-written); retried checkpoint succeeded"
+        };
+        assert!(checkpoint_names(&f, "sleepy").contains(&name));
+        f.ok(&["checkpoint", "rm", "sleepy", &name]);
+        assert_agree(&f, &format!("{at}, removed"));
+        matrix.push((at.clone(), outcome.to_string()));
+        walked.push(at);
+    }
+
+    // ----- restore (running, with a file written after the checkpoint) -----
+    for step in ["after-record", "after-kill", "after-disk", "after-launch"] {
+        let at = format!("restore:{step}");
+        let w = f.ssh("sleepy", "echo scratch > /root/scratch && sync");
+        assert!(w.status.success(), "{at}: write scratch");
+        crash_at(&mut f, &at, &["restore", "sleepy", "base"]);
+        assert_agree(&f, &at);
+        let has_scratch = |f: &Fcm| {
+            let out = wait_for(Duration::from_secs(180), || {
+                let o = f.ssh("sleepy", "cat /root/scratch 2>/dev/null || echo none");
+                o.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            });
+            out.as_deref() != Some("none")
+        };
+        let outcome = match state_of(&f, "sleepy").as_deref() {
+            Some("running") if has_scratch(&f) => {
+                f.ok(&["restore", "sleepy", "base"]);
+                "not done (the old VMM adopted, disk intact); retried restore succeeded"
+            }
+            Some("running") => "done (adopted: the restored guest continued)",
+            Some("stopped") => {
+                f.ok(&["restore", "sleepy", "base"]);
+                "not done (stopped, checkpoint intact); retried restore succeeded"
+            }
+            other => panic!("{at}: sleepy is {other:?}"),
+        };
+        whole(&f, &format!("{at}, restored"));
+        assert!(!has_scratch(&f), "{at}: the disk is not the checkpoint's");
+        matrix.push((at.clone(), outcome.to_string()));
+        walked.push(at);
+    }
+
+    println!("crash matrix ({} steps):", matrix.len());
+    for (step, outcome) in &matrix {
+        println!("  {step:<26} {outcome}");
+    }
+    walked.sort();
+    assert_eq!(
+        walked,
+        crash_points_of(&["pause", "resume", "checkpoint", "restore"]),
+        "every crash point of pause, resume, checkpoint and restore must be walked"
     );
 }
 

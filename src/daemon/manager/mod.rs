@@ -138,6 +138,9 @@ struct Entry {
     url_pending: AtomicBool,
     /// The VMM died: its tap and runtime files wait to be released.
     cleanup_pending: AtomicBool,
+    /// The guest runs from a saved state that recovery adopted: its clock
+    /// (and a file system frozen for a checkpoint) wait for housekeeping.
+    after_load_pending: AtomicBool,
 }
 
 impl Entry {
@@ -149,7 +152,14 @@ impl Entry {
             rec: Mutex::new(rec),
             url_pending: AtomicBool::new(false),
             cleanup_pending: AtomicBool::new(false),
+            after_load_pending: AtomicBool::new(false),
         })
+    }
+}
+
+impl Entry {
+    fn rec_state(&self) -> VmState {
+        lock(&self.rec).state
     }
 }
 

@@ -112,6 +112,17 @@ impl Manager {
         for e in entries {
             self.refresh(&e);
             self.converge(&e);
+            if e.after_load_pending.load(Ordering::Acquire)
+                && let Ok(_op) = e.op.try_lock()
+            {
+                e.after_load_pending.store(false, Ordering::Release);
+                let r = lock(&e.rec).clone();
+                if r.state == VmState::Running
+                    && let Some(w) = self.guest_after_load(&r)
+                {
+                    eprintln!("fcm: warning: {}: {w}", r.name);
+                }
+            }
             let id = lock(&e.rec).id.clone();
             vmm::cap_console_log(&self.dir(&id), self.cfg.console_log_max_bytes);
         }
@@ -186,9 +197,20 @@ impl Manager {
                     continue;
                 }
             };
+            let was = rec.state;
             if let Some(rec) = self.recover_one(rec) {
                 let e = Entry::new(rec);
                 e.url_pending.store(true, Ordering::Release);
+                if matches!(
+                    was,
+                    VmState::Pausing
+                        | VmState::Resuming
+                        | VmState::Checkpointing
+                        | VmState::Restoring
+                ) && e.rec_state() == VmState::Running
+                {
+                    e.after_load_pending.store(true, Ordering::Release);
+                }
                 lock(&self.vms).insert(id, e);
             }
         }

@@ -257,7 +257,7 @@ impl Manager {
 
     /// Over the daemon's SSH, once a guest runs again from a saved state:
     /// thaw, clock, randomness (see `CLOCK_SCRIPT`). A warning if it failed.
-    fn guest_after_load(&self, r: &VmRecord) -> Option<String> {
+    pub(super) fn guest_after_load(&self, r: &VmRecord) -> Option<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut last = String::from("SSH did not answer");
         while std::time::Instant::now() < deadline {
