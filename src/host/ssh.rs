@@ -90,7 +90,9 @@ pub fn daemon_ssh_args(key: &Path, known_hosts: &Path, ip: Ipv4Addr) -> Vec<Stri
         "-o".into(),
         format!("UserKnownHostsFile={}", known_hosts.display()),
         "-o".into(),
-        "ConnectTimeout=5".into(),
+        // Includes the banner exchange, which a busy TCG guest can take
+        // seconds over; every caller has its own overall deadline.
+        "ConnectTimeout=15".into(),
         "-o".into(),
         "LogLevel=ERROR".into(),
         format!("root@{ip}"),
