@@ -23,6 +23,6 @@ pub mod vmm;
 
 pub use fs::write_atomic;
 pub use process::{
-    HostError, Outcome, Signal, find_program, is_root, process_alive, run, run_full, run_outcome,
-    run_timeout, run_with_stdin, signal, wait_until,
+    Captured, Ended, HostError, Outcome, Piped, Signal, capture, find_program, is_root,
+    process_alive, run, run_full, run_outcome, run_timeout, run_with_stdin, signal, wait_until,
 };
