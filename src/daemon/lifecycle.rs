@@ -11,6 +11,7 @@
 //!                        │            └─────── start ───┘
 //!                        └─ failed: undone ─► (none)
 //!   destroy: from any state ─► (none)
+//!   resize:  stopped ─► stopped (disk, vCPUs, memory)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,8 @@ pub enum Transition {
     /// The VMM was found dead (the guest powered off, or crashed).
     Died,
     Destroy,
+    /// Disk, vCPUs or memory changed; only while stopped.
+    Resize,
 }
 
 /// A transition asked of a VM in a state that does not allow it.
@@ -62,7 +65,7 @@ impl Transition {
         use VmState::*;
         match self {
             Self::Launched => &[Creating],
-            Self::Start => &[Stopped],
+            Self::Start | Self::Resize => &[Stopped],
             Self::Stop | Self::Died => &[Running],
             Self::Destroy => &[Creating, Running, Stopped],
         }
@@ -72,7 +75,7 @@ impl Transition {
     pub fn to(self) -> Option<VmState> {
         match self {
             Self::Launched | Self::Start => Some(VmState::Running),
-            Self::Stop | Self::Died => Some(VmState::Stopped),
+            Self::Stop | Self::Died | Self::Resize => Some(VmState::Stopped),
             Self::Destroy => None,
         }
     }
@@ -84,6 +87,7 @@ impl Transition {
             Self::Stop => "stop it",
             Self::Died => "mark it stopped",
             Self::Destroy => "destroy it",
+            Self::Resize => "resize it",
         }
     }
 
@@ -144,6 +148,11 @@ mod tests {
             .expect_err("stopped cannot stop");
         assert_eq!((e.wanted, e.action), ("running", "stop it"));
         assert!(Transition::Stop.check(Creating).is_err());
+        assert!(Transition::Resize.check(Stopped).is_ok());
+        let e = Transition::Resize
+            .check(Running)
+            .expect_err("running cannot resize");
+        assert_eq!((e.wanted, e.action), ("stopped", "resize it"));
         assert_eq!(Transition::Died.to(), Some(Stopped));
         assert_eq!(Transition::Destroy.to(), None);
     }
