@@ -15,7 +15,7 @@ use super::progress::{Counter, Counting, meter};
 use crate::cli::CpArgs;
 use crate::host::Piped;
 use crate::text::visible;
-use crate::wire::api::{ExecRequest, ExecResponse, Written};
+use crate::wire::api::{ExecRequest, ExecResponse, VmView, Written};
 use crate::wire::size::human;
 
 /// How long one local tar may run.
@@ -70,6 +70,22 @@ pub(super) fn cp(a: CpArgs) -> Result<(), Failure> {
     }
 }
 
+/// The VM must exist and run: asked first, so that an error is a clear
+/// answer and not a transfer cut short.
+fn running_vm(c: &Client, vm: &str) -> Result<(), Failure> {
+    let v: VmView = c.get(&format!("/vms/{}", seg(vm)))?;
+    if v.state != "running" {
+        return Err(Failure::new(
+            format!(
+                "VM {} is {}; it must be running to copy files",
+                v.name, v.state
+            ),
+            Some(format!("start it with: fcm start {}", v.name)),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `path` is a directory in the guest (asked through exec).
 fn guest_is_dir(c: &Client, vm: &str, path: &str) -> Result<bool, Failure> {
     let req = ExecRequest {
@@ -94,6 +110,7 @@ fn io_failure(what: &str, path: &Path, e: &io::Error) -> Failure {
 fn upload(src: &Path, vm: &str, dst: &str, quiet: bool) -> Result<(), Failure> {
     let meta = fs::metadata(src).map_err(|e| io_failure("cannot read", src, &e))?;
     let c = Client::from_env()?;
+    running_vm(&c, vm)?;
     let name = src
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -153,6 +170,7 @@ fn upload(src: &Path, vm: &str, dst: &str, quiet: bool) -> Result<(), Failure> {
 
 fn download(vm: &str, src: &str, dst: &Path, quiet: bool) -> Result<(), Failure> {
     let c = Client::from_env()?;
+    running_vm(&c, vm)?;
     let is_dir = guest_is_dir(&c, vm, src)?;
     let into_dir = dst.is_dir() || dst.to_string_lossy().ends_with('/');
     let target = match (into_dir, guest_basename(src)) {

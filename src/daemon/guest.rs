@@ -493,6 +493,12 @@ fn upload(
     }
     drop(input);
     let end = p.finish();
+    if end.code != Some(0) {
+        // Read what the client still sends, so that it gets to read the
+        // answer instead of a reset connection.
+        let left = (TRANSFER_MAX + 1).saturating_sub(sent);
+        let _ = io::copy(&mut body.take(left), &mut io::sink());
+    }
     if end.code == Some(0) {
         return Ok(Written {
             path: path.to_owned(),

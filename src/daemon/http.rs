@@ -14,6 +14,8 @@ use super::sessions::Sessions;
 
 /// Requests served at once.
 pub const WORKERS: usize = 16;
+/// How much of a refused upload is read (and dropped) before answering.
+const STREAM_DRAIN_MAX: u64 = 16 << 20;
 
 /// Serves the API until the server is closed; returns when every worker has.
 pub fn serve(server: tiny_http::Server, m: Arc<Manager>, s: Arc<Sessions>, token: Arc<String>) {
@@ -80,7 +82,17 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
             authorise(&req, token)?;
         }
         if route.streams() {
-            return api::stream(m, route, req.as_reader());
+            let answer = api::stream(m, route, req.as_reader());
+            if answer.is_err() {
+                // Refused before the upload was read (unknown VM, bad
+                // path): read a bounded part of it, so that a client still
+                // sending can read the answer.
+                let _ = std::io::copy(
+                    &mut req.as_reader().take(STREAM_DRAIN_MAX),
+                    &mut std::io::sink(),
+                );
+            }
+            return answer;
         }
         let body = read_body(&mut req, route.body_limit())?;
         api::handle(m, s, route, &body).map(Answer::Json)
