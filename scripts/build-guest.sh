@@ -37,7 +37,7 @@ Options:
                       $FCM_GUEST_SUITE): e.g. forky (Python 3.14), trixie, sid
   --packages "P1 P2"  extra Debian packages for the root file system, separated
                       by spaces or commas; may be given more than once
-                      (default: $FCM_GUEST_PACKAGES)
+                      (default: $FCM_GUEST_PACKAGES, which it replaces)
   --size SIZE         apparent size of base-rootfs.img (default: 1G, or
                       $FCM_ROOTFS_SIZE); VMs grow it at boot to their disk size
   --force             rebuild everything (same as FORCE=1)
@@ -62,8 +62,17 @@ while [ $# -gt 0 ]; do
 		-h | --help) usage; exit 0 ;;
 		--suite) [ $# -ge 2 ] || die "--suite needs a value"; SUITE=$2; shift 2 ;;
 		--suite=*) SUITE=${1#--suite=}; shift ;;
-		--packages) [ $# -ge 2 ] || die "--packages needs a value"; EXTRA_PACKAGES="$EXTRA_PACKAGES $2"; shift 2 ;;
-		--packages=*) EXTRA_PACKAGES="$EXTRA_PACKAGES ${1#--packages=}"; shift ;;
+		--packages | --packages=*)
+			if [ "$1" = --packages ]; then
+				[ $# -ge 2 ] || die "--packages needs a value"
+				v=$2; shift 2
+			else
+				v=${1#--packages=}; shift
+			fi
+			# the first --packages replaces $FCM_GUEST_PACKAGES, later ones add
+			[ -n "${packages_opt:-}" ] || EXTRA_PACKAGES=
+			packages_opt=1
+			EXTRA_PACKAGES="$EXTRA_PACKAGES $v" ;;
 		--size) [ $# -ge 2 ] || die "--size needs a value"; ROOTFS_SIZE=$2; shift 2 ;;
 		--size=*) ROOTFS_SIZE=${1#--size=}; shift ;;
 		--force) FORCE=1; shift ;;
