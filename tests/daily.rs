@@ -319,7 +319,9 @@ fn one_guest_disk_exec_cp_logs_and_resize() {
         Some(br#"{"disk": "6G"}"#),
     );
     assert_eq!(s, 409, "{body}");
-    f.ok(&["stop", &vm]);
+    let stop = f.run(&["stop", &vm]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    eprintln!("stop: {}", text(&stop.stderr));
     let out = f.run(&["resize", &vm, "--disk", "2G"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -121,3 +121,65 @@ fn firecracker_backend_reaches_instance_start_and_cleans_up() {
         f.processes()
     );
 }
+
+#[test]
+fn a_second_launch_on_a_locked_disk_is_refused() {
+    if !common::e2e_ready() || !firecracker_available() {
+        return;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("skipping: /dev/kvm is absent, so Firecracker cannot even create a VM here");
+        return;
+    }
+    eprintln!(
+        "note: on this host the Firecracker guest kernel cannot boot (kvm-pvm); \
+         the test checks the disk lock on the VMM side only"
+    );
+    use fcm::host::disk_lock::{DiskLock, in_use};
+    let config = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(config.path(), r#"{"stop_timeout_secs": 3}"#).expect("write config");
+    let f = Fcm::start(
+        "fclock",
+        &[
+            "--backend",
+            "firecracker",
+            "--config",
+            &config.path().display().to_string(),
+            "--no-caddy",
+        ],
+    );
+    let vm = f.create(&["--no-wait"]);
+    let id = vm["id"].as_str().expect("id").to_string();
+    let name = vm["name"].as_str().expect("name").to_string();
+    let pid = vm["pid"].as_u64().expect("pid") as u32;
+    let rootfs = f.state().join(&id).join("rootfs.img");
+    // The running Firecracker itself holds its disk's lock (while it lives:
+    // the guest crashes here within seconds, and the VMM with it).
+    if is_alive(pid) {
+        let held = in_use(&rootfs);
+        assert!(
+            held || !is_alive(pid),
+            "a live Firecracker does not hold its disk"
+        );
+    }
+    f.ok(&["stop", &name]);
+    assert!(!in_use(&rootfs), "the lock outlived the VMM");
+
+    // Another VMM holds the disk (this test takes its lock, as one would):
+    // a launch on it is refused, and no second Firecracker starts.
+    let other = DiskLock::acquire(&rootfs).expect("lock the disk");
+    let out = f.run(&["start", &name, "--no-wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start on a locked disk succeeded");
+    assert!(err.contains("in use by another VMM"), "{err}");
+    assert_eq!(f.vm(&name)["state"], "stopped");
+    assert!(f.vmms_of(&id).is_empty(), "a VMM started on a locked disk");
+    assert!(
+        !f.ns.links().contains(&format!("tap_{id}")),
+        "the refused start left its tap"
+    );
+    // Once the disk is free, the same start works.
+    drop(other);
+    f.ok(&["start", &name, "--no-wait"]);
+    f.ok(&["destroy", &name]);
+}

@@ -5,111 +5,10 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use common::caddy::{fetch, sites, start_caddy, write_caddy_config};
 use common::{Fcm, e2e_ready, wait_for};
-
-const PUBLIC_IP: &str = "203.0.113.7";
-
-struct CaddyGuard(Child);
-
-impl Drop for CaddyGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn write_caddy_config(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let caddyfile = dir.join("Caddyfile");
-    let sites = dir.join("fcm.d");
-    let storage = dir.join("caddy-storage");
-    fs::write(
-        &caddyfile,
-        format!(
-            "{{\n\tadmin 127.0.0.1:2019\n\thttp_port 8080\n\thttps_port 8443\n\tdefault_bind 127.0.0.1\n\
-             \tlocal_certs\n\tskip_install_trust\n\tauto_https disable_redirects\n\
-             \tstorage file_system {{\n\t\troot {}\n\t}}\n}}\n\n\
-             # The user's own site: fcm must never rewrite it.\n\
-             http://user.example:8080 {{\n\trespond \"user site\"\n}}\n",
-            storage.display()
-        ),
-    )
-    .expect("Caddyfile");
-    let config = dir.join("fcm.json");
-    let cfg = serde_json::json!({
-        "caddy": {
-            "caddyfile": caddyfile,
-            "sites_dir": sites,
-            "admin": "127.0.0.1:2019",
-            "public_ip": PUBLIC_IP,
-        }
-    });
-    fs::write(&config, cfg.to_string()).expect("config");
-    (caddyfile, sites, config)
-}
-
-fn start_caddy(f: &Fcm, caddyfile: &Path, dir: &Path) -> CaddyGuard {
-    let log = fs::File::create(dir.join("caddy.log")).expect("log");
-    let child =
-        f.ns.cmd("env")
-            .arg(format!("HOME={}", dir.display()))
-            .arg(format!(
-                "XDG_CONFIG_HOME={}",
-                dir.join("xdg-config").display()
-            ))
-            .arg(format!("XDG_DATA_HOME={}", dir.join("xdg-data").display()))
-            .args(["caddy", "run", "--adapter", "caddyfile", "--config"])
-            .arg(caddyfile)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("caddy");
-    let guard = CaddyGuard(child);
-    let up = wait_for(Duration::from_secs(15), || {
-        common::tcp_open(&f.ns, "127.0.0.1", 2019).then_some(())
-    });
-    assert!(
-        up.is_some(),
-        "caddy did not start: {}",
-        fs::read_to_string(dir.join("caddy.log")).unwrap_or_default()
-    );
-    guard
-}
-
-/// (status, body) of the VM's URL, fetched through Caddy inside the namespace.
-fn fetch(f: &Fcm, url: &str) -> (u16, String) {
-    let host = url.trim_start_matches("https://");
-    let out = f.ns.exec(&[
-        "curl",
-        "-sk",
-        "--max-time",
-        "10",
-        "-w",
-        "\n%{http_code}",
-        "--resolve",
-        &format!("{host}:8443:127.0.0.1"),
-        &format!("https://{host}:8443/"),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn sites(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 #[test]
 fn every_vm_gets_its_own_https_url_and_loses_it_on_destroy() {
@@ -223,4 +122,128 @@ fn every_vm_gets_its_own_https_url_and_loses_it_on_destroy() {
         sites(&sites_dir)
     );
     assert_eq!(fs::read(&caddyfile).expect("Caddyfile"), main_before);
+}
+
+#[test]
+fn a_url_that_could_not_be_published_goes_live_once_caddy_is_up() {
+    if !e2e_ready() {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("fcm-caddy-late-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let (caddyfile, _sites, config) = write_caddy_config(tmp.path());
+    let f = Fcm::start("urllate", &["--config", &config.display().to_string()]);
+    // Caddy is down at create: the VM works, the URL is not live yet.
+    let v = f.create(&[]);
+    let name = v["name"].as_str().expect("name").to_string();
+    let url = v["url"].as_str().expect("url").to_string();
+    assert!(v["warnings"].to_string().contains("not live"), "{v}");
+    // Caddy comes up; nobody touches fcm; the URL goes live.
+    let _caddy = start_caddy(&f, &caddyfile, tmp.path());
+    let page = wait_for(Duration::from_secs(60), || {
+        let (s, body) = fetch(&f, &url);
+        (s == 200).then_some(body)
+    });
+    let page = page.unwrap_or_else(|| panic!("{url} never went live: {:?}", fetch(&f, &url)));
+    assert!(page.contains(&name), "{page}");
+    // The guest dies behind fcm's back: its URL turns into the stopped page.
+    let id = v["id"].as_str().expect("id");
+    for pid in f.vmms_of(id) {
+        common::kill_pid(pid);
+    }
+    let stopped = wait_for(Duration::from_secs(60), || {
+        let (s, body) = fetch(&f, &url);
+        (s == 503 && body.contains("is stopped")).then_some(())
+    });
+    assert!(stopped.is_some(), "still {:?}", fetch(&f, &url));
+    assert_eq!(f.vm(&name)["state"], "stopped");
+}
+
+#[test]
+fn ls_answers_while_a_caddy_reload_hangs() {
+    if !e2e_ready() {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("fcm-caddy-hang-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let (caddyfile, sites_dir, _) = write_caddy_config(tmp.path());
+    let d = tmp.path();
+    // A reload that hangs while the file `hang` exists (at most 60 s).
+    let script = d.join("reload.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ -e {d}/hang ] || exit 0\ntouch {d}/reload-started\n\
+             i=0; while [ -e {d}/hang ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+             touch {d}/reload-finished\n",
+            d = d.display()
+        ),
+    )
+    .expect("script");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = d.join("fcm-hang.json");
+    let cfg = serde_json::json!({
+        "caddy": {
+            "caddyfile": caddyfile,
+            "sites_dir": sites_dir,
+            "admin": "127.0.0.1:2019",
+            "public_ip": "203.0.113.7",
+            "reload_command": [script],
+        }
+    });
+    fs::write(&config, cfg.to_string()).expect("config");
+    let f = Fcm::start("urlhang", &["--config", &config.display().to_string()]);
+    let a = f.create(&["--no-wait", "--name", "hang-a"]);
+    f.create(&["--no-wait", "--name", "hang-b"]);
+    let id = a["id"].as_str().expect("id");
+
+    // From now on a reload hangs; then A's VMM dies.
+    fs::write(d.join("hang"), "").expect("hang");
+    for pid in f.vmms_of(id) {
+        common::kill_pid(pid);
+    }
+    // Housekeeping notices and switches A's URL: the reload starts, and hangs.
+    let started = wait_for(Duration::from_secs(60), || {
+        let _ = f.run(&["ls"]);
+        d.join("reload-started").exists().then_some(())
+    });
+    assert!(started.is_some(), "no reload started");
+
+    // While it hangs: ls, get and name resolution answer.
+    let mut ls = f.cli();
+    ls.args(["ls", "--json"])
+        .stdout(std::process::Stdio::piped());
+    let mut child = ls.spawn().expect("ls");
+    let done = wait_for(Duration::from_secs(15), || child.try_wait().ok().flatten());
+    if done.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("ls output");
+    assert!(done.is_some(), "ls did not return while the reload hung");
+    let reload_still_running = !d.join("reload-finished").exists();
+    let vms: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls --json");
+    let state = |n: &str| {
+        vms.as_array()
+            .and_then(|l| l.iter().find(|v| v["name"] == n))
+            .map(|v| v["state"].clone())
+    };
+    assert_eq!(state("hang-a"), Some("stopped".into()), "{vms}");
+    assert_eq!(state("hang-b"), Some("running".into()), "{vms}");
+    let get = f.run(&["ssh", "hang-zzz"]);
+    assert!(!get.status.success(), "an unknown VM must be refused");
+    // The order: ls answered before the hanging reload finished.
+    assert!(
+        reload_still_running && !d.join("reload-finished").exists(),
+        "the reload finished before ls was checked: the test proved nothing"
+    );
+    let _ = fs::remove_file(d.join("hang"));
+    let finished = wait_for(Duration::from_secs(30), || {
+        d.join("reload-finished").exists().then_some(())
+    });
+    assert!(finished.is_some());
 }

@@ -73,6 +73,16 @@ fn read_body(req: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiErr
     Ok(body)
 }
 
+/// Runs a handler; a panic in it answers 500 and the worker lives on.
+fn guarded(f: impl FnOnce() -> Result<Answer, ApiError>) -> Result<Answer, ApiError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(ApiError::new(
+            500,
+            "internal error: the daemon hit a bug handling this request (see its log)",
+        ))
+    })
+}
+
 fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str) {
     let method = req.method().as_str().to_owned();
     let url = req.url().to_owned();
@@ -82,7 +92,8 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
             authorise(&req, token)?;
         }
         if route.streams() {
-            let answer = api::stream(m, route, req.as_reader());
+            let reader = req.as_reader();
+            let answer = guarded(|| api::stream(m, route, reader));
             if answer.is_err() {
                 // Refused before the upload was read (unknown VM, bad
                 // path): read a bounded part of it, so that a client still
@@ -95,7 +106,7 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
             return answer;
         }
         let body = read_body(&mut req, route.body_limit())?;
-        api::handle(m, s, route, &body).map(Answer::Json)
+        guarded(|| api::handle(m, s, route, &body).map(Answer::Json))
     })();
     let (status, body) = match result {
         Ok(Answer::Json(r)) => (r.status, r.body),

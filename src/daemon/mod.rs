@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod fault;
 pub mod guest;
 pub mod http;
 pub mod lifecycle;
@@ -61,6 +62,44 @@ pub enum DaemonError {
     Manager(#[from] ManagerError),
     #[error("could not listen on {addr}: {message}")]
     Listen { addr: String, message: String },
+    #[error("could not handle termination signals")]
+    Signals(#[source] std::io::Error),
+    #[error("the HTTP API stopped serving")]
+    Stopped,
+}
+
+/// How long SIGTERM waits for operations under way to reach a recorded
+/// state (a clean stop can take `stop_timeout_secs`, 20 s by default).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Ends the daemon on SIGTERM or SIGINT: new operations are refused, those
+/// under way get [`SHUTDOWN_GRACE`] to reach a recorded state, then the
+/// daemon exits 0. VMs keep running; the next daemon adopts them.
+fn handle_signals(m: Arc<Manager>) -> Result<(), DaemonError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
+    thread::Builder::new()
+        .name("fcm-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                eprintln!(
+                    "fcm daemon: signal {sig}: shutting down (VMs keep running); waiting up to {} s for operations under way",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                if m.shut_down(SHUTDOWN_GRACE) {
+                    eprintln!("fcm daemon: every operation reached a recorded state; exiting");
+                } else {
+                    eprintln!(
+                        "fcm daemon: operations still under way after {} s; recovery will finish or undo them",
+                        SHUTDOWN_GRACE.as_secs()
+                    );
+                }
+                std::process::exit(0);
+            }
+        })
+        .map_err(DaemonError::Signals)?;
+    Ok(())
 }
 
 impl DaemonError {
@@ -170,12 +209,17 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         cfg.state_dir.display()
     );
 
+    handle_signals(Arc::clone(&manager))?;
     {
         let m = Arc::clone(&manager);
         thread::spawn(move || {
             loop {
-                thread::sleep(Duration::from_secs(5));
-                m.tick();
+                m.wait_for_work(Duration::from_secs(5));
+                // A bug in housekeeping must not end housekeeping.
+                let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.tick()));
+                if tick.is_err() {
+                    eprintln!("fcm daemon: housekeeping panicked (a bug); it goes on");
+                }
             }
         });
     }
@@ -188,7 +232,8 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         thread::spawn(move || stream::serve(stream_listener, m, s, t));
     }
     http::serve(server, manager, sessions, token);
-    Ok(())
+    // Workers only return when the server fails: the daemon cannot serve.
+    Err(DaemonError::Stopped)
 }
 
 #[cfg(test)]

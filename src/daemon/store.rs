@@ -99,13 +99,19 @@ pub fn record_path(state_dir: &Path, id: &VmId) -> PathBuf {
 }
 
 pub fn save(state_dir: &Path, rec: &VmRecord) -> Result<(), StoreError> {
-    let path = record_path(state_dir, &rec.id);
+    save_in(&vm_dir(state_dir, &rec.id), rec)
+}
+
+/// Writes the record into `dir` (a VM directory, or one about to become
+/// one), atomically.
+pub fn save_in(dir: &Path, rec: &VmRecord) -> Result<(), StoreError> {
+    let path = dir.join("config.json");
     let mut data = serde_json::to_vec_pretty(rec).map_err(|e| StoreError::Write {
         path: path.clone(),
         source: io::Error::other(e),
     })?;
     data.push(b'\n');
-    host::write_atomic(&path, &data, 0o644).map_err(|source| StoreError::Write { path, source })
+    host::write_atomic(&path, &data, 0o600).map_err(|source| StoreError::Write { path, source })
 }
 
 pub fn load(path: &Path) -> Result<VmRecord, StoreError> {

@@ -32,6 +32,17 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Makes a rename or a new entry in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Sets a file's or directory's permission bits.
+pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
 /// Takes an exclusive `flock` on `f` without waiting; `Ok(false)` when
 /// another open file description holds it.
 pub fn try_lock_exclusive(f: &File) -> io::Result<bool> {

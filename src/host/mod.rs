@@ -8,12 +8,14 @@
 //! | `pty` | pseudo-terminals for the console's `ssh -tt` |
 //! | `network` | the bridge, `tap_<id>` devices, fcm's nftables table, addresses |
 //! | `disk` | per-VM rootfs copies and files written into an image |
+//! | `disk_lock` | one VMM per disk: a kernel lock the VMM itself holds |
 //! | `vmm` | the VMM backends: Firecracker and QEMU |
 //! | `caddy` | the public URLs: one Caddy site file per VM |
 //! | `ssh` | the daemon's key, guests' host keys, SSH readiness |
 
 pub mod caddy;
 pub mod disk;
+pub mod disk_lock;
 pub mod fs;
 pub mod network;
 pub mod process;
@@ -21,8 +23,9 @@ pub mod pty;
 pub mod ssh;
 pub mod vmm;
 
-pub use fs::write_atomic;
+pub use fs::{set_mode, write_atomic};
 pub use process::{
-    Captured, Ended, HostError, Outcome, Piped, Signal, capture, find_program, is_root,
-    process_alive, run, run_full, run_outcome, run_timeout, run_with_stdin, signal, wait_until,
+    Captured, Ended, HostError, Outcome, Piped, Signal, capture, find_processes, find_program,
+    is_root, process_alive, run, run_command, run_full, run_outcome, run_timeout, run_with_stdin,
+    signal, wait_until,
 };

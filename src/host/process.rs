@@ -87,9 +87,20 @@ where
     S: AsRef<OsStr>,
 {
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let cmd = render(program, &args);
-    let mut child = Command::new(program)
-        .args(&args)
+    let mut command = Command::new(program);
+    command.args(&args);
+    run_command(command, render(program, &args), stdin, timeout)
+}
+
+/// Like [`run_outcome`], for a command the caller has prepared (for
+/// example one that inherits a descriptor); `cmd` is its printable form.
+pub fn run_command(
+    mut command: Command,
+    cmd: String,
+    stdin: Option<&[u8]>,
+    timeout: Option<Duration>,
+) -> Result<Outcome, HostError> {
+    let mut child = command
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -432,6 +443,28 @@ pub fn signal(pid: u32, sig: Signal) {
     let _ = rustix::process::kill_process(pid, sig);
 }
 
+/// Live processes whose program is one of `programs` (the file name of
+/// argv[0]) and whose command line mentions `marker`: how the daemon finds
+/// a VM's VMM on the host, whatever its records say.
+pub fn find_processes(programs: &[&str], marker: &str) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            let name = argv0.rsplit(|b| *b == b'/').next().unwrap_or_default();
+            programs.iter().any(|p| p.as_bytes() == name) && process_alive(*pid, marker)
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
 /// Whether the current process runs as root.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -536,6 +569,17 @@ mod tests {
         let p = Piped::spawn("sleep", ["5"], Duration::from_millis(200)).expect("sleep");
         assert_eq!(p.finish().code, None);
         assert!(t.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn processes_are_found_by_program_and_marker() {
+        let mut child = Command::new("sleep").arg("29.123").spawn().expect("spawn");
+        let found = find_processes(&["sleep"], "29.123");
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(find_processes(&["qemu-system-x86_64"], "29.123").is_empty());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!find_processes(&["sleep"], "29.123").contains(&child.id()));
     }
 
     #[test]

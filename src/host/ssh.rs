@@ -13,30 +13,48 @@ pub fn daemon_key(state_dir: &Path) -> PathBuf {
     state_dir.join("ssh").join("id_ed25519")
 }
 
-/// Creates an ed25519 key pair at `path` unless one exists; returns the public key.
+/// Creates an ed25519 key pair at `path` unless its private key exists;
+/// returns the public key. An existing private key is never replaced (every
+/// guest trusts it): a missing or stale `.pub` is derived from it again.
 pub fn ensure_keypair(path: &Path, comment: &str) -> Result<String, HostError> {
     let public = path.with_extension("pub");
-    if !path.exists() || !public.exists() {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = std::fs::remove_file(path);
-        let _ = std::fs::remove_file(&public);
-        host::run(
+    if path.exists() {
+        let derived = host::run(
             "ssh-keygen",
-            [
-                "-q".as_ref(),
-                "-t".as_ref(),
-                "ed25519".as_ref(),
-                "-N".as_ref(),
-                "".as_ref(),
-                "-C".as_ref(),
-                comment.as_ref(),
-                "-f".as_ref(),
-                path.as_os_str(),
-            ],
+            ["-y".as_ref(), "-f".as_ref(), path.as_os_str()],
         )?;
+        let key: Vec<&str> = derived.split_whitespace().take(2).collect();
+        let on_disk = std::fs::read_to_string(&public).unwrap_or_default();
+        if on_disk.split_whitespace().take(2).eq(key.iter().copied()) {
+            return Ok(on_disk.trim().to_owned());
+        }
+        let line = format!("{} {comment}", key.join(" "));
+        host::write_atomic(&public, format!("{line}\n").as_bytes(), 0o644).map_err(|source| {
+            HostError::Spawn {
+                cmd: format!("write {}", public.display()),
+                source,
+            }
+        })?;
+        return Ok(line);
     }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&public);
+    host::run(
+        "ssh-keygen",
+        [
+            "-q".as_ref(),
+            "-t".as_ref(),
+            "ed25519".as_ref(),
+            "-N".as_ref(),
+            "".as_ref(),
+            "-C".as_ref(),
+            comment.as_ref(),
+            "-f".as_ref(),
+            path.as_os_str(),
+        ],
+    )?;
     std::fs::read_to_string(&public)
         .map(|s| s.trim().to_owned())
         .map_err(|source| HostError::Spawn {
@@ -140,6 +158,22 @@ mod tests {
         let got: Vec<&str> = out.split('\0').collect();
         assert_eq!(&got[..nasty.len()], &nasty[..]);
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn a_lost_public_key_is_derived_never_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("id_ed25519");
+        let first = ensure_keypair(&key, "fcm-daemon").expect("make");
+        let private = std::fs::read(&key).expect("private");
+        std::fs::remove_file(key.with_extension("pub")).expect("rm pub");
+        let again = ensure_keypair(&key, "fcm-daemon").expect("derive");
+        assert_eq!(std::fs::read(&key).expect("private"), private);
+        assert_eq!(
+            first.split_whitespace().nth(1),
+            again.split_whitespace().nth(1)
+        );
+        assert!(key.with_extension("pub").exists());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! are killed by PID, the namespace (with its bridge and taps) is deleted.
 #![allow(dead_code)]
 
+pub mod caddy;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -203,6 +205,12 @@ impl Fcm {
     }
 
     pub fn spawn_daemon(&mut self) {
+        self.spawn_daemon_env(&[]);
+    }
+
+    /// Starts the daemon with extra environment (e.g. the test fault
+    /// switch `FCM_TEST_CRASH_AT`) and waits until its API answers.
+    pub fn spawn_daemon_env(&mut self, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -212,6 +220,7 @@ impl Fcm {
             .ns
             .cmd(fcm_bin())
             .args(self.daemon_args())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -241,6 +250,66 @@ impl Fcm {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Waits for the daemon to exit by itself; its status, or `None` if it
+    /// is still running at the deadline.
+    pub fn wait_daemon_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.daemon.as_mut()?;
+        let status = wait_for(timeout, || child.try_wait().ok().flatten());
+        if status.is_some() {
+            self.daemon = None;
+        }
+        status
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// VMM processes (QEMU or Firecracker) running the VM with this id,
+    /// found on the host whatever the daemon says.
+    pub fn vmms_of(&self, id: &str) -> Vec<u32> {
+        let marker = format!("{}/{id}/", self.state().display());
+        let mut v = Vec::new();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(c) = fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let argv0 = String::from_utf8_lossy(c.split(|b| *b == 0).next().unwrap_or_default())
+                .into_owned();
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            let is_vmm = argv0.ends_with("qemu-system-x86_64") || argv0.ends_with("firecracker");
+            if is_vmm && c.contains(&marker) && is_alive(pid) {
+                v.push(pid);
+            }
+        }
+        v
+    }
+
+    /// Every VMM process of this test's state dir, by VM id.
+    pub fn all_vmms(&self) -> Vec<(String, u32)> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(self.state()).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            for pid in self.vmms_of(&id) {
+                v.push((id.clone(), pid));
+            }
+        }
+        v
+    }
+
+    /// The `tap_*` devices in the namespace.
+    pub fn taps(&self) -> Vec<String> {
+        self.ns
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("tap_"))
+            .collect()
     }
 
     pub fn token(&self) -> String {

@@ -107,7 +107,10 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::Ambiguous(_)
         | ManagerError::WrongState { .. }
         | ManagerError::NameTaken(_) => 409,
-        ManagerError::Missing { .. } | ManagerError::PoolExhausted(_) => 503,
+        ManagerError::Broken { .. } => 409,
+        ManagerError::Missing { .. }
+        | ManagerError::PoolExhausted(_)
+        | ManagerError::ShuttingDown => 503,
         ManagerError::CreateStep { .. } | ManagerError::Operation { .. } => 500,
     }
 }
@@ -317,7 +320,10 @@ pub(super) fn parse_body<T: serde::de::DeserializeOwned + Default>(
 pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply, ApiError> {
     match r {
         Route::Health => vms::health(m),
-        Route::ListVms => ok(200, m.list()),
+        Route::ListVms => {
+            super::fault::panic_point("api:panic-in-list");
+            ok(200, m.list())
+        }
         Route::CreateVm => vms::create(m, parse_body(body)?),
         Route::GetVm(v) => ok(200, m.get(&v)?),
         Route::VmSsh(v) => ok(200, m.ssh_info(&v)?),

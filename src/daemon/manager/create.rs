@@ -8,8 +8,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Entry, Manager, ManagerError};
-use crate::daemon::lifecycle::VmState;
+use super::{Entry, Manager, ManagerError, check};
+use crate::daemon::fault;
+use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::{self, VmRecord};
 use crate::error::chain;
@@ -24,6 +25,7 @@ const KEY_MAX: usize = 16 * 1024;
 
 impl Manager {
     pub fn create(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
+        let _in_flight = self.begin()?;
         let cpus = req.cpus.unwrap_or(self.cfg.default_cpus);
         if cpus == 0 || cpus > CPUS_MAX {
             return Err(ManagerError::BadRequest(format!(
@@ -53,14 +55,13 @@ impl Manager {
         let rec;
         {
             let mut vms = lock(&self.vms);
-            let records: Vec<VmRecord> = vms.values().map(|e| lock(&e.rec).clone()).collect();
-            let taken = |n: &VmName| records.iter().any(|r| &r.name == n);
+            let taken = |n: &VmName| vms.values().any(|e| &e.name == n);
             let name = match wanted_name {
                 Some(n) if taken(&n) => return Err(ManagerError::NameTaken(n.to_string())),
                 Some(n) => n,
                 None => VmName::random_unique(&taken),
             };
-            let used: BTreeSet<Ipv4Addr> = records.iter().map(|r| r.ip).collect();
+            let used: BTreeSet<Ipv4Addr> = vms.values().map(|e| e.ip).collect();
             let ip = network::allocate_ip(&self.cfg, &used).map_err(|_| {
                 ManagerError::PoolExhausted(format!(
                     "{}-{}",
@@ -71,12 +72,6 @@ impl Manager {
             while vms.contains_key(&id) || self.dir(&id).exists() {
                 id = VmId::random();
             }
-            fs::create_dir_all(&self.cfg.state_dir)
-                .and_then(|_| fs::create_dir(self.dir(&id)))
-                .map_err(|e| ManagerError::CreateStep {
-                    step: "create VM directory",
-                    message: e.to_string(),
-                })?;
             let expose = self.caddy.as_ref().filter(|c| c.enabled()).map(|c| Expose {
                 port: self.cfg.caddy.guest_port,
                 domain: c.domain(&name),
@@ -100,9 +95,13 @@ impl Manager {
                 host_key: None,
                 disk_bytes: Some(disk_bytes),
             };
+            // The directory appears with its record in it, or not at all.
+            self.make_vm_dir(&rec)
+                .map_err(|(step, message)| ManagerError::CreateStep { step, message })?;
             entry = Entry::new(rec.clone());
             vms.insert(id, Arc::clone(&entry));
         }
+        fault::crash_point("create:after-record");
         let _op = lock(&entry.op);
         match self.build(&entry, rec.clone(), user_key.as_deref()) {
             Ok(view) => Ok(view),
@@ -116,6 +115,26 @@ impl Manager {
         }
     }
 
+    /// Makes `<state>/<id>/` holding the record (state `creating`): written
+    /// in `.new-<id>`, then renamed, so a crash leaves no directory without
+    /// a record. Recovery removes `.new-*` leftovers.
+    fn make_vm_dir(&self, rec: &VmRecord) -> Result<(), (&'static str, String)> {
+        let fail = |e: &dyn std::error::Error| ("create VM directory", chain(e));
+        let tmp = self.cfg.state_dir.join(format!(".new-{}", rec.id));
+        fs::create_dir_all(&tmp).map_err(|e| fail(&e))?;
+        let result = (|| {
+            host::set_mode(&tmp, 0o700)?;
+            store::save_in(&tmp, rec).map_err(std::io::Error::other)?;
+            fs::rename(&tmp, self.dir(&rec.id))?;
+            host::fs::sync_dir(&self.cfg.state_dir)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(fail(&e));
+        }
+        Ok(())
+    }
+
     /// The steps of create after reservation. An error names its step.
     fn build(
         &self,
@@ -125,13 +144,13 @@ impl Manager {
     ) -> Result<VmView, (&'static str, String)> {
         let dir = self.dir(&rec.id);
         let step = |s: &'static str| move |e: &dyn std::error::Error| (s, chain(e));
-        store::save(&self.cfg.state_dir, &rec).map_err(|e| step("save record")(&e))?;
         let rootfs = dir.join("rootfs.img");
         disk::copy_rootfs(&self.cfg.asset(&self.cfg.rootfs), &rootfs)
             .map_err(|e| step("copy rootfs")(&e))?;
         if let Some(bytes) = rec.disk_bytes {
             disk::grow(&rootfs, bytes).map_err(|e| step("size the disk")(&e))?;
         }
+        fault::crash_point("create:after-copy");
         let host_key_path = dir.join("ssh_host_ed25519_key");
         let host_pub = ssh::ensure_keypair(&host_key_path, &format!("fcm-{}", rec.id))
             .map_err(|e| step("generate host key")(&e))?;
@@ -175,21 +194,27 @@ impl Manager {
         )
         .map_err(|e| step("write known_hosts")(&e))?;
         rec.host_key = Some(host_pub);
+        // Saved with the host key: a VM adopted after a crash is reachable.
+        self.save(entry, &rec)
+            .map_err(|e| step("save record")(&e))?;
+        fault::crash_point("create:after-inject");
         network::create_tap(&self.cfg, &rec.id).map_err(|e| step("create tap device")(&e))?;
+        fault::crash_point("create:after-tap");
         let pid = self.launch(&rec).map_err(|e| step("start VMM")(&e))?;
+        fault::crash_point("create:after-launch");
+        check(&rec, Transition::Launched).map_err(|e| step("record running")(&e))?;
         rec.pid = Some(pid);
         rec.state = VmState::Running;
-        *lock(&entry.rec) = rec.clone();
-        store::save(&self.cfg.state_dir, &rec).map_err(|e| step("save record")(&e))?;
+        self.save(entry, &rec)
+            .map_err(|e| step("save record")(&e))?;
+        fault::crash_point("create:after-save");
         let mut view = rec.view();
-        view.warnings = self.publish(&rec);
+        view.warnings.extend(self.apply_url(entry, true));
         Ok(view)
     }
 
     pub(super) fn undo_create(&self, r: &VmRecord) {
-        if let Some(pid) = r.pid {
-            self.kill(pid, &self.dir(&r.id));
-        }
+        self.kill_vmms(r);
         for e in self.release_runtime(r) {
             eprintln!("fcm: warning: undoing create of {}: {e}", r.name);
         }

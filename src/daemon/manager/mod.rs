@@ -25,7 +25,8 @@ pub use logs::LOG_CHUNK_MAX;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -36,6 +37,7 @@ use super::store::{self, VmRecord};
 use crate::config::DaemonConfig;
 use crate::error::chain;
 use crate::host::caddy::Caddy;
+use crate::host::disk_lock::{DiskLock, DiskLockError};
 use crate::host::vmm::{self, Backend, LaunchSpec, Vmm};
 use crate::host::{self, Signal, ssh};
 use crate::names::{NameError, VmId, VmName};
@@ -76,6 +78,10 @@ pub enum ManagerError {
         name: String,
         message: String,
     },
+    #[error("VM directory {id} has no valid record ({reason})")]
+    Broken { id: String, reason: String },
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
 }
 
 impl ManagerError {
@@ -94,6 +100,10 @@ impl ManagerError {
                 wanted: "stopped",
                 ..
             } => Some(format!("stop it first with: fcm stop {name}")),
+            Self::Broken { id, .. } => Some(format!(
+                "nothing can be done with it but remove it: fcm destroy {id}"
+            )),
+            Self::ShuttingDown => Some("try again once the daemon is back".into()),
             _ => None,
         }
     }
@@ -102,15 +112,39 @@ impl ManagerError {
 struct Entry {
     /// Serialises long operations on this VM.
     op: Mutex<()>,
+    /// The record, behind a short lock: never held across a call to
+    /// another process, so lookups never wait behind a slow operation.
     rec: Mutex<VmRecord>,
+    /// Name and address never change: name resolution reads them without
+    /// taking any VM's lock.
+    name: VmName,
+    ip: Ipv4Addr,
+    /// The VM's URL does not yet show its state (Caddy was down, or the
+    /// change is deferred to housekeeping).
+    url_pending: AtomicBool,
+    /// The VMM died: its tap and runtime files wait to be released.
+    cleanup_pending: AtomicBool,
 }
 
 impl Entry {
     fn new(rec: VmRecord) -> Arc<Self> {
         Arc::new(Self {
             op: Mutex::new(()),
+            name: rec.name.clone(),
+            ip: rec.ip,
             rec: Mutex::new(rec),
+            url_pending: AtomicBool::new(false),
+            cleanup_pending: AtomicBool::new(false),
         })
+    }
+}
+
+/// Counts an operation under way, for a graceful shutdown.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -118,9 +152,15 @@ pub struct Manager {
     cfg: Arc<DaemonConfig>,
     backend: Backend,
     vms: Mutex<BTreeMap<VmId, Arc<Entry>>>,
+    /// VM directories without a valid record, and why (shown as `broken`).
+    broken: Mutex<BTreeMap<VmId, String>>,
     caddy: Option<Caddy>,
     key: PathBuf,
     key_pub: String,
+    shutting_down: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Wakes the housekeeping thread early (deferred cleanup, URLs).
+    wake: (Mutex<bool>, Condvar),
 }
 
 impl Manager {
@@ -138,9 +178,13 @@ impl Manager {
             backend: vmm::choose(&cfg),
             cfg,
             vms: Mutex::new(BTreeMap::new()),
+            broken: Mutex::new(BTreeMap::new()),
             caddy,
             key,
             key_pub,
+            shutting_down: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            wake: (Mutex::new(false), Condvar::new()),
         };
         m.recover();
         Ok(m)
@@ -166,7 +210,8 @@ impl Manager {
         self.dir(id).join("known_hosts")
     }
 
-    /// Resolves a user's `<vm>` argument (a name or an id).
+    /// Resolves a user's `<vm>` argument (a name or an id). Takes the table
+    /// lock only, never a VM's.
     fn resolve(&self, vm: &str) -> Result<(VmId, Arc<Entry>), ManagerError> {
         let as_id = VmId::parse(vm).ok();
         let as_name = VmName::parse(vm).ok();
@@ -180,12 +225,70 @@ impl Manager {
         let by_id = as_id.as_ref().and_then(|id| vms.get_key_value(id));
         let by_name = as_name
             .as_ref()
-            .and_then(|n| vms.iter().find(|(_, e)| &lock(&e.rec).name == n));
+            .and_then(|n| vms.iter().find(|(_, e)| &e.name == n));
         match (by_id, by_name) {
             (Some(a), Some(b)) if a.0 != b.0 => Err(ManagerError::Ambiguous(vm.into())),
             (Some((id, e)), _) | (None, Some((id, e))) => Ok((id.clone(), Arc::clone(e))),
-            (None, None) => Err(ManagerError::NotFound(vm.into())),
+            (None, None) => {
+                drop(vms);
+                match as_id.and_then(|id| lock(&self.broken).get(&id).cloned().map(|r| (id, r))) {
+                    Some((id, reason)) => Err(ManagerError::Broken {
+                        id: id.to_string(),
+                        reason,
+                    }),
+                    None => Err(ManagerError::NotFound(vm.into())),
+                }
+            }
         }
+    }
+
+    /// Admits an operation that changes a VM, unless the daemon is shutting
+    /// down; the guard counts it as under way until dropped.
+    fn begin(&self) -> Result<InFlight<'_>, ManagerError> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(&self.in_flight);
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ManagerError::ShuttingDown);
+        }
+        Ok(guard)
+    }
+
+    /// Refuses new operations from now on; returns once those under way
+    /// have reached a recorded state, or `grace` has passed (false).
+    pub fn shut_down(&self, grace: Duration) -> bool {
+        self.shutting_down.store(true, Ordering::Release);
+        host::wait_until(grace, Duration::from_millis(50), || {
+            (self.in_flight.load(Ordering::Acquire) == 0).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Saves a record, then makes it the entry's: what is in memory is
+    /// never ahead of what is on disk.
+    fn save(&self, e: &Entry, rec: &VmRecord) -> Result<(), store::StoreError> {
+        store::save(&self.cfg.state_dir, rec)?;
+        *lock(&e.rec) = rec.clone();
+        Ok(())
+    }
+
+    /// Asks the housekeeping thread to run now.
+    fn wake_housekeeping(&self) {
+        let (flag, cv) = &self.wake;
+        *lock(flag) = true;
+        cv.notify_one();
+    }
+
+    /// Waits up to `timeout` for [`Self::wake_housekeeping`].
+    pub fn wait_for_work(&self, timeout: Duration) {
+        let (flag, cv) = &self.wake;
+        let mut woken = lock(flag);
+        if !*woken {
+            woken = cv
+                .wait_timeout(woken, timeout)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        *woken = false;
     }
 
     fn vmm_for(&self, backend: Backend) -> Box<dyn Vmm> {
@@ -258,6 +361,11 @@ impl Manager {
                 lock(&e.rec).view()
             })
             .collect();
+        out.extend(
+            lock(&self.broken)
+                .iter()
+                .map(|(id, reason)| broken_view(id, reason)),
+        );
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -297,6 +405,21 @@ impl Manager {
         let kernel = self.cfg.asset(&self.cfg.kernel);
         let initrd = self.initrd();
         let rootfs = dir.join("rootfs.img");
+        // One VMM per disk: the lock is taken here and lives in the VMM.
+        let disk_lock = DiskLock::acquire(&rootfs).map_err(|e| match e {
+            DiskLockError::Busy { .. } => {
+                let pids = vmm::find_vmms(&dir);
+                vmm::VmmError::DiskInUse {
+                    disk: rootfs.clone(),
+                    pids: pids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            }
+            DiskLockError::Io { source, .. } => vmm::VmmError::Io(source),
+        })?;
         let spec = LaunchSpec {
             id: rec.id.as_str(),
             dir: &dir,
@@ -308,37 +431,52 @@ impl Manager {
             mac: &rec.mac,
             cpus: rec.cpus,
             memory_mib: rec.memory_mib,
+            disk_lock: &disk_lock,
         };
         self.vmm_for(rec.backend).launch(&spec)
     }
 
-    /// Switches the VM's URL between proxying and the "stopped" page; a
-    /// failure is a warning for the caller to show.
-    fn mark_url(&self, r: &VmRecord, stopped: bool) -> Option<String> {
-        let c = self.caddy.as_ref()?;
-        c.set_stopped(&r.name, stopped, r.ip)
-            .err()
-            .map(|e| chain(&e))
-    }
-
-    /// Adds the VM's URL; failures are warnings, never a failed create.
-    fn publish(&self, rec: &VmRecord) -> Vec<String> {
-        let Some(c) = self.caddy.as_ref().filter(|c| c.enabled()) else {
-            return Vec::new();
+    /// Makes the VM's URL show its state: the guest's page while it runs,
+    /// the "stopped" page otherwise. A failure leaves the URL pending (the
+    /// housekeeping thread tries again) and is a warning for the caller.
+    fn apply_url(&self, e: &Entry, running: bool) -> Option<String> {
+        let c = self.caddy.as_ref().filter(|c| c.enabled())?;
+        let result = if running {
+            c.add_site(&e.name, e.ip)
+        } else {
+            c.set_stopped(&e.name, true, e.ip)
         };
-        match c.add_site(&rec.name, rec.ip) {
-            Ok(()) => Vec::new(),
-            Err(e) => vec![format!(
-                "URL {} is not live: {}",
-                c.url(&rec.name),
-                chain(&e)
-            )],
+        match result {
+            Ok(()) => {
+                e.url_pending.store(false, Ordering::Release);
+                None
+            }
+            Err(err) => {
+                e.url_pending.store(true, Ordering::Release);
+                Some(format!(
+                    "URL {} is not live: {}",
+                    c.url(&e.name),
+                    chain(&err)
+                ))
+            }
         }
     }
 
     /// Waits for the guest's SSH (used after create and start).
     pub fn wait_ssh(&self, ip: Ipv4Addr) -> bool {
         ssh::wait_ready(ip, Duration::from_secs(self.cfg.ssh_timeout_secs))
+    }
+
+    /// Ends every VMM of a VM: its recorded pid and any other found on the host.
+    fn kill_vmms(&self, r: &VmRecord) {
+        let dir = self.dir(&r.id);
+        let mut pids = vmm::find_vmms(&dir);
+        pids.extend(r.pid);
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            self.kill(pid, &dir);
+        }
     }
 
     fn kill(&self, pid: u32, dir: &Path) {
@@ -352,6 +490,31 @@ impl Manager {
             host::signal(pid, Signal::KILL);
             let _ = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone);
         }
+    }
+}
+
+/// How a VM directory without a valid record is listed.
+fn broken_view(id: &VmId, reason: &str) -> VmView {
+    VmView {
+        id: id.to_string(),
+        name: id.to_string(),
+        ip: Ipv4Addr::UNSPECIFIED,
+        state: "broken".into(),
+        backend: "unknown".into(),
+        cpus: 0,
+        memory_mib: 0,
+        disk_bytes: None,
+        mac: String::new(),
+        tap: id.tap_name(),
+        created_at: 0,
+        pid: None,
+        url: None,
+        expose: None,
+        warnings: vec![
+            format!("no valid record: {reason}"),
+            format!("remove it with: fcm destroy {id}"),
+        ],
+        ssh_ready: None,
     }
 }
 

@@ -3,12 +3,14 @@
 use std::fs;
 use std::time::Duration;
 
-use super::{Manager, ManagerError, check};
+use super::{Entry, Manager, ManagerError, check};
+use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
-use crate::daemon::store::{self, VmRecord};
+use crate::daemon::store::VmRecord;
 use crate::error::chain;
-use crate::host::{self, network, ssh};
+use crate::host::{self, network, ssh, vmm};
+use crate::names::VmId;
 use crate::wire::api::VmView;
 
 impl Manager {
@@ -48,24 +50,39 @@ impl Manager {
         clean
     }
 
+    /// Records `rec` (its state set to `state`) as the entry's record;
+    /// an error names the operation.
+    fn record(
+        &self,
+        e: &Entry,
+        rec: &mut VmRecord,
+        state: VmState,
+        action: &'static str,
+    ) -> Result<(), ManagerError> {
+        rec.state = state;
+        self.save(e, rec).map_err(|err| ManagerError::Operation {
+            action,
+            name: rec.name.to_string(),
+            message: chain(&err),
+        })
+    }
+
     pub fn stop(&self, vm: &str) -> Result<VmView, ManagerError> {
+        let _in_flight = self.begin()?;
         let (_, e) = self.resolve(vm)?;
         self.refresh(&e);
         let _op = lock(&e.op);
-        let r = lock(&e.rec).clone();
+        let mut r = lock(&e.rec).clone();
         check(&r, Transition::Stop)?;
+        self.record(&e, &mut r, VmState::Stopping, "stop")?;
+        fault::crash_point("stop:after-record");
         let clean = self.shutdown(&r);
+        fault::crash_point("stop:after-shutdown");
         let errors = self.release_runtime(&r);
-        let mut r2 = r.clone();
-        r2.state = VmState::Stopped;
-        r2.pid = None;
-        *lock(&e.rec) = r2.clone();
-        store::save(&self.cfg.state_dir, &r2).map_err(|err| ManagerError::Operation {
-            action: "stop",
-            name: r.name.to_string(),
-            message: chain(&err),
-        })?;
-        let mut view = r2.view();
+        fault::crash_point("stop:after-release");
+        r.pid = None;
+        self.record(&e, &mut r, VmState::Stopped, "stop")?;
+        let mut view = r.view();
         if !clean {
             view.warnings.push(format!(
                 "the guest did not shut down within {} s and was killed",
@@ -73,60 +90,58 @@ impl Manager {
             ));
         }
         view.warnings.extend(errors);
-        view.warnings.extend(self.mark_url(&r, true));
+        view.warnings.extend(self.apply_url(&e, false));
         Ok(view)
     }
 
     pub fn start(&self, vm: &str) -> Result<VmView, ManagerError> {
+        let _in_flight = self.begin()?;
         let (_, e) = self.resolve(vm)?;
         self.refresh(&e);
         let _op = lock(&e.op);
         let mut r = lock(&e.rec).clone();
         check(&r, Transition::Start)?;
         self.check_prerequisites(r.backend)?;
-        let fail = |msg: String| ManagerError::Operation {
-            action: "start",
-            name: r.name.to_string(),
-            message: msg,
-        };
-        network::create_tap(&self.cfg, &r.id).map_err(|err| fail(chain(&err)))?;
-        let pid = match self.launch(&r) {
+        self.record(&e, &mut r, VmState::Starting, "start")?;
+        fault::crash_point("start:after-record");
+        let launched = network::create_tap(&self.cfg, &r.id)
+            .map_err(|err| chain(&err))
+            .and_then(|_| {
+                fault::crash_point("start:after-tap");
+                self.launch(&r).map_err(|err| chain(&err))
+            });
+        let pid = match launched {
             Ok(pid) => pid,
-            Err(err) => {
+            Err(message) => {
                 self.release_runtime(&r);
-                return Err(fail(chain(&err)));
+                self.record(&e, &mut r, VmState::Stopped, "start")?;
+                return Err(ManagerError::Operation {
+                    action: "start",
+                    name: r.name.to_string(),
+                    message,
+                });
             }
         };
+        fault::crash_point("start:after-launch");
         r.pid = Some(pid);
-        r.state = VmState::Running;
-        *lock(&e.rec) = r.clone();
-        store::save(&self.cfg.state_dir, &r).map_err(|err| fail(chain(&err)))?;
+        self.record(&e, &mut r, VmState::Running, "start")?;
         let mut view = r.view();
-        view.warnings.extend(self.mark_url(&r, false));
+        view.warnings.extend(self.apply_url(&e, true));
         Ok(view)
     }
 
     pub fn destroy(&self, vm: &str) -> Result<VmView, ManagerError> {
-        let (id, e) = self.resolve(vm)?;
+        let _in_flight = self.begin()?;
+        let (id, e) = match self.resolve(vm) {
+            Err(ManagerError::Broken { id, .. }) => return self.destroy_broken(&id),
+            other => other?,
+        };
         let _op = lock(&e.op);
-        let r = lock(&e.rec).clone();
-        if let Some(pid) = r.pid {
-            self.kill(pid, &self.dir(&id));
-        }
-        let mut errors = self.release_runtime(&r);
-        if let Some(c) = &self.caddy
-            && let Err(err) = c.remove_site(&r.name)
-        {
-            errors.push(chain(&err));
-        }
-        if let Err(err) = fs::remove_dir_all(self.dir(&id))
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            errors.push(format!(
-                "could not remove {}: {err}",
-                self.dir(&id).display()
-            ));
-        }
+        let mut r = lock(&e.rec).clone();
+        check(&r, Transition::Destroy)?;
+        self.record(&e, &mut r, VmState::Destroying, "destroy")?;
+        fault::crash_point("destroy:after-record");
+        let errors = self.finish_destroy(&r);
         if self.dir(&id).exists() {
             return Err(ManagerError::Operation {
                 action: "destroy",
@@ -138,6 +153,66 @@ impl Manager {
         let mut view = r.view();
         view.state = "destroyed".into();
         view.pid = None;
+        view.warnings = errors;
+        Ok(view)
+    }
+
+    /// The side effects of a destroy, each step idempotent, so recovery
+    /// can run them again after a crash. Returns what went wrong.
+    pub(super) fn finish_destroy(&self, r: &VmRecord) -> Vec<String> {
+        self.kill_vmms(r);
+        fault::crash_point("destroy:after-kill");
+        let mut errors = self.release_runtime(r);
+        fault::crash_point("destroy:after-tap");
+        if let Some(c) = &self.caddy
+            && let Err(err) = c.remove_site(&r.name)
+        {
+            errors.push(chain(&err));
+        }
+        fault::crash_point("destroy:after-site");
+        errors.extend(self.remove_dir(&r.id));
+        errors
+    }
+
+    /// Removes a VM directory: renamed out of sight first (one atomic
+    /// step), then deleted; recovery deletes a `.trash-*` left by a crash.
+    pub(super) fn remove_dir(&self, id: &VmId) -> Option<String> {
+        let dir = self.dir(id);
+        let trash = self.cfg.state_dir.join(format!(".trash-{id}"));
+        match fs::rename(&dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(format!("could not remove {}: {e}", dir.display())),
+        }
+        let _ = host::fs::sync_dir(&self.cfg.state_dir);
+        fs::remove_dir_all(&trash)
+            .err()
+            .map(|e| format!("could not remove {}: {e}", trash.display()))
+    }
+
+    /// Removes a VM directory that has no valid record: any VMM on it, its
+    /// tap, the directory.
+    fn destroy_broken(&self, id: &str) -> Result<VmView, ManagerError> {
+        let id = VmId::parse(id)?;
+        let dir = self.dir(&id);
+        for pid in vmm::find_vmms(&dir) {
+            self.kill(pid, &dir);
+        }
+        let mut errors = Vec::new();
+        if let Err(err) = network::delete_tap(&id.tap_name()) {
+            errors.push(chain(&err));
+        }
+        errors.extend(self.remove_dir(&id));
+        if dir.exists() {
+            return Err(ManagerError::Operation {
+                action: "destroy",
+                name: id.to_string(),
+                message: errors.join("; "),
+            });
+        }
+        let reason = lock(&self.broken).remove(&id).unwrap_or_default();
+        let mut view = super::broken_view(&id, &reason);
+        view.state = "destroyed".into();
         view.warnings = errors;
         Ok(view)
     }

@@ -1,42 +1,69 @@
 //! Keeping the table true to the host: liveness refresh, housekeeping,
 //! and recovery after a daemon restart.
+//!
+//! The record is a cache of the host's truth. The truth is: is a VMM
+//! running on this VM's disk (found by scanning processes, and by the disk
+//! lock that only a live VMM holds)? Recovery converges every record to it
+//! through `lifecycle::recover`; housekeeping keeps doing so while the
+//! daemon runs, and does the slow host work (tap removal, Caddy) that a
+//! lookup must never wait for.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::{Entry, Manager};
-use crate::daemon::lifecycle::VmState;
+use crate::daemon::lifecycle::{self, Recovery, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::{self, VmRecord};
 use crate::error::chain;
-use crate::host::{self, network, vmm};
+use crate::host::{self, disk_lock, network, vmm};
 use crate::names::VmName;
 
 impl Manager {
-    /// Marks a VM whose VMM died as stopped and releases its host resources.
+    /// Whether a VMM runs this VM right now: its recorded pid (checked
+    /// against its command line), any VMM process naming its directory, or
+    /// the disk lock held.
+    fn vmm_alive(&self, r: &VmRecord) -> Option<u32> {
+        let dir = self.dir(&r.id);
+        if let Some(pid) = r.pid
+            && host::process_alive(pid, &format!("{}/", dir.display()))
+        {
+            return Some(pid);
+        }
+        vmm::find_vmms(&dir).first().copied().or_else(|| {
+            // Held, but the process was not found (e.g. it renamed itself):
+            // alive all the same; the pid is unknown.
+            disk_lock::in_use(&dir.join("rootfs.img")).then_some(0)
+        })
+    }
+
+    /// Marks a running VM whose VMM has died as stopped. Fast and never
+    /// calls another program: the tap and the URL are left to housekeeping.
     /// Skipped while another operation holds the VM.
     pub(super) fn refresh(&self, e: &Entry) {
         let Ok(_op) = e.op.try_lock() else { return };
-        let mut r = lock(&e.rec);
+        let mut r = lock(&e.rec).clone();
         if r.state != VmState::Running {
             return;
         }
         let dir = self.dir(&r.id);
         let alive = r
             .pid
-            .is_some_and(|p| host::process_alive(p, &dir.to_string_lossy()));
-        if !alive {
-            self.release_runtime(&r);
-            r.state = VmState::Stopped;
-            r.pid = None;
-            if let Err(err) = store::save(&self.cfg.state_dir, &r) {
-                eprintln!("fcm: warning: {}", chain(&err));
-            }
-            if let Some(w) = self.mark_url(&r, true) {
-                eprintln!("fcm: warning: {w}");
-            }
+            .is_some_and(|p| host::process_alive(p, &format!("{}/", dir.display())))
+            || disk_lock::in_use(&dir.join("rootfs.img"));
+        if alive {
+            return;
         }
+        r.state = VmState::Stopped;
+        r.pid = None;
+        if let Err(err) = self.save(e, &r) {
+            eprintln!("fcm: warning: {}", chain(&err));
+        }
+        e.cleanup_pending.store(true, Ordering::Release);
+        e.url_pending.store(true, Ordering::Release);
+        self.wake_housekeeping();
     }
 
     /// Removes the tap and the VMM's runtime files of a VM that is not running.
@@ -52,11 +79,36 @@ impl Manager {
         errors
     }
 
-    /// Housekeeping run periodically by the daemon.
+    /// The slow work a refresh deferred: release a dead VM's tap, bring its
+    /// URL in line with its state. Skipped while an operation holds the VM.
+    fn converge(&self, e: &Entry) {
+        let Ok(_op) = e.op.try_lock() else { return };
+        let r = lock(&e.rec).clone();
+        if e.cleanup_pending.swap(false, Ordering::AcqRel) && !lifecycle::has_vmm(r.state) {
+            for err in self.release_runtime(&r) {
+                eprintln!("fcm: warning: {err}");
+            }
+        }
+        if e.url_pending.load(Ordering::Acquire)
+            && matches!(r.state, VmState::Running | VmState::Stopped)
+        {
+            match self.apply_url(e, r.state == VmState::Running) {
+                None => eprintln!(
+                    "fcm: the URL of {} now shows it {}",
+                    r.name,
+                    r.state.as_str()
+                ),
+                Some(w) => eprintln!("fcm: warning: {w} (will try again)"),
+            }
+        }
+    }
+
+    /// Housekeeping, run by the daemon's housekeeping thread.
     pub fn tick(&self) {
         let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
         for e in entries {
             self.refresh(&e);
+            self.converge(&e);
             let id = lock(&e.rec).id.clone();
             vmm::cap_console_log(&self.dir(&id), self.cfg.console_log_max_bytes);
         }
@@ -67,10 +119,7 @@ impl Manager {
         let Some(c) = self.caddy.as_ref().filter(|c| c.enabled()) else {
             return;
         };
-        let names: BTreeSet<VmName> = lock(&self.vms)
-            .values()
-            .map(|e| lock(&e.rec).name.clone())
-            .collect();
+        let names: BTreeSet<VmName> = lock(&self.vms).values().map(|e| e.name.clone()).collect();
         match c.prune_sites(&|n: &VmName| names.contains(n)) {
             Ok(pruned) => {
                 for n in pruned {
@@ -81,10 +130,33 @@ impl Manager {
         }
     }
 
-    /// Rebuilds the table from disk after a (re)start: running VMs whose
-    /// VMM is alive stay running; dead ones become stopped; half-made
-    /// creates are undone; taps of VMs that no longer exist are removed.
+    /// Finishes what a crash interrupted in the state dir itself: `.new-*`
+    /// (a create that never had its directory) and `.trash-*` (a destroy
+    /// that renamed the directory away) are removed.
+    fn sweep_state_dir(&self) {
+        let Ok(dir) = fs::read_dir(&self.cfg.state_dir) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if (name.starts_with(".new-") || name.starts_with(".trash-"))
+                && entry.file_type().is_ok_and(|t| t.is_dir())
+            {
+                eprintln!("fcm: removing {name}, left by an interrupted operation");
+                if let Err(e) = fs::remove_dir_all(entry.path()) {
+                    eprintln!("fcm: warning: could not remove {name}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the table from disk after a (re)start, converging every
+    /// record to the host (see `lifecycle::recover`). Directories without a
+    /// valid record are listed as broken, never silently kept or deleted.
+    /// Taps of VMs that no longer exist are removed. URLs are brought in
+    /// line with the VMs' states by housekeeping.
     pub(super) fn recover(&self) {
+        self.sweep_state_dir();
         let found = match store::scan(&self.cfg.state_dir) {
             Ok(f) => f,
             Err(e) => {
@@ -95,55 +167,108 @@ impl Manager {
                 Vec::new()
             }
         };
-        let mut vms = lock(&self.vms);
         for (id, rec) in found {
-            let mut rec = match rec {
+            let rec = match rec {
                 Ok(r) if r.id == id => r,
-                Ok(_) => {
-                    eprintln!(
-                        "fcm: warning: {} holds a record of another id; left alone",
-                        self.dir(&id).display()
-                    );
+                Ok(r) => {
+                    let reason = format!("its record is of another id, {}", r.id);
+                    eprintln!("fcm: warning: {}: {reason}", self.dir(&id).display());
+                    lock(&self.broken).insert(id, reason);
                     continue;
                 }
                 Err(e) => {
-                    eprintln!("fcm: warning: {}; left alone", chain(&e));
+                    let reason = chain(&e);
+                    eprintln!("fcm: warning: {reason}; listed as broken");
+                    lock(&self.broken).insert(id, reason);
                     continue;
                 }
             };
-            match rec.state {
-                VmState::Creating => {
-                    eprintln!("fcm: undoing the interrupted create of {}", rec.name);
-                    self.undo_create(&rec);
-                    continue;
-                }
-                VmState::Running => {
-                    let alive = rec
-                        .pid
-                        .is_some_and(|p| host::process_alive(p, &self.dir(&id).to_string_lossy()));
-                    if !alive {
-                        eprintln!("fcm: {} is no longer running; marked stopped", rec.name);
-                        self.release_runtime(&rec);
-                        rec.state = VmState::Stopped;
-                        rec.pid = None;
-                        if let Err(e) = store::save(&self.cfg.state_dir, &rec) {
-                            eprintln!("fcm: warning: {}", chain(&e));
-                        }
-                    }
-                }
-                VmState::Stopped => {
-                    self.release_runtime(&rec);
-                }
+            if let Some(rec) = self.recover_one(rec) {
+                let e = Entry::new(rec);
+                e.url_pending.store(true, Ordering::Release);
+                lock(&self.vms).insert(id, e);
             }
-            vms.insert(id, Entry::new(rec));
         }
+        let known: BTreeSet<_> = lock(&self.vms)
+            .keys()
+            .chain(lock(&self.broken).keys())
+            .cloned()
+            .collect();
         for id in network::list_taps() {
-            if !vms.contains_key(&id) {
+            if !known.contains(&id) {
                 eprintln!("fcm: removing leftover tap {}", id.tap_name());
                 if let Err(e) = network::delete_tap(&id.tap_name()) {
                     eprintln!("fcm: warning: {}", chain(&e));
                 }
             }
         }
+        self.wake_housekeeping();
+    }
+
+    /// One VM's recovery; `None` when the VM is gone (undone or destroyed).
+    fn recover_one(&self, mut rec: VmRecord) -> Option<VmRecord> {
+        let alive = self.vmm_alive(&rec);
+        let was = rec.state;
+        let action = lifecycle::recover(rec.state, alive.is_some());
+        let save = |rec: &VmRecord| {
+            if let Err(e) = store::save(&self.cfg.state_dir, rec) {
+                eprintln!("fcm: warning: {}", chain(&e));
+            }
+        };
+        match action {
+            Recovery::Keep => {
+                if rec.state == VmState::Stopped {
+                    self.release_runtime(&rec);
+                } else if let Some(pid) = alive.filter(|p| *p != 0 && rec.pid != Some(*p)) {
+                    rec.pid = Some(pid);
+                    save(&rec);
+                }
+            }
+            Recovery::Adopt => {
+                eprintln!(
+                    "fcm: {} was recorded {} but its VMM runs: adopted as running",
+                    rec.name,
+                    was.as_str()
+                );
+                // The tap exists while the VMM holds it; this only makes
+                // sure it is on the bridge and up.
+                if let Err(e) = network::create_tap(&self.cfg, &rec.id) {
+                    eprintln!("fcm: warning: {}", chain(&e));
+                }
+                rec.state = VmState::Running;
+                if let Some(pid) = alive.filter(|p| *p != 0) {
+                    rec.pid = Some(pid);
+                }
+                save(&rec);
+            }
+            Recovery::MarkStopped => {
+                eprintln!(
+                    "fcm: {} ({}) has no VMM any more; marked stopped",
+                    rec.name,
+                    was.as_str()
+                );
+                self.release_runtime(&rec);
+                rec.state = VmState::Stopped;
+                rec.pid = None;
+                save(&rec);
+            }
+            Recovery::UndoCreate => {
+                eprintln!("fcm: undoing the interrupted create of {}", rec.name);
+                self.undo_create(&rec);
+                return None;
+            }
+            Recovery::FinishDestroy => {
+                eprintln!("fcm: finishing the interrupted destroy of {}", rec.name);
+                for e in self.finish_destroy(&rec) {
+                    eprintln!("fcm: warning: destroying {}: {e}", rec.name);
+                }
+                if self.dir(&rec.id).exists() {
+                    // Keep it listed (destroying) so the user can retry.
+                    return Some(rec);
+                }
+                return None;
+            }
+        }
+        Some(rec)
     }
 }

@@ -2,18 +2,21 @@
 //! the disk at its next boot), change its vCPUs or memory. Also the disk
 //! size rules that create shares.
 
+use std::time::Duration;
+
 use super::create::{CPUS_MAX, MEMORY_RANGE};
 use super::{Manager, ManagerError, check};
 use crate::daemon::lifecycle::Transition;
 use crate::daemon::lock;
-use crate::daemon::store;
 use crate::error::chain;
-use crate::host::disk;
+use crate::host::{self, disk, disk_lock};
 use crate::wire::api::{DiskSize, ResizeRequest, VmView};
 use crate::wire::size::human;
 
 /// Disk of a VM created without `disk`.
 pub const DEFAULT_DISK: u64 = 10 << 30;
+/// How long resize waits for a VMM that is exiting to release the disk.
+const DISK_RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// The largest disk fcm makes (the file is sparse; this bounds typos).
 pub const DISK_MAX: u64 = 16 << 40;
 
@@ -75,6 +78,7 @@ impl Manager {
                 MEMORY_RANGE.end()
             )));
         }
+        let _in = self.begin()?;
         let (_, e) = self.resolve(vm)?;
         self.refresh(&e);
         let _op = lock(&e.op);
@@ -85,8 +89,20 @@ impl Manager {
             name: r.name.to_string(),
             message: chain(err),
         };
+        let image = self.dir(&r.id).join("rootfs.img");
+        // Recorded stopped but a VMM still on the disk (one that is still
+        // exiting, or one recovery will adopt): not a disk to change under
+        // a guest's feet. An exiting VMM gets a few seconds to let go.
+        let free = || (!disk_lock::in_use(&image)).then_some(());
+        if host::wait_until(DISK_RELEASE_WAIT, Duration::from_millis(100), free).is_none() {
+            return Err(ManagerError::WrongState {
+                name: r.name.to_string(),
+                state: "running",
+                wanted: "stopped",
+                action: "resize it",
+            });
+        }
         if let Some(d) = req.disk {
-            let image = self.dir(&r.id).join("rootfs.img");
             let current = disk::size(&image).map_err(|err| fail(&err))?;
             let bytes = self.disk_size(Some(d), Some(current))?;
             disk::grow(&image, bytes).map_err(|err| fail(&err))?;
@@ -98,8 +114,7 @@ impl Manager {
         if let Some(m) = req.memory_mib {
             r.memory_mib = m;
         }
-        store::save(&self.cfg.state_dir, &r).map_err(|err| fail(&err))?;
-        *lock(&e.rec) = r.clone();
+        self.save(&e, &r).map_err(|err| fail(&err))?;
         Ok(r.view())
     }
 }

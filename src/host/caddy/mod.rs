@@ -75,6 +75,8 @@ use crate::names::VmName;
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A reload waits for Caddy to swap configurations, old servers included.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection to Caddy's admin endpoint is refused at once when it is down.
+const ADMIN_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// `ip route get` answers from the kernel's tables.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Any address outside the host works; the lookup sends nothing to it.
@@ -371,6 +373,26 @@ impl Caddy {
         host::write_atomic(&target, &new, mode).map_err(|source| io_err("write", &target, source))
     }
 
+    /// With the default reload (through the admin endpoint): the error if
+    /// every address of the admin endpoint refuses a connection, i.e.
+    /// Caddy is certainly not running. Anything less certain is `None`.
+    fn admin_refused(&self) -> Option<io::Error> {
+        use std::net::{TcpStream, ToSocketAddrs};
+        if !self.cfg.reload_command.is_empty() {
+            return None;
+        }
+        let addrs: Vec<_> = self.cfg.admin.to_socket_addrs().ok()?.collect();
+        let mut last = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, ADMIN_PROBE_TIMEOUT) {
+                Ok(_) => return None,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => last = Some(e),
+                Err(_) => return None,
+            }
+        }
+        last
+    }
+
     fn render(&self, name: &VmName, state: SiteState) -> Result<String, CaddyError> {
         let domain = self.domain(name);
         check_domain(&domain)?;
@@ -386,6 +408,25 @@ impl Caddy {
         self.ensure_import_locked()?;
         let path = self.site_path(name);
         let previous = read_optional(&path)?;
+        if previous.as_deref() != Some(content.as_bytes())
+            && let Some(source) = self.admin_refused()
+        {
+            // Caddy is down: fail before the site directory changes at all
+            // (housekeeping retries, and must not flicker a file in and out).
+            return Err(CaddyError::NotRunning {
+                admin: self.cfg.admin.clone(),
+                source: HostError::Failed {
+                    cmd: format!("connect {}", self.cfg.admin),
+                    status: "refused".into(),
+                    stderr: source.to_string(),
+                },
+            });
+        }
+        if previous.as_deref() == Some(content.as_bytes()) {
+            // A site file exists only once Caddy took it (a failed change
+            // puts the old one back), so the same content is live already.
+            return Ok(());
+        }
         host::write_atomic(&path, content.as_bytes(), SITE_MODE)
             .map_err(|source| io_err("write", &path, source))?;
         self.apply_or_restore(&path, previous)

@@ -153,7 +153,9 @@ impl Vmm for Firecracker {
             .open(spec.console_log())
             .map_err(VmmError::Io)?;
         let log2 = log.try_clone().map_err(VmmError::Io)?;
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        spec.disk_lock.pass_to(&mut cmd);
+        let mut child = cmd
             .arg("--api-sock")
             .arg(&socket)
             .arg("--id")

@@ -1,13 +1,14 @@
 //! The VMM seam: one trait, two backends. Firecracker where hardware
 //! virtualisation is usable; QEMU `microvm` under TCG as a slow fallback.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::config::{BackendChoice, DaemonConfig};
 use crate::host::HostError;
+use crate::host::disk_lock::DiskLock;
 
 pub mod firecracker;
 pub mod qemu;
@@ -53,6 +54,10 @@ pub enum VmmError {
     Qemu(#[source] HostError),
     #[error("could not prepare the VM directory")]
     Io(#[source] std::io::Error),
+    #[error(
+        "the disk {disk} is in use by another VMM (pid {pids}); refusing to run a second one on it"
+    )]
+    DiskInUse { disk: PathBuf, pids: String },
 }
 
 /// What a backend needs to boot one guest. Paths are already validated.
@@ -68,6 +73,8 @@ pub struct LaunchSpec<'a> {
     pub mac: &'a str,
     pub cpus: u8,
     pub memory_mib: u32,
+    /// The disk's lock, handed to the VMM process (see `host::disk_lock`).
+    pub disk_lock: &'a DiskLock,
 }
 
 impl LaunchSpec<'_> {
@@ -91,6 +98,16 @@ pub trait Vmm: Send + Sync {
     fn runtime_files(&self) -> &'static [&'static str];
     /// The binary this backend runs.
     fn binary(&self) -> &Path;
+}
+
+/// Program names a VMM process of either backend has (argv[0]'s file name).
+pub const VMM_PROGRAMS: &[&str] = &["firecracker", "qemu-system-x86_64", "jailer"];
+
+/// The VMM processes running the VM whose directory is `dir`, found on the
+/// host (not from any record): every VMM of a VM mentions its directory
+/// in its command line.
+pub fn find_vmms(dir: &Path) -> Vec<u32> {
+    crate::host::find_processes(VMM_PROGRAMS, &format!("{}/", dir.display()))
 }
 
 /// Hardware virtualisation is usable when /dev/kvm opens, the CPU has
@@ -130,20 +147,46 @@ pub fn make(backend: Backend, cfg: &DaemonConfig) -> Box<dyn Vmm> {
     }
 }
 
-/// Keeps a serial log under `max` bytes: the older half moves to `.1`.
-/// Both VMMs open the log in append mode, so truncation is safe.
+/// Keeps a serial log under about `max` bytes without losing a byte: the
+/// oldest whole blocks move to `console.log.1` (replacing it), then are cut
+/// from the head of the log in place (`FALLOC_FL_COLLAPSE_RANGE`). The VMM
+/// keeps writing at the end (it opened the log for appending), and what it
+/// writes meanwhile is beyond the range that moves. Where the file system
+/// cannot collapse a range (tmpfs), the log is copied and truncated, which
+/// can lose what the guest prints in that instant; the log says so once.
 pub fn cap_console_log(dir: &Path, max: u64) {
     let log = console_log_path(dir);
     let Ok(meta) = fs::metadata(&log) else { return };
     if meta.len() <= max {
         return;
     }
+    let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&log) else {
+        return;
+    };
+    // Cut whole blocks, keeping about the newer half.
+    const BLOCK: u64 = 4096;
+    let cut = (meta.len() - max / 2) / BLOCK * BLOCK;
+    if cut == 0 {
+        return;
+    }
     let old = dir.join("console.log.1");
-    if fs::copy(&log, &old).is_ok() {
-        let _ = OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .and_then(|f| f.set_len(0));
+    let saved = (|| -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let tmp = dir.join(".console.log.1.tmp");
+        let mut out = File::create(&tmp)?;
+        file.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut (&mut file).take(cut), &mut out)?;
+        out.sync_all()?;
+        fs::rename(&tmp, &old)
+    })();
+    if saved.is_err() {
+        return;
+    }
+    let collapsed =
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::COLLAPSE_RANGE, 0, cut);
+    if collapsed.is_err() {
+        // No collapse here: fall back to truncating (see above).
+        let _ = file.set_len(0);
     }
 }
 
@@ -173,21 +216,20 @@ mod tests {
     }
 
     #[test]
-    fn console_log_is_capped() {
+    fn console_log_is_capped_without_losing_a_byte() {
         let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(console_log_path(dir.path()), vec![b'x'; 2000]).expect("write");
-        cap_console_log(dir.path(), 1000);
-        assert_eq!(
-            fs::metadata(console_log_path(dir.path()))
-                .expect("meta")
-                .len(),
-            0
-        );
-        assert_eq!(
-            fs::metadata(dir.path().join("console.log.1"))
-                .expect("meta")
-                .len(),
-            2000
-        );
+        let log = console_log_path(dir.path());
+        let text: String = (0..3000).map(|i| format!("line {i}\n")).collect();
+        fs::write(&log, &text).expect("write");
+        // The VMM's own descriptor, opened for appending, as both VMMs do.
+        let mut vmm = OpenOptions::new().append(true).open(&log).expect("open");
+        cap_console_log(dir.path(), 8192);
+        use std::io::Write;
+        vmm.write_all(b"after the cap\n").expect("write");
+        let old = fs::read_to_string(dir.path().join("console.log.1")).expect("old");
+        let new = fs::read_to_string(&log).expect("new");
+        assert!(new.len() < text.len(), "the log was not capped");
+        // (The temp dir is on ext4 here, which collapses ranges.)
+        assert_eq!(format!("{old}{new}"), format!("{text}after the cap\n"));
     }
 }

@@ -203,7 +203,22 @@ impl Vmm for Qemu {
         let _ = fs::remove_file(&pidfile);
         // With -daemonize QEMU returns once the machine is set up (tap opened,
         // disk opened), so its exit status reports configuration errors.
-        host::run(&bin.to_string_lossy(), Self::args(spec)).map_err(VmmError::Qemu)?;
+        let args = Self::args(spec);
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(&args);
+        spec.disk_lock.pass_to(&mut cmd);
+        let printable = format!("{} {}", bin.display(), args.join(" "));
+        let o = host::run_command(cmd, printable, None, Some(Duration::from_secs(60)))
+            .map_err(VmmError::Qemu)?;
+        if o.code != Some(0) {
+            return Err(VmmError::Qemu(host::HostError::Failed {
+                cmd: o.cmd,
+                status: o.code.map_or("timed out after 60 s".into(), |c| {
+                    format!("exit status: {c}")
+                }),
+                stderr: o.stderr,
+            }));
+        }
         host::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
             fs::read_to_string(&pidfile)
                 .ok()?
