@@ -8,9 +8,8 @@
 //! - `host`: what is done to the machine: programs, network, disks, VMMs,
 //!   Caddy, SSH keys;
 //! - `wire`: the types client and daemon exchange;
-//! - `cli`, `config`, `names`, `error`, `text`: the command line, the
-//!   daemon's configuration, validated names, error display, escaping of
-//!   untrusted text.
+//! - `cli`, `config`, `names`, `error`: the command line, the daemon's
+//!   configuration, validated names, error display.
 //!
 //! Allowed imports: `client` → `wire`, `host`, shared; `daemon` → `wire`,
 //! `host`, shared; `host` → shared only; `wire` → nothing of fcm
@@ -23,5 +22,4 @@ pub mod daemon;
 pub mod error;
 pub mod host;
 pub mod names;
-pub mod text;
 pub mod wire;

@@ -33,10 +33,10 @@ fn main() {
             Err(f) => (f.message, f.hint, f.code),
         },
     };
-    // Messages may quote a guest (its stderr): never raw control characters.
-    eprintln!("error: {}", fcm::text::visible(&message));
+    // The message may quote a guest: print no control sequence of it.
+    eprintln!("error: {}", fcm::wire::text::printable(&message));
     if let Some(h) = hint {
-        eprintln!("hint: {}", fcm::text::visible(&h));
+        eprintln!("hint: {}", fcm::wire::text::printable(&h));
     }
     std::process::exit(code);
 }

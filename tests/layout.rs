@@ -103,7 +103,7 @@ fn forbidden_for(part: &str) -> &'static [&'static str] {
         "client" => &["daemon"],
         "host" => &["daemon", "client", "cli"],
         "daemon" => &["client", "cli"],
-        "wire" | "names" | "error" | "text" => &["daemon", "client", "host", "config", "cli"],
+        "wire" | "names" | "error" => &["daemon", "client", "host", "config", "cli"],
         "config" => &["daemon", "client", "host", "cli"],
         "cli" => &["daemon", "client", "host"],
         _ => &[],

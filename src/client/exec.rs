@@ -13,8 +13,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use super::api::{Client, seg};
 use super::{Failure, out_json};
 use crate::cli::ExecArgs;
-use crate::text::visible;
 use crate::wire::api::{Encoding, ExecRequest, ExecResponse};
+use crate::wire::text::visible;
 
 /// The daemon's limits (documented in docs/openapi.yaml).
 const STDIN_MAX: usize = 8 << 20;

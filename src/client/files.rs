@@ -14,9 +14,9 @@ use super::api::{Client, seg};
 use super::progress::{Counter, Counting, meter};
 use crate::cli::CpArgs;
 use crate::host::Piped;
-use crate::text::visible;
 use crate::wire::api::{ExecRequest, ExecResponse, VmView, Written};
 use crate::wire::size::human;
+use crate::wire::text::visible;
 
 /// How long one local tar may run.
 const TAR_TIMEOUT: Duration = Duration::from_secs(1800);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::api::{Client, seg};
 use super::{Failure, out_json};
 use crate::cli::LogsArgs;
-use crate::text::visible;
 use crate::wire::api::LogChunk;
+use crate::wire::text::visible;
 
 /// How often `-f` asks for more.
 const POLL: Duration = Duration::from_millis(500);

@@ -28,6 +28,7 @@ use std::io::Write;
 
 use crate::cli::Cmd;
 use crate::error::chain;
+use crate::wire::text::printable;
 pub use api::{Client, ClientError};
 use console::ConsoleError;
 
@@ -91,7 +92,7 @@ pub(crate) fn out_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
 /// Prints the daemon's warnings on stderr (escaped: they may quote a guest).
 pub(crate) fn warnings(list: &[String]) {
     for w in list {
-        eprintln!("warning: {}", crate::text::visible(w));
+        eprintln!("warning: {}", printable(w));
     }
 }
 

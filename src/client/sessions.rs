@@ -4,8 +4,9 @@ use std::io::IsTerminal;
 
 use super::api::{Client, seg};
 use super::{Failure, console, format_time, out, out_json};
-use crate::text::visible;
 use crate::wire::api::{SessionInfo, SessionRequest};
+use crate::wire::text::printable;
+use crate::wire::text::visible;
 
 /// Console and attach drive a terminal: without one, fail at once (2).
 fn need_terminal(what: &str, vm: &str) -> Result<(), Failure> {
@@ -66,7 +67,7 @@ pub(super) fn list(vm: &str, json: bool) -> Result<(), Failure> {
             x.id,
             format_time(x.created),
             x.attached,
-            visible(&x.command)
+            printable(&x.command)
         ));
     }
     Ok(())

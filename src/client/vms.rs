@@ -4,9 +4,9 @@ use super::api::{Client, seg, user_ssh_key};
 use super::progress::spinner;
 use super::{Failure, or_dash, out, out_json, warnings};
 use crate::cli::{CreateArgs, ResizeArgs};
-use crate::text::visible;
 use crate::wire::api::{CreateRequest, ResizeRequest, StartRequest, VmView};
 use crate::wire::size::human;
+use crate::wire::text::visible;
 
 pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
     let c = Client::from_env()?;

@@ -17,6 +17,7 @@ use super::manager::{Manager, ManagerError};
 use super::sessions::{SessionError, Sessions};
 use crate::error::chain;
 use crate::wire::api::ErrorBody;
+use crate::wire::text::printable;
 
 /// Largest JSON request body accepted (413 above)...
 pub const MAX_BODY: usize = 64 * 1024;
@@ -90,10 +91,12 @@ impl ApiError {
     }
 
     pub fn body(&self) -> Value {
+        // Messages may quote a guest (ssh's stderr, tmux): never send its
+        // control sequences on.
         let body = ErrorBody {
-            error: self.message.clone(),
+            error: printable(&self.message),
             status: self.status,
-            hint: self.hint.clone(),
+            hint: self.hint.as_deref().map(printable),
         };
         serde_json::to_value(body).unwrap_or(Value::Null)
     }
