@@ -108,8 +108,8 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
         let body = read_body(&mut req, route.body_limit())?;
         guarded(|| api::handle(m, s, route, &body).map(Answer::Json))
     })();
-    let (status, body) = match result {
-        Ok(Answer::Json(r)) => (r.status, r.body),
+    let (status, body, allow) = match result {
+        Ok(Answer::Json(r)) => (r.status, r.body, None),
         Ok(Answer::Bytes {
             content_type,
             length,
@@ -132,7 +132,7 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
             if e.status >= 500 {
                 eprintln!("fcm daemon: {method} {url}: {}", e.message);
             }
-            (e.status, e.body())
+            (e.status, e.body(), e.allow.clone())
         }
     };
     let mut data = body.to_string();
@@ -140,6 +140,11 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
     let mut resp = tiny_http::Response::from_string(data).with_status_code(status);
     if let Ok(h) = header {
+        resp = resp.with_header(h);
+    }
+    if let Some(allow) = allow
+        && let Ok(h) = tiny_http::Header::from_bytes(&b"Allow"[..], allow.as_bytes())
+    {
         resp = resp.with_header(h);
     }
     // The client may have gone away; nothing to do about it.

@@ -74,6 +74,8 @@ pub struct ApiError {
     pub status: u16,
     pub message: String,
     pub hint: Option<String>,
+    /// For a 405: the methods the path takes (the `Allow` header).
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -82,6 +84,7 @@ impl ApiError {
             status,
             message: message.into(),
             hint: None,
+            allow: None,
         }
     }
 
@@ -109,7 +112,8 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::NotFound(_) => 404,
         ManagerError::Ambiguous(_)
         | ManagerError::WrongState { .. }
-        | ManagerError::NameTaken(_) => 409,
+        | ManagerError::NameTaken(_)
+        | ManagerError::TooManyVms(_) => 409,
         ManagerError::Broken { .. } => 409,
         ManagerError::Missing { .. }
         | ManagerError::PoolExhausted(_)
@@ -239,12 +243,10 @@ fn guest_path(url: &str) -> Result<String, ApiError> {
         })
 }
 
-/// Parses a request line into a route; `Err` is 404 or 405 (400 for a bad query).
-pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
-    let path = url.split('?').next().unwrap_or_default();
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+/// The route of `(method, path segments)`, if there is one.
+fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
     let vm = |s: &str| s.to_owned();
-    let r = match (method, segs.as_slice()) {
+    Some(match (method, segs) {
         ("GET", ["health"]) => Route::Health,
         ("GET", ["vms"]) => Route::ListVms,
         ("POST", ["vms"]) => Route::CreateVm,
@@ -260,51 +262,82 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
         ("POST", ["vms", v, "exec"]) => Route::Exec(vm(v)),
         ("GET", ["vms", v, "logs"]) => Route::Logs {
             vm: vm(v),
-            offset: number(url, "offset", 0u64)?,
-            max: number(url, "max", super::manager::LOG_CHUNK_MAX)?,
+            offset: 0,
+            max: super::manager::LOG_CHUNK_MAX,
         },
         ("GET", ["vms", v, "files"]) => Route::GetFile {
             vm: vm(v),
-            path: guest_path(url)?,
+            path: String::new(),
         },
         ("PUT", ["vms", v, "files"]) => Route::PutFile {
             vm: vm(v),
-            path: guest_path(url)?,
+            path: String::new(),
         },
         ("GET", ["vms", v, "archive"]) => Route::GetArchive {
             vm: vm(v),
-            path: guest_path(url)?,
+            path: String::new(),
         },
         ("PUT", ["vms", v, "archive"]) => Route::PutArchive {
             vm: vm(v),
+            path: String::new(),
+        },
+        _ => return None,
+    })
+}
+
+/// Fills in what a route takes from the query string (400 if it is bad).
+fn with_query(r: Route, url: &str) -> Result<Route, ApiError> {
+    Ok(match r {
+        Route::Logs { vm, .. } => Route::Logs {
+            vm,
+            offset: number(url, "offset", 0u64)?,
+            max: number(url, "max", super::manager::LOG_CHUNK_MAX)?,
+        },
+        Route::GetFile { vm, .. } => Route::GetFile {
+            vm,
             path: guest_path(url)?,
         },
-        (
-            _,
-            ["health"]
-            | ["vms"]
-            | ["vms", _]
-            | [
-                "vms",
-                _,
-                "ssh" | "stop" | "start" | "sessions" | "resize" | "exec" | "logs" | "files"
-                | "archive",
-            ]
-            | ["vms", _, "sessions", _],
-        ) => {
-            return Err(ApiError::new(
-                405,
-                format!("method {method} is not allowed on {path}"),
-            ));
-        }
-        _ => {
-            return Err(ApiError::new(
-                404,
-                format!("no such endpoint: {method} {path}"),
-            ));
-        }
-    };
-    Ok(r)
+        Route::PutFile { vm, .. } => Route::PutFile {
+            vm,
+            path: guest_path(url)?,
+        },
+        Route::GetArchive { vm, .. } => Route::GetArchive {
+            vm,
+            path: guest_path(url)?,
+        },
+        Route::PutArchive { vm, .. } => Route::PutArchive {
+            vm,
+            path: guest_path(url)?,
+        },
+        other => other,
+    })
+}
+
+/// Methods the API serves on some path.
+const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
+
+/// Parses a request line into a route; `Err` is 404, or 405 with the
+/// methods the path does take (for the `Allow` header).
+pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
+    let path = url.split('?').next().unwrap_or_default();
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    if let Some(r) = match_route(method, &segs) {
+        return with_query(r, url);
+    }
+    let allowed: Vec<&str> = METHODS
+        .into_iter()
+        .filter(|m| match_route(m, &segs).is_some())
+        .collect();
+    if allowed.is_empty() {
+        return Err(ApiError::new(
+            404,
+            format!("no such endpoint: {method} {path}"),
+        ));
+    }
+    let mut e = ApiError::new(405, format!("method {method} is not allowed on {path}"))
+        .with_hint(format!("this path takes {}", allowed.join(", ")));
+    e.allow = Some(allowed.join(", "));
+    Err(e)
 }
 
 pub(super) fn parse_body<T: serde::de::DeserializeOwned + Default>(
@@ -416,6 +449,10 @@ mod tests {
         );
         assert_eq!(Route::Exec("x".into()).body_limit(), MAX_EXEC_BODY);
         assert_eq!(route("PUT", "/vms").expect_err("405").status, 405);
+        assert_eq!(
+            route("TRACE", "/vms/x").expect_err("405").allow.as_deref(),
+            Some("GET, DELETE")
+        );
         assert_eq!(route("GET", "/etc/passwd").expect_err("404").status, 404);
         assert_eq!(route("GET", "/vms/a/b/c/d/e").expect_err("404").status, 404);
     }
