@@ -154,6 +154,8 @@ pub fn check_path(path: &str) -> Result<(), GuestError> {
 /// Runs `req.cmd` in the guest: no terminal, stdin fed, stdout and stderr
 /// kept apart (each cut at [`EXEC_OUTPUT_CAP`]), killed at its timeout.
 pub fn exec(m: &Manager, vm: &str, req: ExecRequest) -> Result<ExecResponse, GuestError> {
+    // An unknown or stopped VM is the first thing to say.
+    let rec = m.running(vm)?;
     if req.cmd.is_empty() || req.cmd[0].is_empty() {
         return Err(GuestError::BadRequest(
             "cmd must name a program: [\"program\", \"arg\", ...]".into(),
@@ -193,7 +195,6 @@ pub fn exec(m: &Manager, vm: &str, req: ExecRequest) -> Result<ExecResponse, Gue
             "timeout_secs must be between 1 and {EXEC_TIMEOUT_MAX}"
         )));
     }
-    let rec = m.running(vm)?;
     let argv = ssh::remote_command(&req.cmd);
     // The guest's `timeout` kills the command's whole process group; the
     // local deadline (a little later) covers a guest without it.
@@ -331,8 +332,8 @@ fn download(
     remote: String,
     sized: bool,
 ) -> Result<Download, GuestError> {
-    check_path(path)?;
     let rec = m.running(vm)?;
+    check_path(path)?;
     let log = SshLog::new(m, &rec);
     let mut p = Piped::spawn("ssh", ssh_args(m, &rec, &log.0, remote), TRANSFER_TIMEOUT).map_err(
         |source| GuestError::Host {
@@ -439,8 +440,8 @@ fn upload(
     remote: String,
     body: &mut dyn Read,
 ) -> Result<Written, GuestError> {
-    check_path(path)?;
     let rec = m.running(vm)?;
+    check_path(path)?;
     let log = SshLog::new(m, &rec);
     let mut p = Piped::spawn("ssh", ssh_args(m, &rec, &log.0, remote), TRANSFER_TIMEOUT).map_err(
         |source| GuestError::Host {

@@ -57,6 +57,8 @@ impl Manager {
 
     /// Changes disk, vCPUs and memory of a stopped VM (409 otherwise).
     pub fn resize(&self, vm: &str, req: ResizeRequest) -> Result<VmView, ManagerError> {
+        // An unknown VM is the first thing to say.
+        self.resolve(vm)?;
         if req.disk.is_none() && req.cpus.is_none() && req.memory_mib.is_none() {
             return Err(ManagerError::BadRequest(
                 "nothing to change: give disk, cpus or memory_mib".into(),
