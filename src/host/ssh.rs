@@ -99,6 +99,30 @@ pub fn daemon_ssh_args(key: &Path, known_hosts: &Path, ip: Ipv4Addr) -> Vec<Stri
     ]
 }
 
+/// Quotes one word for a POSIX shell: `'…'`, with each `'` written as
+/// `'\''`. Whatever the text holds, the remote shell sees one literal word.
+pub fn shell_quote(word: &str) -> String {
+    let mut s = String::with_capacity(word.len() + 2);
+    s.push('\'');
+    for c in word.chars() {
+        if c == '\'' {
+            s.push_str("'\\''");
+        } else {
+            s.push(c);
+        }
+    }
+    s.push('\'');
+    s
+}
+
+/// A remote command line that runs `argv` exactly: every element quoted.
+pub fn remote_command<S: AsRef<str>>(argv: &[S]) -> String {
+    argv.iter()
+        .map(|a| shell_quote(a.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A known_hosts line pinning `host_key` (`ssh-ed25519 AAAA... comment`) for `ip`.
 pub fn known_hosts_line(ip: Ipv4Addr, host_key: &str) -> String {
     let mut parts = host_key.split_whitespace();
@@ -129,6 +153,27 @@ pub fn wait_ready(ip: Ipv4Addr, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoting_survives_a_real_shell() {
+        let nasty = [
+            "plain",
+            "",
+            "it's",
+            "$(reboot)",
+            "`id`",
+            "a b\tc\nd",
+            "'; rm -rf / #",
+            "\\'\"",
+            "-n",
+            "*",
+        ];
+        let line = format!("printf '%s\\0' {}", remote_command(&nasty));
+        let out = host::run("sh", ["-c", line.as_str()]).expect("sh");
+        let got: Vec<&str> = out.split('\0').collect();
+        assert_eq!(&got[..nasty.len()], &nasty[..]);
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
 
     #[test]
     fn the_daemon_ssh_reads_no_config_and_forwards_nothing() {
