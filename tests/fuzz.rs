@@ -63,7 +63,7 @@ fn the_api_survives_a_thousand_generated_requests_and_matches_its_description() 
             // one worker (schemathesis on CPython 3.11 is not thread-safe here).
             .args(["-n", "80", "--seed", "20261201", "--workers", "1"])
             // Every check runs (the default).
-        .args(["--no-color"])
+            .args(["--no-color"])
             .stdin(Stdio::null())
             .output()
             .expect("run schemathesis");

@@ -448,7 +448,11 @@ mod tests {
             let f = find_processes(&["sleep"], "29.123");
             f.contains(&child.id()).then_some(f)
         });
-        assert!(found.is_some(), "{:?}", find_processes(&["sleep"], "29.123"));
+        assert!(
+            found.is_some(),
+            "{:?}",
+            find_processes(&["sleep"], "29.123")
+        );
         assert!(find_processes(&["qemu-system-x86_64"], "29.123").is_empty());
         let _ = child.kill();
         let _ = child.wait();
