@@ -1,38 +1,37 @@
 //! pause, resume, checkpoint [rm], checkpoints, restore.
 
 use super::api::{Client, seg};
+use super::progress::spinner;
 use super::vms::done;
 use super::{Failure, format_time, or_dash, out, out_json, warnings};
 use crate::cli::{CheckpointAction, CheckpointArgs};
 use crate::wire::api::{CheckpointRequest, CheckpointView, PauseRequest, StartRequest, VmView};
+use crate::wire::size::human;
+use crate::wire::text::visible;
 
-pub(super) fn pause(vm: &str) -> Result<(), Failure> {
+pub(super) fn pause(vm: &str, json: bool) -> Result<(), Failure> {
     let c = Client::from_env()?;
-    eprintln!("pausing (saving memory)...");
-    let v: VmView = c.post(&format!("/vms/{}/pause", seg(vm)), &PauseRequest {})?;
-    done(&v);
-    Ok(())
+    let v: VmView = {
+        let _s = spinner(format!("pausing {} (saving its memory)", visible(vm)));
+        c.post(&format!("/vms/{}/pause", seg(vm)), &PauseRequest {})?
+    };
+    done(&v, json)
 }
 
-pub(super) fn resume(vm: &str, no_wait: bool) -> Result<(), Failure> {
+pub(super) fn resume(vm: &str, no_wait: bool, json: bool) -> Result<(), Failure> {
     let c = Client::from_env()?;
-    eprintln!("resuming...");
     let req = StartRequest {
         wait_ssh: Some(!no_wait),
     };
-    done(&c.post(&format!("/vms/{}/resume", seg(vm)), &req)?);
-    Ok(())
+    let v: VmView = {
+        let _s = spinner(format!("resuming {}", visible(vm)));
+        c.post(&format!("/vms/{}/resume", seg(vm)), &req)?
+    };
+    done(&v, json)
 }
 
-/// Sizes as `1.2 GiB`, `87 MiB`.
 fn size(bytes: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    let b = bytes as f64;
-    if b >= 1024.0 * MIB {
-        format!("{:.1} GiB", b / 1024.0 / MIB)
-    } else {
-        format!("{:.0} MiB", b / MIB)
-    }
+    human(bytes)
 }
 
 pub(super) fn checkpoint(a: CheckpointArgs) -> Result<(), Failure> {
@@ -43,20 +42,29 @@ pub(super) fn checkpoint(a: CheckpointArgs) -> Result<(), Failure> {
             seg(&vm),
             seg(&checkpoint)
         ))?;
-        out(&format!("removed checkpoint {} of {}", cp.id, cp.vm));
+        out(&format!(
+            "removed checkpoint {} of {}",
+            cp.id,
+            visible(&cp.vm)
+        ));
         return Ok(());
     }
     let vm = a.vm.unwrap_or_default();
-    eprintln!("checkpointing (the guest pauses briefly)...");
     let req = CheckpointRequest { name: a.name };
-    let cp: CheckpointView = c.post(&format!("/vms/{}/checkpoints", seg(&vm)), &req)?;
+    let cp: CheckpointView = {
+        let _s = spinner(format!(
+            "checkpointing {} (it pauses briefly)",
+            visible(&vm)
+        ));
+        c.post(&format!("/vms/{}/checkpoints", seg(&vm)), &req)?
+    };
     warnings(&cp.warnings);
     if a.json {
         return out_json(&cp);
     }
     eprintln!(
         "checkpoint of {}: {} ({} disk copy)",
-        cp.vm,
+        visible(&cp.vm),
         size(cp.size_bytes),
         cp.disk_copy
     );
@@ -82,7 +90,7 @@ pub(super) fn list(vm: &str, json: bool) -> Result<(), Failure> {
         out(&format!(
             "{:<9} {:<24} {:<10} {:>9}",
             cp.id,
-            or_dash(cp.name),
+            or_dash(cp.name.map(|n| visible(&n))),
             format_time(cp.created_at),
             size(cp.size_bytes)
         ));
@@ -90,16 +98,22 @@ pub(super) fn list(vm: &str, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(super) fn restore(vm: &str, checkpoint: &str, no_wait: bool) -> Result<(), Failure> {
+pub(super) fn restore(
+    vm: &str,
+    checkpoint: &str,
+    no_wait: bool,
+    json: bool,
+) -> Result<(), Failure> {
     let c = Client::from_env()?;
-    eprintln!("restoring...");
     let req = StartRequest {
         wait_ssh: Some(!no_wait),
     };
-    let v: VmView = c.post(
-        &format!("/vms/{}/checkpoints/{}/restore", seg(vm), seg(checkpoint)),
-        &req,
-    )?;
-    done(&v);
-    Ok(())
+    let v: VmView = {
+        let _s = spinner(format!("restoring {}", visible(vm)));
+        c.post(
+            &format!("/vms/{}/checkpoints/{}/restore", seg(vm), seg(checkpoint)),
+            &req,
+        )?
+    };
+    done(&v, json)
 }

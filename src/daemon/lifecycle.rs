@@ -18,6 +18,8 @@
 //!   paused ──stop──► stopping ──► stopped        (the memory state is discarded)
 //!   running ──checkpoint──► checkpointing ──► running
 //!   running | paused | stopped ──restore──► restoring ──► running
+//!   resize:  stopped ─► stopped (disk, vCPUs, memory; no in-progress state:
+//!            growing the disk file is idempotent)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +99,8 @@ pub enum Transition {
     Checkpoint,
     /// Return the VM to a checkpoint.
     Restore,
+    /// Disk, vCPUs or memory changed; only while stopped.
+    Resize,
 }
 
 /// A transition asked of a VM in a state that does not allow it.
@@ -115,7 +119,7 @@ impl Transition {
         use VmState::*;
         match self {
             Self::Launched => &[Creating],
-            Self::Start => &[Stopped],
+            Self::Start | Self::Resize => &[Stopped],
             Self::Stop => &[Running, Paused],
             Self::Died | Self::Pause | Self::Checkpoint => &[Running],
             Self::Resume => &[Paused],
@@ -135,7 +139,7 @@ impl Transition {
             Self::Resume => Some(VmState::Resuming),
             Self::Checkpoint => Some(VmState::Checkpointing),
             Self::Restore => Some(VmState::Restoring),
-            Self::Launched | Self::Died => None,
+            Self::Launched | Self::Died | Self::Resize => None,
         }
     }
 
@@ -144,7 +148,7 @@ impl Transition {
         match self {
             Self::Launched | Self::Start | Self::Resume => Some(VmState::Running),
             Self::Checkpoint | Self::Restore => Some(VmState::Running),
-            Self::Stop | Self::Died => Some(VmState::Stopped),
+            Self::Stop | Self::Died | Self::Resize => Some(VmState::Stopped),
             Self::Pause => Some(VmState::Paused),
             Self::Destroy => None,
         }
@@ -161,6 +165,7 @@ impl Transition {
             Self::Resume => "resume it",
             Self::Checkpoint => "checkpoint it",
             Self::Restore => "restore it",
+            Self::Resize => "resize it",
         }
     }
 
@@ -277,6 +282,11 @@ mod tests {
         assert_eq!((e.wanted, e.action), ("running or paused", "stop it"));
         assert!(Transition::Stop.check(Creating).is_err());
         assert!(Transition::Start.check(Starting).is_err());
+        assert!(Transition::Resize.check(Stopped).is_ok());
+        let e = Transition::Resize
+            .check(Running)
+            .expect_err("running cannot resize");
+        assert_eq!((e.wanted, e.action), ("stopped", "resize it"));
         assert_eq!(Transition::Died.to(), Some(Stopped));
         assert_eq!(Transition::Destroy.to(), None);
         assert_eq!(Transition::Stop.during(), Some(Stopping));

@@ -41,6 +41,12 @@ struct CheckpointMeta {
     created_at: u64,
     backend: Backend,
     disk_copy: String,
+    /// The VM's size when it was taken: a restore returns to it (the saved
+    /// memory only loads into a VMM of the same shape).
+    cpus: u8,
+    memory_mib: u32,
+    #[serde(default)]
+    disk_bytes: Option<u64>,
 }
 
 const META: &str = "checkpoint.json";
@@ -468,6 +474,9 @@ impl Manager {
                 name: name.clone(),
                 created_at: now_secs(),
                 backend: r.backend,
+                cpus: r.cpus,
+                memory_mib: r.memory_mib,
+                disk_bytes: r.disk_bytes,
                 disk_copy: match method {
                     disk::CopyMethod::Reflink => "reflink".into(),
                     disk::CopyMethod::Sparse => "sparse".into(),
@@ -526,6 +535,10 @@ impl Manager {
         }
         self.check_prerequisites(r.backend)?;
         let was_paused = r.state == VmState::Paused;
+        let resized =
+            (r.cpus, r.memory_mib, r.disk_bytes) != (meta.cpus, meta.memory_mib, meta.disk_bytes);
+        // Back to the checkpoint's shape too (a resize since is undone).
+        (r.cpus, r.memory_mib, r.disk_bytes) = (meta.cpus, meta.memory_mib, meta.disk_bytes);
         self.record(&e, &mut r, VmState::Restoring, "restore")?;
         fault::crash_point("restore:after-record");
         self.kill_vmms(&r);
@@ -576,6 +589,12 @@ impl Manager {
         r.pid = Some(pid);
         self.record(&e, &mut r, VmState::Running, "restore")?;
         let mut view = r.view();
+        if resized {
+            view.warnings.push(format!(
+                "the VM has the size it had at the checkpoint again: {} vCPUs, {} MiB",
+                r.cpus, r.memory_mib
+            ));
+        }
         if was_paused {
             view.warnings.push(
                 "the VM was paused: that saved state was replaced by the checkpoint's".into(),
