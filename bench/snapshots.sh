@@ -160,6 +160,11 @@ guest's root file system over SSH, stops its vCPUs, saves memory, copies the
 disk, and lets the guest run on; its real disk cost is the file system's
 used space before and after (a reflinked disk shares its blocks until
 either side writes them; the allocated size counts shared blocks too).
+Resume and checkpoint include the daemon's SSH logins into the guest (the
+clock fix; the freeze and thaw), each about a second or two under TCG, which
+dominate them here; on a KVM host both shrink to the VMM's own work. One run
+on a shared 2-core machine (other builds and tests running): read the
+ratios, not the milliseconds.
 
 $TABLE
 <!-- snapshots:end -->
