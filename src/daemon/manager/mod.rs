@@ -7,7 +7,8 @@
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
 //! | `ops.rs` | stop, start, destroy |
 //! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
-//! | `snapshots.rs` | pause, resume, checkpoints, restore |
+//! | `snapshots.rs` | pause, resume; the saved-state files, the guest's clock |
+//! | `checkpoints.rs` | checkpoints and restore |
 //! | `resize.rs` | resize a stopped VM (disk, vCPUs, memory); disk size rules |
 //! | `logs.rs` | reading the console log |
 //!
@@ -15,6 +16,7 @@
 //! addresses); each VM has its own operation lock, so a slow create or stop
 //! never blocks listing or operating on other VMs.
 
+mod checkpoints;
 mod create;
 mod logs;
 mod ops;

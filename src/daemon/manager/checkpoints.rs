@@ -1,0 +1,372 @@
+//! Checkpoints and restore: a running VM's disk and memory saved while it
+//! keeps running, and a VM returned to one (see `snapshots.rs` for the files).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::snapshots::{commit_dir, now_secs};
+use super::{Manager, ManagerError, check};
+use crate::daemon::fault;
+use crate::daemon::lifecycle::{Transition, VmState};
+use crate::daemon::lock;
+use crate::daemon::store::VmRecord;
+use crate::error::chain;
+use crate::host::ssh::{self, GuestScript};
+use crate::host::vmm::Backend;
+use crate::host::{self, disk, network};
+use crate::names::{CheckpointId, CheckpointName};
+use crate::wire::api::{CheckpointRequest, CheckpointView, VmView};
+
+/// `checkpoints/<cp>/checkpoint.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointMeta {
+    id: CheckpointId,
+    name: Option<CheckpointName>,
+    created_at: u64,
+    backend: Backend,
+    disk_copy: String,
+    /// The VM's size when it was taken: a restore returns to it (the saved
+    /// memory only loads into a VMM of the same shape).
+    cpus: u8,
+    memory_mib: u32,
+    #[serde(default)]
+    disk_bytes: Option<u64>,
+}
+
+const META: &str = "checkpoint.json";
+
+/// Freezes the guest's root file system for a checkpoint (syncs it where
+/// `fsfreeze` is missing), waits for a line on stdin, thaws. If the daemon
+/// dies meanwhile, stdin ends and the guest thaws; `timeout` caps it.
+const FREEZE_SCRIPT: &str = "sync; if fsfreeze -f / 2>/dev/null; then echo frozen; else echo synced; fi; \
+     timeout 60 head -n1 >/dev/null; fsfreeze -u / 2>/dev/null; echo thawed";
+
+/// Space the files of a directory take (allocated blocks).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+impl Manager {
+    /// Freezes (or at least syncs) the guest's root file system; the
+    /// script thaws it when told or when the session ends.
+    fn freeze_guest(&self, r: &VmRecord) -> Result<(GuestScript, bool), String> {
+        let args = ssh::daemon_ssh_args(&self.key, &self.known_hosts(&r.id), r.ip);
+        let s = GuestScript::spawn(args, FREEZE_SCRIPT).map_err(|e| e.to_string())?;
+        match s.line(Duration::from_secs(20)).as_deref() {
+            Some("frozen") => Ok((s, true)),
+            Some("synced") => Ok((s, false)),
+            _ => Err("the guest did not answer over SSH".into()),
+        }
+    }
+
+    fn thaw_guest(mut s: GuestScript) -> Option<String> {
+        let _ = s.send(b"thaw\n");
+        let thawed = s.line(Duration::from_secs(15)).as_deref() == Some("thawed");
+        s.finish(Duration::from_secs(5));
+        (!thawed).then(|| {
+            "the guest did not confirm that its file system thawed (it thaws within 60 s by itself)"
+                .into()
+        })
+    }
+
+    fn read_checkpoint(&self, dir: &Path) -> Option<CheckpointMeta> {
+        let text = fs::read_to_string(dir.join(META)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn checkpoint_view(r: &VmRecord, dir: &Path, m: &CheckpointMeta) -> CheckpointView {
+        CheckpointView {
+            id: m.id.to_string(),
+            name: m.name.as_ref().map(|n| n.to_string()),
+            vm: r.name.to_string(),
+            created_at: m.created_at,
+            size_bytes: allocated(dir),
+            disk_copy: m.disk_copy.clone(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The checkpoints of a VM, oldest first.
+    fn checkpoints_of(&self, r: &VmRecord) -> Vec<(PathBuf, CheckpointMeta)> {
+        let mut v: Vec<(PathBuf, CheckpointMeta)> = fs::read_dir(self.checkpoints_dir(&r.id))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                let m = self.read_checkpoint(&e.path())?;
+                (m.id.as_str() == e.file_name().to_string_lossy()).then(|| (e.path(), m))
+            })
+            .collect();
+        v.sort_by(|a, b| (a.1.created_at, a.1.id.as_str()).cmp(&(b.1.created_at, b.1.id.as_str())));
+        v
+    }
+
+    /// A checkpoint by id or name.
+    fn find_checkpoint(
+        &self,
+        r: &VmRecord,
+        cp: &str,
+    ) -> Result<(PathBuf, CheckpointMeta), ManagerError> {
+        let as_id = CheckpointId::parse(cp).ok();
+        let as_name = CheckpointName::parse(cp).ok();
+        if as_id.is_none() && as_name.is_none() {
+            CheckpointName::parse(cp)?;
+        }
+        let all = self.checkpoints_of(r);
+        let by_id = all.iter().find(|(_, m)| Some(&m.id) == as_id.as_ref());
+        let by_name = all
+            .iter()
+            .find(|(_, m)| m.name.is_some() && m.name == as_name);
+        by_id
+            .or(by_name)
+            .cloned()
+            .ok_or_else(|| ManagerError::CheckpointNotFound {
+                vm: r.name.to_string(),
+                checkpoint: cp.chars().take(64).collect(),
+            })
+    }
+
+    pub fn checkpoints(&self, vm: &str) -> Result<Vec<CheckpointView>, ManagerError> {
+        let (_, e) = self.resolve(vm)?;
+        let r = lock(&e.rec).clone();
+        Ok(self
+            .checkpoints_of(&r)
+            .iter()
+            .map(|(d, m)| Self::checkpoint_view(&r, d, m))
+            .collect())
+    }
+
+    /// `fcm checkpoint`: with the guest's file system frozen (or synced)
+    /// and its vCPUs stopped, the memory state is saved and the disk
+    /// reflinked (or sparse-copied); then the guest runs on.
+    pub fn checkpoint(
+        &self,
+        vm: &str,
+        req: CheckpointRequest,
+    ) -> Result<CheckpointView, ManagerError> {
+        let name = req.name.as_deref().map(CheckpointName::parse).transpose()?;
+        let _in_flight = self.begin()?;
+        let e = self.op_entry(vm)?;
+        let _op = lock(&e.op);
+        let mut r = lock(&e.rec).clone();
+        check(&r, Transition::Checkpoint)?;
+        if let Some(n) = &name
+            && self
+                .checkpoints_of(&r)
+                .iter()
+                .any(|(_, m)| m.name.as_ref() == Some(n))
+        {
+            return Err(ManagerError::CheckpointExists {
+                vm: r.name.to_string(),
+                name: n.to_string(),
+            });
+        }
+        let cps = self.checkpoints_dir(&r.id);
+        fs::create_dir_all(&cps)
+            .map_err(|err| Self::failed(&r, "checkpoint", format!("{}: {err}", cps.display())))?;
+        let mut id = CheckpointId::random();
+        while cps.join(id.as_str()).exists() {
+            id = CheckpointId::random();
+        }
+        let tmp = cps.join(format!(".tmp-{id}"));
+        self.record(&e, &mut r, VmState::Checkpointing, "checkpoint")?;
+        fault::crash_point("checkpoint:after-record");
+        let mut warnings = Vec::new();
+        let freeze = match self.freeze_guest(&r) {
+            Ok((s, frozen)) => {
+                if !frozen {
+                    warnings.push(
+                        "the guest has no fsfreeze: its file systems were synced, not frozen"
+                            .into(),
+                    );
+                }
+                Some(s)
+            }
+            Err(why) => {
+                warnings.push(format!(
+                    "the guest's file systems were not synced ({why}); the checkpoint's disk is as the VMM saw it"
+                ));
+                None
+            }
+        };
+        fault::crash_point("checkpoint:after-freeze");
+        let dir = self.dir(&r.id);
+        let vmm = self.vmm_for(r.backend);
+        let made = (|| -> Result<CheckpointMeta, String> {
+            let io = |p: &Path, err: std::io::Error| format!("{}: {err}", p.display());
+            fs::create_dir(&tmp).map_err(|err| io(&tmp, err))?;
+            vmm.save_state(&dir, &tmp).map_err(|err| chain(&err))?;
+            fault::crash_point("checkpoint:after-memory");
+            let disk_copy = tmp.join("rootfs.img");
+            let method = disk::copy_rootfs(&dir.join("rootfs.img"), &disk_copy)
+                .map_err(|err| chain(&err))?;
+            crate::host::vmm::sync_file(&disk_copy).map_err(|err| io(&disk_copy, err))?;
+            fault::crash_point("checkpoint:after-disk");
+            let meta = CheckpointMeta {
+                id: id.clone(),
+                name: name.clone(),
+                created_at: now_secs(),
+                backend: r.backend,
+                cpus: r.cpus,
+                memory_mib: r.memory_mib,
+                disk_bytes: r.disk_bytes,
+                disk_copy: match method {
+                    disk::CopyMethod::Reflink => "reflink".into(),
+                    disk::CopyMethod::Sparse => "sparse".into(),
+                },
+            };
+            let json = serde_json::to_vec_pretty(&meta).map_err(|err| err.to_string())?;
+            host::write_atomic(&tmp.join(META), &json, 0o600)
+                .map_err(|err| io(&tmp.join(META), err))?;
+            commit_dir(&tmp, &cps.join(id.as_str())).map_err(|err| io(&tmp, err))?;
+            Ok(meta)
+        })();
+        if made.is_ok() {
+            fault::crash_point("checkpoint:after-commit");
+        }
+        // Whatever happened, the guest runs on.
+        let continued = vmm.continue_guest(&dir);
+        if let Some(s) = freeze {
+            warnings.extend(Self::thaw_guest(s));
+        }
+        self.record(&e, &mut r, VmState::Running, "checkpoint")?;
+        if let Err(err) = &continued {
+            warnings.push(format!("the guest could not continue: {}", chain(err)));
+        }
+        let meta = match made {
+            Ok(m) => m,
+            Err(mut message) => {
+                let _ = fs::remove_dir_all(&tmp);
+                if continued.is_err() {
+                    message.push_str("; the guest could not continue");
+                }
+                return Err(Self::failed(&r, "checkpoint", message));
+            }
+        };
+        warnings.extend(self.guest_after_load(&r));
+        let mut view = Self::checkpoint_view(&r, &cps.join(id.as_str()), &meta);
+        view.warnings = warnings;
+        Ok(view)
+    }
+
+    /// `fcm restore`: the VMM (if any) ends, the disk becomes a copy of
+    /// the checkpoint's, and a VMM loads the checkpoint's memory state.
+    pub fn restore(&self, vm: &str, cp: &str) -> Result<VmView, ManagerError> {
+        let _in_flight = self.begin()?;
+        let e = self.op_entry(vm)?;
+        let _op = lock(&e.op);
+        let mut r = lock(&e.rec).clone();
+        let (cp_dir, meta) = self.find_checkpoint(&r, cp)?;
+        check(&r, Transition::Restore)?;
+        if meta.backend != r.backend {
+            return Err(ManagerError::BadRequest(format!(
+                "checkpoint {} was taken with {}; the VM runs on {}",
+                meta.id,
+                meta.backend.as_str(),
+                r.backend.as_str()
+            )));
+        }
+        self.check_prerequisites(r.backend)?;
+        let was_paused = r.state == VmState::Paused;
+        let resized =
+            (r.cpus, r.memory_mib, r.disk_bytes) != (meta.cpus, meta.memory_mib, meta.disk_bytes);
+        // Back to the checkpoint's shape too (a resize since is undone).
+        (r.cpus, r.memory_mib, r.disk_bytes) = (meta.cpus, meta.memory_mib, meta.disk_bytes);
+        self.record(&e, &mut r, VmState::Restoring, "restore")?;
+        fault::crash_point("restore:after-record");
+        self.kill_vmms(&r);
+        let _ = fs::remove_dir_all(self.saved_dir(&r.id));
+        fault::crash_point("restore:after-kill");
+        let dir = self.dir(&r.id);
+        let rootfs = dir.join("rootfs.img");
+        let staged = dir.join("rootfs.img.restore");
+        let _ = fs::remove_file(&staged);
+        let vmm = self.vmm_for(r.backend);
+        let restored = disk::copy_rootfs(&cp_dir.join("rootfs.img"), &staged)
+            .map_err(|err| chain(&err))
+            .and_then(|_| {
+                crate::host::vmm::sync_file(&staged)
+                    .and_then(|_| fs::rename(&staged, &rootfs))
+                    .and_then(|_| host::fs::sync_dir(&dir))
+                    .map_err(|err| format!("{}: {err}", staged.display()))
+            })
+            .and_then(|_| {
+                fault::crash_point("restore:after-disk");
+                network::create_tap(&self.cfg, &r.id).map_err(|err| chain(&err))
+            })
+            .and_then(|_| {
+                self.launch_from(&r, Some(&cp_dir))
+                    .map_err(|err| chain(&err))
+            })
+            .and_then(|pid| {
+                fault::crash_point("restore:after-launch");
+                vmm.continue_guest(&dir)
+                    .map(|_| pid)
+                    .map_err(|err| chain(&err))
+            });
+        let pid = match restored {
+            Ok(pid) => pid,
+            Err(message) => {
+                let _ = fs::remove_file(&staged);
+                self.kill_vmms(&r);
+                self.release_runtime(&r);
+                r.pid = None;
+                self.record(&e, &mut r, VmState::Stopped, "restore")?;
+                return Err(Self::failed(
+                    &r,
+                    "restore",
+                    format!("{message} (the VM is stopped; the checkpoint is intact: try again)"),
+                ));
+            }
+        };
+        r.pid = Some(pid);
+        self.record(&e, &mut r, VmState::Running, "restore")?;
+        let mut view = r.view();
+        if resized {
+            view.warnings.push(format!(
+                "the VM has the size it had at the checkpoint again: {} vCPUs, {} MiB",
+                r.cpus, r.memory_mib
+            ));
+        }
+        if was_paused {
+            view.warnings.push(
+                "the VM was paused: that saved state was replaced by the checkpoint's".into(),
+            );
+        }
+        view.warnings.extend(self.guest_after_load(&r));
+        view.warnings.extend(self.apply_url(&e, true));
+        Ok(view)
+    }
+
+    /// `fcm checkpoint rm`.
+    pub fn delete_checkpoint(&self, vm: &str, cp: &str) -> Result<CheckpointView, ManagerError> {
+        let _in_flight = self.begin()?;
+        let (_, e) = self.resolve(vm)?;
+        let _op = lock(&e.op);
+        let r = lock(&e.rec).clone();
+        let (cp_dir, meta) = self.find_checkpoint(&r, cp)?;
+        let view = Self::checkpoint_view(&r, &cp_dir, &meta);
+        // Out of sight in one rename; recovery removes a `.tmp-*` left behind.
+        let trash = self
+            .checkpoints_dir(&r.id)
+            .join(format!(".tmp-{}", meta.id));
+        fs::rename(&cp_dir, &trash)
+            .and_then(|_| fs::remove_dir_all(&trash))
+            .map_err(|err| {
+                Self::failed(&r, "checkpoint rm", format!("{}: {err}", cp_dir.display()))
+            })?;
+        Ok(view)
+    }
+}
