@@ -105,7 +105,7 @@ impl ManagerError {
             }
             Self::WrongState {
                 name,
-                wanted: "running",
+                wanted: "running" | "running or paused",
                 ..
             } => Some(format!("start it with: fcm start {name}")),
             Self::WrongState {
