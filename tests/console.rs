@@ -170,7 +170,11 @@ impl Drop for Outer<'_> {
 
 /// `fcm <args>` in the namespace with extra environment, killed if it
 /// runs longer than a minute (an attach that unexpectedly succeeds).
+/// `fcm <args>` with its standard input on a terminal (a pty of the
+/// test's), as a user's console would be: `console` and `attach` refuse to
+/// run without one.
 fn run_env(f: &Fcm, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let (_master, slave) = fcm::host::pty::open(80, 24).expect("pty");
     let mut c = f.ns.cmd("env");
     c.args(["-u", "FCM_TOKEN", "-u", "FCM_HOST", "-u", "FCM_STREAM"])
         .arg(format!("HOME={}", f.home().display()))
@@ -181,7 +185,7 @@ fn run_env(f: &Fcm, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut child = c
         .arg(fcm_bin())
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(slave))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
