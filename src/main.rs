@@ -13,6 +13,16 @@ fn main() {
     }
     let cli = Cli::parse();
     let (message, hint) = match cli.command {
+        Cmd::Daemon(args) if args.print_fingerprint => match (*args).into_config() {
+            Err(e) => (fcm::error::chain(&e), None),
+            Ok(cfg) => match fcm::daemon::fingerprint(&cfg) {
+                Ok(fp) => {
+                    println!("{fp}");
+                    return;
+                }
+                Err(e) => (fcm::error::chain(&e), e.hint()),
+            },
+        },
         Cmd::Daemon(args) => match (*args).into_config() {
             Err(e) => (fcm::error::chain(&e), None),
             Ok(cfg) => match fcm::daemon::run(cfg) {

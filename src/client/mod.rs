@@ -7,11 +7,15 @@
 //! | `vms` | create, ls, stop, start, destroy |
 //! | `ssh` | ssh (the user's own ssh, pinned host key) |
 //! | `sessions` | console, attach, sessions, kill |
+//!
+//! `trust` pins the daemon's TLS certificate (known_daemons) for both the
+//! API client and the console.
 
 pub mod api;
 pub mod console;
 mod sessions;
 mod ssh;
+pub mod trust;
 mod vms;
 
 use std::io::Write;
