@@ -252,7 +252,7 @@ impl DaemonConfig {
 
     /// The daemon's TLS certificate and key live here.
     pub fn tls_dir(&self) -> PathBuf {
-        self.state_dir.join("tls")
+        self.state_dir.join(".tls")
     }
 
     /// Whether both ports speak TLS; `Err` names a port that would carry

@@ -1,5 +1,5 @@
 //! The daemon's TLS identity: a self-signed certificate made on first run
-//! and kept in `<state>/tls/` (`cert.pem` 0644, `key.pem` 0600, the
+//! and kept in `<state>/.tls/` (`cert.pem` 0644, `key.pem` 0600, the
 //! directory 0700), and the rustls server configuration both ports use.
 //! Clients pin the certificate's fingerprint (`wire::tls::fingerprint`),
 //! so its names do not matter; it names `localhost`, the host name and
