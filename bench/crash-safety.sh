@@ -43,13 +43,8 @@ TMP=$(mktemp -d /var/tmp/fcm-bench-crash.XXXXXX)
 WT=$TMP/base-src
 declare -A DAEMON_PID=()
 
-kill_ours() {
-	local pid=$1
-	[ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 0
-	if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$TMP"; then
-		kill -9 "$pid" 2>/dev/null || true
-	fi
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 cleanup() {
 	local rc=$?
@@ -58,11 +53,7 @@ cleanup() {
 		kill "${DAEMON_PID[$k]}" 2>/dev/null
 		wait "${DAEMON_PID[$k]}" 2>/dev/null
 	done
-	for f in $(grep -laF "$TMP" /proc/[0-9]*/cmdline 2>/dev/null); do
-		p=${f#/proc/}
-		p=${p%/cmdline}
-		[ "$p" = $$ ] || kill_ours "$p"
-	done
+	kill_all_ours
 	for k in base new; do ip netns del "fcmcs-$k-$TAG" 2>/dev/null; done
 	git -C "$ROOT" worktree remove --force "$WT" 2>/dev/null
 	rm -rf "$TMP"
@@ -86,7 +77,9 @@ start_daemon() {
 	ip -n "$ns" link set lo up
 	mkdir -p "$TMP/$kind/home/.ssh"
 	ssh-keygen -q -t ed25519 -N '' -f "$TMP/$kind/home/.ssh/id_ed25519"
-	ip netns exec "$ns" "$bin" daemon --state-dir "$TMP/$kind/state" \
+	# A short stop deadline: guests stopped while still booting are killed.
+	echo '{"stop_timeout_secs": 3}' >"$TMP/$kind/fcm.json"
+	ip netns exec "$ns" "$bin" daemon --config "$TMP/$kind/fcm.json" --state-dir "$TMP/$kind/state" \
 		--kernel "$ASSETS/vmlinux.bin" --initrd "$ASSETS/initrd.img" \
 		--rootfs "$ASSETS/base-rootfs.img" --backend qemu --no-caddy \
 		>"$TMP/$kind/daemon.log" 2>&1 &

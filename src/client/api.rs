@@ -25,6 +25,8 @@ pub enum ClientError {
     },
     #[error("no API token found")]
     NoToken,
+    #[error("the token file {path} can be read by others (mode {mode:o}); refusing to use it")]
+    TokenTooOpen { path: String, mode: u32 },
     #[error("unexpected response from the daemon: {0}")]
     Protocol(String),
     #[error(
@@ -61,6 +63,7 @@ impl ClientError {
             Self::NoToken => Some(format!(
                 "set FCM_TOKEN, or copy the daemon's token: sudo cat {DEFAULT_STATE_DIR}/.token > ~/.fcm-token"
             )),
+            Self::TokenTooOpen { path, .. } => Some(format!("make it private: chmod 600 {path}")),
             Self::Protocol(_) => None,
             Self::CertChanged {
                 presented,
@@ -210,12 +213,34 @@ pub fn load_token() -> Result<String, ClientError> {
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         candidates.push(state.join(".token"));
     }
-    candidates
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| t.trim().to_owned())
-        .find(|t| !t.is_empty())
-        .ok_or(ClientError::NoToken)
+    for p in &candidates {
+        let Ok(t) = std::fs::read_to_string(p) else {
+            continue;
+        };
+        let t = t.trim();
+        if t.is_empty() {
+            continue;
+        }
+        check_private(p)?;
+        return Ok(t.to_owned());
+    }
+    Err(ClientError::NoToken)
+}
+
+/// A token file that others can read is refused: the token is the
+/// daemon's root.
+fn check_private(path: &std::path::Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    if mode & 0o077 != 0 {
+        return Err(ClientError::TokenTooOpen {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 pub struct Client {
@@ -272,6 +297,101 @@ impl Client {
         self.call("DELETE", path, None::<&()>)
     }
 
+    /// A POST that may take up to `timeout` (exec), instead of the agent's read timeout.
+    pub fn post_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let req = self.request("POST", path).timeout(timeout);
+        self.answer(req.send_json(body))
+    }
+
+    /// A GET whose answer is raw bytes: (length if known, reader).
+    pub fn get_bytes(
+        &self,
+        path: &str,
+    ) -> Result<(Option<u64>, Box<dyn std::io::Read + Send + Sync>), ClientError> {
+        let resp = self.request("GET", path).call();
+        if let Some(e) = self.pinned(&resp) {
+            return Err(e);
+        }
+        match resp {
+            Ok(r) => {
+                let len = r.header("Content-Length").and_then(|l| l.parse().ok());
+                Ok((len, r.into_reader()))
+            }
+            Err(e) => Err(Self::failure(e, &self.base)),
+        }
+    }
+
+    /// A PUT of raw bytes streamed from `body`; the answer is JSON.
+    pub fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: impl std::io::Read,
+    ) -> Result<T, ClientError> {
+        let req = self
+            .request("PUT", path)
+            .set("Content-Type", "application/octet-stream");
+        self.answer(req.send(body))
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent
+            .request(method, &format!("{}{}", self.base, path))
+            .set("Authorization", &format!("Bearer {}", self.token))
+    }
+
+    /// Over TLS: a connection refused for its certificate is explained
+    /// (changed, or not the one given); one that got through pins it.
+    fn pinned(&self, resp: &Result<ureq::Response, ureq::Error>) -> Option<ClientError> {
+        let t = self.trust.as_ref()?;
+        match resp {
+            Err(ureq::Error::Transport(_)) => t.failure(),
+            _ => {
+                t.commit();
+                None
+            }
+        }
+    }
+
+    fn answer<T: DeserializeOwned>(
+        &self,
+        resp: Result<ureq::Response, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        if let Some(e) = self.pinned(&resp) {
+            return Err(e);
+        }
+        match resp {
+            Ok(r) => r
+                .into_json()
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+            Err(e) => Err(Self::failure(e, &self.base)),
+        }
+    }
+
+    fn failure(e: ureq::Error, base: &str) -> ClientError {
+        match e {
+            ureq::Error::Status(status, r) => {
+                let (message, hint) = match r.into_json::<ErrorBody>() {
+                    Ok(e) => (e.error, e.hint),
+                    Err(_) => (format!("HTTP {status}"), None),
+                };
+                ClientError::Api {
+                    status,
+                    message,
+                    hint,
+                }
+            }
+            ureq::Error::Transport(t) => ClientError::Connect {
+                url: base.to_owned(),
+                message: t.to_string(),
+            },
+        }
+    }
+
     /// One request; an error answer becomes [`ClientError::Api`] with the
     /// daemon's message and hint.
     fn call<B: Serialize, T: DeserializeOwned>(
@@ -280,45 +400,12 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let req = self
-            .agent
-            .request(method, &url)
-            .set("Authorization", &format!("Bearer {}", self.token));
+        let req = self.request(method, path);
         let resp = match body {
             Some(b) => req.send_json(b),
             None => req.call(),
         };
-        if let Some(t) = &self.trust {
-            match &resp {
-                Err(ureq::Error::Transport(_)) => {
-                    if let Some(e) = t.failure() {
-                        return Err(e);
-                    }
-                }
-                _ => t.commit(),
-            }
-        }
-        match resp {
-            Ok(r) => r
-                .into_json()
-                .map_err(|e| ClientError::Protocol(e.to_string())),
-            Err(ureq::Error::Status(status, r)) => {
-                let (message, hint) = match r.into_json::<ErrorBody>() {
-                    Ok(e) => (e.error, e.hint),
-                    Err(_) => (format!("HTTP {status}"), None),
-                };
-                Err(ClientError::Api {
-                    status,
-                    message,
-                    hint,
-                })
-            }
-            Err(ureq::Error::Transport(t)) => Err(ClientError::Connect {
-                url: self.base.clone(),
-                message: t.to_string(),
-            }),
-        }
+        self.answer(resp)
     }
 }
 

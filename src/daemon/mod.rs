@@ -13,12 +13,14 @@
 //! | `lifecycle` | VM states and the transitions every operation goes through |
 //! | `store` | the per-VM record `<state>/<id>/config.json` |
 //! | `sessions` | tmux sessions in guests; attached-stream registry |
+//! | `guest` | exec, files and archives in a running guest over the daemon's SSH |
 //! | `stream` | the terminal-stream server (port 7778) |
 
 pub mod api;
 pub mod auth;
 pub mod fault;
 pub mod gate;
+pub mod guest;
 pub mod http;
 pub mod lifecycle;
 pub mod manager;
@@ -205,6 +207,11 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let use_tls = cfg.tls_active().map_err(DaemonError::PlainBeyondLoopback)?;
     let sd = cfg.state_dir.clone();
     fs::create_dir_all(&sd).map_err(|source| DaemonError::StateDir {
+        path: sd.display().to_string(),
+        source,
+    })?;
+    // Nothing of the state dir is anyone else's business.
+    host::set_mode(&sd, 0o700).map_err(|source| DaemonError::StateDir {
         path: sd.display().to_string(),
         source,
     })?;

@@ -63,9 +63,22 @@ pub fn ensure_keypair(path: &Path, comment: &str) -> Result<String, HostError> {
         })
 }
 
-/// Options for a non-interactive SSH from the daemon into a guest.
+/// Options for a non-interactive SSH from the daemon into a guest: no
+/// config file (root's `~/.ssh/config` must not change what fcm does), no
+/// agent or X11 forwarding and no forwardings at all (the guest is
+/// untrusted), the daemon's key only, and the guest's pinned host key.
 pub fn daemon_ssh_args(key: &Path, known_hosts: &Path, ip: Ipv4Addr) -> Vec<String> {
     vec![
+        "-F".into(),
+        "none".into(),
+        "-a".into(),
+        "-x".into(),
+        "-o".into(),
+        "ClearAllForwardings=yes".into(),
+        "-o".into(),
+        "PermitLocalCommand=no".into(),
+        "-o".into(),
+        "UpdateHostKeys=no".into(),
         "-i".into(),
         key.display().to_string(),
         "-o".into(),
@@ -77,11 +90,37 @@ pub fn daemon_ssh_args(key: &Path, known_hosts: &Path, ip: Ipv4Addr) -> Vec<Stri
         "-o".into(),
         format!("UserKnownHostsFile={}", known_hosts.display()),
         "-o".into(),
-        "ConnectTimeout=5".into(),
+        // Includes the banner exchange, which a busy TCG guest can take
+        // seconds over; every caller has its own overall deadline.
+        "ConnectTimeout=15".into(),
         "-o".into(),
         "LogLevel=ERROR".into(),
         format!("root@{ip}"),
     ]
+}
+
+/// Quotes one word for a POSIX shell: `'…'`, with each `'` written as
+/// `'\''`. Whatever the text holds, the remote shell sees one literal word.
+pub fn shell_quote(word: &str) -> String {
+    let mut s = String::with_capacity(word.len() + 2);
+    s.push('\'');
+    for c in word.chars() {
+        if c == '\'' {
+            s.push_str("'\\''");
+        } else {
+            s.push(c);
+        }
+    }
+    s.push('\'');
+    s
+}
+
+/// A remote command line that runs `argv` exactly: every element quoted.
+pub fn remote_command<S: AsRef<str>>(argv: &[S]) -> String {
+    argv.iter()
+        .map(|a| shell_quote(a.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A known_hosts line pinning `host_key` (`ssh-ed25519 AAAA... comment`) for `ip`.
@@ -114,6 +153,48 @@ pub fn wait_ready(ip: Ipv4Addr, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoting_survives_a_real_shell() {
+        let nasty = [
+            "plain",
+            "",
+            "it's",
+            "$(reboot)",
+            "`id`",
+            "a b\tc\nd",
+            "'; rm -rf / #",
+            "\\'\"",
+            "-n",
+            "*",
+        ];
+        let line = format!("printf '%s\\0' {}", remote_command(&nasty));
+        let out = host::run("sh", ["-c", line.as_str()]).expect("sh");
+        let got: Vec<&str> = out.split('\0').collect();
+        assert_eq!(&got[..nasty.len()], &nasty[..]);
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn the_daemon_ssh_reads_no_config_and_forwards_nothing() {
+        let a = daemon_ssh_args(
+            Path::new("/k"),
+            Path::new("/kh"),
+            Ipv4Addr::new(172, 16, 0, 50),
+        );
+        let joined = a.join(" ");
+        assert!(joined.starts_with("-F none -a -x "), "{joined}");
+        for opt in [
+            "ClearAllForwardings=yes",
+            "StrictHostKeyChecking=yes",
+            "UserKnownHostsFile=/kh",
+            "IdentitiesOnly=yes",
+            "BatchMode=yes",
+        ] {
+            assert!(a.iter().any(|x| x == opt), "{opt} missing: {joined}");
+        }
+        assert_eq!(a.last().map(String::as_str), Some("root@172.16.0.50"));
+    }
 
     #[test]
     fn a_lost_public_key_is_derived_never_replaced() {

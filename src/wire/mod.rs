@@ -7,7 +7,9 @@
 //! ends of a TLS connection share (fingerprints, deadlines, a split stream).
 
 pub mod api;
+pub mod size;
 pub mod stream;
+pub mod text;
 pub mod tls;
 
 /// Where the daemon keeps its state (and its token) by default.

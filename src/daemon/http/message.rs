@@ -10,7 +10,7 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers in one request.
 pub const MAX_HEADERS: usize = 64;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Head {
     pub method: String,
     pub target: String,
@@ -303,10 +303,17 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// A whole JSON response, `Connection: close`.
-pub fn response(status: u16, json: &[u8]) -> Vec<u8> {
+/// A whole JSON response, `Connection: close`; `allow` is a 405's `Allow`.
+pub fn response(status: u16, json: &[u8], allow: Option<&str>) -> Vec<u8> {
+    let allow = allow
+        .filter(|a| {
+            a.bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b',' || b == b' ')
+        })
+        .map(|a| format!("Allow: {a}\r\n"))
+        .unwrap_or_default();
     let mut v = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         reason(status),
         json.len()
     )
@@ -402,7 +409,9 @@ mod tests {
 
     #[test]
     fn responses_say_close() {
-        let r = String::from_utf8(response(404, b"{}")).expect("utf8");
+        let r = String::from_utf8(response(405, b"{}", Some("GET, POST"))).expect("utf8");
+        assert!(r.contains("\r\nAllow: GET, POST\r\n"), "{r}");
+        let r = String::from_utf8(response(404, b"{}", None)).expect("utf8");
         assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r}");
         assert!(
             r.contains("Content-Length: 2\r\nConnection: close\r\n\r\n{}"),

@@ -9,7 +9,9 @@
 //!   handshake included (`limits.http_pre_auth_secs`), then one for the
 //!   body ([`BODY_DEADLINE`]) and one for the response ([`WRITE_DEADLINE`]);
 //! - at most [`message::MAX_HEAD`] bytes and [`message::MAX_HEADERS`]
-//!   headers, a body of at most `api::MAX_BODY` (413 above);
+//!   headers, a JSON body of at most the route's limit (`api::MAX_BODY`,
+//!   exec 12 MiB; 413 above); file transfers are streamed both ways, each
+//!   read and write within [`STREAM_IDLE`];
 //! - one request per connection (`Connection: close`);
 //! - a thread per connection until its request is authorised and read,
 //!   then a fixed pool of [`WORKERS`] runs it, fed by a bounded queue (503
@@ -19,8 +21,9 @@
 //! module only moves bytes. TLS (rustls) when the daemon's ports speak it.
 
 mod message;
+mod transfer;
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
-use super::api::{self, ApiError, MAX_BODY, Route};
+use super::api::{self, Answer, ApiError, Route};
 use super::auth::{TOKEN_HINT, bearer, token_matches};
 use super::gate::{Authed, Gate, GateLimits, PreAuth};
 use super::lock;
@@ -37,14 +40,20 @@ use super::manager::Manager;
 use super::sessions::Sessions;
 use crate::config::Limits;
 use crate::wire::tls::{DeadlineStream, handshake};
-use message::{read_body, read_head, response};
+use message::{Head, read_body, read_head, response};
+use transfer::{BodyReader, write_stream};
 
 /// Requests run at once.
 pub const WORKERS: usize = 16;
 /// Time an authorised client has to send its body.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
-/// Time a client has to take the response.
+/// Time a client has to take a JSON response.
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+/// File transfers have no overall deadline: each read or write of theirs
+/// must move within this.
+const STREAM_IDLE: Duration = Duration::from_secs(60);
+/// How much of a refused upload is read (and dropped) before answering.
+const STREAM_DRAIN_MAX: u64 = 16 << 20;
 /// After an early answer, how long unread input is drained so that the
 /// close does not reset the connection before the answer is read.
 const LINGER: Duration = Duration::from_secs(1);
@@ -83,10 +92,16 @@ impl Transport for StreamOwned<ServerConnection, DeadlineStream> {
 struct Job {
     io: Box<dyn Transport>,
     route: Route,
-    body: Vec<u8>,
+    body: Body,
     method: String,
     target: String,
     _slot: Authed,
+}
+
+/// A JSON body read whole, or a streamed one still on the connection.
+enum Body {
+    Whole(Vec<u8>),
+    Stream { head: Head, early: Vec<u8> },
 }
 
 /// What every connection thread needs.
@@ -167,49 +182,87 @@ pub fn serve(
 fn work(jobs: &Mutex<Receiver<Job>>, m: &Manager, s: &Sessions) {
     loop {
         let job = lock(jobs).recv();
-        let Ok(mut job) = job else {
+        let Ok(job) = job else {
             return;
         };
-        // A panicking handler answers 500 and its worker lives on.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            api::handle(
-                m,
-                s,
-                std::mem::replace(&mut job.route, Route::Health),
-                &job.body,
-            )
-        }))
-        .unwrap_or_else(|_| {
-            Err(ApiError::new(
-                500,
-                "internal error: the daemon hit a bug handling this request (see its log)",
-            ))
-        });
-        let bytes = match result {
-            Ok(r) => {
-                let mut data = r.body.to_string().into_bytes();
-                data.push(b'\n');
-                response(r.status, &data)
-            }
-            Err(e) => {
-                if e.status >= 500 {
-                    eprintln!("fcm daemon: {} {}: {}", job.method, job.target, e.message);
-                }
-                error_response(&e)
-            }
-        };
-        job.io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
-        // The client may have gone away; nothing to do about it.
-        let _ = job.io.write_all(&bytes);
-        job.io.close_tls();
-        let _ = job.io.socket().shutdown(Shutdown::Both);
+        run(job, m, s);
     }
+}
+
+/// Runs a handler; a panic in it answers 500 and the worker lives on.
+fn guarded(f: impl FnOnce() -> Result<Answer, ApiError>) -> Result<Answer, ApiError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(ApiError::new(
+            500,
+            "internal error: the daemon hit a bug handling this request (see its log)",
+        ))
+    })
+}
+
+fn run(job: Job, m: &Manager, s: &Sessions) {
+    let Job {
+        mut io,
+        route,
+        body,
+        method,
+        target,
+        _slot,
+    } = job;
+    let result = match body {
+        Body::Whole(body) => guarded(|| api::handle(m, s, route, &body).map(Answer::Json)),
+        Body::Stream { head, early } => {
+            io.set_deadline(None);
+            let _ = io.socket().set_read_timeout(Some(STREAM_IDLE));
+            match BodyReader::new(&mut io, &head, early) {
+                Err((status, message)) => Err(ApiError::new(status, message)),
+                Ok(mut reader) => {
+                    let answer = guarded(|| api::stream(m, route, &mut reader));
+                    if answer.is_err() {
+                        // Refused before the upload was read: read a bounded
+                        // part of it, so that a client still sending can
+                        // read the answer.
+                        let _ =
+                            io::copy(&mut (&mut reader).take(STREAM_DRAIN_MAX), &mut io::sink());
+                    }
+                    answer
+                }
+            }
+        }
+    };
+    match result {
+        Ok(Answer::Json(r)) => {
+            let mut data = r.body.to_string().into_bytes();
+            data.push(b'\n');
+            io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
+            // The client may have gone away; nothing to do about it.
+            let _ = io.write_all(&response(r.status, &data, None));
+        }
+        Ok(Answer::Bytes {
+            content_type,
+            length,
+            mut body,
+        }) => {
+            io.set_deadline(None);
+            let _ = io.socket().set_write_timeout(Some(STREAM_IDLE));
+            // A client that goes away mid-transfer ends it; nothing to report.
+            let _ = write_stream(&mut io, content_type, length, &mut *body);
+        }
+        Err(e) => {
+            if e.status >= 500 {
+                eprintln!("fcm daemon: {method} {target}: {}", e.message);
+            }
+            io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
+            let _ = io.write_all(&error_response(&e));
+        }
+    }
+    io.close_tls();
+    let _ = io.socket().shutdown(Shutdown::Both);
 }
 
 fn error_response(e: &ApiError) -> Vec<u8> {
     let mut data = e.body().to_string().into_bytes();
     data.push(b'\n');
-    response(e.status, &data)
+    response(e.status, &data, e.allow.as_deref())
 }
 
 /// Answers early (an error before the request was whole), then closes
@@ -332,10 +385,19 @@ fn connection(conn: TcpStream, slot: PreAuth, ctx: &Ctx) {
             );
         }
     };
-    io.set_deadline(Some(Instant::now() + BODY_DEADLINE));
-    let body = match read_body(&mut io, &head, early, MAX_BODY) {
-        Ok(b) => b,
-        Err((status, message)) => return early_answer(&mut io, ApiError::new(status, message)),
+    let body = if route.streams() {
+        Body::Stream {
+            head: Head::clone(&head),
+            early,
+        }
+    } else {
+        io.set_deadline(Some(Instant::now() + BODY_DEADLINE));
+        match read_body(&mut io, &head, early, route.body_limit()) {
+            Ok(b) => Body::Whole(b),
+            Err((status, message)) => {
+                return early_answer(&mut io, ApiError::new(status, message));
+            }
+        }
     };
     let job = Job {
         io,

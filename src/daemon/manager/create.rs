@@ -19,8 +19,8 @@ use crate::host::{self, network, ssh};
 use crate::names::{VmId, VmName};
 use crate::wire::api::{CreateRequest, Expose, VmView};
 
-const CPUS_MAX: u8 = 32;
-const MEMORY_RANGE: std::ops::RangeInclusive<u32> = 64..=262_144;
+pub(super) const CPUS_MAX: u8 = 32;
+pub(super) const MEMORY_RANGE: std::ops::RangeInclusive<u32> = 64..=262_144;
 const KEY_MAX: usize = 16 * 1024;
 
 impl Manager {
@@ -48,12 +48,18 @@ impl Manager {
             .transpose()?;
         let backend = self.backend;
         self.check_prerequisites(backend)?;
+        let disk_bytes = self.disk_size(req.disk, None)?;
 
         // Reserve id, name and address while holding the table lock.
         let entry;
         let rec;
         {
             let mut vms = lock(&self.vms);
+            if let Some(max) = self.cfg.max_vms
+                && vms.len() >= max as usize
+            {
+                return Err(ManagerError::TooManyVms(max));
+            }
             let taken = |n: &VmName| vms.values().any(|e| &e.name == n);
             let name = match wanted_name {
                 Some(n) if taken(&n) => return Err(ManagerError::NameTaken(n.to_string())),
@@ -92,6 +98,7 @@ impl Manager {
                     .unwrap_or(0),
                 pid: None,
                 host_key: None,
+                disk_bytes: Some(disk_bytes),
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)
@@ -145,6 +152,9 @@ impl Manager {
         let rootfs = dir.join("rootfs.img");
         disk::copy_rootfs(&self.cfg.asset(&self.cfg.rootfs), &rootfs)
             .map_err(|e| step("copy rootfs")(&e))?;
+        if let Some(bytes) = rec.disk_bytes {
+            disk::grow(&rootfs, bytes).map_err(|e| step("size the disk")(&e))?;
+        }
         fault::crash_point("create:after-copy");
         let host_key_path = dir.join("ssh_host_ed25519_key");
         let host_pub = ssh::ensure_keypair(&host_key_path, &format!("fcm-{}", rec.id))

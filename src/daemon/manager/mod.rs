@@ -7,14 +7,20 @@
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
 //! | `ops.rs` | stop, start, destroy |
 //! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
+//! | `resize.rs` | resize a stopped VM (disk, vCPUs, memory); disk size rules |
+//! | `logs.rs` | reading the console log |
 //!
 //! Locking: `vms` is held only briefly (lookups, reserving names and
 //! addresses); each VM has its own operation lock, so a slow create or stop
 //! never blocks listing or operating on other VMs.
 
 mod create;
+mod logs;
 mod ops;
 mod recover;
+mod resize;
+
+pub use logs::LOG_CHUNK_MAX;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -54,6 +60,8 @@ pub enum ManagerError {
     },
     #[error("a VM named {0} already exists")]
     NameTaken(String),
+    #[error("the daemon's limit of {0} VMs is reached")]
+    TooManyVms(u32),
     #[error("invalid request: {0}")]
     BadRequest(String),
     #[error("{what} not found at {path}")]
@@ -98,6 +106,10 @@ impl ManagerError {
                 "nothing can be done with it but remove it: fcm destroy {id}"
             )),
             Self::ShuttingDown => Some("try again once the daemon is back".into()),
+            Self::TooManyVms(_) => Some(
+                "destroy a VM (fcm ls, fcm destroy <vm>), or raise max_vms in the daemon config"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -497,6 +509,7 @@ fn broken_view(id: &VmId, reason: &str) -> VmView {
         backend: "unknown".into(),
         cpus: 0,
         memory_mib: 0,
+        disk_bytes: None,
         mac: String::new(),
         tap: id.tap_name(),
         created_at: 0,
