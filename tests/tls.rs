@@ -108,10 +108,20 @@ fn printed_fingerprints(f: &Fcm) -> Vec<String> {
         .collect()
 }
 
+/// Runs argv on a pty (consoles need a terminal); exits with its status.
+const ON_A_PTY: &str =
+    "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))";
+
 /// The real `fcm` CLI in the client's namespace, as a remote user: its own
-/// home, the token in FCM_TOKEN, no state dir.
+/// home, the token in FCM_TOKEN, no state dir; `attach` on a pty.
 fn remote(c: &Netns, home: &Path, token: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = c.cmd("env");
+    let mut cmd = if args.first() == Some(&"attach") {
+        let mut p = c.cmd("python3");
+        p.args(["-c", ON_A_PTY, "env"]);
+        p
+    } else {
+        c.cmd("env")
+    };
     cmd.args([
         "-u",
         "FCM_HOST",
