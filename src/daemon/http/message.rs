@@ -69,11 +69,12 @@ impl HeadError {
         match self {
             Self::Closed | Self::Io => None,
             Self::Timeout => Some((408, "the request headers did not arrive in time".into())),
+            // 400 rather than 414/431: the API documents 400 for bad input.
             Self::TooLarge => Some((
-                431,
-                format!("the request headers are larger than {MAX_HEAD} bytes"),
+                400,
+                format!("the request line and headers are larger than {MAX_HEAD} bytes"),
             )),
-            Self::TooManyHeaders => Some((431, format!("more than {MAX_HEADERS} headers"))),
+            Self::TooManyHeaders => Some((400, format!("more than {MAX_HEADERS} headers"))),
             Self::Malformed(m) => Some((400, format!("malformed HTTP request: {m}"))),
         }
     }
@@ -295,7 +296,6 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         409 => "Conflict",
         413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",

@@ -9,7 +9,7 @@
 //!   handshake included (`limits.http_pre_auth_secs`), then one for the
 //!   body ([`BODY_DEADLINE`]) and one for the response ([`WRITE_DEADLINE`]);
 //! - at most [`message::MAX_HEAD`] bytes and [`message::MAX_HEADERS`]
-//!   headers, a JSON body of at most the route's limit (`api::MAX_BODY`,
+//!   headers (400 above), a JSON body of at most the route's limit (`api::MAX_BODY`,
 //!   exec 12 MiB; 413 above); file transfers are streamed both ways, each
 //!   read and write within [`STREAM_IDLE`];
 //! - one request per connection (`Connection: close`);
