@@ -443,8 +443,16 @@ mod tests {
     #[test]
     fn processes_are_found_by_program_and_marker() {
         let mut child = Command::new("sleep").arg("29.123").spawn().expect("spawn");
-        let found = find_processes(&["sleep"], "29.123");
-        assert!(found.contains(&child.id()), "{found:?}");
+        // Until the child has exec'd, its command line is still ours.
+        let found = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            let f = find_processes(&["sleep"], "29.123");
+            f.contains(&child.id()).then_some(f)
+        });
+        assert!(
+            found.is_some(),
+            "{:?}",
+            find_processes(&["sleep"], "29.123")
+        );
         assert!(find_processes(&["qemu-system-x86_64"], "29.123").is_empty());
         let _ = child.kill();
         let _ = child.wait();

@@ -411,8 +411,15 @@ impl Manager {
         let kernel = self.cfg.asset(&self.cfg.kernel);
         let initrd = self.initrd();
         let rootfs = dir.join("rootfs.img");
-        // One VMM per disk: the lock is taken here and lives in the VMM.
-        let disk_lock = DiskLock::acquire(&rootfs).map_err(|e| match e {
+        // One VMM per disk: the lock is taken here and lives in the VMM. A
+        // VMM that is exiting (none is found running) gets a moment to let go.
+        let acquire = || match DiskLock::acquire(&rootfs) {
+            Err(DiskLockError::Busy { .. }) if vmm::find_vmms(&dir).is_empty() => None,
+            other => Some(other),
+        };
+        let taken = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), acquire)
+            .unwrap_or_else(|| DiskLock::acquire(&rootfs));
+        let disk_lock = taken.map_err(|e| match e {
             DiskLockError::Busy { .. } => {
                 let pids = vmm::find_vmms(&dir);
                 vmm::VmmError::DiskInUse {
