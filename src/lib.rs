@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod disk;
+pub mod firewall;
 pub mod host;
 pub mod names;
 pub mod network;
