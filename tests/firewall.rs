@@ -26,6 +26,9 @@ const IP_A: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 50);
 const IP_B: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 51);
 const TAP_A: &str = "tap_aaaaaaaa";
 const TAP_B: &str = "tap_bbbbbbbb";
+/// Addresses in the "internet" namespace, in each denied range.
+const FAR_PRIVATE: [&str; 4] = ["10.1.2.3", "172.20.0.1", "192.168.1.1", "100.64.0.1"];
+const FAR_LINK_LOCAL: &str = "169.254.1.1";
 
 /// A TCP server that answers any request with an HTTP response whose body is
 /// `<name> <peer address>`. argv: address port name.
@@ -178,6 +181,11 @@ impl Lab {
             &["ip", "addr", "add", "fd00::1/64", "dev", "fcm0", "nodad"],
             &["ip", "link", "set", "fcm0", "up"],
             &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            // A plain host: bridged frames skip the IP hooks (see below for
+            // hosts where br_netfilter is on, as with Docker).
+            &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"],
+            &["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=0"],
+            &["sysctl", "-qw", "net.bridge.bridge-nf-call-arptables=0"],
             &["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"],
             &[
                 "ip", "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns",
@@ -192,6 +200,14 @@ impl Lab {
         let i = lab.inet.clone();
         lab.ok(&i, &["ip", "addr", "add", "198.18.0.1/24", "dev", "eth0"]);
         lab.ok(&i, &["ip", "link", "set", "eth0", "up"]);
+        // Beyond the host (its default route): private and link-local
+        // destinations, served by the same "internet" server.
+        for addr in FAR_PRIVATE.iter().chain([&FAR_LINK_LOCAL]) {
+            lab.ok(
+                &i,
+                &["ip", "addr", "add", &format!("{addr}/32"), "dev", "lo"],
+            );
+        }
         // The guests: the host end of each veth is the "tap".
         for (ns, tap, ip, v6) in [
             (lab.a.clone(), TAP_A, IP_A, "fd00::50/64"),
@@ -222,7 +238,7 @@ impl Lab {
         lab.serve(&h, "172.16.0.1", 8080, "host-extra", "172.16.0.1");
         lab.serve(&h, "fd00::1", 7780, "host-v6", "[fd00::1]");
         lab.serve(&h, "169.254.169.254", 80, "metadata", "169.254.169.254");
-        lab.serve(&i, "198.18.0.1", 80, "internet", "198.18.0.1");
+        lab.serve(&i, "0.0.0.0", 80, "internet", "198.18.0.1");
         let (a, b) = (lab.a.clone(), lab.b.clone());
         lab.serve(&b, "172.16.0.51", 8000, "B", "172.16.0.51");
         lab.serve(&a, "172.16.0.50", 22, "A", "172.16.0.50");
@@ -331,6 +347,15 @@ impl Lab {
             .to_owned()
     }
 
+    /// Whether bridged IPv4/IPv6 frames also pass the host's IP hooks.
+    fn set_br_netfilter(&self, on: bool) {
+        let v = u8::from(on);
+        for proto in ["iptables", "ip6tables"] {
+            let kv = format!("net.bridge.bridge-nf-call-{proto}={v}");
+            self.ok(&self.host, &["sysctl", "-qw", &kv]);
+        }
+    }
+
     /// Runs `f` on a thread inside the host namespace, as the daemon would.
     fn in_host<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/run/netns/{}", self.host);
@@ -432,6 +457,13 @@ fn policy_holds_in_namespaces() {
     ] {
         assert_eq!(lab.get(a, url), None, "guest reached {url}");
     }
+    // Nor private or link-local networks beyond the host, which the host
+    // itself reaches.
+    for addr in FAR_PRIVATE.iter().chain([&FAR_LINK_LOCAL]) {
+        let url = format!("http://{addr}/");
+        assert_eq!(lab.get(h, &url).as_deref(), Some("internet 198.18.0.2"));
+        assert_eq!(lab.get(a, &url), None, "guest reached {url}");
+    }
     // The input rules leave the host's other interfaces alone.
     assert_eq!(
         lab.get(i, "http://198.18.0.2:7778/").as_deref(),
@@ -468,6 +500,9 @@ fn policy_holds_in_namespaces() {
         None,
         "nftables alone does not stop A -> B"
     );
+    lab.set_br_netfilter(true);
+    assert_eq!(lab.get(a, b_svc), None, "A reached B with br_netfilter on");
+    lab.set_br_netfilter(false);
     lab.in_host(|| {
         firewall::isolate_port(&p, TAP_A).expect("isolate a");
         firewall::isolate_port(&p, TAP_B).expect("isolate b");
@@ -513,8 +548,25 @@ fn policy_holds_in_namespaces() {
         a,
         &["ip", "route", "replace", "default", "via", "172.16.0.1"],
     );
-    // A takes B's MAC: dropped before the bridge learns it.
+    // A takes B's MAC (and knows the gateway's, so it sends IP at once):
+    // dropped before the bridge learns it.
+    let gw_mac = lab.ok(h, &["cat", "/sys/class/net/fcm0/address"]);
     lab.ok(a, &["ip", "link", "set", "eth0", "address", &mac_b]);
+    lab.ok(
+        a,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "172.16.0.1",
+            "lladdr",
+            gw_mac.trim(),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
     assert_eq!(lab.get(a, internet), None, "A got out with B's MAC");
     let fdb = lab.ok(h, &["bridge", "fdb", "show", "br", "fcm0"]);
     for line in fdb.lines().filter(|l| l.starts_with(&mac_b)) {
@@ -525,6 +577,7 @@ fn policy_holds_in_namespaces() {
     }
     assert_eq!(lab.get(h, b_svc).as_deref(), Some("B 172.16.0.1"));
     lab.ok(a, &["ip", "link", "set", "eth0", "address", &mac_a]);
+    lab.ok(a, &["ip", "neigh", "flush", "dev", "eth0", "nud", "all"]);
     assert_eq!(lab.get(a, internet).as_deref(), Some("internet 198.18.0.2"));
 
     // apply is idempotent; per-VM removal leaves nothing behind and cuts
@@ -548,10 +601,11 @@ fn policy_holds_in_namespaces() {
     });
     assert_eq!(lab.get(h, b_svc).as_deref(), Some("B 172.16.0.1"));
 
-    // The opt-ins: guest to guest, one host port.
+    // The opt-ins: guest to guest, one host port, private ranges.
     let open = params(NetworkPolicy {
         allow_guest_to_guest: true,
         allow_host_ports: vec![8080],
+        allow_private_ranges: true,
         ..Default::default()
     });
     lab.in_host(|| {
@@ -560,12 +614,21 @@ fn policy_holds_in_namespaces() {
         firewall::isolate_port(&open, TAP_B).expect("unisolate b");
     });
     assert_eq!(lab.get(a, b_svc).as_deref(), Some("B 172.16.0.50"));
+    lab.set_br_netfilter(true);
+    assert_eq!(lab.get(a, b_svc).as_deref(), Some("B 172.16.0.50"));
+    lab.set_br_netfilter(false);
     assert_eq!(
         lab.get(a, "http://172.16.0.1:8080/").as_deref(),
         Some("host-extra 172.16.0.50")
     );
     assert_eq!(lab.get(a, "http://172.16.0.1:7778/"), None);
     assert_eq!(lab.get(a, "http://169.254.169.254/"), None);
+    for addr in FAR_PRIVATE {
+        let url = format!("http://{addr}/");
+        assert_eq!(lab.get(a, &url).as_deref(), Some("internet 198.18.0.2"));
+    }
+    let url = format!("http://{FAR_LINK_LOCAL}/");
+    assert_eq!(lab.get(a, &url), None, "link-local is never allowed");
 
     // Teardown leaves the namespace's ruleset empty.
     lab.in_host(|| firewall::teardown(&open).expect("teardown"));
