@@ -6,6 +6,7 @@
 //! | `process` | running programs (never a shell), signals, liveness, bounded waits |
 //! | `fs` | atomic writes, file locks |
 //! | `pty` | pseudo-terminals for the console's `ssh -tt` |
+//! | `firewall` | the network policy: guests isolated from the host, each other, metadata; anti-spoofing |
 //! | `network` | the bridge, `tap_<id>` devices, fcm's nftables table, addresses |
 //! | `disk` | per-VM rootfs copies and files written into an image |
 //! | `disk_lock` | one VMM per disk: a kernel lock the VMM itself holds |
@@ -16,6 +17,7 @@
 pub mod caddy;
 pub mod disk;
 pub mod disk_lock;
+pub mod firewall;
 pub mod fs;
 pub mod network;
 pub mod process;
