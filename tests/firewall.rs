@@ -17,8 +17,8 @@ use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use fcm::firewall::{self, NetworkPolicy, Params, VmPort};
-use fcm::network::mac_for;
+use fcm::host::firewall::{self, NetworkPolicy, Params, VmPort};
+use fcm::host::network::mac_for;
 
 const PYTHON: &str = "/usr/bin/python3";
 const GW: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
