@@ -223,6 +223,7 @@ done
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
+SPEED[nat]=${SPEED[nat]% } SPEED[policy]=${SPEED[policy]% }
 mn=$(median "${SPEED[nat]}") mp=$(median "${SPEED[policy]}")
 range() { tr ' ' '\n' <<<"$1" | grep . | sort -n | sed -n '1p;$p' | tr '\n' ' '; }
 read -r nlo nhi <<<"$(range "${SPEED[nat]}")"
@@ -242,7 +243,7 @@ TABLE=$(
 EOF
 )
 echo "$TABLE"
-echo "raw MiB/s: nat ${SPEED[nat]}/ policy ${SPEED[policy]}" >&2
+echo "raw MiB/s: nat ${SPEED[nat]} / policy ${SPEED[policy]}" >&2
 
 if [ "$WRITE_DOC" = 1 ]; then
 	SECTION=$(
@@ -261,7 +262,7 @@ policy, loaded by hand, with the policy's tables deleted and isolation off.
 
 $TABLE
 
-Raw (MiB/s): plain NAT ${SPEED[nat]}/ policy ${SPEED[policy]}. $VERDICT
+Raw (MiB/s): plain NAT ${SPEED[nat]} / policy ${SPEED[policy]}. $VERDICT
 <!-- network-policy:end -->
 EOF
 	)

@@ -7,7 +7,7 @@
 //! | `fs` | atomic writes, file locks |
 //! | `pty` | pseudo-terminals for the console's `ssh -tt` |
 //! | `firewall` | the network policy: guests isolated from the host, each other, metadata; anti-spoofing |
-//! | `network` | the bridge, `tap_<id>` devices, fcm's nftables table, addresses |
+//! | `network` | the bridge, `tap_<id>` devices with their policy rules, addresses |
 //! | `disk` | per-VM rootfs copies and files written into an image |
 //! | `disk_lock` | one VMM per disk: a kernel lock the VMM itself holds |
 //! | `vmm` | the VMM backends: Firecracker and QEMU |
