@@ -86,7 +86,9 @@ start_daemon() {
 	ip -n "$ns" link set lo up
 	mkdir -p "$TMP/$kind/home/.ssh"
 	ssh-keygen -q -t ed25519 -N '' -f "$TMP/$kind/home/.ssh/id_ed25519"
-	ip netns exec "$ns" "$bin" daemon --state-dir "$TMP/$kind/state" \
+	# A short stop deadline: guests stopped while still booting are killed.
+	echo '{"stop_timeout_secs": 3}' >"$TMP/$kind/fcm.json"
+	ip netns exec "$ns" "$bin" daemon --config "$TMP/$kind/fcm.json" --state-dir "$TMP/$kind/state" \
 		--kernel "$ASSETS/vmlinux.bin" --initrd "$ASSETS/initrd.img" \
 		--rootfs "$ASSETS/base-rootfs.img" --backend qemu --no-caddy \
 		>"$TMP/$kind/daemon.log" 2>&1 &

@@ -25,9 +25,10 @@ fn main() {
             Err(f) => (f.message, f.hint),
         },
     };
-    eprintln!("error: {message}");
+    // The message may quote a guest: print no control sequence of it.
+    eprintln!("error: {}", fcm::wire::text::printable(&message));
     if let Some(h) = hint {
-        eprintln!("hint: {h}");
+        eprintln!("hint: {}", fcm::wire::text::printable(&h));
     }
     std::process::exit(1);
 }

@@ -696,3 +696,53 @@ fn terminal_port_refuses_bad_handshakes_and_leaks_nothing() {
     o.wait_screen(&w, "still-42-here", 20);
     eprintln!("raw test took {:?}", t0.elapsed());
 }
+
+#[test]
+fn text_from_a_guest_reaches_no_terminal_with_its_control_sequences() {
+    if !e2e_ready() {
+        return;
+    }
+    let f = Fcm::start("guesttext", &[]);
+    let vm = f.create(&["--name", "hostile"]);
+    assert_eq!(vm["state"], "running");
+    // A hostile guest controls its own tmux: this one answers the
+    // daemon's listing with a command name that is an escape sequence (it
+    // would retitle the user's window and clear the screen).
+    let setup = r#"mv /usr/bin/tmux /usr/bin/tmux.real && cat > /usr/bin/tmux <<'EOS'
+#!/bin/sh
+if [ "$1" = list-panes ]; then
+  printf 'evil|1700000000|0|]0;owned[2Jboom|11
+'
+  exit 0
+fi
+exec /usr/bin/tmux.real "$@"
+EOS
+chmod 755 /usr/bin/tmux && tmux list-panes -a -F x | od -An -tx1 | head -2"#;
+    let out = f.ssh("hostile", setup);
+    let od = text(&out);
+    assert!(
+        out.status.success() && od.contains("1b"),
+        "the guest's tmux does not print raw escapes: {od}"
+    );
+    let table = f.run(&["sessions", "hostile"]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let all = [table.stdout.as_slice(), table.stderr.as_slice()].concat();
+    assert!(
+        !all.iter().any(|b| *b == 0x1b || *b == 0x07),
+        "control bytes reached the terminal: {:?}",
+        String::from_utf8_lossy(&all)
+    );
+    let shown = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(shown.contains("evil") && shown.contains("boom"), "{shown}");
+    // The JSON API carries it stripped too.
+    let json = f.run(&["sessions", "hostile", "--json"]);
+    assert!(
+        !json.stdout.contains(&0x1b),
+        "{:?}",
+        String::from_utf8_lossy(&json.stdout)
+    );
+}

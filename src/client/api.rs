@@ -23,6 +23,8 @@ pub enum ClientError {
     },
     #[error("no API token found")]
     NoToken,
+    #[error("the token file {path} can be read by others (mode {mode:o}); refusing to use it")]
+    TokenTooOpen { path: String, mode: u32 },
     #[error("unexpected response from the daemon: {0}")]
     Protocol(String),
 }
@@ -37,6 +39,7 @@ impl ClientError {
             Self::NoToken => Some(format!(
                 "set FCM_TOKEN, or copy the daemon's token: sudo cat {DEFAULT_STATE_DIR}/.token > ~/.fcm-token"
             )),
+            Self::TokenTooOpen { path, .. } => Some(format!("make it private: chmod 600 {path}")),
             Self::Protocol(_) => None,
         }
     }
@@ -125,12 +128,34 @@ pub fn load_token() -> Result<String, ClientError> {
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         candidates.push(state.join(".token"));
     }
-    candidates
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| t.trim().to_owned())
-        .find(|t| !t.is_empty())
-        .ok_or(ClientError::NoToken)
+    for p in &candidates {
+        let Ok(t) = std::fs::read_to_string(p) else {
+            continue;
+        };
+        let t = t.trim();
+        if t.is_empty() {
+            continue;
+        }
+        check_private(p)?;
+        return Ok(t.to_owned());
+    }
+    Err(ClientError::NoToken)
+}
+
+/// A token file that others can read is refused: the token is the
+/// daemon's root.
+fn check_private(path: &std::path::Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    if mode & 0o077 != 0 {
+        return Err(ClientError::TokenTooOpen {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 pub struct Client {

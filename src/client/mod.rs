@@ -18,6 +18,7 @@ use std::io::Write;
 
 use crate::cli::Cmd;
 use crate::error::chain;
+use crate::wire::text::printable;
 pub use api::{Client, ClientError};
 use console::ConsoleError;
 
@@ -79,7 +80,7 @@ pub(crate) fn out_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
 /// Prints the daemon's warnings on stderr.
 pub(crate) fn warnings(list: &[String]) {
     for w in list {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", printable(w));
     }
 }
 

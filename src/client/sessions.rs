@@ -3,6 +3,7 @@
 use super::api::{Client, seg};
 use super::{Failure, console, format_time, out, out_json};
 use crate::wire::api::{SessionInfo, SessionRequest};
+use crate::wire::text::printable;
 
 pub(super) fn console(vm: &str, new: bool) -> Result<(), Failure> {
     let c = Client::from_env()?;
@@ -47,7 +48,7 @@ pub(super) fn list(vm: &str, json: bool) -> Result<(), Failure> {
             x.id,
             format_time(x.created),
             x.attached,
-            x.command
+            printable(&x.command)
         ));
     }
     Ok(())

@@ -12,10 +12,22 @@ use crate::host;
 pub const TOKEN_HINT: &str = "set FCM_TOKEN or copy the daemon's <state>/.token to ~/.fcm-token";
 
 /// Reads or creates the API token (32 random alphanumerics, mode 0600).
+/// An existing token file that others can read is refused.
 pub fn ensure_token(path: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
     if let Ok(t) = fs::read_to_string(path) {
         let t = t.trim().to_owned();
         if !t.is_empty() {
+            let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the token file can be read by others (mode {mode:o}); make it private: chmod 600 {}",
+                        path.display()
+                    ),
+                ));
+            }
             return Ok(t);
         }
     }
@@ -62,6 +74,17 @@ mod tests {
         assert_eq!(bearer(Some("bearer  xyz ")), Some("xyz"));
         assert_eq!(bearer(Some("Basic xyz")), None);
         assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join(".token");
+        ensure_token(&p).expect("token");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = ensure_token(&p).expect_err("too open");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
     }
 
     #[test]

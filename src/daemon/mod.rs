@@ -191,6 +191,11 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         path: sd.display().to_string(),
         source,
     })?;
+    // Nothing of the state dir is anyone else's business.
+    host::set_mode(&sd, 0o700).map_err(|source| DaemonError::StateDir {
+        path: sd.display().to_string(),
+        source,
+    })?;
     let _lock = take_lock(&sd)?;
     let token = auth::ensure_token(&cfg.token_path()).map_err(|source| DaemonError::StateDir {
         path: cfg.token_path().display().to_string(),

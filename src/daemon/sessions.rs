@@ -15,6 +15,7 @@ use super::store::VmRecord;
 use crate::host::{self, HostError, Signal, ssh};
 use crate::names::{NameError, SessionId};
 use crate::wire::api::SessionInfo;
+use crate::wire::text::printable;
 
 /// How long one tmux command in the guest may take (connect included).
 pub const GUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -332,7 +333,7 @@ fn parse_sessions(out: &str) -> Vec<SessionInfo> {
             id: (*name).to_owned(),
             created: created.parse().unwrap_or(0),
             attached: attached.parse().unwrap_or(0),
-            command: (*command).to_owned(),
+            command: printable(command),
         };
         match v.iter_mut().find(|s| s.id == info.id) {
             Some(s) if *active == "11" => *s = info,

@@ -63,9 +63,22 @@ pub fn ensure_keypair(path: &Path, comment: &str) -> Result<String, HostError> {
         })
 }
 
-/// Options for a non-interactive SSH from the daemon into a guest.
+/// Options for a non-interactive SSH from the daemon into a guest: no
+/// config file (root's `~/.ssh/config` must not change what fcm does), no
+/// agent or X11 forwarding and no forwardings at all (the guest is
+/// untrusted), the daemon's key only, and the guest's pinned host key.
 pub fn daemon_ssh_args(key: &Path, known_hosts: &Path, ip: Ipv4Addr) -> Vec<String> {
     vec![
+        "-F".into(),
+        "none".into(),
+        "-a".into(),
+        "-x".into(),
+        "-o".into(),
+        "ClearAllForwardings=yes".into(),
+        "-o".into(),
+        "PermitLocalCommand=no".into(),
+        "-o".into(),
+        "UpdateHostKeys=no".into(),
         "-i".into(),
         key.display().to_string(),
         "-o".into(),
@@ -114,6 +127,27 @@ pub fn wait_ready(ip: Ipv4Addr, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemon_ssh_reads_no_config_and_forwards_nothing() {
+        let a = daemon_ssh_args(
+            Path::new("/k"),
+            Path::new("/kh"),
+            Ipv4Addr::new(172, 16, 0, 50),
+        );
+        let joined = a.join(" ");
+        assert!(joined.starts_with("-F none -a -x "), "{joined}");
+        for opt in [
+            "ClearAllForwardings=yes",
+            "StrictHostKeyChecking=yes",
+            "UserKnownHostsFile=/kh",
+            "IdentitiesOnly=yes",
+            "BatchMode=yes",
+        ] {
+            assert!(a.iter().any(|x| x == opt), "{opt} missing: {joined}");
+        }
+        assert_eq!(a.last().map(String::as_str), Some("root@172.16.0.50"));
+    }
 
     #[test]
     fn a_lost_public_key_is_derived_never_replaced() {

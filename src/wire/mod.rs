@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod stream;
+pub mod text;
 
 /// Where the daemon keeps its state (and its token) by default.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/firecracker";

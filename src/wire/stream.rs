@@ -50,12 +50,16 @@ pub struct HandshakeReply {
 }
 
 impl HandshakeReply {
+    /// A refusal; its text is made [`printable`](super::text::printable)
+    /// (it may quote what a guest printed).
     pub fn refusal(error: String, hint: Option<String>) -> Self {
         Self {
             ok: false,
             session: None,
-            error: Some(error),
-            hint: hint.filter(|h| !h.is_empty()),
+            error: Some(super::text::printable(&error)),
+            hint: hint
+                .filter(|h| !h.is_empty())
+                .map(|h| super::text::printable(&h)),
         }
     }
 

@@ -378,7 +378,10 @@ impl Caddy {
     /// Caddy is certainly not running. Anything less certain is `None`.
     fn admin_refused(&self) -> Option<io::Error> {
         use std::net::{TcpStream, ToSocketAddrs};
-        if !self.cfg.reload_command.is_empty() {
+        // A custom reload may not go through the admin endpoint; a missing
+        // binary is reported as such by the ordinary path.
+        if !self.cfg.reload_command.is_empty() || host::find_program(&self.cfg.caddy_bin).is_none()
+        {
             return None;
         }
         let addrs: Vec<_> = self.cfg.admin.to_socket_addrs().ok()?.collect();

@@ -3,6 +3,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -150,6 +151,7 @@ impl Vmm for Firecracker {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(spec.console_log())
             .map_err(VmmError::Io)?;
         let log2 = log.try_clone().map_err(VmmError::Io)?;

@@ -201,6 +201,16 @@ impl Vmm for Qemu {
         })?;
         let pidfile = spec.dir.join(PIDFILE);
         let _ = fs::remove_file(&pidfile);
+        // QEMU appends to an existing log and keeps its mode: 0600.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(spec.console_log())
+                .map_err(VmmError::Io)?;
+        }
         // With -daemonize QEMU returns once the machine is set up (tap opened,
         // disk opened), so its exit status reports configuration errors.
         let args = Self::args(spec);
