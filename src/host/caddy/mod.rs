@@ -63,8 +63,12 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+mod public_ip;
 mod site;
 
+use public_ip::detect_public_ip;
+#[cfg(test)]
+use public_ip::parse_route_src;
 use site::{SiteState, check_domain, import_line, render_site, with_import_line};
 
 pub use crate::config::CaddyConfig;
@@ -516,35 +520,6 @@ impl Caddy {
         })?;
         Ok(())
     }
-}
-
-/// The `src` address of `ip -4 route get 1.1.1.1`: the address this host would
-/// send from. Only asks the kernel's routing table.
-fn detect_public_ip() -> Result<Ipv4Addr, String> {
-    let args = [
-        OsStr::new("-4"),
-        "route".as_ref(),
-        "get".as_ref(),
-        ROUTE_PROBE.as_ref(),
-    ];
-    match run_bounded(Path::new("ip"), &args, ROUTE_TIMEOUT) {
-        Ok(out) => parse_route_src(&out)
-            .ok_or_else(|| format!("no source address in `ip route get`: {}", out.trim())),
-        Err(HostError::Failed { stderr, .. }) if !stderr.is_empty() => {
-            Err(format!("no route: {stderr}"))
-        }
-        Err(e) => Err(format!("route lookup failed: {e}")),
-    }
-}
-
-fn parse_route_src(out: &str) -> Option<Ipv4Addr> {
-    let mut words = out.split_whitespace();
-    while let Some(word) = words.next() {
-        if word == "src" {
-            return words.next()?.parse().ok();
-        }
-    }
-    None
 }
 
 /// Whether `caddy reload` failed because nothing listens on the admin address.
