@@ -195,9 +195,42 @@ fn ns_ok(ns: &Netns, argv: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The `fcm` CLI of the test's user. The API listens beyond loopback here,
+/// so it speaks TLS (the daemon's certificate is pinned on first use).
+fn cli(f: &Fcm) -> Command {
+    let mut c = f.ns.cmd("env");
+    c.args([
+        "-u",
+        "FCM_TOKEN",
+        "-u",
+        "FCM_STREAM",
+        "-u",
+        "FCM_FINGERPRINT",
+    ])
+    .arg(format!("HOME={}", f.home().display()))
+    .arg(format!("FCM_STATE_DIR={}", f.state().display()))
+    .arg("FCM_HOST=https://127.0.0.1:7777")
+    .arg(common::fcm_bin());
+    c
+}
+
+/// `fcm create --json --name <name>` (waits for SSH).
+fn create(f: &Fcm, name: &str) -> serde_json::Value {
+    let mut c = cli(f);
+    c.args(["create", "--json", "--name", name]);
+    let out = run_for(c, 240);
+    assert!(
+        out.status.success(),
+        "fcm create {name} failed: {}\n--- daemon log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(f.log()).unwrap_or_default()
+    );
+    serde_json::from_slice(&out.stdout).expect("create --json output")
+}
+
 /// `fcm ssh <vm> -- <script>` with a deadline: (success, stdout).
 fn guest(f: &Fcm, vm: &str, script: &str) -> (bool, String) {
-    let mut c = f.cli();
+    let mut c = cli(f);
     c.args(["ssh", vm, "--", script]);
     let out = run_for(c, 40);
     (
@@ -307,8 +340,8 @@ fn internet(f: &Fcm) -> Netns {
 }
 
 /// The daemon config: Caddy (from the harness), the API and the stream on
-/// every address (so that, without the policy, a guest reaches both), and
-/// the network policy given.
+/// every address (so that, without the policy, a guest reaches both; they
+/// speak TLS then), and the network policy given.
 fn config(caddy_cfg: &Path, dir: &Path, file: &str, policy: serde_json::Value) -> PathBuf {
     let mut cfg: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(caddy_cfg).expect("config")).expect("json");
@@ -537,8 +570,8 @@ fn a_hostile_guest_reaches_the_internet_and_nothing_of_ours() {
     let _caddy = start_caddy(&f, &caddyfile, tmp.path());
 
     // Two guests, booted under the policy.
-    let a = Vm::of(&f.create(&["--name", "hostile-a"]));
-    let b = Vm::of(&f.create(&["--name", "hostile-b"]));
+    let a = Vm::of(&create(&f, "hostile-a"));
+    let b = Vm::of(&create(&f, "hostile-b"));
     for v in [&a, &b] {
         let ok = wait_for(Duration::from_secs(30), || {
             guest(
