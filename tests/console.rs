@@ -22,10 +22,9 @@ fn text(o: &Output) -> String {
 }
 
 /// `fcm <args>` in the namespace with extra environment, killed if it
-/// runs longer than a minute (an attach that unexpectedly succeeds).
-/// `fcm <args>` with its standard input on a terminal (a pty of the
-/// test's), as a user's console would be: `console` and `attach` refuse to
-/// run without one.
+/// runs longer than a minute (an attach that unexpectedly succeeds), its
+/// standard input on a terminal (a pty of the test's) as a user's console
+/// would be: `console` and `attach` refuse to run without one.
 fn run_env(f: &Fcm, env: &[(&str, &str)], args: &[&str]) -> Output {
     let (_master, slave) = fcm::host::pty::open(80, 24).expect("pty");
     let mut c = f.ns.cmd("env");
