@@ -125,7 +125,7 @@ impl Manager {
         self.check_prerequisites(r.backend)?;
         self.record(&e, &mut r, VmState::Starting, "start")?;
         fault::crash_point("start:after-record");
-        let launched = network::create_tap(&self.cfg, &r.id)
+        let launched = network::create_tap(&self.cfg, &r.nic())
             .map_err(|err| chain(&err))
             .and_then(|_| {
                 fault::crash_point("start:after-tap");
@@ -220,7 +220,7 @@ impl Manager {
             self.kill(pid, &dir);
         }
         let mut errors = Vec::new();
-        if let Err(err) = network::delete_tap(&id.tap_name()) {
+        if let Err(err) = network::delete_tap(&self.cfg, &id.tap_name()) {
             errors.push(chain(&err));
         }
         errors.extend(self.remove_dir(&id));

@@ -185,7 +185,7 @@ impl Manager {
         fault::crash_point("resume:after-record");
         let dir = self.dir(&r.id);
         let vmm = self.vmm_for(r.backend);
-        let launched = network::create_tap(&self.cfg, &r.id)
+        let launched = network::create_tap(&self.cfg, &r.nic())
             .map_err(|err| chain(&err))
             .and_then(|_| {
                 fault::crash_point("resume:after-tap");
