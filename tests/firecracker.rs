@@ -217,6 +217,8 @@ fn firecracker_snapshot_api_pauses_saves_exits_and_loads_on_the_same_tap() {
     }
     assert!(paused, "pause never succeeded");
     assert_eq!(f.vm(&name)["state"], "paused");
+    // (An exiting process can linger a moment as it frees its memory.)
+    let _ = wait_for(Duration::from_secs(5), || (!is_alive(pid)).then_some(()));
     assert!(
         !is_alive(pid),
         "Firecracker (pid {pid}) still runs after pause"

@@ -153,6 +153,12 @@ impl Manager {
         fault::crash_point("pause:after-save");
         // The state is safe: the VMM (its guest stopped) may go.
         self.kill_vmms(&r);
+        // Paused means the VMM is gone, its memory freed: its last threads
+        // hold the disk lock until then.
+        let rootfs = dir.join("rootfs.img");
+        let _ = host::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            (!crate::host::disk_lock::in_use(&rootfs)).then_some(())
+        });
         fault::crash_point("pause:after-exit");
         let errors = self.release_runtime(&r);
         r.pid = None;
