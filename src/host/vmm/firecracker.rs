@@ -1,9 +1,16 @@
-//! The Firecracker backend: spawn the binary with its API socket in the VM
-//! dir, configure the guest through the API, InstanceStart.
+//! The Firecracker backend: configure the guest through the API socket,
+//! InstanceStart.
+//!
+//! By default Firecracker runs under its jailer: a chroot at
+//! `<vm dir>/jail/firecracker/<id>/root` holding the guest's kernel, initrd
+//! and disk (hard links), the VM's own uid and gid, a new mount namespace,
+//! Firecracker's default seccomp filters, and the VM's cgroup (entered
+//! before the jailer execs). Its API socket is then inside the chroot.
+//! Without the jailer, Firecracker runs as root with its socket in the VM dir.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,11 +28,13 @@ pub const PIDFILE: &str = "firecracker.pid";
 
 pub struct Firecracker {
     bin: PathBuf,
+    /// The jailer binary, when Firecracker runs jailed.
+    jailer: Option<PathBuf>,
 }
 
 impl Firecracker {
-    pub fn new(bin: PathBuf) -> Self {
-        Self { bin }
+    pub fn new(bin: PathBuf, jailer: Option<PathBuf>) -> Self {
+        Self { bin, jailer }
     }
 }
 
@@ -38,8 +47,7 @@ pub fn api_call(
     path: &str,
     body: &serde_json::Value,
 ) -> Result<(u16, String), String> {
-    let mut s =
-        UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    let mut s = connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
     let timeout = Some(Duration::from_secs(5));
     s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
     s.set_write_timeout(timeout).map_err(|e| e.to_string())?;
@@ -141,13 +149,15 @@ impl Vmm for Firecracker {
         &[SOCKET, PIDFILE]
     }
 
+    fn runtime_dirs(&self) -> &'static [&'static str] {
+        &[JAIL]
+    }
+
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<u32, VmmError> {
         let bin = host::find_program(&self.bin).ok_or_else(|| VmmError::MissingBinary {
             program: "firecracker",
             path: self.bin.clone(),
         })?;
-        let socket = spec.dir.join(SOCKET);
-        let _ = fs::remove_file(&socket);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -155,20 +165,65 @@ impl Vmm for Firecracker {
             .open(spec.console_log())
             .map_err(VmmError::Io)?;
         let log2 = log.try_clone().map_err(VmmError::Io)?;
-        let mut cmd = Command::new(&bin);
-        spec.disk_lock.pass_to(&mut cmd);
+        // Where the VMM finds its socket and files, and how it is started.
+        let (mut cmd, socket, files) = match &self.jailer {
+            Some(jailer) => {
+                let jailer = host::find_program(jailer).ok_or_else(|| VmmError::MissingBinary {
+                    program: "jailer",
+                    path: jailer.clone(),
+                })?;
+                let root = build_jail(&bin, spec)?;
+                let (uid, gid) = spec.user;
+                let mut cmd = Command::new(jailer);
+                cmd.arg("--id")
+                    .arg(spec.id)
+                    .arg("--exec-file")
+                    .arg(&bin)
+                    .arg("--uid")
+                    .arg(uid.to_string())
+                    .arg("--gid")
+                    .arg(gid.to_string())
+                    .arg("--chroot-base-dir")
+                    .arg(spec.dir.join(JAIL))
+                    .arg("--")
+                    .arg("--api-sock")
+                    .arg(format!("/{SOCKET}"));
+                let files = GuestFiles {
+                    kernel: PathBuf::from(JAIL_KERNEL),
+                    initrd: spec.initrd.map(|_| PathBuf::from(JAIL_INITRD)),
+                    rootfs: PathBuf::from(JAIL_ROOTFS),
+                };
+                (cmd, root.join(SOCKET), files)
+            }
+            None => {
+                let socket = spec.dir.join(SOCKET);
+                let _ = fs::remove_file(&socket);
+                let mut cmd = Command::new(&bin);
+                spec.disk_lock.pass_to(&mut cmd);
+                cmd.arg("--api-sock").arg(&socket).arg("--id").arg(spec.id);
+                let files = GuestFiles {
+                    kernel: spec.kernel.to_owned(),
+                    initrd: spec.initrd.map(Path::to_owned),
+                    rootfs: spec.rootfs.to_owned(),
+                };
+                (cmd, socket, files)
+            }
+        };
+        if let Some(cg) = spec.cgroup {
+            cg.join_on_exec(&mut cmd);
+        }
         let mut child = cmd
-            .arg("--api-sock")
-            .arg(&socket)
-            .arg("--id")
-            .arg(spec.id)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .process_group(0)
             .spawn()
             .map_err(|source| VmmError::Spawn {
-                program: "firecracker",
+                program: if self.jailer.is_some() {
+                    "jailer"
+                } else {
+                    "firecracker"
+                },
                 source,
             })?;
         let pid = child.id();
@@ -176,14 +231,14 @@ impl Vmm for Firecracker {
             host::signal(pid, host::Signal::KILL);
             e
         };
-        host::write_atomic(&spec.dir.join(PIDFILE), pid.to_string().as_bytes(), 0o644)
+        host::write_atomic(&spec.dir.join(PIDFILE), pid.to_string().as_bytes(), 0o600)
             .map_err(|e| kill(VmmError::Io(e)))?;
         // Reap the child whenever it exits, so it never lingers as a zombie.
         std::thread::spawn(move || {
             let _ = child.wait();
         });
         let ready = host::wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
-            UnixStream::connect(&socket).ok()
+            connect(&socket).ok()
         });
         if ready.is_none() {
             return Err(kill(VmmError::NotReady {
@@ -192,49 +247,215 @@ impl Vmm for Firecracker {
             }));
         }
         let mut boot = json!({
-            "kernel_image_path": spec.kernel,
+            "kernel_image_path": files.kernel,
             "boot_args": format!("{} pci=off", spec.cmdline),
         });
-        if let Some(initrd) = spec.initrd {
+        if let Some(initrd) = &files.initrd {
             boot["initrd_path"] = json!(initrd);
         }
-        let steps: [(&'static str, String, serde_json::Value); 5] = [
-            ("boot-source", "/boot-source".into(), boot),
-            (
-                "drives",
-                "/drives/rootfs".into(),
-                json!({"drive_id": "rootfs", "path_on_host": spec.rootfs, "is_root_device": true, "is_read_only": false}),
-            ),
+        put(&socket, "boot-source", "/boot-source", boot).map_err(kill)?;
+        put(
+            &socket,
+            "drives",
+            "/drives/rootfs",
+            json!({"drive_id": "rootfs", "path_on_host": files.rootfs, "is_root_device": true, "is_read_only": false}),
+        )
+        .map_err(kill)?;
+        if self.jailer.is_some() {
+            // The jailer closed the inherited lock; Firecracker has now
+            // opened the disk itself: the lock moves into its descriptor.
+            spec.disk_lock
+                .hand_to(pid, spec.rootfs)
+                .map_err(|e| kill(e.into()))?;
+        }
+        let steps: [(&'static str, &str, serde_json::Value); 3] = [
             (
                 "machine-config",
-                "/machine-config".into(),
+                "/machine-config",
                 json!({"vcpu_count": spec.cpus, "mem_size_mib": spec.memory_mib}),
             ),
             (
                 "network-interfaces",
-                "/network-interfaces/eth0".into(),
+                "/network-interfaces/eth0",
                 json!({"iface_id": "eth0", "guest_mac": spec.mac, "host_dev_name": spec.tap}),
             ),
             (
                 "InstanceStart",
-                "/actions".into(),
+                "/actions",
                 json!({"action_type": "InstanceStart"}),
             ),
         ];
         for (step, path, body) in steps {
-            put(&socket, step, &path, body).map_err(kill)?;
+            put(&socket, step, path, body).map_err(kill)?;
         }
         Ok(pid)
     }
 
     fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError> {
         put(
-            &dir.join(SOCKET),
+            &api_socket(dir),
             "SendCtrlAltDel",
             "/actions",
             json!({"action_type": "SendCtrlAltDel"}),
         )
     }
+}
+
+/// Paths of the guest's files as the VMM sees them.
+struct GuestFiles {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    rootfs: PathBuf,
+}
+
+/// Names of the guest's files inside the jail.
+const JAIL_KERNEL: &str = "/vmlinux";
+const JAIL_INITRD: &str = "/initrd";
+const JAIL_ROOTFS: &str = "/rootfs.img";
+
+/// The jails' base directory in the VM dir: the jailer builds the chroot
+/// at `jail/<exec file name>/<id>/root`.
+pub const JAIL: &str = "jail";
+
+/// The chroots under the VM dir `dir` (one, unless the Firecracker binary
+/// was renamed between launches).
+pub fn chroots(dir: &Path) -> Vec<PathBuf> {
+    let Some(id) = dir.file_name() else {
+        return Vec::new();
+    };
+    let Ok(rd) = fs::read_dir(dir.join(JAIL)) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path().join(id).join("root"))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// The API socket of the VM in `dir`: inside its jail when it runs jailed.
+pub fn api_socket(dir: &Path) -> PathBuf {
+    chroots(dir)
+        .into_iter()
+        .map(|r| r.join(SOCKET))
+        .find(|s| s.symlink_metadata().is_ok())
+        .unwrap_or_else(|| dir.join(SOCKET))
+}
+
+/// Makes the chroot for a jailed launch, anew: the guest's kernel and
+/// initrd hard-linked (copied, readable by the VM's user only, when they
+/// are on another file system or not world-readable), the disk
+/// hard-linked (the VM dir holds both, so one file system) and owned by the
+/// VM's user. Returns the chroot.
+fn build_jail(bin: &Path, spec: &LaunchSpec<'_>) -> Result<PathBuf, VmmError> {
+    let name = bin
+        .file_name()
+        .filter(|n| n.to_string_lossy().contains("firecracker"))
+        .ok_or_else(|| VmmError::NotReady {
+            program: "jailer",
+            detail: format!(
+                "the jailer runs only a binary whose name contains \"firecracker\" (not {})",
+                bin.display()
+            ),
+        })?;
+    let base = spec.dir.join(JAIL);
+    let root = base.join(name).join(spec.id).join("root");
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| VmmError::Jail { path, source }
+    };
+    // A jail left by an earlier run (its VMM has gone: the disk lock is ours).
+    match fs::remove_dir_all(&base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(&base)(e)),
+    }
+    fs::create_dir_all(&root).map_err(err(&root))?;
+    let (uid, gid) = spec.user;
+    let place = |src: &Path, name: &str| -> Result<(), VmmError> {
+        let dst = root.join(name.trim_start_matches('/'));
+        let world_readable = fs::metadata(src).is_ok_and(|m| m.mode() & 0o004 != 0);
+        if world_readable && fs::hard_link(src, &dst).is_ok() {
+            return Ok(());
+        }
+        fs::copy(src, &dst).map_err(err(&dst))?;
+        std::os::unix::fs::chown(&dst, Some(uid), Some(gid)).map_err(err(&dst))?;
+        host::set_mode(&dst, 0o400).map_err(err(&dst))
+    };
+    place(spec.kernel, JAIL_KERNEL)?;
+    if let Some(initrd) = spec.initrd {
+        place(initrd, JAIL_INITRD)?;
+    }
+    let disk = root.join(JAIL_ROOTFS.trim_start_matches('/'));
+    fs::hard_link(spec.rootfs, &disk).map_err(err(&disk))?;
+    std::os::unix::fs::chown(spec.rootfs, Some(uid), Some(gid)).map_err(err(spec.rootfs))?;
+    host::set_mode(spec.rootfs, 0o600).map_err(err(spec.rootfs))?;
+    Ok(root)
+}
+
+/// Jailed Firecracker processes of the VM dir `dir`: those whose root
+/// directory is the VM's chroot (same device and inode). Their command
+/// line names only the jail id, not the directory.
+pub fn find_jailed(dir: &Path) -> Vec<u32> {
+    let roots: Vec<(u64, u64)> = chroots(dir)
+        .iter()
+        .filter_map(|r| fs::metadata(r).ok().map(|m| (m.dev(), m.ino())))
+        .collect();
+    if roots.is_empty() {
+        return Vec::new();
+    }
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<u32> = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| jailed_root(*pid).is_some_and(|r| roots.contains(&r)))
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// Whether `pid` is a live jailed Firecracker of the VM dir `dir`.
+pub fn is_jailed_in(pid: u32, dir: &Path) -> bool {
+    jailed_root(pid).is_some_and(|r| {
+        chroots(dir)
+            .iter()
+            .filter_map(|c| fs::metadata(c).ok())
+            .any(|m| (m.dev(), m.ino()) == r)
+    })
+}
+
+/// The root directory (device, inode) of `pid` when it is a live
+/// Firecracker process.
+fn jailed_root(pid: u32) -> Option<(u64, u64)> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|b| *b == 0).next()?;
+    let name = argv0.rsplit(|b| *b == b'/').next()?;
+    if !String::from_utf8_lossy(name).contains("firecracker") || !host::process_alive(pid, "") {
+        return None;
+    }
+    let m = fs::metadata(format!("/proc/{pid}/root")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// Connects to an API socket without following a symlink put in its place
+/// (a jailed VMM owns the directory of its socket): the socket is opened
+/// with `O_PATH | O_NOFOLLOW`, checked to be a socket, and connected to
+/// through `/proc/self/fd`.
+fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(socket)?;
+    if !f.metadata()?.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a socket", socket.display()),
+        ));
+    }
+    UnixStream::connect(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
 #[cfg(test)]

@@ -1,9 +1,26 @@
 //! The QEMU backend: `microvm` under TCG, the same kernel, initrd, rootfs,
 //! command line, tap and MAC as Firecracker. A slow fallback for hosts
 //! without usable hardware virtualisation.
+//!
+//! **Least privilege.** QEMU runs as the VM's own uid and gid (never root)
+//! under `-sandbox` with every option QEMU 7.2 has set to deny, in the VM's
+//! cgroup. QEMU 7.2 installs its seccomp filter before `-daemonize` forks
+//! and before `-runas` drops privileges, and the filter forbids both
+//! (`spawn=deny` kills the fork, `elevateprivileges=deny` the setsid and
+//! setuid), so the daemon itself starts QEMU, in its own session, already
+//! as the VM's user. That user can open nothing of the VM's: the state dir
+//! is root's alone. So QEMU is handed descriptors the daemon opened: the
+//! disk (the daemon's locked descriptor, which keeps the one-VMM-per-disk
+//! lock in QEMU), the console log, kernel and initrd, the tap, and the
+//! bound QMP socket. Records stay 0600 root.
 
-use std::fs;
+use std::fs::{self, File};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::Backend;
@@ -15,15 +32,39 @@ pub const QMP: &str = "qmp.sock";
 
 pub struct Qemu {
     bin: PathBuf,
+    /// Run as the VM's user under `-sandbox` (see the module doc).
+    sandbox: bool,
+}
+
+/// QEMU's seccomp sandbox: everything QEMU 7.2 can deny.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The descriptors QEMU is given instead of paths (their numbers, which
+/// stay the same in QEMU).
+#[derive(Debug, Clone, Copy)]
+pub struct Fds {
+    /// The disk, read-write: the daemon's locked descriptor itself.
+    pub disk: RawFd,
+    /// The disk again, read-only (QEMU probes it so before opening it for writing).
+    pub disk_ro: RawFd,
+    pub console: RawFd,
+    pub kernel: RawFd,
+    pub initrd: Option<RawFd>,
+    pub tap: RawFd,
+    /// The QMP socket, bound and listening.
+    pub qmp: RawFd,
 }
 
 impl Qemu {
-    pub fn new(bin: PathBuf) -> Self {
-        Self { bin }
+    pub fn new(bin: PathBuf, sandbox: bool) -> Self {
+        Self { bin, sandbox }
     }
 
-    /// The full argument list; public for the benchmark and tests.
-    pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
+    /// The full argument list; public for the benchmark and tests. QEMU
+    /// opens nothing by name: every file, the tap and the QMP socket are
+    /// descriptors the daemon opened (`-add-fd`'s `opaque` keeps the
+    /// paths in the command line, which is how the VM dir's VMM is found).
+    pub fn args(spec: &LaunchSpec<'_>, fds: &Fds, sandbox: bool) -> Vec<String> {
         let d = |p: &Path| p.display().to_string();
         let mut a: Vec<String> = [
             "-name",
@@ -47,43 +88,49 @@ impl Qemu {
             // and the guest's reboot=k exits QEMU at once.
             "-device",
             "i8042",
+            "-add-fd",
+            &format!("fd={},set=1,opaque={}", fds.disk, d(spec.rootfs)),
+            "-add-fd",
+            &format!("fd={},set=1,opaque={}:ro", fds.disk_ro, d(spec.rootfs)),
+            "-add-fd",
+            &format!("fd={},set=2,opaque={}", fds.console, d(&spec.console_log())),
             "-chardev",
-            &format!("file,id=con,path={},append=on", d(&spec.console_log())),
+            "file,id=con,path=/dev/fdset/2,append=on",
             "-serial",
             "chardev:con",
+            // The kernel loader opens a path: the daemon's descriptor's.
             "-kernel",
-            &d(spec.kernel),
+            &format!("/proc/self/fd/{}", fds.kernel),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        if let Some(initrd) = spec.initrd {
-            a.extend(["-initrd".into(), d(initrd)]);
+        if let Some(initrd) = fds.initrd {
+            a.extend(["-initrd".into(), format!("/proc/self/fd/{initrd}")]);
         }
         a.extend(
             [
                 "-append",
                 &format!("{} {}", spec.cmdline, cmdline_extra()),
                 "-drive",
-                &format!(
-                    "id=root,file={},format=raw,if=none,cache=writeback",
-                    d(spec.rootfs)
-                ),
+                "id=root,file=/dev/fdset/1,format=raw,if=none,cache=writeback",
                 "-device",
                 "virtio-blk-device,drive=root",
                 "-netdev",
-                &format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap),
+                &format!("tap,id=net0,fd={}", fds.tap),
                 "-device",
                 &format!("virtio-net-device,netdev=net0,mac={}", spec.mac),
-                "-qmp",
-                &format!("unix:{},server=on,wait=off", d(&spec.dir.join(QMP))),
-                "-pidfile",
-                &d(&spec.dir.join(PIDFILE)),
-                "-daemonize",
+                "-chardev",
+                &format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
+                "-mon",
+                "chardev=qmp,mode=control",
             ]
             .iter()
             .map(|s| s.to_string()),
         );
+        if sandbox {
+            a.extend(["-sandbox".into(), SANDBOX.into()]);
+        }
         a
     }
 }
@@ -195,51 +242,142 @@ impl Vmm for Qemu {
     }
 
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<u32, VmmError> {
+        const PROGRAM: &str = "qemu-system-x86_64";
         let bin = host::find_program(&self.bin).ok_or_else(|| VmmError::MissingBinary {
-            program: "qemu-system-x86_64",
+            program: PROGRAM,
             path: self.bin.clone(),
         })?;
         let pidfile = spec.dir.join(PIDFILE);
         let _ = fs::remove_file(&pidfile);
-        // QEMU appends to an existing log and keeps its mode: 0600.
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(spec.console_log())
-                .map_err(VmmError::Io)?;
+        let open_ro = |p: &Path| -> Result<File, VmmError> {
+            if self.sandbox && fs::metadata(p).is_ok_and(|m| m.mode() & 0o004 == 0) {
+                return Err(VmmError::NotReady {
+                    program: PROGRAM,
+                    detail: format!(
+                        "{} must be world-readable for QEMU's unprivileged user (chmod 0644 it, \
+                         or turn qemu_sandbox off)",
+                        p.display()
+                    ),
+                });
+            }
+            File::open(p).map_err(VmmError::Io)
+        };
+        let kernel = open_ro(spec.kernel)?;
+        let initrd = spec.initrd.map(open_ro).transpose()?;
+        let disk_ro = File::open(spec.rootfs).map_err(VmmError::Io)?;
+        let console = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(spec.console_log())
+            .map_err(VmmError::Io)?;
+        let logged_before = console.metadata().map(|m| m.len()).unwrap_or(0);
+        let stderr = console.try_clone().map_err(VmmError::Io)?;
+        let tap = host::network::open_tap(spec.tap).map_err(VmmError::Tap)?;
+        let qmp_path = spec.dir.join(QMP);
+        let _ = fs::remove_file(&qmp_path);
+        let qmp_listener = UnixListener::bind(&qmp_path).map_err(VmmError::Io)?;
+        host::set_mode(&qmp_path, 0o600).map_err(VmmError::Io)?;
+        let fds = Fds {
+            disk: spec.disk_lock.file().as_raw_fd(),
+            disk_ro: disk_ro.as_raw_fd(),
+            console: console.as_raw_fd(),
+            kernel: kernel.as_raw_fd(),
+            initrd: initrd.as_ref().map(AsRawFd::as_raw_fd),
+            tap: tap.as_raw_fd(),
+            qmp: qmp_listener.as_raw_fd(),
+        };
+        let args = Self::args(spec, &fds, self.sandbox);
+        let mut cmd = Command::new(&bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // In the child, in this order: enter the cgroups (as root), keep
+        // the descriptors across exec, leave the daemon's session, drop to
+        // the VM's user (QEMU's sandbox forbids it later).
+        if let Some(cg) = spec.cgroup {
+            cg.join_on_exec(&mut cmd);
         }
-        // With -daemonize QEMU returns once the machine is set up (tap opened,
-        // disk opened), so its exit status reports configuration errors.
-        let args = Self::args(spec);
-        let mut cmd = std::process::Command::new(&bin);
-        cmd.args(&args);
         spec.disk_lock.pass_to(&mut cmd);
-        let printable = format!("{} {}", bin.display(), args.join(" "));
-        let o = host::run_command(cmd, printable, None, Some(Duration::from_secs(60)))
-            .map_err(VmmError::Qemu)?;
-        if o.code != Some(0) {
-            return Err(VmmError::Qemu(host::HostError::Failed {
-                cmd: o.cmd,
-                status: o.code.map_or("timed out after 60 s".into(), |c| {
-                    format!("exit status: {c}")
-                }),
-                stderr: o.stderr,
-            }));
+        let inherit: Vec<RawFd> = [fds.disk_ro, fds.console, fds.kernel, fds.tap, fds.qmp]
+            .into_iter()
+            .chain(fds.initrd)
+            .collect();
+        let user = self.sandbox.then_some(spec.user);
+        // SAFETY: between fork and exec the closure only calls fcntl,
+        // setsid, setgroups, setgid and setuid (async-signal-safe) on
+        // values prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &inherit {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags == -1
+                        || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some((uid, gid)) = user
+                    && (libc::setgroups(0, std::ptr::null()) == -1
+                        || libc::setgid(gid) == -1
+                        || libc::setuid(uid) == -1)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-        host::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
-            fs::read_to_string(&pidfile)
-                .ok()?
-                .trim()
-                .parse::<u32>()
-                .ok()
-        })
-        .ok_or_else(|| VmmError::NotReady {
-            program: "qemu-system-x86_64",
-            detail: format!("no pid in {}", pidfile.display()),
-        })
+        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            program: PROGRAM,
+            source,
+        })?;
+        let pid = child.id();
+        // QEMU has its own copies now.
+        drop((kernel, initrd, disk_ro, tap, qmp_listener, console));
+        // Reap the child whenever it exits, so it never lingers as a zombie.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        let kill = |e: VmmError| {
+            host::signal(pid, host::Signal::KILL);
+            e
+        };
+        host::write_atomic(&pidfile, pid.to_string().as_bytes(), 0o600)
+            .map_err(|e| kill(VmmError::Io(e)))?;
+        // Up once QMP answers (the machine is built then); a QEMU that
+        // exits first says why on its stderr, in the console log.
+        let query = serde_json::json!({"execute": "query-status"});
+        let mut last = String::new();
+        let up = host::wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            if !host::process_alive(pid, "") {
+                return Some(false);
+            }
+            match qmp(&qmp_path, &query) {
+                Ok(_) => Some(true),
+                Err(e) => {
+                    last = e;
+                    None
+                }
+            }
+        });
+        match up {
+            Some(true) => Ok(pid),
+            Some(false) => Err(VmmError::NotReady {
+                program: PROGRAM,
+                detail: format!(
+                    "it exited: {}",
+                    log_since(&spec.console_log(), logged_before)
+                ),
+            }),
+            None => Err(kill(VmmError::NotReady {
+                program: PROGRAM,
+                detail: format!("QMP did not answer within 30 s ({last})"),
+            })),
+        }
     }
 
     fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError> {
@@ -258,6 +396,22 @@ impl Vmm for Qemu {
                 detail,
             })
     }
+}
+
+/// What a log gained since it was `from` bytes long (at most 2 KiB, the
+/// end of it), as text.
+fn log_since(log: &Path, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = from.max(len.saturating_sub(2048));
+    let mut buf = Vec::new();
+    let _ = f
+        .seek(SeekFrom::Start(start))
+        .and_then(|_| f.take(2048).read_to_end(&mut buf));
+    String::from_utf8_lossy(&buf).trim().to_owned()
 }
 
 #[cfg(test)]
