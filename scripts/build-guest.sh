@@ -1,32 +1,111 @@
 #!/usr/bin/env bash
 # Build the fcm guest artifacts.
 #
-# usage: scripts/build-guest.sh [OUTDIR]      (default $FCM_ASSETS or /var/lib/firecracker)
+# usage: scripts/build-guest.sh [--suite SUITE] [--packages "PKG..."] [--size SIZE]
+#                               [--force] [OUTDIR]
+#        scripts/build-guest.sh --help
 #
-# Produces, in OUTDIR:
+# Produces, in OUTDIR (default $FCM_ASSETS or /var/lib/firecracker):
 #   vmlinux.bin       ELF kernel, extracted from Debian's cloud kernel package
 #   initrd.img        gzip cpio: busybox-static + virtio modules of that same kernel
-#   base-rootfs.img   sparse ext4 (1 GiB apparent): Debian trixie minbase + sshd,
-#                     tmux, python3, ruby..., busybox init configured from guest/rootfs
+#   base-rootfs.img   sparse ext4 (1 GiB apparent): Debian SUITE (default forky)
+#                     minbase + sshd, tmux, python3, ruby..., busybox init
+#                     configured from guest/rootfs; grows to its disk at boot
 #   kernel-release    the kernel release and package the first two came from
+#   rootfs-release    suite, extra packages and key package versions of the rootfs
 #
-# Cached: an artifact that exists is kept, unless FORCE=1 or its inputs under
-# guest/ changed since it was built here. vmlinux.bin and initrd.img are always
-# built together, so the modules match the kernel. Every artifact is built in
-# a temp dir and renamed into place, so a reader never sees a half-written file.
+# Cached: an artifact that exists is kept, unless FORCE=1 or its inputs (under
+# guest/, the suite, the package lists) changed since it was built here.
+# vmlinux.bin and initrd.img are always built together, so the modules match
+# the kernel. Every artifact is built in a temp dir and renamed into place, so
+# a reader never sees a half-written file.
 #
-# Environment: FORCE=1, FCM_GUEST_SUITE (default trixie), FCM_ROOTFS_SIZE (1G),
+# Environment (the options win): FORCE=1, FCM_GUEST_SUITE (forky),
+# FCM_GUEST_PACKAGES (extra packages, none), FCM_ROOTFS_SIZE (1G),
 # FCM_KERNEL_META (linux-image-cloud-amd64).
 set -euo pipefail
+
+usage() {
+	cat <<'USAGE'
+usage: scripts/build-guest.sh [OPTIONS] [OUTDIR]
+
+Build vmlinux.bin, initrd.img and base-rootfs.img for fcm guests into OUTDIR
+(default: $FCM_ASSETS, else /var/lib/firecracker). Runs as root.
+
+Options:
+  --suite SUITE       Debian suite of the root file system (default: forky, or
+                      $FCM_GUEST_SUITE): e.g. forky (Python 3.14), trixie, sid
+  --packages "P1 P2"  extra Debian packages for the root file system, separated
+                      by spaces or commas; may be given more than once
+                      (default: $FCM_GUEST_PACKAGES, which it replaces)
+  --size SIZE         apparent size of base-rootfs.img (default: 1G, or
+                      $FCM_ROOTFS_SIZE); VMs grow it at boot to their disk size
+  --force             rebuild everything (same as FORCE=1)
+  -h, --help          print this help and exit
+
+An artifact that exists is kept unless its inputs changed: a different suite,
+package list, size or guest/ file rebuilds base-rootfs.img.
+USAGE
+}
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/lib.sh
 . "$SCRIPT_DIR/lib.sh"
 
-OUTDIR=${1:-${FCM_ASSETS:-/var/lib/firecracker}}
 FORCE=${FORCE:-0}
-SUITE=${FCM_GUEST_SUITE:-trixie}
+SUITE=${FCM_GUEST_SUITE:-forky}
+EXTRA_PACKAGES=${FCM_GUEST_PACKAGES:-}
 ROOTFS_SIZE=${FCM_ROOTFS_SIZE:-1G}
+OUTDIR=
+while [ $# -gt 0 ]; do
+	case "$1" in
+		-h | --help) usage; exit 0 ;;
+		--suite) [ $# -ge 2 ] || die "--suite needs a value"; SUITE=$2; shift 2 ;;
+		--suite=*) SUITE=${1#--suite=}; shift ;;
+		--packages | --packages=*)
+			if [ "$1" = --packages ]; then
+				[ $# -ge 2 ] || die "--packages needs a value"
+				v=$2; shift 2
+			else
+				v=${1#--packages=}; shift
+			fi
+			# the first --packages replaces $FCM_GUEST_PACKAGES, later ones add
+			[ -n "${packages_opt:-}" ] || EXTRA_PACKAGES=
+			packages_opt=1
+			EXTRA_PACKAGES="$EXTRA_PACKAGES $v" ;;
+		--size) [ $# -ge 2 ] || die "--size needs a value"; ROOTFS_SIZE=$2; shift 2 ;;
+		--size=*) ROOTFS_SIZE=${1#--size=}; shift ;;
+		--force) FORCE=1; shift ;;
+		--) shift; break ;;
+		-*) usage >&2; die "unknown option $1" ;;
+		*) [ -z "$OUTDIR" ] || die "more than one OUTDIR given ($OUTDIR, $1)"; OUTDIR=$1; shift ;;
+	esac
+done
+if [ $# -gt 0 ]; then # after --
+	if [ -n "$OUTDIR" ] || [ $# -gt 1 ]; then die "more than one OUTDIR given"; fi
+	OUTDIR=$1
+fi
+OUTDIR=${OUTDIR:-${FCM_ASSETS:-/var/lib/firecracker}}
+case "$SUITE" in
+	'' | *[!a-z0-9.-]*) die "invalid suite name '$SUITE'" ;;
+esac
+case "$ROOTFS_SIZE" in
+	[1-9]*[0-9KMGT] | [1-9]*[0-9]) ;;
+	*) die "invalid --size '$ROOTFS_SIZE' (e.g. 1G, 1536M)" ;;
+esac
+# Extra packages: spaces or commas, sorted and deduplicated so that only a
+# different set (not a different order) rebuilds the rootfs.
+set -f # no globbing of the words
+# shellcheck disable=SC2086 # split on purpose
+read -r -a EXTRA_PACKAGES_LIST <<<"$(printf '%s\n' ${EXTRA_PACKAGES//,/ } | LC_ALL=C sort -u | tr '\n' ' ')" || true
+set +f
+for p in "${EXTRA_PACKAGES_LIST[@]}"; do
+	# a name, optionally with apt's =VERSION or /RELEASE
+	case "$p" in
+		[a-z0-9]*) case "$p" in *[!a-z0-9.+:=~/-]*) die "invalid package name '$p'" ;; esac ;;
+		*) die "invalid package name '$p'" ;;
+	esac
+done
 KERNEL_META=${FCM_KERNEL_META:-linux-image-cloud-amd64}
 GUEST_DIR=$(cd "$SCRIPT_DIR/../guest" && pwd)
 
@@ -35,12 +114,23 @@ INITRD_MODULES=(virtio_mmio virtio_blk virtio_net virtio_rng vmw_vsock_virtio_tr
 
 # Packages in the guest, on top of minbase. systemd-standalone-sysusers keeps
 # openssh-server from pulling in all of systemd (the guest uses busybox init).
+# e2fsprogs: resize2fs, with which rc.sh grows / to the size of the disk.
 ROOTFS_PACKAGES=(
 	systemd-standalone-sysusers
 	openssh-server openssh-sftp-server
-	bash busybox-static ca-certificates curl iproute2 procps less vim-tiny
+	bash busybox-static ca-certificates curl iproute2 procps less vim-tiny e2fsprogs
 	tmux python3 python3-pip python3-venv ruby ruby-bundler
+	"${EXTRA_PACKAGES_LIST[@]}"
 )
+
+# Bumped when build_rootfs changes what it does to the tree, so that a cached
+# base-rootfs.img from an older recipe is rebuilt.
+ROOTFS_RECIPE=2
+
+# apt options for the build only (removed from the image afterwards): a
+# testing suite's Release file carries a Valid-Until date, and a mirror that
+# is a frozen snapshot serves it expired. Signatures are still checked.
+BUILD_APTOPTS=('Acquire::Check-Valid-Until "false"')
 
 # dpkg filters for a small image; they stay in the image for later installs too.
 DPKG_FILTERS=(
@@ -78,7 +168,7 @@ inputs_hash() {
 			} | sha256sum | cut -d' ' -f1 ;;
 		rootfs)
 			{
-				echo "$SUITE" "$ROOTFS_SIZE" "${ROOTFS_PACKAGES[*]}" "${DPKG_FILTERS[*]}"
+				echo "$ROOTFS_RECIPE" "$SUITE" "$ROOTFS_SIZE" "${ROOTFS_PACKAGES[*]}" "${DPKG_FILTERS[*]}" "${BUILD_APTOPTS[*]}"
 				(cd "$GUEST_DIR/rootfs" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
 				(cd "$GUEST_DIR/rootfs" && find . -printf '%p %m %y %l\n' | LC_ALL=C sort)
 			} | sha256sum | cut -d' ' -f1 ;;
@@ -93,7 +183,7 @@ needs_build() {
 	[ "$FORCE" = 1 ] && return 0
 	for f in "$@"; do [ -s "$OUTDIR/$f" ] || return 0; done
 	if [ -f "$STAMPS/$name.inputs" ] && [ "$(cat "$STAMPS/$name.inputs")" != "$(inputs_hash "$name")" ]; then
-		log "$name: guest/ sources changed since the last build; rebuilding"
+		log "$name: inputs (guest/ sources, suite, packages or size) changed since the last build; rebuilding"
 		return 0
 	fi
 	return 1
@@ -233,10 +323,21 @@ fi
 build_rootfs() {
 	local r="$WORK/rootfs" out="$OUTDIR/.base-rootfs.img.tmp.$$" opts=() f includes
 	for f in "${DPKG_FILTERS[@]}"; do opts+=("--dpkgopt=$f"); done
+	for f in "${BUILD_APTOPTS[@]}"; do opts+=("--aptopt=$f"); done
 	includes=$(IFS=,; echo "${ROOTFS_PACKAGES[*]}")
 	log "mmdebstrap $SUITE (minbase + $includes); takes about a minute"
 	mmdebstrap --quiet --variant=minbase --include="$includes" "${opts[@]}" \
-		"$SUITE" "$r" >&2 || die "mmdebstrap $SUITE failed"
+		"$SUITE" "$r" >&2 || die "mmdebstrap $SUITE failed (a package in --packages not in $SUITE?)"
+	# The build-only apt options must not stay in the guest's apt configuration.
+	for f in "${BUILD_APTOPTS[@]}"; do
+		grep -vxF "$f;" "$r/etc/apt/apt.conf.d/99mmdebstrap" >"$WORK/99mmdebstrap" || true
+		cat "$WORK/99mmdebstrap" >"$r/etc/apt/apt.conf.d/99mmdebstrap"
+	done
+	[ -s "$r/etc/apt/apt.conf.d/99mmdebstrap" ] || rm -f "$r/etc/apt/apt.conf.d/99mmdebstrap"
+	for f in resize2fs python3 ruby bundle; do
+		[ -x "$r/usr/bin/$f" ] || [ -x "$r/usr/sbin/$f" ] || die "$f is missing from the guest"
+	done
+	rootfs_release "$r" >"$WORK/rootfs-release"
 
 	log "configuring the guest (busybox init, sshd, fcm scripts from guest/rootfs)"
 	# Overlay guest/rootfs, owned by root, without touching existing directories.
@@ -288,8 +389,29 @@ build_rootfs() {
 	publish "$out" base-rootfs.img
 }
 
+# rootfs_release DIR: what the image holds, as KEY=VALUE lines.
+rootfs_release() {
+	local r=$1
+	# shellcheck disable=SC2016 # dpkg-query formats, not shell
+	pkgv() { chroot "$r" dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo none; }
+	echo "ROOTFS_SUITE=$SUITE"
+	echo "ROOTFS_EXTRA_PACKAGES=${EXTRA_PACKAGES_LIST[*]}"
+	echo "PYTHON_VERSION=$(chroot "$r" python3 -c 'import platform; print(platform.python_version())')"
+	echo "PYTHON_PACKAGE_VERSION=$(pkgv python3)"
+	echo "PIP_PACKAGE_VERSION=$(pkgv python3-pip)"
+	echo "RUBY_VERSION=$(chroot "$r" ruby -e 'print RUBY_VERSION')"
+	echo "RUBY_PACKAGE_VERSION=$(pkgv ruby)"
+	echo "BUNDLER_PACKAGE_VERSION=$(pkgv ruby-bundler)"
+	echo "OPENSSH_PACKAGE_VERSION=$(pkgv openssh-server)"
+	echo "E2FSPROGS_PACKAGE_VERSION=$(pkgv e2fsprogs)"
+	# shellcheck disable=SC2016
+	echo "PACKAGE_COUNT=$(chroot "$r" dpkg-query -W -f='${db:Status-Status}\n' | grep -cx installed)"
+}
+
 if needs_build rootfs base-rootfs.img; then
 	build_rootfs
+	mv -f "$WORK/rootfs-release" "$OUTDIR/rootfs-release"
+	sed 's/^/    /' "$OUTDIR/rootfs-release" >&2
 	inputs_hash rootfs >"$STAMPS/rootfs.inputs"
 else
 	log "base-rootfs.img exists; skipping (FORCE=1 rebuilds)"

@@ -2,11 +2,22 @@
 # Boot the fcm guest for real under QEMU (microvm, TCG) inside a throw-away
 # network namespace, and check what fcm relies on:
 #   SSH as root with a key injected by debugfs, the injected host key, tmux,
-#   python3, ruby, the placeholder page on :8000, a clean stop by 'reboot'
-#   (QEMU exits), and that a file written before the stop survives a reboot.
+#   the placeholder page on :8000, a clean stop by 'reboot' (QEMU exits), and
+#   that a file written before the stop survives a reboot;
+#   runtimes: python3 >= $MIN_PYTHON, 'python3 -m venv' + 'pip install' of a
+#   local wheel (built here, no index), ruby, bundler ('bundle install
+#   --local' of a path gem, 'bundle exec');
+#   a growable disk: the image file is extended to $GROW_SIZE (sparse
+#   truncate, as 'fcm create --disk' / 'fcm resize' do) between boot 1 and 2;
+#   the guest must grow / at boot ('df /' sees the size), keep the files,
+#   and not resize again on boot 3.
 #
 # usage: scripts/test-guest-boot.sh [ASSETS]   (default $FCM_ASSETS or /var/lib/firecracker)
 # env:   KEEP=1 keeps the temp dir (serial logs) for inspection.
+#        GROW_SIZE (4G; 0 skips the disk growth checks), MIN_PYTHON (3.14),
+#        RUNTIMES=0 skips the python/pip/ruby/bundler checks.
+#        GUEST_CMD: a shell command to run in the guest after boot 1 (its
+#        output is shown), e.g. to time something there.
 #        QEMU_CPU (max), QEMU_MACHINE (microvm), APPEND_EXTRA (more kernel
 #        parameters), SSH_EXTRA_OPTS (e.g. "-o KexAlgorithms=curve25519-sha256")
 #        to try variants.
@@ -28,12 +39,15 @@ GW_IP=172.16.0.1
 VM_NAME=cosmic-nova
 VM_MAC=06:00:AC:10:00:32
 BOOT_DEADLINE=${BOOT_DEADLINE:-90}
+GROW_SIZE=${GROW_SIZE:-4G}
+MIN_PYTHON=${MIN_PYTHON:-3.14}
+RUNTIMES=${RUNTIMES:-1}
 
 require_root
 for f in vmlinux.bin initrd.img base-rootfs.img; do
 	[ -s "$ASSETS/$f" ] || die "$ASSETS/$f is missing (run scripts/build-guest.sh)"
 done
-for c in qemu-system-x86_64 debugfs ssh ssh-keygen curl ip e2fsck socat; do
+for c in qemu-system-x86_64 debugfs ssh ssh-keygen curl ip e2fsck socat python3 truncate; do
 	command -v "$c" >/dev/null || die "$c is not installed (run scripts/setup.sh)"
 done
 
@@ -56,6 +70,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# set -e ends the script silently otherwise (e.g. an ssh that failed).
+trap 'log "error: line $LINENO failed (status $?): $BASH_COMMAND"' ERR
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -141,7 +157,7 @@ start_vm() { # $1: log suffix; sets QEMU_PID and T0
 # SSH_EXTRA_OPTS is split into words on purpose.
 # shellcheck disable=SC2206
 SSH=(ssh -i "$TMP/client_key" -o "UserKnownHostsFile=$TMP/known_hosts" -o StrictHostKeyChecking=yes
-	-o BatchMode=yes -o ConnectTimeout=2 -o LogLevel=ERROR ${SSH_EXTRA_OPTS:-} "root@$VM_IP")
+	-o BatchMode=yes -o ConnectTimeout=5 -o LogLevel=ERROR ${SSH_EXTRA_OPTS:-} "root@$VM_IP")
 
 wait_ssh() { # $1: log suffix; sets T_PORT (sshd banner) and T_SSH (login works)
 	local deadline=$(($(date +%s) + BOOT_DEADLINE))
@@ -171,6 +187,65 @@ wait_exit() { # $1: seconds
 	QEMU_PID=
 }
 
+# make_wheel DIR: a tiny pure-Python wheel (fcm_tiny 1.0), written with
+# zipfile so that nothing is fetched from a package index.
+make_wheel() {
+	python3 - "$1" <<'PY'
+import base64, hashlib, sys, zipfile
+out = sys.argv[1] + "/fcm_tiny-1.0-py3-none-any.whl"
+files = {
+    "fcm_tiny/__init__.py": "def hello():\n    return 'fcm-wheel-ok'\n",
+    "fcm_tiny-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: fcm-tiny\nVersion: 1.0\n",
+    "fcm_tiny-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: fcm-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for name, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+        z.writestr(name, data)
+    record.append("fcm_tiny-1.0.dist-info/RECORD,,")
+    z.writestr("fcm_tiny-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+print(out)
+PY
+}
+
+# check_runtimes: python3 version, venv + pip install of a local wheel, ruby,
+# bundler with a local path gem. Sets PY_VER, RUBY_VER, BUNDLER_VER.
+check_runtimes() {
+	local t wheel
+	PY_VER=$(in_ns "${SSH[@]}" "python3 -c 'import platform; print(platform.python_version())'")
+	in_ns "${SSH[@]}" "python3 -c 'import sys; sys.exit(sys.version_info < tuple(map(int, \"$MIN_PYTHON\".split(\".\"))))'" ||
+		die "guest python3 is $PY_VER, want >= $MIN_PYTHON"
+	log "python3 $PY_VER (>= $MIN_PYTHON)"
+
+	t=$(now)
+	wheel=$(make_wheel "$TMP")
+	in_ns "${SSH[@]}" 'cat > /root/fcm_tiny-1.0-py3-none-any.whl' <"$wheel" || die "cannot copy the wheel into the guest"
+	in_ns "${SSH[@]}" 'set -e; python3 -m venv /root/venv
+		/root/venv/bin/pip install -q --no-index --disable-pip-version-check /root/fcm_tiny-1.0-py3-none-any.whl
+		/root/venv/bin/python -c "import fcm_tiny; print(fcm_tiny.hello())"' >"$TMP/pip.log" 2>&1 ||
+		die "python3 -m venv / pip install of a local wheel failed: $(tail -5 "$TMP/pip.log")"
+	grep -qx fcm-wheel-ok "$TMP/pip.log" || die "the wheel's module did not run: $(cat "$TMP/pip.log")"
+	log "python3 -m venv + pip install of a local wheel work ($(elapsed "$t")s)"
+
+	RUBY_VER=$(in_ns "${SSH[@]}" "ruby -e 'print RUBY_VERSION'") || die "ruby does not run"
+	BUNDLER_VER=$(in_ns "${SSH[@]}" 'bundle -v') || die "bundle -v failed"
+	BUNDLER_VER=${BUNDLER_VER##* }
+	t=$(now)
+	in_ns "${SSH[@]}" 'set -e; rm -rf /root/bundletest; mkdir -p /root/bundletest/fcmtiny/lib; cd /root/bundletest
+		printf "%s\n" "module FcmTiny; OK = \"fcm-bundler-ok\"; end" > fcmtiny/lib/fcmtiny.rb
+		printf "%s\n" "Gem::Specification.new do |s|" "  s.name = \"fcmtiny\"" "  s.version = \"1.0\"" \
+			"  s.summary = \"fcm test\"" "  s.authors = [\"fcm\"]" "  s.files = [\"lib/fcmtiny.rb\"]" "end" > fcmtiny/fcmtiny.gemspec
+		printf "%s\n" "gem \"fcmtiny\", path: \"./fcmtiny\"" > Gemfile # no gem server: offline
+		bundle install --local --quiet
+		bundle exec ruby -e "require \"fcmtiny\"; puts FcmTiny::OK"' >"$TMP/bundle.log" 2>&1 ||
+		die "bundler could not install/exec a local path gem: $(tail -5 "$TMP/bundle.log")"
+	grep -qx fcm-bundler-ok "$TMP/bundle.log" || die "bundle exec did not load the gem: $(cat "$TMP/bundle.log")"
+	log "ruby $RUBY_VER, bundler $BUNDLER_VER: bundle install --local + bundle exec work ($(elapsed "$t")s)"
+}
+
 log "boot 1: starting QEMU in $NS"
 start_vm boot1
 wait_ssh boot1
@@ -182,6 +257,20 @@ in_ns "${SSH[@]}" 'uname -a; tmux -V; python3 -V; ruby -v; bundle -v; hostname; 
 	sed 's/^/    /' >&2
 in_ns "${SSH[@]}" 'tmux new-session -d -s t "sleep 30" && tmux ls && tmux kill-server' >/dev/null ||
 	die "tmux cannot start a session in the guest"
+
+# / must not be resized on a disk the size of the image (the no-op case).
+grep -q 'fcm-rc.*resize:' "$TMP/serial-boot1.log" && die "boot 1 resized / on an image-sized disk: $(grep 'fcm-rc.*resize:' "$TMP/serial-boot1.log")"
+SIZE1_KB=$(in_ns "${SSH[@]}" "df -k / | awk 'NR == 2 { print \$2 }'")
+
+if [ -n "${GUEST_CMD:-}" ]; then
+	log "GUEST_CMD says:"
+	in_ns "${SSH[@]}" "$GUEST_CMD" 2>&1 | sed 's/^/    /' >&2 || true
+fi
+
+PY_VER=- RUBY_VER=- BUNDLER_VER=-
+if [ "$RUNTIMES" = 1 ]; then
+	check_runtimes
+fi
 
 page=$(in_ns curl -fsS --max-time 5 "http://$VM_IP:8000/") || die "nothing on http://$VM_IP:8000/"
 grep -q "<h1>Hello from $VM_NAME</h1>" <<<"$page" || die "unexpected page on :8000: $page"
@@ -200,7 +289,14 @@ e2fsck -fn "$TMP/rootfs.img" >/dev/null 2>&1 || die "rootfs is not clean after t
 debugfs -R 'cat /root/persist.txt' "$TMP/rootfs.img" 2>/dev/null | grep -qx "$marker" ||
 	die "/root/persist.txt is not on disk after the stop"
 
-log "boot 2: same disk"
+GROWN=-
+if [ "$GROW_SIZE" != 0 ]; then
+	# What 'fcm create --disk' / 'fcm resize' do to a stopped VM's disk.
+	truncate -s "$GROW_SIZE" "$TMP/rootfs.img"
+	log "boot 2: same disk, file extended to $GROW_SIZE ($(du -h "$TMP/rootfs.img" | cut -f1) allocated)"
+else
+	log "boot 2: same disk"
+fi
 start_vm boot2
 wait_ssh boot2
 T_SSH2=$T_SSH
@@ -208,6 +304,24 @@ log "boot 2: sshd listening after ${T_PORT}s, SSH login works after ${T_SSH2}s (
 got=$(in_ns "${SSH[@]}" 'cat /root/persist.txt')
 [ "$got" = "$marker" ] || die "file written before the stop is missing after reboot (got '$got')"
 log "boot 2: /root/persist.txt survived"
+if [ "$GROW_SIZE" != 0 ]; then
+	line=$(grep 'fcm-rc.*resize:' "$TMP/serial-boot2.log") || die "boot 2 did not grow / (no 'resize:' line on the console)"
+	log "boot 2 console: ${line#*: }"
+	size2_kb=$(in_ns "${SSH[@]}" "df -k / | awk 'NR == 2 { print \$2 }'")
+	dev_kb=$(($(stat -c %s "$TMP/rootfs.img") / 1024))
+	# df excludes the fs's own metadata (inode tables, journal): ~2-3 % here.
+	if [ "$size2_kb" -le $((dev_kb * 95 / 100)) ] || [ "$size2_kb" -gt "$dev_kb" ]; then
+		die "after growing the disk to $GROW_SIZE, df / shows ${size2_kb} KiB (disk ${dev_kb} KiB)"
+	fi
+	[ "$size2_kb" -gt "$SIZE1_KB" ] || die "df / did not grow ($SIZE1_KB -> $size2_kb KiB)"
+	GROWN="$((SIZE1_KB / 1024))MiB->$((size2_kb / 1024))MiB"
+	log "boot 2: df / grew from $((SIZE1_KB / 1024)) MiB to $((size2_kb / 1024)) MiB; $(in_ns "${SSH[@]}" 'df -h / | tail -1')"
+	marker2="fcm-grown-$$-$(date +%s)"
+	# A file bigger than the original file system needs the new space
+	# (fallocate: blocks are allocated, no data is written).
+	in_ns "${SSH[@]}" "echo $marker2 > /root/grown.txt && fallocate -l $((SIZE1_KB / 1024 + 64))M /root/big.bin && sync" ||
+		die "cannot write past the old size of / after growing it"
+fi
 
 # What a VMM does for a clean stop without SSH: Ctrl-Alt-Del on the i8042
 # keyboard (Firecracker: SendCtrlAltDel; QEMU: QMP send-key).
@@ -223,9 +337,16 @@ log "boot 2: Ctrl-Alt-Del (QMP send-key) stopped it cleanly in ${T_CAD}s"
 log "boot 3: checking 'poweroff'"
 start_vm boot3
 wait_ssh boot3
+if [ "$GROW_SIZE" != 0 ]; then
+	got=$(in_ns "${SSH[@]}" 'cat /root/grown.txt; stat -c %s /root/big.bin')
+	[ "$got" = "$marker2
+$(((SIZE1_KB / 1024 + 64) * 1048576))" ] || die "files written after growing / are not intact after a reboot (got '$got')"
+	grep -q 'fcm-rc.*resize:' "$TMP/serial-boot3.log" && die "boot 3 resized / again: $(grep 'fcm-rc.*resize:' "$TMP/serial-boot3.log")"
+	log "boot 3: files written into the grown / survived; no resize this time"
+fi
 in_ns "${SSH[@]}" 'poweroff' || true
 wait_exit 30 || die "QEMU did not exit within 30s after 'poweroff' in the guest"
 log "boot 3: 'poweroff' also made QEMU exit"
 e2fsck -fn "$TMP/rootfs.img" >/dev/null 2>&1 || die "rootfs is not clean after 'poweroff'"
 
-echo "OK ssh_ready_boot1=${T_SSH1}s ssh_ready_boot2=${T_SSH2}s stop_by_reboot=${T_STOP}s stop_by_ctrl_alt_del=${T_CAD}s"
+echo "OK ssh_ready_boot1=${T_SSH1}s ssh_ready_boot2=${T_SSH2}s stop_by_reboot=${T_STOP}s stop_by_ctrl_alt_del=${T_CAD}s python=$PY_VER ruby=$RUBY_VER bundler=$BUNDLER_VER df_grow=$GROWN"

@@ -17,6 +17,15 @@ fi
 
 bash scripts/setup.sh
 
+# Test tools from PyPI, pinned, in their own venv (not the system's Python).
+TOOLS=/var/lib/fcm-test-tools
+SCHEMATHESIS_VERSION=4.32.5
+if ! "$TOOLS/venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+	echo "== test tools: schemathesis $SCHEMATHESIS_VERSION into $TOOLS/venv" >&2
+	python3 -m venv "$TOOLS/venv"
+	"$TOOLS/venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
 echo "== lints" >&2
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

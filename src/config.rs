@@ -75,6 +75,8 @@ pub struct DaemonConfig {
     pub ssh_timeout_secs: u64,
     /// Serial console log cap per VM, in bytes.
     pub console_log_max_bytes: u64,
+    /// At most this many VMs (unset: no limit); creates beyond it get 409.
+    pub max_vms: Option<u32>,
     /// Public HTTPS URLs through Caddy.
     pub caddy: CaddyConfig,
     /// Firecracker under its jailer.
@@ -111,6 +113,7 @@ impl Default for DaemonConfig {
             stop_timeout_secs: 20,
             ssh_timeout_secs: 180,
             console_log_max_bytes: 1 << 20,
+            max_vms: None,
             caddy: CaddyConfig::default(),
             jailer: JailerConfig::default(),
             qemu_sandbox: QemuSandboxConfig::default(),

@@ -90,13 +90,13 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
             ))
         })
     })();
-    let (status, body) = match result {
-        Ok(r) => (r.status, r.body),
+    let (status, body, allow) = match result {
+        Ok(r) => (r.status, r.body, None),
         Err(e) => {
             if e.status >= 500 {
                 eprintln!("fcm daemon: {method} {url}: {}", e.message);
             }
-            (e.status, e.body())
+            (e.status, e.body(), e.allow.clone())
         }
     };
     let mut data = body.to_string();
@@ -104,6 +104,11 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]);
     let mut resp = tiny_http::Response::from_string(data).with_status_code(status);
     if let Ok(h) = header {
+        resp = resp.with_header(h);
+    }
+    if let Some(allow) = allow
+        && let Ok(h) = tiny_http::Header::from_bytes(&b"Allow"[..], allow.as_bytes())
+    {
         resp = resp.with_header(h);
     }
     // The client may have gone away; nothing to do about it.

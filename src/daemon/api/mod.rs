@@ -38,6 +38,8 @@ pub struct ApiError {
     pub status: u16,
     pub message: String,
     pub hint: Option<String>,
+    /// For a 405: the methods the path takes (the `Allow` header).
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -46,6 +48,7 @@ impl ApiError {
             status,
             message: message.into(),
             hint: None,
+            allow: None,
         }
     }
 
@@ -73,7 +76,8 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::NotFound(_) => 404,
         ManagerError::Ambiguous(_)
         | ManagerError::WrongState { .. }
-        | ManagerError::NameTaken(_) => 409,
+        | ManagerError::NameTaken(_)
+        | ManagerError::TooManyVms(_) => 409,
         ManagerError::Broken { .. } => 409,
         ManagerError::Missing { .. }
         | ManagerError::PoolExhausted(_)
@@ -124,12 +128,10 @@ pub(super) fn ok<T: Serialize>(status: u16, v: T) -> Result<Reply, ApiError> {
         .map_err(|e| ApiError::new(500, format!("could not encode the response: {e}")))
 }
 
-/// Parses a request line into a route; `Err` is 404 or 405.
-pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let path = path.split('?').next().unwrap_or_default();
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+/// The route of `(method, path segments)`, if there is one.
+fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
     let vm = |s: &str| s.to_owned();
-    let r = match (method, segs.as_slice()) {
+    Some(match (method, segs) {
         ("GET", ["health"]) => Route::Health,
         ("GET", ["vms"]) => Route::ListVms,
         ("POST", ["vms"]) => Route::CreateVm,
@@ -141,27 +143,35 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         ("GET", ["vms", v, "sessions"]) => Route::ListSessions(vm(v)),
         ("POST", ["vms", v, "sessions"]) => Route::CreateSession(vm(v)),
         ("DELETE", ["vms", v, "sessions", s]) => Route::DeleteSession(vm(v), s.to_string()),
-        (
-            _,
-            ["health"]
-            | ["vms"]
-            | ["vms", _]
-            | ["vms", _, "ssh" | "stop" | "start" | "sessions"]
-            | ["vms", _, "sessions", _],
-        ) => {
-            return Err(ApiError::new(
-                405,
-                format!("method {method} is not allowed on {path}"),
-            ));
-        }
-        _ => {
-            return Err(ApiError::new(
-                404,
-                format!("no such endpoint: {method} {path}"),
-            ));
-        }
-    };
-    Ok(r)
+        _ => return None,
+    })
+}
+
+/// Methods the API serves on some path.
+const METHODS: [&str; 3] = ["GET", "POST", "DELETE"];
+
+/// Parses a request line into a route; `Err` is 404, or 405 with the
+/// methods the path does take (for the `Allow` header).
+pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
+    let path = path.split('?').next().unwrap_or_default();
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    if let Some(r) = match_route(method, &segs) {
+        return Ok(r);
+    }
+    let allowed: Vec<&str> = METHODS
+        .into_iter()
+        .filter(|m| match_route(m, &segs).is_some())
+        .collect();
+    if allowed.is_empty() {
+        return Err(ApiError::new(
+            404,
+            format!("no such endpoint: {method} {path}"),
+        ));
+    }
+    let mut e = ApiError::new(405, format!("method {method} is not allowed on {path}"))
+        .with_hint(format!("this path takes {}", allowed.join(", ")));
+    e.allow = Some(allowed.join(", "));
+    Err(e)
 }
 
 pub(super) fn parse_body<T: serde::de::DeserializeOwned + Default>(
@@ -219,6 +229,10 @@ mod tests {
             Route::DeleteSession("x".into(), "s1".into())
         );
         assert_eq!(route("PUT", "/vms").expect_err("405").status, 405);
+        assert_eq!(
+            route("TRACE", "/vms/x").expect_err("405").allow.as_deref(),
+            Some("GET, DELETE")
+        );
         assert_eq!(route("GET", "/etc/passwd").expect_err("404").status, 404);
         assert_eq!(route("GET", "/vms/a/b/c/d/e").expect_err("404").status, 404);
     }

@@ -54,6 +54,11 @@ impl Manager {
         let rec;
         {
             let mut vms = lock(&self.vms);
+            if let Some(max) = self.cfg.max_vms
+                && vms.len() >= max as usize
+            {
+                return Err(ManagerError::TooManyVms(max));
+            }
             let taken = |n: &VmName| vms.values().any(|e| &e.name == n);
             let name = match wanted_name {
                 Some(n) if taken(&n) => return Err(ManagerError::NameTaken(n.to_string())),

@@ -55,6 +55,8 @@ pub enum ManagerError {
     },
     #[error("a VM named {0} already exists")]
     NameTaken(String),
+    #[error("the daemon's limit of {0} VMs is reached")]
+    TooManyVms(u32),
     #[error("invalid request: {0}")]
     BadRequest(String),
     #[error("{what} not found at {path}")]
@@ -99,6 +101,10 @@ impl ManagerError {
                 "nothing can be done with it but remove it: fcm destroy {id}"
             )),
             Self::ShuttingDown => Some("try again once the daemon is back".into()),
+            Self::TooManyVms(_) => Some(
+                "destroy a VM (fcm ls, fcm destroy <vm>), or raise max_vms in the daemon config"
+                    .into(),
+            ),
             _ => None,
         }
     }

@@ -17,13 +17,14 @@ log() {
 
 # Under emulation every exec costs 40-80 ms. This script runs under the static
 # busybox sh, which runs its applets (mount, mkdir, chmod...) without an exec;
-# the only programs it execs are iproute2's ip (once) and, rarely, ssh-keygen.
+# the only programs it execs are iproute2's ip (once) and, rarely, ssh-keygen
+# and resize2fs.
 mounted=" "
 refresh_mounts() {
 	mounted=" "
-	while read -r _ mp _ opts _; do
+	while read -r src mp _ opts _; do
 		mounted="$mounted$mp "
-		[ "$mp" = / ] && root_opts=$opts
+		[ "$mp" = / ] && root_opts=$opts root_dev=$src
 	done </proc/mounts
 }
 
@@ -65,6 +66,42 @@ done
 case ",$root_opts," in
 	*,ro,*) [ -n "$want_ro" ] || mount -o remount,rw / || log "warning: cannot remount / read-write" ;;
 esac
+
+# --- grow / to the size of its disk -------------------------------------------
+# fcm makes a VM's disk by copying base-rootfs.img and extending the file
+# (sparse) to the size asked for; 'fcm resize' extends it further. Grow the
+# ext4 file system online to fill the device, but exec resize2fs only when the
+# device is larger than the file system by more than 16 MiB (resize2fs may
+# leave a small last block group unused; without the margin it would run at
+# every boot for nothing). The check costs no exec: the device size comes
+# from sysfs, the file system size from the superblock (busybox od).
+grow_root() {
+	case "$root_dev" in /dev/?*) ;; *) return 0 ;; esac
+	[ -r "/sys/class/block/${root_dev#/dev/}/size" ] || return 0
+	read -r sectors <"/sys/class/block/${root_dev#/dev/}/size" || return 0
+	# ext4 superblock at byte 1024, as 32-bit words: 1 s_blocks_count_lo,
+	# 6 s_log_block_size, 14 s_magic (low 16 bits), 24 s_feature_incompat,
+	# 84 s_blocks_count_hi (valid with the 64bit feature, 0x80).
+	# shellcheck disable=SC2046 # word splitting wanted
+	set -- $(od -A n -v -t u4 -j 1024 -N 344 "$root_dev" 2>/dev/null)
+	[ $# -eq 86 ] || { log "resize: cannot read the superblock of $root_dev"; return 0; }
+	[ $((${15} & 65535)) -eq 61267 ] || return 0 # 0xEF53: not ext2/3/4
+	bsize=$((1024 << $7))
+	fs_blocks=$2
+	[ $((${25} & 128)) -ne 0 ] && fs_blocks=$((fs_blocks + (${85} << 32)))
+	dev_blocks=$((sectors * 512 / bsize))
+	[ $(((dev_blocks - fs_blocks) * bsize)) -gt $((16 << 20)) ] || return 0
+	{ read -r t0 _ </proc/uptime; } 2>/dev/null || t0=0.00
+	if out=$(resize2fs "$root_dev" 2>&1); then
+		{ read -r t1 _ </proc/uptime; } 2>/dev/null || t1=$t0
+		# elapsed centiseconds (the 1 prefix keeps a fraction like 05 decimal)
+		t0=$((${t1%.*} * 100 + 1${t1#*.} - ${t0%.*} * 100 - 1${t0#*.}))
+		log "resize: grew / on $root_dev from $((fs_blocks * bsize >> 20)) MiB to $((dev_blocks * bsize >> 20)) MiB online in $((t0 / 100)).$((t0 / 10 % 10))$((t0 % 10)) s"
+	else
+		log "warning: resize2fs $root_dev failed: $(echo "$out" | tr '\n' ' ')"
+	fi
+}
+[ -n "$want_ro" ] || grow_root
 
 # --- entropy ---------------------------------------------------------------
 # Nothing to do: Linux 6.1 has its CRNG ready at once when the CPU has RDRAND
