@@ -56,6 +56,8 @@ pub enum Hierarchy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub cpus: u8,
+    /// CPU beyond one core per vCPU, in percent of a core.
+    pub extra_cpu_percent: u32,
     pub memory_mib: u64,
 }
 
@@ -65,7 +67,7 @@ impl Limits {
     }
 
     fn quota_us(&self) -> u64 {
-        u64::from(self.cpus) * PERIOD_US
+        u64::from(self.cpus) * PERIOD_US + u64::from(self.extra_cpu_percent) * PERIOD_US / 100
     }
 }
 
@@ -391,6 +393,7 @@ mod tests {
     fn limits_match_the_vm() {
         let l = Limits {
             cpus: 2,
+            extra_cpu_percent: 0,
             memory_mib: 768,
         };
         let v2 = Hierarchy::V2("/cg".into());

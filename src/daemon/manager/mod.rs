@@ -433,8 +433,10 @@ impl Manager {
         let cgroup = if self.cfg.cgroup.enabled {
             let limits = cgroup::Limits {
                 cpus: rec.cpus,
+                extra_cpu_percent: self.vmm_for(rec.backend).cpu_overhead_percent(),
                 memory_mib: u64::from(rec.memory_mib)
-                    + u64::from(self.cfg.cgroup.memory_overhead_mib),
+                    + u64::from(self.cfg.cgroup.memory_overhead_mib)
+                    + u64::from(self.vmm_for(rec.backend).memory_overhead_mib()),
             };
             Some(cgroup::create(
                 &self.cfg.cgroup,

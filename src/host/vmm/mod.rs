@@ -121,6 +121,15 @@ pub trait Vmm: Send + Sync {
     }
     /// The binary this backend runs.
     fn binary(&self) -> &Path;
+    /// Memory the VMM itself needs beyond the guest's and the configured
+    /// overhead (QEMU's TCG translation cache), for its cgroup's limit.
+    fn memory_overhead_mib(&self) -> u32 {
+        0
+    }
+    /// CPU the VMM needs beyond one core per vCPU (percent of a core).
+    fn cpu_overhead_percent(&self) -> u32 {
+        0
+    }
 }
 
 /// Program names a VMM process of either backend has (argv[0]'s file name).

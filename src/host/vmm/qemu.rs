@@ -36,6 +36,11 @@ pub struct Qemu {
     sandbox: bool,
 }
 
+/// TCG's translation cache, in MiB. QEMU's default on a large host is
+/// 1 GiB of anonymous memory, which would not fit the VM's cgroup; a
+/// bounded cache is flushed when full.
+pub const TB_SIZE_MIB: u32 = 256;
+
 /// QEMU's seccomp sandbox: everything QEMU 7.2 can deny.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
@@ -72,7 +77,7 @@ impl Qemu {
             "-M",
             "microvm,x-option-roms=off,rtc=on,acpi=on",
             "-accel",
-            "tcg",
+            &format!("tcg,tb-size={TB_SIZE_MIB}"),
             "-cpu",
             "max",
             "-m",
@@ -239,6 +244,16 @@ impl Vmm for Qemu {
 
     fn runtime_files(&self) -> &'static [&'static str] {
         &[PIDFILE, QMP]
+    }
+
+    fn memory_overhead_mib(&self) -> u32 {
+        TB_SIZE_MIB
+    }
+
+    fn cpu_overhead_percent(&self) -> u32 {
+        // Under TCG each vCPU thread can take a whole core; the main loop
+        // that emulates the disk and network needs room beside them.
+        50
     }
 
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<u32, VmmError> {
