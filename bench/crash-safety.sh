@@ -43,13 +43,8 @@ TMP=$(mktemp -d /var/tmp/fcm-bench-crash.XXXXXX)
 WT=$TMP/base-src
 declare -A DAEMON_PID=()
 
-kill_ours() {
-	local pid=$1
-	[ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 0
-	if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$TMP"; then
-		kill -9 "$pid" 2>/dev/null || true
-	fi
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 cleanup() {
 	local rc=$?
@@ -58,11 +53,7 @@ cleanup() {
 		kill "${DAEMON_PID[$k]}" 2>/dev/null
 		wait "${DAEMON_PID[$k]}" 2>/dev/null
 	done
-	for f in $(grep -laF "$TMP" /proc/[0-9]*/cmdline 2>/dev/null); do
-		p=${f#/proc/}
-		p=${p%/cmdline}
-		[ "$p" = $$ ] || kill_ours "$p"
-	done
+	kill_all_ours
 	for k in base new; do ip netns del "fcmcs-$k-$TAG" 2>/dev/null; done
 	git -C "$ROOT" worktree remove --force "$WT" 2>/dev/null
 	rm -rf "$TMP"

@@ -74,13 +74,8 @@ DAEMON_PID=
 
 # Kills a PID only if its command line mentions our temp dir (so a recycled
 # PID is never hit).
-kill_ours() {
-	local pid=$1
-	[ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 0
-	if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$TMP"; then
-		kill -9 "$pid" 2>/dev/null || true
-	fi
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 stop_daemon() {
 	if [ -n "$DAEMON_PID" ]; then
@@ -98,11 +93,7 @@ cleanup() {
 		[ -f "$f" ] && kill_ours "$(cat "$f")"
 	done
 	# Anything else still running from our temp dir (a VMM mid-launch).
-	for f in $(grep -laF "$TMP" /proc/[0-9]*/cmdline 2>/dev/null); do
-		p=${f#/proc/}
-		p=${p%/cmdline}
-		[ "$p" = $$ ] || kill_ours "$p"
-	done
+	kill_all_ours
 	ip netns del "$NS" 2>/dev/null
 	ip netns del "$NSB" 2>/dev/null
 	if [ "$rc" != 0 ]; then

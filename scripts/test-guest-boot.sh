@@ -187,28 +187,9 @@ wait_exit() { # $1: seconds
 	QEMU_PID=
 }
 
-# make_wheel DIR: a tiny pure-Python wheel (fcm_tiny 1.0), written with
-# zipfile so that nothing is fetched from a package index.
+# make_wheel DIR: a tiny pure-Python wheel (guest/tests/make-tiny-wheel.py).
 make_wheel() {
-	python3 - "$1" <<'PY'
-import base64, hashlib, sys, zipfile
-out = sys.argv[1] + "/fcm_tiny-1.0-py3-none-any.whl"
-files = {
-    "fcm_tiny/__init__.py": "def hello():\n    return 'fcm-wheel-ok'\n",
-    "fcm_tiny-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: fcm-tiny\nVersion: 1.0\n",
-    "fcm_tiny-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: fcm-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-record = []
-with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-    for name, text in files.items():
-        data = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(data)}")
-        z.writestr(name, data)
-    record.append("fcm_tiny-1.0.dist-info/RECORD,,")
-    z.writestr("fcm_tiny-1.0.dist-info/RECORD", "\n".join(record) + "\n")
-print(out)
-PY
+	python3 "$(dirname "${BASH_SOURCE[0]}")/../guest/tests/make-tiny-wheel.py" "$1"
 }
 
 # check_runtimes: python3 version, venv + pip install of a local wheel, ruby,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{BackendChoice, DaemonConfig};
+use crate::wire::api::DiskSize;
 
 /// Exit codes: 0 success, 1 an operation failed, 2 bad usage.
 #[derive(Parser, Debug)]
@@ -16,6 +17,9 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
 }
+
+/// A VM: its name or its id.
+const VM_HELP: &str = "The VM: its name or its id";
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
@@ -29,23 +33,62 @@ pub enum Cmd {
     },
     /// SSH into a VM, or run a command in it: fcm ssh <vm> [-- cmd...].
     Ssh {
+        #[arg(help = VM_HELP)]
         vm: String,
+        /// The command to run instead of a login shell (after --).
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Run a command in a VM without a terminal: fcm exec <vm> -- cmd...
+    ///
+    /// Its stdout and stderr stay apart, stdin is passed through (when it is
+    /// not a terminal), and fcm exits with the command's exit code (124 when
+    /// it was killed at its timeout). Output is cut at 1 MiB per stream.
+    Exec(ExecArgs),
+    /// Copy files or directories between this machine and a VM.
+    ///
+    /// Either side may be <vm>:<path>: fcm cp notes.txt cosmic-nova:/root/,
+    /// fcm cp cosmic-nova:/var/log ./guest-logs. Directories are copied
+    /// whole (as tar). A destination that is an existing directory, or that
+    /// ends in /, receives the source under its own name.
+    Cp(CpArgs),
+    /// Print a VM's console log (boot messages); -f follows it.
+    Logs(LogsArgs),
     /// Shut a VM down cleanly (killed after a deadline).
-    Stop { vm: String },
+    Stop {
+        #[arg(help = VM_HELP)]
+        vm: String,
+        /// Print the VM as JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot a stopped VM again (same name, IP and disk).
     Start {
+        #[arg(help = VM_HELP)]
         vm: String,
         /// Return once the VMM runs, without waiting for SSH.
         #[arg(long)]
         no_wait: bool,
+        /// Print the VM as JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
+    /// Change the disk size, vCPUs or memory of a stopped VM.
+    ///
+    /// The disk only grows; the guest grows its file system to the new size
+    /// at its next boot.
+    Resize(ResizeArgs),
     /// Remove a VM and everything it had on the host.
-    Destroy { vm: String },
+    Destroy {
+        #[arg(help = VM_HELP)]
+        vm: String,
+        /// Print the destroyed VM as JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open the VM's persistent console (tmux session "main", or a new one).
     Console {
+        #[arg(help = VM_HELP)]
         vm: String,
         /// Start an extra session instead of the default one.
         #[arg(long)]
@@ -53,15 +96,37 @@ pub enum Cmd {
     },
     /// List a VM's console sessions.
     Sessions {
+        #[arg(help = VM_HELP)]
         vm: String,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Rejoin a console session.
-    Attach { vm: String, session: String },
+    Attach {
+        #[arg(help = VM_HELP)]
+        vm: String,
+        /// The session's id (see fcm sessions <vm>).
+        session: String,
+    },
     /// End a console session.
-    Kill { vm: String, session: String },
+    Kill {
+        #[arg(help = VM_HELP)]
+        vm: String,
+        /// The session's id (see fcm sessions <vm>).
+        session: String,
+        /// Print the ended session as JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: fcm completions bash > /etc/bash_completion.d/fcm
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): fcm man | man -l -
+    Man,
     /// Run the daemon (root).
     Daemon(Box<DaemonArgs>),
 }
@@ -77,6 +142,10 @@ pub struct CreateArgs {
     /// Memory in MiB (default 512).
     #[arg(long)]
     pub memory: Option<u32>,
+    /// Disk size, e.g. 20G or 512M (default 10G; sparse, so only what the
+    /// guest writes takes space).
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<DiskSize>,
     /// Wait until SSH answers (the default).
     #[arg(long, conflicts_with = "no_wait")]
     pub wait_ssh: bool,
@@ -89,10 +158,68 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ResizeArgs {
+    #[arg(help = VM_HELP)]
+    pub vm: String,
+    /// New disk size, e.g. 20G (it only grows).
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<DiskSize>,
+    /// New number of vCPUs.
+    #[arg(long)]
+    pub cpus: Option<u8>,
+    /// New memory in MiB.
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Print the VM as JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[arg(help = VM_HELP)]
+    pub vm: String,
+    /// Kill the command after this many seconds (default 60, at most 3600).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Print {exit_code, stdout, stderr, encoding, truncated, timed_out} as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The program and its arguments, after --; each argument reaches the
+    /// guest as it is (quoted, never parsed by a shell).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CpArgs {
+    /// What to copy: a local path, or <vm>:<path>.
+    pub src: String,
+    /// Where to: a local path, or <vm>:<path>.
+    pub dst: String,
+    /// No progress display, even on a terminal.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    #[arg(help = VM_HELP)]
+    pub vm: String,
+    /// Keep printing what the console writes (until Ctrl-C).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Print each piece as a JSON line {offset, next_offset, size, data, reset}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct DaemonArgs {
     /// JSON config file (keys as in docs/config.md); flags override it.
     #[arg(long, env = "FCM_CONFIG")]
     pub config: Option<PathBuf>,
+    /// State directory: VMs, token, keys (default /var/lib/firecracker).
     #[arg(long, env = "FCM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// API address (default 127.0.0.1:7777).
@@ -101,18 +228,25 @@ pub struct DaemonArgs {
     /// Terminal stream address (default 0.0.0.0:7778).
     #[arg(long)]
     pub stream_listen: Option<SocketAddr>,
+    /// The VMM (default: firecracker where hardware virtualisation works, else qemu).
     #[arg(long, value_enum)]
     pub backend: Option<BackendChoice>,
+    /// Bridge the VMs' taps join (default fcm0).
     #[arg(long)]
     pub bridge: Option<String>,
+    /// Guest kernel, an ELF vmlinux (default <state>/vmlinux.bin).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// Guest initramfs (default <state>/initrd.img).
     #[arg(long)]
     pub initrd: Option<PathBuf>,
+    /// Base root file system every VM's disk is copied from (default <state>/base-rootfs.img).
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
+    /// The firecracker binary (default: firecracker on PATH).
     #[arg(long)]
     pub firecracker_bin: Option<PathBuf>,
+    /// The QEMU binary (default: qemu-system-x86_64 on PATH).
     #[arg(long)]
     pub qemu_bin: Option<PathBuf>,
     /// Public IPv4 used in URLs (default: detected).

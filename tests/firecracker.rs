@@ -31,14 +31,15 @@ fn firecracker_available() -> bool {
     found
 }
 
-#[test]
-fn firecracker_backend_reaches_instance_start_and_cleans_up() {
+/// A daemon with the Firecracker backend (and a short stop deadline), or
+/// `None` with the reason printed when this host cannot run Firecracker.
+fn firecracker_daemon(tag: &str) -> Option<(tempfile::NamedTempFile, Fcm)> {
     if !common::e2e_ready() || !firecracker_available() {
-        return;
+        return None;
     }
     if !std::path::Path::new("/dev/kvm").exists() {
         eprintln!("skipping: /dev/kvm is absent, so Firecracker cannot even create a VM here");
-        return;
+        return None;
     }
     eprintln!(
         "note: on this host the Firecracker guest kernel cannot boot (kvm-pvm); \
@@ -47,7 +48,7 @@ fn firecracker_backend_reaches_instance_start_and_cleans_up() {
     let config = tempfile::NamedTempFile::new().expect("config");
     std::fs::write(config.path(), r#"{"stop_timeout_secs": 3}"#).expect("write config");
     let f = Fcm::start(
-        "fc",
+        tag,
         &[
             "--backend",
             "firecracker",
@@ -56,6 +57,14 @@ fn firecracker_backend_reaches_instance_start_and_cleans_up() {
             "--no-caddy",
         ],
     );
+    Some((config, f))
+}
+
+#[test]
+fn firecracker_backend_reaches_instance_start_and_cleans_up() {
+    let Some((_config, f)) = firecracker_daemon("fc") else {
+        return;
+    };
     let vm = f.create(&["--no-wait"]);
     assert_eq!(vm["state"], "running", "{vm}");
     assert_eq!(vm["backend"], "firecracker");
@@ -191,30 +200,10 @@ fn firecracker_backend_reaches_instance_start_and_cleans_up() {
 
 #[test]
 fn a_second_launch_on_a_locked_disk_is_refused() {
-    if !common::e2e_ready() || !firecracker_available() {
-        return;
-    }
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("skipping: /dev/kvm is absent, so Firecracker cannot even create a VM here");
-        return;
-    }
-    eprintln!(
-        "note: on this host the Firecracker guest kernel cannot boot (kvm-pvm); \
-         the test checks the disk lock on the VMM side only"
-    );
     use fcm::host::disk_lock::{DiskLock, in_use};
-    let config = tempfile::NamedTempFile::new().expect("config");
-    std::fs::write(config.path(), r#"{"stop_timeout_secs": 3}"#).expect("write config");
-    let f = Fcm::start(
-        "fclock",
-        &[
-            "--backend",
-            "firecracker",
-            "--config",
-            &config.path().display().to_string(),
-            "--no-caddy",
-        ],
-    );
+    let Some((_config, f)) = firecracker_daemon("fclock") else {
+        return;
+    };
     let vm = f.create(&["--no-wait"]);
     let id = vm["id"].as_str().expect("id").to_string();
     let name = vm["name"].as_str().expect("name").to_string();

@@ -6,32 +6,13 @@ mod common;
 
 use common::{Fcm, e2e_ready};
 
-/// Writes a tiny pure-Python wheel with zipfile (nothing fetched), makes a
-/// venv, installs the wheel into it with --no-index and imports it.
-const WHEEL_CHECK: &str = r#"set -e
-cd /root
-python3 - <<'PY'
-import base64, hashlib, zipfile
-out = "/root/fcm_tiny-1.0-py3-none-any.whl"
-files = {
-    "fcm_tiny/__init__.py": "def hello():\n    return 'fcm-wheel-ok'\n",
-    "fcm_tiny-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: fcm-tiny\nVersion: 1.0\n",
-    "fcm_tiny-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: fcm-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-record = []
-with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-    for name, text in files.items():
-        data = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(data)}")
-        z.writestr(name, data)
-    record.append("fcm_tiny-1.0.dist-info/RECORD,,")
-    z.writestr("fcm_tiny-1.0.dist-info/RECORD", "\n".join(record) + "\n")
-PY
-python3 -m venv /root/venv
-/root/venv/bin/pip install -q --no-index --disable-pip-version-check /root/fcm_tiny-1.0-py3-none-any.whl
-/root/venv/bin/python -c 'import fcm_tiny; print(fcm_tiny.hello())'
-"#;
+/// Makes the tiny wheel in the guest (guest/tests/make-tiny-wheel.py, sent
+/// on stdin), a venv, installs the wheel with --no-index and imports it.
+const WHEEL_CHECK: &str = "set -e; cat > /root/make-tiny-wheel.py; cd /root; \
+     python3 /root/make-tiny-wheel.py /root >/dev/null; \
+     python3 -m venv /root/venv; \
+     /root/venv/bin/pip install -q --no-index --disable-pip-version-check /root/fcm_tiny-1.0-py3-none-any.whl; \
+     /root/venv/bin/python -c 'import fcm_tiny; print(fcm_tiny.hello())'";
 
 #[test]
 fn the_guest_has_python_3_14_with_pip_and_ruby_with_bundler() {
@@ -52,7 +33,14 @@ fn the_guest_has_python_3_14_with_pip_and_ruby_with_bundler() {
     assert!((major, minor) >= (3, 14), "python3 is {version}");
     println!("guest python3 {version}");
 
-    let out = f.ssh("img", WHEEL_CHECK);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/tests/make-tiny-wheel.py");
+    let out = f
+        .cli()
+        .args(["ssh", "img", "--", WHEEL_CHECK])
+        .stdin(std::fs::File::open(&script).expect("wheel script"))
+        .output()
+        .expect("fcm ssh");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.lines().any(|l| l == "fcm-wheel-ok"),

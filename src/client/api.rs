@@ -198,6 +198,81 @@ impl Client {
         self.call("DELETE", path, None::<&()>)
     }
 
+    /// A POST that may take up to `timeout` (exec), instead of the agent's read timeout.
+    pub fn post_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let req = self.request("POST", path).timeout(timeout);
+        Self::answer(req.send_json(body), &self.base)
+    }
+
+    /// A GET whose answer is raw bytes: (length if known, reader).
+    pub fn get_bytes(
+        &self,
+        path: &str,
+    ) -> Result<(Option<u64>, Box<dyn std::io::Read + Send + Sync>), ClientError> {
+        match self.request("GET", path).call() {
+            Ok(r) => {
+                let len = r.header("Content-Length").and_then(|l| l.parse().ok());
+                Ok((len, r.into_reader()))
+            }
+            Err(e) => Err(Self::failure(e, &self.base)),
+        }
+    }
+
+    /// A PUT of raw bytes streamed from `body`; the answer is JSON.
+    pub fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: impl std::io::Read,
+    ) -> Result<T, ClientError> {
+        let req = self
+            .request("PUT", path)
+            .set("Content-Type", "application/octet-stream");
+        Self::answer(req.send(body), &self.base)
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent
+            .request(method, &format!("{}{}", self.base, path))
+            .set("Authorization", &format!("Bearer {}", self.token))
+    }
+
+    fn answer<T: DeserializeOwned>(
+        resp: Result<ureq::Response, ureq::Error>,
+        base: &str,
+    ) -> Result<T, ClientError> {
+        match resp {
+            Ok(r) => r
+                .into_json()
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+            Err(e) => Err(Self::failure(e, base)),
+        }
+    }
+
+    fn failure(e: ureq::Error, base: &str) -> ClientError {
+        match e {
+            ureq::Error::Status(status, r) => {
+                let (message, hint) = match r.into_json::<ErrorBody>() {
+                    Ok(e) => (e.error, e.hint),
+                    Err(_) => (format!("HTTP {status}"), None),
+                };
+                ClientError::Api {
+                    status,
+                    message,
+                    hint,
+                }
+            }
+            ureq::Error::Transport(t) => ClientError::Connect {
+                url: base.to_owned(),
+                message: t.to_string(),
+            },
+        }
+    }
+
     /// One request; an error answer becomes [`ClientError::Api`] with the
     /// daemon's message and hint.
     fn call<B: Serialize, T: DeserializeOwned>(
@@ -206,35 +281,12 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let req = self
-            .agent
-            .request(method, &url)
-            .set("Authorization", &format!("Bearer {}", self.token));
+        let req = self.request(method, path);
         let resp = match body {
             Some(b) => req.send_json(b),
             None => req.call(),
         };
-        match resp {
-            Ok(r) => r
-                .into_json()
-                .map_err(|e| ClientError::Protocol(e.to_string())),
-            Err(ureq::Error::Status(status, r)) => {
-                let (message, hint) = match r.into_json::<ErrorBody>() {
-                    Ok(e) => (e.error, e.hint),
-                    Err(_) => (format!("HTTP {status}"), None),
-                };
-                Err(ClientError::Api {
-                    status,
-                    message,
-                    hint,
-                })
-            }
-            Err(ureq::Error::Transport(t)) => Err(ClientError::Connect {
-                url: self.base.clone(),
-                message: t.to_string(),
-            }),
-        }
+        Self::answer(resp, &self.base)
     }
 }
 

@@ -4,12 +4,22 @@
 //!
 //! | module | commands |
 //! |---|---|
-//! | `vms` | create, ls, stop, start, destroy |
+//! | `vms` | create, ls, stop, start, resize, destroy |
 //! | `ssh` | ssh (the user's own ssh, pinned host key) |
 //! | `sessions` | console, attach, sessions, kill |
+//! | `exec` | exec (a command without a terminal, through the daemon) |
+//! | `files` | cp (files and directories, both ways) |
+//! | `logs` | logs (the console log, followed with -f) |
+//! | `manual` | completions, man (from the clap definitions) |
+//! | `progress` | spinners and transfer progress on a terminal |
 
 pub mod api;
 pub mod console;
+mod exec;
+mod files;
+mod logs;
+mod manual;
+mod progress;
 mod sessions;
 mod ssh;
 mod vms;
@@ -26,6 +36,8 @@ use console::ConsoleError;
 pub struct Failure {
     pub message: String,
     pub hint: Option<String>,
+    /// The exit status: 1 (the operation failed) or 2 (bad usage).
+    pub code: i32,
 }
 
 impl Failure {
@@ -33,31 +45,31 @@ impl Failure {
         Self {
             message: message.into(),
             hint,
+            code: 1,
+        }
+    }
+
+    /// A usage error (exit status 2).
+    pub fn usage(message: impl Into<String>, hint: Option<String>) -> Self {
+        Self {
+            code: 2,
+            ..Self::new(message, hint)
         }
     }
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
-        Self {
-            hint: e.hint(),
-            message: e.to_string(),
-        }
+        Self::new(e.to_string(), e.hint())
     }
 }
 
 impl From<ConsoleError> for Failure {
     fn from(e: ConsoleError) -> Self {
         match e {
-            ConsoleError::Refused { error, hint } => Self {
-                message: error,
-                hint,
-            },
+            ConsoleError::Refused { error, hint } => Self::new(error, hint),
             ConsoleError::Client(c) => c.into(),
-            other => Self {
-                hint: other.hint(),
-                message: chain(&other),
-            },
+            other => Self::new(chain(&other), other.hint()),
         }
     }
 }
@@ -77,15 +89,23 @@ pub(crate) fn out_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Prints the daemon's warnings on stderr.
+/// Prints the daemon's warnings on stderr (escaped: they may quote a guest).
 pub(crate) fn warnings(list: &[String]) {
     for w in list {
         eprintln!("warning: {}", printable(w));
     }
 }
 
-/// Runs one client command.
-pub fn run(cmd: Cmd) -> Result<(), Failure> {
+/// Runs one client command; the exit status on success (0, or the
+/// command's own for `exec`).
+pub fn run(cmd: Cmd) -> Result<i32, Failure> {
+    match cmd {
+        Cmd::Exec(a) => exec::exec(a),
+        other => run_plain(other).map(|()| 0),
+    }
+}
+
+fn run_plain(cmd: Cmd) -> Result<(), Failure> {
     match cmd {
         Cmd::Daemon(_) => Err(Failure::new(
             "`fcm daemon` is not a client command",
@@ -94,13 +114,19 @@ pub fn run(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Create(a) => vms::create(a),
         Cmd::Ls { json } => vms::ls(json),
         Cmd::Ssh { vm, command } => ssh::ssh(&vm, &command),
-        Cmd::Stop { vm } => vms::stop(&vm),
-        Cmd::Start { vm, no_wait } => vms::start(&vm, no_wait),
-        Cmd::Destroy { vm } => vms::destroy(&vm),
+        Cmd::Exec(_) => Err(Failure::new("exec is run by client::run", None)),
+        Cmd::Cp(a) => files::cp(a),
+        Cmd::Logs(a) => logs::logs(a),
+        Cmd::Stop { vm, json } => vms::stop(&vm, json),
+        Cmd::Start { vm, no_wait, json } => vms::start(&vm, no_wait, json),
+        Cmd::Resize(a) => vms::resize(a),
+        Cmd::Destroy { vm, json } => vms::destroy(&vm, json),
         Cmd::Console { vm, new } => sessions::console(&vm, new),
         Cmd::Attach { vm, session } => sessions::attach(&vm, &session),
         Cmd::Sessions { vm, json } => sessions::list(&vm, json),
-        Cmd::Kill { vm, session } => sessions::kill(&vm, &session),
+        Cmd::Kill { vm, session, json } => sessions::kill(&vm, &session, json),
+        Cmd::Completions { shell } => manual::completions(shell),
+        Cmd::Man => manual::man(),
     }
 }
 

@@ -1,11 +1,29 @@
 //! console, attach, sessions, kill.
 
+use std::io::IsTerminal;
+
 use super::api::{Client, seg};
 use super::{Failure, console, format_time, out, out_json};
 use crate::wire::api::{SessionInfo, SessionRequest};
 use crate::wire::text::printable;
+use crate::wire::text::visible;
+
+/// Console and attach drive a terminal: without one, fail at once (2).
+fn need_terminal(what: &str, vm: &str) -> Result<(), Failure> {
+    if std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    Err(Failure::usage(
+        format!("fcm {what} needs a terminal, and standard input is not one"),
+        Some(format!(
+            "to run a command without a terminal use: fcm exec {} -- CMD...",
+            visible(vm)
+        )),
+    ))
+}
 
 pub(super) fn console(vm: &str, new: bool) -> Result<(), Failure> {
+    need_terminal("console", vm)?;
     let c = Client::from_env()?;
     let session = if new {
         let s: SessionInfo = c.post(
@@ -22,6 +40,7 @@ pub(super) fn console(vm: &str, new: bool) -> Result<(), Failure> {
 }
 
 pub(super) fn attach(vm: &str, session: &str) -> Result<(), Failure> {
+    need_terminal("attach", vm)?;
     let c = Client::from_env()?;
     let a = console::attach(c.token(), vm, Some(session), false)?;
     eprintln!("\r\n{}", a.message(vm));
@@ -54,10 +73,12 @@ pub(super) fn list(vm: &str, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(super) fn kill(vm: &str, session: &str) -> Result<(), Failure> {
+pub(super) fn kill(vm: &str, session: &str, json: bool) -> Result<(), Failure> {
     let c = Client::from_env()?;
-    eprintln!("killing session...");
     let s: SessionInfo = c.delete(&format!("/vms/{}/sessions/{}", seg(vm), seg(session)))?;
+    if json {
+        return out_json(&s);
+    }
     out(&format!("{}: done", s.id));
     Ok(())
 }

@@ -1,9 +1,12 @@
-//! create, ls, stop, start, destroy.
+//! create, ls, stop, start, resize, destroy.
 
 use super::api::{Client, seg, user_ssh_key};
+use super::progress::spinner;
 use super::{Failure, or_dash, out, out_json, warnings};
-use crate::cli::CreateArgs;
-use crate::wire::api::{CreateRequest, StartRequest, VmView};
+use crate::cli::{CreateArgs, ResizeArgs};
+use crate::wire::api::{CreateRequest, ResizeRequest, StartRequest, VmView};
+use crate::wire::size::human;
+use crate::wire::text::visible;
 
 pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
     let c = Client::from_env()?;
@@ -13,6 +16,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         memory_mib: a.memory,
         ssh_public_key: None,
         wait_ssh: Some(!a.no_wait),
+        disk: a.disk,
     };
     match user_ssh_key() {
         Some((_, public)) => req.ssh_public_key = Some(public),
@@ -20,11 +24,17 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
             "warning: no ~/.ssh/id_ed25519.pub, id_ecdsa.pub or id_rsa.pub; `fcm ssh` will not log you in"
         ),
     }
-    eprintln!(
-        "creating VM{}...",
-        if a.no_wait { "" } else { " (waiting for SSH)" }
-    );
-    let v: VmView = c.post("/vms", &req)?;
+    let v: VmView = {
+        let _s = spinner(format!(
+            "creating VM{}",
+            if a.no_wait {
+                ""
+            } else {
+                " (then waiting for SSH)"
+            }
+        ));
+        c.post("/vms", &req)?
+    };
     warnings(&v.warnings);
     if a.json {
         return out_json(&v);
@@ -32,6 +42,9 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
     out(&format!("created {}", v.name));
     out(&format!("  id:    {}", v.id));
     out(&format!("  ip:    {}", v.ip));
+    if let Some(d) = v.disk_bytes {
+        out(&format!("  disk:  {}", human(d)));
+    }
     if let Some(u) = &v.url {
         out(&format!("  url:   {u}"));
     }
@@ -50,48 +63,98 @@ pub(super) fn ls(json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     out(&format!(
-        "{:<22} {:<9} {:<9} {:<15} URL",
-        "NAME", "ID", "STATE", "IP"
+        "{:<22} {:<9} {:<9} {:<15} {:<9} URL",
+        "NAME", "ID", "STATE", "IP", "DISK"
     ));
     for x in list {
         out(&format!(
-            "{:<22} {:<9} {:<9} {:<15} {}",
+            "{:<22} {:<9} {:<9} {:<15} {:<9} {}",
             x.name,
             x.id,
             x.state,
             x.ip,
+            or_dash(x.disk_bytes.map(short_size)),
             or_dash(x.url)
         ));
     }
     Ok(())
 }
 
-/// Prints `name: state` of the VM an operation answered with.
-fn done(v: &VmView) {
-    warnings(&v.warnings);
-    out(&format!("{}: {}", v.name, v.state));
+/// `10G`, `512M`: sizes in a table.
+fn short_size(b: u64) -> String {
+    human(b)
+        .replace(" GiB", "G")
+        .replace(" MiB", "M")
+        .replace(" TiB", "T")
 }
 
-pub(super) fn stop(vm: &str) -> Result<(), Failure> {
-    let c = Client::from_env()?;
-    eprintln!("stopping...");
-    done(&c.post(&format!("/vms/{}/stop", seg(vm)), &StartRequest::default())?);
+/// Prints the VM an operation answered with: `name: state`, or JSON.
+fn done(v: &VmView, json: bool) -> Result<(), Failure> {
+    warnings(&v.warnings);
+    if json {
+        return out_json(v);
+    }
+    out(&format!("{}: {}", v.name, v.state));
     Ok(())
 }
 
-pub(super) fn start(vm: &str, no_wait: bool) -> Result<(), Failure> {
+pub(super) fn stop(vm: &str, json: bool) -> Result<(), Failure> {
     let c = Client::from_env()?;
-    eprintln!("starting...");
+    let v: VmView = {
+        let _s = spinner(format!("stopping {}", visible(vm)));
+        c.post(&format!("/vms/{}/stop", seg(vm)), &StartRequest::default())?
+    };
+    done(&v, json)
+}
+
+pub(super) fn start(vm: &str, no_wait: bool, json: bool) -> Result<(), Failure> {
+    let c = Client::from_env()?;
     let req = StartRequest {
         wait_ssh: Some(!no_wait),
     };
-    done(&c.post(&format!("/vms/{}/start", seg(vm)), &req)?);
+    let v: VmView = {
+        let _s = spinner(format!("starting {}", visible(vm)));
+        c.post(&format!("/vms/{}/start", seg(vm)), &req)?
+    };
+    done(&v, json)
+}
+
+pub(super) fn resize(a: ResizeArgs) -> Result<(), Failure> {
+    if a.disk.is_none() && a.cpus.is_none() && a.memory.is_none() {
+        return Err(Failure::usage(
+            "nothing to change",
+            Some(format!(
+                "give --disk, --cpus or --memory, e.g. fcm resize {} --disk 20G",
+                visible(&a.vm)
+            )),
+        ));
+    }
+    let c = Client::from_env()?;
+    let req = ResizeRequest {
+        disk: a.disk,
+        cpus: a.cpus,
+        memory_mib: a.memory,
+    };
+    let v: VmView = c.post(&format!("/vms/{}/resize", seg(&a.vm)), &req)?;
+    warnings(&v.warnings);
+    if a.json {
+        return out_json(&v);
+    }
+    out(&format!(
+        "{}: {} vCPU, {} MiB, disk {}",
+        v.name,
+        v.cpus,
+        v.memory_mib,
+        or_dash(v.disk_bytes.map(human))
+    ));
     Ok(())
 }
 
-pub(super) fn destroy(vm: &str) -> Result<(), Failure> {
+pub(super) fn destroy(vm: &str, json: bool) -> Result<(), Failure> {
     let c = Client::from_env()?;
-    eprintln!("destroying...");
-    done(&c.delete(&format!("/vms/{}", seg(vm)))?);
-    Ok(())
+    let v: VmView = {
+        let _s = spinner(format!("destroying {}", visible(vm)));
+        c.delete(&format!("/vms/{}", seg(vm)))?
+    };
+    done(&v, json)
 }

@@ -1,18 +1,21 @@
 //! The HTTP transport of the API: worker threads take requests from
 //! tiny_http, check the token and the body size, and hand the typed route
-//! to `api::handle`. Every answer is JSON.
+//! to `api::handle`. Every answer is JSON but file and archive transfers,
+//! whose bodies are streamed both ways (`api::stream`).
 
 use std::io::Read;
 use std::sync::Arc;
 use std::thread;
 
-use super::api::{self, ApiError, MAX_BODY, Route};
+use super::api::{self, Answer, ApiError, Route};
 use super::auth::{TOKEN_HINT, bearer, token_matches};
 use super::manager::Manager;
 use super::sessions::Sessions;
 
 /// Requests served at once.
 pub const WORKERS: usize = 16;
+/// How much of a refused upload is read (and dropped) before answering.
+const STREAM_DRAIN_MAX: u64 = 16 << 20;
 
 /// Serves the API until the server is closed; returns when every worker has.
 pub fn serve(server: tiny_http::Server, m: Arc<Manager>, s: Arc<Sessions>, token: Arc<String>) {
@@ -54,20 +57,30 @@ fn authorise(req: &tiny_http::Request, token: &str) -> Result<(), ApiError> {
     }
 }
 
-fn read_body(req: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
-    let too_big = || ApiError::new(413, format!("request body is larger than {MAX_BODY} bytes"));
-    if req.body_length().is_some_and(|n| n > MAX_BODY) {
+fn read_body(req: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiError> {
+    let too_big = || ApiError::new(413, format!("request body is larger than {max} bytes"));
+    if req.body_length().is_some_and(|n| n > max) {
         return Err(too_big());
     }
     let mut body = Vec::new();
     req.as_reader()
-        .take(MAX_BODY as u64 + 1)
+        .take(max as u64 + 1)
         .read_to_end(&mut body)
         .map_err(|e| ApiError::new(400, format!("could not read the request body: {e}")))?;
-    if body.len() > MAX_BODY {
+    if body.len() > max {
         return Err(too_big());
     }
     Ok(body)
+}
+
+/// Runs a handler; a panic in it answers 500 and the worker lives on.
+fn guarded(f: impl FnOnce() -> Result<Answer, ApiError>) -> Result<Answer, ApiError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(ApiError::new(
+            500,
+            "internal error: the daemon hit a bug handling this request (see its log)",
+        ))
+    })
 }
 
 fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str) {
@@ -78,20 +91,43 @@ fn serve_one(mut req: tiny_http::Request, m: &Manager, s: &Sessions, token: &str
         if route != Route::Health {
             authorise(&req, token)?;
         }
-        let body = read_body(&mut req)?;
-        // A panicking handler answers 500 and its worker lives on.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            api::handle(m, s, route, &body)
-        }))
-        .unwrap_or_else(|_| {
-            Err(ApiError::new(
-                500,
-                "internal error: the daemon hit a bug handling this request (see its log)",
-            ))
-        })
+        if route.streams() {
+            let reader = req.as_reader();
+            let answer = guarded(|| api::stream(m, route, reader));
+            if answer.is_err() {
+                // Refused before the upload was read (unknown VM, bad
+                // path): read a bounded part of it, so that a client still
+                // sending can read the answer.
+                let _ = std::io::copy(
+                    &mut req.as_reader().take(STREAM_DRAIN_MAX),
+                    &mut std::io::sink(),
+                );
+            }
+            return answer;
+        }
+        let body = read_body(&mut req, route.body_limit())?;
+        guarded(|| api::handle(m, s, route, &body).map(Answer::Json))
     })();
     let (status, body, allow) = match result {
-        Ok(r) => (r.status, r.body, None),
+        Ok(Answer::Json(r)) => (r.status, r.body, None),
+        Ok(Answer::Bytes {
+            content_type,
+            length,
+            body,
+        }) => {
+            let mut headers = Vec::new();
+            if let Ok(h) =
+                tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
+            {
+                headers.push(h);
+            }
+            let length = length.and_then(|n| usize::try_from(n).ok());
+            let resp =
+                tiny_http::Response::new(tiny_http::StatusCode(200), headers, body, length, None);
+            // A client that goes away mid-transfer ends it; nothing to report.
+            let _ = req.respond(resp);
+            return;
+        }
         Err(e) => {
             if e.status >= 500 {
                 eprintln!("fcm daemon: {method} {url}: {}", e.message);

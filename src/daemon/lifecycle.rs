@@ -13,6 +13,8 @@
 //!                ▼                    └── starting ◄── start ───┘
 //!              (none)
 //!   destroy: from any state ─► destroying ─► (none)
+//!   resize:  stopped ─► stopped (disk, vCPUs, memory; no in-progress state:
+//!            growing the disk file is idempotent)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +66,8 @@ pub enum Transition {
     /// The VMM was found dead (the guest powered off, or crashed).
     Died,
     Destroy,
+    /// Disk, vCPUs or memory changed; only while stopped.
+    Resize,
 }
 
 /// A transition asked of a VM in a state that does not allow it.
@@ -82,7 +86,7 @@ impl Transition {
         use VmState::*;
         match self {
             Self::Launched => &[Creating],
-            Self::Start => &[Stopped],
+            Self::Start | Self::Resize => &[Stopped],
             Self::Stop | Self::Died => &[Running],
             Self::Destroy => &VmState::ALL,
         }
@@ -95,7 +99,7 @@ impl Transition {
             Self::Start => Some(VmState::Starting),
             Self::Stop => Some(VmState::Stopping),
             Self::Destroy => Some(VmState::Destroying),
-            Self::Launched | Self::Died => None,
+            Self::Launched | Self::Died | Self::Resize => None,
         }
     }
 
@@ -103,7 +107,7 @@ impl Transition {
     pub fn to(self) -> Option<VmState> {
         match self {
             Self::Launched | Self::Start => Some(VmState::Running),
-            Self::Stop | Self::Died => Some(VmState::Stopped),
+            Self::Stop | Self::Died | Self::Resize => Some(VmState::Stopped),
             Self::Destroy => None,
         }
     }
@@ -115,6 +119,7 @@ impl Transition {
             Self::Stop => "stop it",
             Self::Died => "mark it stopped",
             Self::Destroy => "destroy it",
+            Self::Resize => "resize it",
         }
     }
 
@@ -209,6 +214,11 @@ mod tests {
         assert_eq!((e.wanted, e.action), ("running", "stop it"));
         assert!(Transition::Stop.check(Creating).is_err());
         assert!(Transition::Start.check(Starting).is_err());
+        assert!(Transition::Resize.check(Stopped).is_ok());
+        let e = Transition::Resize
+            .check(Running)
+            .expect_err("running cannot resize");
+        assert_eq!((e.wanted, e.action), ("stopped", "resize it"));
         assert_eq!(Transition::Died.to(), Some(Stopped));
         assert_eq!(Transition::Destroy.to(), None);
         assert_eq!(Transition::Stop.during(), Some(Stopping));

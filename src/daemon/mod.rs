@@ -10,11 +10,13 @@
 //! | `lifecycle` | VM states and the transitions every operation goes through |
 //! | `store` | the per-VM record `<state>/<id>/config.json` |
 //! | `sessions` | tmux sessions in guests; attached-stream registry |
+//! | `guest` | exec, files and archives in a running guest over the daemon's SSH |
 //! | `stream` | the terminal-stream server (port 7778) |
 
 pub mod api;
 pub mod auth;
 pub mod fault;
+pub mod guest;
 pub mod http;
 pub mod lifecycle;
 pub mod manager;

@@ -58,6 +58,9 @@ pub struct VmRecord {
     /// The guest's SSH host public key, pinned by clients.
     #[serde(default)]
     pub host_key: Option<String>,
+    /// Size of `rootfs.img` in bytes (absent in records made before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 impl VmRecord {
@@ -71,6 +74,7 @@ impl VmRecord {
             backend: self.backend.as_str().into(),
             cpus: self.cpus,
             memory_mib: self.memory_mib,
+            disk_bytes: self.disk_bytes,
             mac: self.mac.clone(),
             tap: self.tap.clone(),
             created_at: self.created_at,
@@ -163,6 +167,7 @@ mod tests {
             created_at: 1,
             pid: Some(42),
             host_key: None,
+            disk_bytes: Some(10 << 30),
         }
     }
 

@@ -25,6 +25,19 @@ pub enum DiskError {
         #[source]
         source: HostError,
     },
+    #[error("could not set the size of {image} to {bytes} bytes")]
+    Grow {
+        image: PathBuf,
+        bytes: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{image} is {current} bytes; a disk can only grow, not shrink to {wanted}")]
+    Shrink {
+        image: PathBuf,
+        current: u64,
+        wanted: u64,
+    },
     #[error("could not stage a file for {image}")]
     Stage {
         image: PathBuf,
@@ -121,6 +134,49 @@ fn copy_range(src: &File, dst: &File, from: u64, end: u64) -> io::Result<()> {
         off += n as u64;
     }
     Ok(())
+}
+
+/// Extends a disk image to `bytes` (sparse: the new part is a hole). The
+/// guest grows its file system to the device at boot. A disk never
+/// shrinks: a smaller size is an error, the same size does nothing.
+pub fn grow(image: &Path, bytes: u64) -> Result<(), DiskError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(image)
+        .map_err(|source| DiskError::Grow {
+            image: image.to_owned(),
+            bytes,
+            source,
+        })?;
+    let current = size(image)?;
+    if bytes < current {
+        return Err(DiskError::Shrink {
+            image: image.to_owned(),
+            current,
+            wanted: bytes,
+        });
+    }
+    if bytes > current {
+        f.set_len(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|source| DiskError::Grow {
+                image: image.to_owned(),
+                bytes,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// The apparent size of an image in bytes.
+pub fn size(image: &Path) -> Result<u64, DiskError> {
+    fs::metadata(image)
+        .map(|m| m.len())
+        .map_err(|source| DiskError::Grow {
+            image: image.to_owned(),
+            bytes: 0,
+            source,
+        })
 }
 
 /// A file to place in the guest's filesystem.
@@ -274,6 +330,21 @@ mod tests {
         );
         // Refuses to overwrite an existing disk.
         assert!(copy_rootfs(&src, &dst).is_err());
+    }
+
+    #[test]
+    fn disks_grow_sparsely_and_never_shrink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("d.img");
+        fs::write(&img, b"data").expect("write");
+        grow(&img, 1 << 30).expect("grow");
+        assert_eq!(size(&img).expect("size"), 1 << 30);
+        assert!(img.metadata().expect("meta").blocks() * 512 < 1 << 20);
+        assert_eq!(&fs::read(&img).expect("read")[..4], b"data");
+        grow(&img, 1 << 30).expect("same size is fine");
+        let e = grow(&img, 1 << 20).expect_err("shrink");
+        assert!(matches!(e, DiskError::Shrink { .. }), "{e}");
+        assert_eq!(size(&img).expect("size"), 1 << 30);
     }
 
     #[test]

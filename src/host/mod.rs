@@ -4,6 +4,7 @@
 //! | module | the host side of |
 //! |---|---|
 //! | `process` | running programs (never a shell), signals, liveness, bounded waits |
+//! | `piped` | programs whose stdin/stdout are streamed, with a watchdog |
 //! | `fs` | atomic writes, file locks |
 //! | `pty` | pseudo-terminals for the console's `ssh -tt` |
 //! | `network` | the bridge, `tap_<id>` devices, fcm's nftables table, addresses |
@@ -20,13 +21,16 @@ pub mod disk;
 pub mod disk_lock;
 pub mod fs;
 pub mod network;
+pub mod piped;
 pub mod process;
 pub mod pty;
 pub mod ssh;
 pub mod vmm;
 
 pub use fs::{set_mode, write_atomic};
+pub use piped::{Ended, Piped};
 pub use process::{
-    HostError, Outcome, Signal, find_processes, find_program, is_root, process_alive, run,
-    run_command, run_full, run_outcome, run_timeout, run_with_stdin, signal, wait_until,
+    Captured, HostError, Outcome, Signal, capture, find_processes, find_program, is_root,
+    process_alive, run, run_command, run_full, run_outcome, run_timeout, run_with_stdin, signal,
+    wait_until,
 };

@@ -170,6 +170,95 @@ where
     }
 }
 
+/// What [`capture`] gave: the exact bytes, each stream cut at its cap.
+#[derive(Debug)]
+pub struct Captured {
+    /// The exit code; `None` when the deadline passed and it was killed,
+    /// `Some(128 + N)` when signal N ended it.
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// A stream was longer than `cap` (the rest was read and dropped).
+    pub truncated: bool,
+    pub elapsed: Duration,
+}
+
+/// Runs a program (no shell) feeding it `stdin`, keeping at most `cap`
+/// bytes of each stream as bytes, killing it at `timeout`.
+pub fn capture<I, S>(
+    program: &str,
+    args: I,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+    cap: usize,
+) -> Result<Captured, HostError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    use std::os::unix::process::ExitStatusExt;
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(&args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| HostError::Spawn {
+            cmd: render(program, &args),
+            source,
+        })?;
+    let out = drain_bytes(child.stdout.take(), cap);
+    let err = drain_bytes(child.stderr.take(), cap);
+    // Fed from a thread: a program that reads slowly (or not at all) must
+    // not keep the deadline from being checked.
+    let feeder = match (stdin, child.stdin.take()) {
+        (Some(data), Some(mut pipe)) => Some(thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        })),
+        _ => None,
+    };
+    let status = wait_until(timeout, Duration::from_millis(10), || {
+        child.try_wait().ok().flatten()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    let (stdout, cut_out) = out.join().unwrap_or_default();
+    let (stderr, cut_err) = err.join().unwrap_or_default();
+    Ok(Captured {
+        code: status.map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))),
+        stdout,
+        stderr,
+        truncated: cut_out || cut_err,
+        elapsed: started.elapsed(),
+    })
+}
+
+pub(super) fn drain_bytes<R: Read + Send + 'static>(
+    pipe: Option<R>,
+    cap: usize,
+) -> thread::JoinHandle<(Vec<u8>, bool)> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut cut = false;
+        if let Some(mut p) = pipe {
+            let _ = (&mut p).take(cap as u64).read_to_end(&mut buf);
+            cut = io::copy(&mut p, &mut io::sink()).is_ok_and(|n| n > 0);
+        }
+        (buf, cut)
+    })
+}
+
 fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
     thread::spawn(move || {
         let mut buf = Vec::new();
@@ -182,7 +271,7 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String
     })
 }
 
-fn render(program: &str, args: &[std::ffi::OsString]) -> String {
+pub(super) fn render(program: &str, args: &[std::ffi::OsString]) -> String {
     let mut s = program.to_owned();
     for a in args {
         s.push(' ');
@@ -321,10 +410,49 @@ mod tests {
     }
 
     #[test]
+    fn capture_keeps_bytes_flags_truncation_and_times_out() {
+        let o = capture(
+            "sh",
+            ["-c", "cat; printf '\\377' >&2; exit 7"],
+            Some(b"in".to_vec()),
+            Duration::from_secs(5),
+            16,
+        )
+        .expect("run");
+        assert_eq!(
+            (o.code, o.stdout.as_slice(), o.stderr.as_slice()),
+            (Some(7), &b"in"[..], &[0xffu8][..])
+        );
+        assert!(!o.truncated);
+        let big = capture(
+            "head",
+            ["-c", "100", "/dev/zero"],
+            None,
+            Duration::from_secs(5),
+            10,
+        )
+        .expect("run");
+        assert_eq!((big.stdout.len(), big.truncated), (10, true));
+        let slow = capture("sleep", ["5"], None, Duration::from_millis(100), 10).expect("run");
+        assert_eq!(slow.code, None);
+        let sig =
+            capture("sh", ["-c", "kill -9 $$"], None, Duration::from_secs(5), 10).expect("run");
+        assert_eq!(sig.code, Some(137));
+    }
+
+    #[test]
     fn processes_are_found_by_program_and_marker() {
         let mut child = Command::new("sleep").arg("29.123").spawn().expect("spawn");
-        let found = find_processes(&["sleep"], "29.123");
-        assert!(found.contains(&child.id()), "{found:?}");
+        // Until the child has exec'd, its command line is still ours.
+        let found = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            let f = find_processes(&["sleep"], "29.123");
+            f.contains(&child.id()).then_some(f)
+        });
+        assert!(
+            found.is_some(),
+            "{:?}",
+            find_processes(&["sleep"], "29.123")
+        );
         assert!(find_processes(&["qemu-system-x86_64"], "29.123").is_empty());
         let _ = child.kill();
         let _ = child.wait();

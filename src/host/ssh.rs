@@ -90,11 +90,37 @@ pub fn daemon_ssh_args(key: &Path, known_hosts: &Path, ip: Ipv4Addr) -> Vec<Stri
         "-o".into(),
         format!("UserKnownHostsFile={}", known_hosts.display()),
         "-o".into(),
-        "ConnectTimeout=5".into(),
+        // Includes the banner exchange, which a busy TCG guest can take
+        // seconds over; every caller has its own overall deadline.
+        "ConnectTimeout=15".into(),
         "-o".into(),
         "LogLevel=ERROR".into(),
         format!("root@{ip}"),
     ]
+}
+
+/// Quotes one word for a POSIX shell: `'…'`, with each `'` written as
+/// `'\''`. Whatever the text holds, the remote shell sees one literal word.
+pub fn shell_quote(word: &str) -> String {
+    let mut s = String::with_capacity(word.len() + 2);
+    s.push('\'');
+    for c in word.chars() {
+        if c == '\'' {
+            s.push_str("'\\''");
+        } else {
+            s.push(c);
+        }
+    }
+    s.push('\'');
+    s
+}
+
+/// A remote command line that runs `argv` exactly: every element quoted.
+pub fn remote_command<S: AsRef<str>>(argv: &[S]) -> String {
+    argv.iter()
+        .map(|a| shell_quote(a.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A known_hosts line pinning `host_key` (`ssh-ed25519 AAAA... comment`) for `ip`.
@@ -127,6 +153,27 @@ pub fn wait_ready(ip: Ipv4Addr, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoting_survives_a_real_shell() {
+        let nasty = [
+            "plain",
+            "",
+            "it's",
+            "$(reboot)",
+            "`id`",
+            "a b\tc\nd",
+            "'; rm -rf / #",
+            "\\'\"",
+            "-n",
+            "*",
+        ];
+        let line = format!("printf '%s\\0' {}", remote_command(&nasty));
+        let out = host::run("sh", ["-c", line.as_str()]).expect("sh");
+        let got: Vec<&str> = out.split('\0').collect();
+        assert_eq!(&got[..nasty.len()], &nasty[..]);
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
 
     #[test]
     fn the_daemon_ssh_reads_no_config_and_forwards_nothing() {

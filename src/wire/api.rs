@@ -4,6 +4,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::size::DiskSize;
+
 /// Body of `POST /vms`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +21,9 @@ pub struct CreateRequest {
     /// Return only once the guest's SSH answers (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ssh: Option<bool>,
+    /// Disk size: bytes, or a size such as `"20G"` (default 10 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskSize>,
 }
 
 /// Body of `POST /vms/{vm}/start` (and, empty, of `stop`).
@@ -55,6 +60,9 @@ pub struct VmView {
     pub backend: String,
     pub cpus: u8,
     pub memory_mib: u32,
+    /// Size of the VM's disk in bytes (`null` for VMs made before it was recorded).
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
     pub mac: String,
     pub tap: String,
     pub created_at: u64,
@@ -89,6 +97,89 @@ pub struct SessionInfo {
     pub attached: u32,
     /// The command running in the session's active pane.
     pub command: String,
+}
+
+/// Body of `POST /vms/{vm}/resize` (a stopped VM). Unset fields keep
+/// their value; the disk only grows.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeRequest {
+    /// New disk size: bytes, or a size such as `"20G"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+}
+
+/// Body of `POST /vms/{vm}/exec`: a program and its arguments, run in the
+/// guest without a terminal (each argument quoted, never parsed by a shell).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    /// Standard input as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Standard input as base64, for bytes that are not UTF-8 (not with `stdin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_base64: Option<String>,
+    /// Seconds before the command is killed (default 60, at most 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// How `stdout` and `stderr` of an [`ExecResponse`] are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// The bytes were valid UTF-8 and are the strings as they are.
+    #[default]
+    Utf8,
+    /// At least one stream was not UTF-8: both are base64 of the exact bytes.
+    Base64,
+}
+
+/// The answer to `POST /vms/{vm}/exec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecResponse {
+    /// The command's exit code; 124 when it was killed at its timeout,
+    /// 128+N when a signal N ended it.
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// A stream was longer than the cap (1 MiB each) and was cut there.
+    pub truncated: bool,
+    /// The command outlived `timeout_secs` and was killed.
+    pub timed_out: bool,
+}
+
+/// The answer to `GET /vms/{vm}/logs?offset=N`: a piece of the console log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// Where `data` starts in the log (0 again after the log was rotated).
+    pub offset: u64,
+    /// Pass this as `offset` to get what follows.
+    pub next_offset: u64,
+    /// The log's current size in bytes.
+    pub size: u64,
+    /// The guest's bytes as text (invalid UTF-8 replaced); raw: control
+    /// characters are the reader's to escape before showing them.
+    pub data: String,
+    /// The log was rotated since `offset`: `data` starts at its beginning.
+    #[serde(default)]
+    pub reset: bool,
+}
+
+/// The answer to `PUT /vms/{vm}/files` and `PUT /vms/{vm}/archive`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Written {
+    pub path: String,
+    /// Bytes received.
+    pub bytes: u64,
 }
 
 /// `GET /health`.

@@ -6,6 +6,7 @@
 //! the terminal stream on port 7778 (docs/console.md).
 
 pub mod api;
+pub mod size;
 pub mod stream;
 pub mod text;
 

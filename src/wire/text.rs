@@ -3,7 +3,10 @@
 //! sequences (to move the cursor, retitle the window, rewrite what the user
 //! sees, or worse). [`printable`] strips them; the daemon applies it to what
 //! it sends and the client to what it prints, everywhere but inside an
-//! attached console, where the guest's output is the point.
+//! attached console, where the guest's output is the point. Where what the
+//! guest wrote is the data itself (`fcm logs`, `fcm exec` output on a
+//! terminal), [`visible`] keeps every byte in sight instead: controls are
+//! shown as escapes (`\x1b`).
 
 /// `s` without terminal control sequences: escape sequences (CSI, OSC,
 /// DCS, APC, PM, SOS and two-byte ones) are dropped whole, other control
@@ -47,6 +50,25 @@ pub fn printable(s: &str) -> String {
     out
 }
 
+/// `s` with every control character but `\n`, `\t`, `\r` shown as `\xNN`
+/// (C1 controls, U+0080 to U+009F, as `\u{NN}`).
+pub fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+                out.push_str(&format!("\\u{{{:02x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +86,11 @@ mod tests {
         assert_eq!(printable("\u{1b}_fcm-ready\u{1b}\\z"), "z");
         assert_eq!(printable("trailing \u{1b}["), "trailing ");
         assert_eq!(printable("héllo ✓"), "héllo ✓");
+    }
+
+    #[test]
+    fn controls_become_visible() {
+        assert_eq!(visible("a\x1b[2Jb\n\tc\r"), "a\\x1b[2Jb\n\tc\r");
+        assert_eq!(visible("\x07\x00\x7f\u{9b}é"), "\\x07\\x00\\x7f\\u{9b}é");
     }
 }

@@ -3,20 +3,28 @@
 //! `Result<Reply, ApiError>`, and one function mapping error kinds to
 //! status codes. See `docs/openapi.yaml`.
 
+mod guest;
 mod sessions;
 mod vms;
+
+pub use guest::{Answer, stream};
 
 use serde::Serialize;
 use serde_json::Value;
 
+use super::guest::GuestError;
 use super::manager::{Manager, ManagerError};
 use super::sessions::{SessionError, Sessions};
 use crate::error::chain;
 use crate::wire::api::ErrorBody;
 use crate::wire::text::printable;
 
-/// Largest request body accepted (413 above).
+/// Largest JSON request body accepted (413 above)...
 pub const MAX_BODY: usize = 64 * 1024;
+/// ...except for `POST /vms/{vm}/exec`, whose stdin may be up to 8 MiB
+/// (as base64). File and archive uploads are streamed, not buffered
+/// (`guest::TRANSFER_MAX`).
+pub const MAX_EXEC_BODY: usize = 12 << 20;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
@@ -31,6 +39,34 @@ pub enum Route {
     ListSessions(String),
     CreateSession(String),
     DeleteSession(String, String),
+    ResizeVm(String),
+    Exec(String),
+    Logs { vm: String, offset: u64, max: usize },
+    GetFile { vm: String, path: String },
+    PutFile { vm: String, path: String },
+    GetArchive { vm: String, path: String },
+    PutArchive { vm: String, path: String },
+}
+
+impl Route {
+    /// Routes whose bodies are streamed (files, archives), not JSON.
+    pub fn streams(&self) -> bool {
+        matches!(
+            self,
+            Self::GetFile { .. }
+                | Self::PutFile { .. }
+                | Self::GetArchive { .. }
+                | Self::PutArchive { .. }
+        )
+    }
+
+    /// The largest body this route accepts.
+    pub fn body_limit(&self) -> usize {
+        match self {
+            Self::Exec(_) => MAX_EXEC_BODY,
+            _ => MAX_BODY,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -107,6 +143,28 @@ pub fn session_status_of(e: &SessionError) -> u16 {
     }
 }
 
+/// Status codes of guest (exec, files) errors; a VM error keeps its own.
+pub fn guest_status_of(e: &GuestError) -> u16 {
+    match e {
+        GuestError::Vm(e) => status_of(e),
+        GuestError::BadRequest(_) | GuestError::Refused { .. } => 400,
+        GuestError::NotFound { .. } => 404,
+        GuestError::TooLarge { .. } => 413,
+        GuestError::Unreachable { .. } | GuestError::Failed { .. } => 502,
+        GuestError::Host { .. } => 500,
+    }
+}
+
+impl From<GuestError> for ApiError {
+    fn from(e: GuestError) -> Self {
+        let status = guest_status_of(&e);
+        let hint = e.hint();
+        let mut a = ApiError::new(status, chain(&e));
+        a.hint = hint;
+        a
+    }
+}
+
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
         let status = session_status_of(&e);
@@ -128,6 +186,63 @@ pub(super) fn ok<T: Serialize>(status: u16, v: T) -> Result<Reply, ApiError> {
         .map_err(|e| ApiError::new(500, format!("could not encode the response: {e}")))
 }
 
+/// The value of `key` in a URL's query string, percent-decoded.
+fn query(url: &str, key: &str) -> Result<Option<String>, ApiError> {
+    let Some((_, q)) = url.split_once('?') else {
+        return Ok(None);
+    };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return percent_decode(v).map(Some).ok_or_else(|| {
+                ApiError::new(
+                    400,
+                    format!("query parameter {key} is not valid percent-encoded UTF-8"),
+                )
+            });
+        }
+    }
+    Ok(None)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn number<T: std::str::FromStr>(url: &str, key: &str, default: T) -> Result<T, ApiError> {
+    match query(url, key)? {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            ApiError::new(
+                400,
+                format!("query parameter {key} must be a non-negative integer"),
+            )
+        }),
+    }
+}
+
+fn guest_path(url: &str) -> Result<String, ApiError> {
+    query(url, "path")?
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(400, "the query parameter path is missing")
+                .with_hint("e.g. ?path=/root/notes.txt (percent-encoded)")
+        })
+}
+
 /// The route of `(method, path segments)`, if there is one.
 fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
     let vm = |s: &str| s.to_owned();
@@ -143,20 +258,71 @@ fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
         ("GET", ["vms", v, "sessions"]) => Route::ListSessions(vm(v)),
         ("POST", ["vms", v, "sessions"]) => Route::CreateSession(vm(v)),
         ("DELETE", ["vms", v, "sessions", s]) => Route::DeleteSession(vm(v), s.to_string()),
+        ("POST", ["vms", v, "resize"]) => Route::ResizeVm(vm(v)),
+        ("POST", ["vms", v, "exec"]) => Route::Exec(vm(v)),
+        ("GET", ["vms", v, "logs"]) => Route::Logs {
+            vm: vm(v),
+            offset: 0,
+            max: super::manager::LOG_CHUNK_MAX,
+        },
+        ("GET", ["vms", v, "files"]) => Route::GetFile {
+            vm: vm(v),
+            path: String::new(),
+        },
+        ("PUT", ["vms", v, "files"]) => Route::PutFile {
+            vm: vm(v),
+            path: String::new(),
+        },
+        ("GET", ["vms", v, "archive"]) => Route::GetArchive {
+            vm: vm(v),
+            path: String::new(),
+        },
+        ("PUT", ["vms", v, "archive"]) => Route::PutArchive {
+            vm: vm(v),
+            path: String::new(),
+        },
         _ => return None,
     })
 }
 
+/// Fills in what a route takes from the query string (400 if it is bad).
+fn with_query(r: Route, url: &str) -> Result<Route, ApiError> {
+    Ok(match r {
+        Route::Logs { vm, .. } => Route::Logs {
+            vm,
+            offset: number(url, "offset", 0u64)?,
+            max: number(url, "max", super::manager::LOG_CHUNK_MAX)?,
+        },
+        Route::GetFile { vm, .. } => Route::GetFile {
+            vm,
+            path: guest_path(url)?,
+        },
+        Route::PutFile { vm, .. } => Route::PutFile {
+            vm,
+            path: guest_path(url)?,
+        },
+        Route::GetArchive { vm, .. } => Route::GetArchive {
+            vm,
+            path: guest_path(url)?,
+        },
+        Route::PutArchive { vm, .. } => Route::PutArchive {
+            vm,
+            path: guest_path(url)?,
+        },
+        other => other,
+    })
+}
+
 /// Methods the API serves on some path.
-const METHODS: [&str; 3] = ["GET", "POST", "DELETE"];
+const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
 
 /// Parses a request line into a route; `Err` is 404, or 405 with the
 /// methods the path does take (for the `Allow` header).
-pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let path = path.split('?').next().unwrap_or_default();
+pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
+    let path = url.split('?').next().unwrap_or_default();
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     if let Some(r) = match_route(method, &segs) {
-        return Ok(r);
+        return with_query(r, url);
     }
     let allowed: Vec<&str> = METHODS
         .into_iter()
@@ -203,6 +369,16 @@ pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply,
         Route::ListSessions(v) => ok(200, s.list(m, &v)?),
         Route::CreateSession(v) => sessions::create(m, s, &v, parse_body(body)?),
         Route::DeleteSession(v, id) => ok(200, s.kill(m, &v, &id)?),
+        Route::ResizeVm(v) => ok(200, m.resize(&v, parse_body(body)?)?),
+        Route::Exec(v) => guest::exec(m, &v, parse_body(body)?),
+        Route::Logs { vm, offset, max } => ok(200, m.logs(&vm, offset, max)?),
+        Route::GetFile { .. }
+        | Route::PutFile { .. }
+        | Route::GetArchive { .. }
+        | Route::PutArchive { .. } => Err(ApiError::new(
+            500,
+            "a streamed route reached the JSON handler",
+        )),
     }
 }
 
@@ -228,6 +404,50 @@ mod tests {
             route("DELETE", "/vms/x/sessions/s1").expect("route"),
             Route::DeleteSession("x".into(), "s1".into())
         );
+        assert_eq!(
+            route("GET", "/vms/x/files?path=%2Froot%2Fa%20b%27c&x=1").expect("route"),
+            Route::GetFile {
+                vm: "x".into(),
+                path: "/root/a b'c".into()
+            }
+        );
+        assert_eq!(
+            route("GET", "/vms/x/files").expect_err("no path").status,
+            400
+        );
+        assert_eq!(
+            route("GET", "/vms/x/files?path=%ff")
+                .expect_err("bad utf8")
+                .status,
+            400
+        );
+        assert_eq!(
+            route("GET", "/vms/x/files?path=%4")
+                .expect_err("bad escape")
+                .status,
+            400
+        );
+        assert_eq!(
+            route("GET", "/vms/x/logs?offset=42").expect("route"),
+            Route::Logs {
+                vm: "x".into(),
+                offset: 42,
+                max: super::super::manager::LOG_CHUNK_MAX
+            }
+        );
+        assert_eq!(
+            route("GET", "/vms/x/logs?offset=-1")
+                .expect_err("neg")
+                .status,
+            400
+        );
+        assert_eq!(route("DELETE", "/vms/x/exec").expect_err("405").status, 405);
+        assert!(
+            route("PUT", "/vms/x/archive?path=/tmp")
+                .expect("route")
+                .streams()
+        );
+        assert_eq!(Route::Exec("x".into()).body_limit(), MAX_EXEC_BODY);
         assert_eq!(route("PUT", "/vms").expect_err("405").status, 405);
         assert_eq!(
             route("TRACE", "/vms/x").expect_err("405").allow.as_deref(),

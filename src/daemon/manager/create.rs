@@ -19,9 +19,11 @@ use crate::host::{self, network, ssh};
 use crate::names::{VmId, VmName};
 use crate::wire::api::{CreateRequest, Expose, VmView};
 
-const CPUS_MAX: u8 = 32;
-const MEMORY_RANGE: std::ops::RangeInclusive<u32> = 64..=262_144;
-const KEY_MAX: usize = 16 * 1024;
+pub(super) const CPUS_MAX: u8 = 32;
+pub(super) const MEMORY_RANGE: std::ops::RangeInclusive<u32> = 64..=262_144;
+/// An OpenSSH public key line (an RSA-16384 key is under 3 KB). Small
+/// enough that any key line, JSON-escaped, fits in a request body.
+const KEY_MAX: usize = 4 * 1024;
 
 impl Manager {
     pub fn create(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
@@ -48,6 +50,7 @@ impl Manager {
             .transpose()?;
         let backend = self.backend;
         self.check_prerequisites(backend)?;
+        let disk_bytes = self.disk_size(req.disk, None)?;
 
         // Reserve id, name and address while holding the table lock.
         let entry;
@@ -97,6 +100,7 @@ impl Manager {
                     .unwrap_or(0),
                 pid: None,
                 host_key: None,
+                disk_bytes: Some(disk_bytes),
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)
@@ -150,6 +154,9 @@ impl Manager {
         let rootfs = dir.join("rootfs.img");
         disk::copy_rootfs(&self.cfg.asset(&self.cfg.rootfs), &rootfs)
             .map_err(|e| step("copy rootfs")(&e))?;
+        if let Some(bytes) = rec.disk_bytes {
+            disk::grow(&rootfs, bytes).map_err(|e| step("size the disk")(&e))?;
+        }
         fault::crash_point("create:after-copy");
         let host_key_path = dir.join("ssh_host_ed25519_key");
         let host_pub = ssh::ensure_keypair(&host_key_path, &format!("fcm-{}", rec.id))
@@ -233,7 +240,7 @@ fn validate_public_key(k: &str) -> Result<String, ManagerError> {
     let k = k.trim();
     let bad = |m: &str| Err(ManagerError::BadRequest(format!("ssh_public_key {m}")));
     if k.is_empty() || k.len() > KEY_MAX {
-        return bad("must be one OpenSSH public key line of at most 16 KiB");
+        return bad("must be one OpenSSH public key line of at most 4 KiB");
     }
     if k.chars().any(|c| c.is_control()) {
         return bad("must be a single line without control characters");

@@ -7,14 +7,20 @@
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
 //! | `ops.rs` | stop, start, destroy |
 //! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
+//! | `resize.rs` | resize a stopped VM (disk, vCPUs, memory); disk size rules |
+//! | `logs.rs` | reading the console log |
 //!
 //! Locking: `vms` is held only briefly (lookups, reserving names and
 //! addresses); each VM has its own operation lock, so a slow create or stop
 //! never blocks listing or operating on other VMs.
 
 mod create;
+mod logs;
 mod ops;
 mod recover;
+mod resize;
+
+pub use logs::LOG_CHUNK_MAX;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -414,8 +420,15 @@ impl Manager {
         let kernel = self.cfg.asset(&self.cfg.kernel);
         let initrd = self.initrd();
         let rootfs = dir.join("rootfs.img");
-        // One VMM per disk: the lock is taken here and lives in the VMM.
-        let disk_lock = DiskLock::acquire(&rootfs).map_err(|e| match e {
+        // One VMM per disk: the lock is taken here and lives in the VMM. A
+        // VMM that is exiting (none is found running) gets a moment to let go.
+        let acquire = || match DiskLock::acquire(&rootfs) {
+            Err(DiskLockError::Busy { .. }) if vmm::find_vmms(&dir).is_empty() => None,
+            other => Some(other),
+        };
+        let taken = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), acquire)
+            .unwrap_or_else(|| DiskLock::acquire(&rootfs));
+        let disk_lock = taken.map_err(|e| match e {
             DiskLockError::Busy { .. } => {
                 let pids = vmm::find_vmms(&dir);
                 vmm::VmmError::DiskInUse {
@@ -531,6 +544,7 @@ fn broken_view(id: &VmId, reason: &str) -> VmView {
         backend: "unknown".into(),
         cpus: 0,
         memory_mib: 0,
+        disk_bytes: None,
         mac: String::new(),
         tap: id.tap_name(),
         created_at: 0,

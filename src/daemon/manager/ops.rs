@@ -9,7 +9,7 @@ use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::VmRecord;
 use crate::error::chain;
-use crate::host::{self, network, ssh, vmm};
+use crate::host::{self, disk_lock, network, ssh, vmm};
 use crate::names::VmId;
 use crate::wire::api::VmView;
 
@@ -76,6 +76,12 @@ impl Manager {
         self.record(&e, &mut r, VmState::Stopping, "stop")?;
         fault::crash_point("stop:after-record");
         let clean = self.shutdown(&r);
+        // A VMM that has exited can hold its disk's lock a moment longer
+        // (its last threads): stopped means the disk is free to start again.
+        let rootfs = self.dir(&r.id).join("rootfs.img");
+        let _ = host::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            (!disk_lock::in_use(&rootfs)).then_some(())
+        });
         fault::crash_point("stop:after-shutdown");
         let errors = self.release_runtime(&r);
         fault::crash_point("stop:after-release");

@@ -63,20 +63,16 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+mod reload;
 mod site;
 
+use reload::run_bounded;
 use site::{SiteState, check_domain, import_line, render_site, with_import_line};
 
 pub use crate::config::CaddyConfig;
 use crate::host::{self, HostError};
 use crate::names::VmName;
 
-/// `caddy validate` only adapts and provisions the configuration.
-const VALIDATE_TIMEOUT: Duration = Duration::from_secs(20);
-/// A reload waits for Caddy to swap configurations, old servers included.
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// A connection to Caddy's admin endpoint is refused at once when it is down.
-const ADMIN_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// `ip route get` answers from the kernel's tables.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Any address outside the host works; the lookup sends nothing to it.
@@ -373,29 +369,6 @@ impl Caddy {
         host::write_atomic(&target, &new, mode).map_err(|source| io_err("write", &target, source))
     }
 
-    /// With the default reload (through the admin endpoint): the error if
-    /// every address of the admin endpoint refuses a connection, i.e.
-    /// Caddy is certainly not running. Anything less certain is `None`.
-    fn admin_refused(&self) -> Option<io::Error> {
-        use std::net::{TcpStream, ToSocketAddrs};
-        // A custom reload may not go through the admin endpoint; a missing
-        // binary is reported as such by the ordinary path.
-        if !self.cfg.reload_command.is_empty() || host::find_program(&self.cfg.caddy_bin).is_none()
-        {
-            return None;
-        }
-        let addrs: Vec<_> = self.cfg.admin.to_socket_addrs().ok()?.collect();
-        let mut last = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, ADMIN_PROBE_TIMEOUT) {
-                Ok(_) => return None,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => last = Some(e),
-                Err(_) => return None,
-            }
-        }
-        last
-    }
-
     fn render(&self, name: &VmName, state: SiteState) -> Result<String, CaddyError> {
         let domain = self.domain(name);
         check_domain(&domain)?;
@@ -457,65 +430,6 @@ impl Caddy {
             }),
         }
     }
-
-    fn validate_and_reload(&self, site: &Path) -> Result<(), CaddyError> {
-        let bin = &self.cfg.caddy_bin;
-        let main = self.cfg.caddyfile.as_os_str();
-        let validate = [
-            OsStr::new("validate"),
-            "--config".as_ref(),
-            main,
-            "--adapter".as_ref(),
-            "caddyfile".as_ref(),
-        ];
-        run_bounded(bin, &validate, VALIDATE_TIMEOUT).map_err(|source| match source {
-            HostError::Spawn { .. } => CaddyError::NotInstalled {
-                bin: bin.clone(),
-                source,
-            },
-            HostError::Failed { .. } => CaddyError::Invalid {
-                site: site.to_path_buf(),
-                source,
-            },
-        })?;
-        let default_reload = [
-            OsStr::new("reload"),
-            "--config".as_ref(),
-            main,
-            "--adapter".as_ref(),
-            "caddyfile".as_ref(),
-            "--address".as_ref(),
-            self.cfg.admin.as_ref(),
-        ];
-        let custom: Vec<&OsStr> = self
-            .cfg
-            .reload_command
-            .iter()
-            .skip(1)
-            .map(OsStr::new)
-            .collect();
-        let (program, args): (&Path, &[&OsStr]) = match self.cfg.reload_command.first() {
-            Some(p) => (Path::new(p), &custom),
-            None => (bin, &default_reload),
-        };
-        run_bounded(program, args, RELOAD_TIMEOUT).map_err(|source| match &source {
-            HostError::Spawn { .. } => CaddyError::NotInstalled {
-                bin: bin.clone(),
-                source,
-            },
-            HostError::Failed { stderr, .. } if admin_unreachable(stderr) => {
-                CaddyError::NotRunning {
-                    admin: self.cfg.admin.clone(),
-                    source,
-                }
-            }
-            HostError::Failed { .. } => CaddyError::Reload {
-                site: site.to_path_buf(),
-                source,
-            },
-        })?;
-        Ok(())
-    }
 }
 
 /// The `src` address of `ip -4 route get 1.1.1.1`: the address this host would
@@ -545,45 +459,6 @@ fn parse_route_src(out: &str) -> Option<Ipv4Addr> {
         }
     }
     None
-}
-
-/// Whether `caddy reload` failed because nothing listens on the admin address.
-fn admin_unreachable(stderr: &str) -> bool {
-    // Go's dialer: `dial tcp 127.0.0.1:2019: connect: connection refused`, or
-    // `dial unix /run/caddy.sock: connect: no such file or directory`.
-    stderr.contains("dial ") && stderr.contains("connect: ")
-}
-
-/// Caddy logs JSON lines on stderr and ends a failure with `Error: ...`; keep
-/// just those lines when there are any.
-fn caddy_stderr_summary(stderr: &str) -> String {
-    let errors: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("Error:"))
-        .collect();
-    if errors.is_empty() {
-        stderr.trim().to_owned()
-    } else {
-        errors.join("\n")
-    }
-}
-
-/// Runs a program with a deadline (a wedged Caddy must not hang a VM
-/// operation), keeping only Caddy's `Error:` lines of its stderr.
-fn run_bounded(program: &Path, args: &[&OsStr], timeout: Duration) -> Result<String, HostError> {
-    host::run_timeout(&program.to_string_lossy(), args, timeout).map_err(|e| match e {
-        HostError::Failed {
-            cmd,
-            status,
-            stderr,
-        } => HostError::Failed {
-            cmd,
-            status,
-            stderr: caddy_stderr_summary(&stderr),
-        },
-        other => other,
-    })
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, CaddyError> {

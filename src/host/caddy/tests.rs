@@ -1,6 +1,7 @@
 //! Tests of the Caddy handle that need files on disk (the text itself is
 //! tested in `site.rs`).
 
+use super::reload::{admin_unreachable, caddy_stderr_summary};
 use super::*;
 
 fn name(s: &str) -> VmName {

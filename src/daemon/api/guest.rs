@@ -1,0 +1,52 @@
+//! Handlers of `/vms/{vm}/exec`, `/vms/{vm}/files` and `/vms/{vm}/archive`:
+//! exec answers JSON; files and archives stream raw bytes both ways.
+
+use std::io::Read;
+
+use super::{ApiError, Reply, Route, ok};
+use crate::daemon::guest::{self, Download};
+use crate::daemon::manager::Manager;
+use crate::wire::api::ExecRequest;
+
+/// What a request gets back: JSON, or a stream of bytes.
+pub enum Answer {
+    Json(Reply),
+    Bytes {
+        content_type: &'static str,
+        length: Option<u64>,
+        body: Box<dyn Read + Send>,
+    },
+}
+
+pub(super) fn exec(m: &Manager, vm: &str, req: ExecRequest) -> Result<Reply, ApiError> {
+    ok(200, guest::exec(m, vm, req)?)
+}
+
+fn bytes(d: Download, content_type: &'static str) -> Answer {
+    Answer::Bytes {
+        content_type,
+        length: d.length,
+        body: d.body,
+    }
+}
+
+/// Runs a streamed route; `body` is the request's (unread) body.
+pub fn stream(m: &Manager, r: Route, body: &mut dyn Read) -> Result<Answer, ApiError> {
+    let json = |v| ok(200, v).map(Answer::Json);
+    match r {
+        Route::GetFile { vm, path } => Ok(bytes(
+            guest::read_file(m, &vm, &path)?,
+            "application/octet-stream",
+        )),
+        Route::GetArchive { vm, path } => Ok(bytes(
+            guest::read_archive(m, &vm, &path)?,
+            "application/x-tar",
+        )),
+        Route::PutFile { vm, path } => json(guest::write_file(m, &vm, &path, body)?),
+        Route::PutArchive { vm, path } => json(guest::write_archive(m, &vm, &path, body)?),
+        _ => Err(ApiError::new(
+            500,
+            "a JSON route reached the stream handler",
+        )),
+    }
+}

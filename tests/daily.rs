@@ -1,0 +1,353 @@
+//! The everyday commands end to end, on one real guest (QEMU backend) in
+//! its own namespace, to keep the suite's time small: `create --disk`,
+//! `exec` (CLI and API), `cp` (files, directories, errors), `logs`, and
+//! `resize` of the stopped VM with the guest seeing its new disk.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Fcm, e2e_ready};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `fcm args...` with `stdin` fed to it.
+fn run_with_stdin(f: &Fcm, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = f
+        .cli()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fcm");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("fcm")
+}
+
+/// The size of the guest's root file system in bytes, as `df` sees it.
+fn guest_df(f: &Fcm, vm: &str) -> f64 {
+    let out = f.ok(&["exec", vm, "--", "df", "-B1", "--output=size", "/"]);
+    out.lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .next()
+        .unwrap_or_else(|| panic!("df said: {out}"))
+}
+
+fn sha256(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Every file under `dir` with its content, relative names sorted.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in fs::read_dir(d).expect("read_dir").flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).expect("rel").display().to_string();
+            if p.is_dir() {
+                out.push((format!("{rel}/"), Vec::new()));
+                walk(base, &p, out);
+            } else {
+                out.push((rel, fs::read(&p).expect("read")));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v.sort();
+    v
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn one_guest_disk_exec_cp_logs_and_resize() {
+    if !e2e_ready() {
+        return;
+    }
+    let f = Fcm::start("daily", &[]);
+    let token = f.token();
+    let v = f.create(&["--disk", "4G"]);
+    let vm = v["name"].as_str().expect("name").to_owned();
+    assert_eq!(v["disk_bytes"], 4u64 << 30, "{v}");
+
+    // The guest grew its file system to the 4 GiB disk at boot.
+    let size = guest_df(&f, &vm);
+    assert!(
+        (3.6 * GIB..=4.0 * GIB).contains(&size),
+        "df shows {:.2} GiB, not about 4",
+        size / GIB
+    );
+
+    // exec through the CLI: exit code, separate streams, stdin.
+    let out = f.run(&[
+        "exec",
+        &vm,
+        "--",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "to-out\n");
+    assert_eq!(text(&out.stderr), "to-err\n");
+    let out = run_with_stdin(&f, &["exec", &vm, "--", "tr", "a-z", "A-Z"], b"piped in\n");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "PIPED IN\n")
+    );
+    // Arguments reach the guest as they are: no shell sees them.
+    let out = f.ok(&[
+        "exec", &vm, "--", "printf", "%s|", "a b", "$(id)", "it's", "*",
+    ]);
+    assert_eq!(out, "a b|$(id)|it's|*|");
+
+    // exec through the API.
+    let (s, body) = f.api(
+        "POST",
+        &format!("/vms/{vm}/exec"),
+        Some(&token),
+        Some(br#"{"cmd": ["sh", "-c", "echo to-out; echo to-err >&2; exit 7"]}"#),
+    );
+    assert_eq!(s, 200, "{body}");
+    let r = json(&body);
+    assert_eq!(
+        (
+            r["exit_code"].as_i64(),
+            r["stdout"].as_str(),
+            r["stderr"].as_str(),
+            r["truncated"].as_bool(),
+            r["timed_out"].as_bool()
+        ),
+        (
+            Some(7),
+            Some("to-out\n"),
+            Some("to-err\n"),
+            Some(false),
+            Some(false)
+        ),
+        "{body}"
+    );
+    // Bytes that are not UTF-8 come back as base64, exactly.
+    let (_, body) = f.api(
+        "POST",
+        &format!("/vms/{vm}/exec"),
+        Some(&token),
+        Some(br#"{"cmd": ["printf", "\\377\\033[2J"]}"#),
+    );
+    let r = json(&body);
+    assert_eq!(
+        (r["encoding"].as_str(), r["stdout"].as_str()),
+        (Some("base64"), Some("/xtbMko=")),
+        "{body}"
+    );
+
+    // A command that outlives its timeout is killed, and fcm says so.
+    let t = Instant::now();
+    let out = f.run(&[
+        "exec",
+        &vm,
+        "--timeout",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "sleep 300; echo late",
+    ]);
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("killed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("late"));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+    let left = f.run(&["exec", &vm, "--", "pgrep", "-x", "sleep"]);
+    assert_eq!(
+        left.status.code(),
+        Some(1),
+        "the command survived: {}",
+        text(&left.stdout)
+    );
+
+    // A huge output is capped at 1 MiB and flagged.
+    let (_, body) = f.api(
+        "POST",
+        &format!("/vms/{vm}/exec"),
+        Some(&token),
+        Some(br#"{"cmd": ["sh", "-c", "yes | head -c 3000000"]}"#),
+    );
+    let r = json(&body);
+    assert_eq!(r["truncated"], true);
+    assert_eq!(r["stdout"].as_str().map(str::len), Some(1 << 20));
+    assert_eq!(r["exit_code"], 0);
+
+    // cp: a 10 MB random file in and back out, byte for byte.
+    let work = f.dir.path().join("work");
+    fs::create_dir_all(&work).expect("work");
+    let random = work.join("random.bin");
+    let ok = std::process::Command::new("head")
+        .args(["-c", "10000000", "/dev/urandom"])
+        .stdout(fs::File::create(&random).expect("create"))
+        .status()
+        .expect("head")
+        .success();
+    assert!(ok);
+    let t = Instant::now();
+    f.ok(&["cp", &random.display().to_string(), &format!("{vm}:/root/")]);
+    let in_guest = f.ok(&["exec", &vm, "--", "sha256sum", "/root/random.bin"]);
+    assert!(in_guest.starts_with(&sha256(&random)), "{in_guest}");
+    let back = work.join("back.bin");
+    f.ok(&[
+        "cp",
+        &format!("{vm}:/root/random.bin"),
+        &back.display().to_string(),
+    ]);
+    assert_eq!(sha256(&back), sha256(&random));
+    eprintln!("10 MB in and out: {:?}", t.elapsed());
+
+    // cp: a directory (nested, odd names) in and back out.
+    let src = work.join("tree");
+    fs::create_dir_all(src.join("sub/deeper")).expect("mkdir");
+    fs::write(src.join("a.txt"), "alpha\n").expect("write");
+    fs::write(src.join("sub/it's a file"), "quote and space\n").expect("write");
+    fs::write(src.join("sub/deeper/z.bin"), [0u8, 255, 10, 27]).expect("write");
+    f.ok(&[
+        "cp",
+        &src.display().to_string(),
+        &format!("{vm}:/root/copied"),
+    ]);
+    assert_eq!(
+        f.ok(&["exec", &vm, "--", "cat", "/root/copied/sub/it's a file"]),
+        "quote and space\n"
+    );
+    let out_dir = work.join("out");
+    fs::create_dir_all(&out_dir).expect("mkdir");
+    f.ok(&[
+        "cp",
+        &format!("{vm}:/root/copied"),
+        &format!("{}/", out_dir.display()),
+    ]);
+    assert_eq!(tree(&out_dir.join("copied")), tree(&src));
+
+    // cp errors say what is wrong.
+    let out = f.run(&["cp", &random.display().to_string(), "no-such-vm:/root/"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no VM named"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = f.run(&[
+        "cp",
+        &format!("{vm}:/root/missing.txt"),
+        &work.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has no file /root/missing.txt"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = f.run(&["cp", "/no/such/local/file", &format!("{vm}:/root/")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/no/such/local/file"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The file API itself: 404 for a missing file, raw bytes for a present one.
+    let (s, _) = f.api(
+        "GET",
+        &format!("/vms/{vm}/files?path=%2Froot%2Fmissing"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(s, 404);
+    let (s, body) = f.api(
+        "GET",
+        &format!("/vms/{vm}/files?path=%2Froot%2Fcopied%2Fa.txt"),
+        Some(&token),
+        None,
+    );
+    assert_eq!((s, body.as_str()), (200, "alpha\n"));
+
+    // logs: the kernel's boot lines, guest control characters escaped.
+    let logs = f.ok(&["logs", &vm]);
+    assert!(
+        logs.contains("Linux version"),
+        "no boot lines in: {}",
+        &logs[..logs.len().min(500)]
+    );
+    assert!(!logs.contains('\x1b'), "raw ESC in logs output");
+    let json_lines = f.ok(&["logs", &vm, "--json"]);
+    let chunk = json(json_lines.lines().next().unwrap_or_default());
+    assert_eq!(chunk["offset"], 0);
+
+    // resize: refused while running (409), then on the stopped VM.
+    let (s, body) = f.api(
+        "POST",
+        &format!("/vms/{vm}/resize"),
+        Some(&token),
+        Some(br#"{"disk": "6G"}"#),
+    );
+    assert_eq!(s, 409, "{body}");
+    let stop = f.run(&["stop", &vm]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    eprintln!("stop: {}", text(&stop.stderr));
+    let out = f.run(&["resize", &vm, "--disk", "2G"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("can only grow"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (s, _) = f.api(
+        "POST",
+        &format!("/vms/{vm}/resize"),
+        Some(&token),
+        Some(br#"{"disk": 1073741824}"#),
+    );
+    assert_eq!(s, 400);
+    let r = json(&f.ok(&["resize", &vm, "--disk", "6G", "--json"]));
+    assert_eq!(r["disk_bytes"], 6u64 << 30);
+    f.ok(&["start", &vm]);
+    let size = guest_df(&f, &vm);
+    assert!(
+        (5.6 * GIB..=6.0 * GIB).contains(&size),
+        "after resize df shows {:.2} GiB, not about 6",
+        size / GIB
+    );
+    let in_guest = f.ok(&["exec", &vm, "--", "sha256sum", "/root/random.bin"]);
+    assert!(
+        in_guest.starts_with(&sha256(&random)),
+        "data changed: {in_guest}"
+    );
+}
