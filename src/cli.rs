@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{BackendChoice, DaemonConfig};
+use crate::config::{BackendChoice, DaemonConfig, TlsMode};
 use crate::wire::api::DiskSize;
 
 /// Exit codes: 0 success, 1 an operation failed, 2 bad usage.
@@ -225,9 +225,16 @@ pub struct DaemonArgs {
     /// API address (default 127.0.0.1:7777).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Terminal stream address (default 0.0.0.0:7778).
+    /// Terminal stream address (default 127.0.0.1:7778).
     #[arg(long)]
     pub stream_listen: Option<SocketAddr>,
+    /// TLS on both ports: auto (when either listens beyond loopback), on, off.
+    #[arg(long, value_enum)]
+    pub tls: Option<TlsMode>,
+    /// Print the fingerprint of the daemon's TLS certificate (made if
+    /// missing) and exit.
+    #[arg(long)]
+    pub print_fingerprint: bool,
     /// The VMM (default: firecracker where hardware virtualisation works, else qemu).
     #[arg(long, value_enum)]
     pub backend: Option<BackendChoice>,
@@ -273,6 +280,7 @@ impl DaemonArgs {
             state_dir,
             listen,
             stream_listen,
+            tls,
             backend,
             bridge,
             kernel,

@@ -38,6 +38,49 @@ pub enum BackendChoice {
     Qemu,
 }
 
+/// When the API and the terminal stream speak TLS (both do, or neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS when either port listens beyond loopback; plain on loopback.
+    Auto,
+    /// TLS on both ports, loopback too.
+    On,
+    /// Never TLS: then both ports must listen on loopback.
+    Off,
+}
+
+/// Bounds on the servers (`"limits": {...}` in the config file). Each
+/// port has its own pre-authentication budget, so unauthenticated clients
+/// never take the slots of authenticated ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections per port that have not yet shown the token.
+    pub pre_auth_connections: usize,
+    /// Of those, from one peer address.
+    pub pre_auth_per_peer: usize,
+    /// Seconds an HTTP client has from connecting to the end of its request
+    /// headers, TLS handshake included.
+    pub http_pre_auth_secs: u64,
+    /// HTTP requests authorised and being read, queued or served.
+    pub http_requests: usize,
+    /// Attached terminal connections.
+    pub stream_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            pre_auth_connections: 64,
+            pre_auth_per_peer: 8,
+            http_pre_auth_secs: 10,
+            http_requests: 64,
+            stream_connections: 256,
+        }
+    }
+}
+
 /// Everything the daemon needs to know. Field names are the config file's keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,6 +91,10 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     /// Terminal streaming address.
     pub stream_listen: SocketAddr,
+    /// TLS on the API and the stream: `auto` (beyond loopback), `on`, `off`.
+    pub tls: TlsMode,
+    /// Connection caps, deadlines and per-peer limits of both servers.
+    pub limits: Limits,
     pub bridge: String,
     /// Gateway address on the bridge; the subnet is gateway/prefix_len.
     pub gateway: Ipv4Addr,
@@ -94,7 +141,9 @@ impl Default for DaemonConfig {
         Self {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
-            stream_listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_STREAM_PORT)),
+            stream_listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_STREAM_PORT)),
+            tls: TlsMode::Auto,
+            limits: Limits::default(),
             bridge: "fcm0".into(),
             gateway: Ipv4Addr::new(172, 16, 0, 1),
             prefix_len: 24,
@@ -169,6 +218,15 @@ impl DaemonConfig {
         if (s..=e).contains(&u32::from(self.gateway)) {
             return bad("the gateway must not be inside the address pool");
         }
+        let l = &self.limits;
+        if l.pre_auth_connections == 0
+            || l.pre_auth_per_peer == 0
+            || l.http_requests == 0
+            || l.stream_connections == 0
+            || l.http_pre_auth_secs == 0
+        {
+            return bad("every limit must be at least 1");
+        }
         if self.default_cpus == 0 || self.default_memory_mib < 64 {
             return bad("default_cpus must be at least 1 and default_memory_mib at least 64");
         }
@@ -240,6 +298,25 @@ impl DaemonConfig {
 
     pub fn token_path(&self) -> PathBuf {
         self.state_dir.join(".token")
+    }
+
+    /// The daemon's TLS certificate and key live here.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.state_dir.join(".tls")
+    }
+
+    /// Whether both ports speak TLS; `Err` names a port that would carry
+    /// the token in clear text beyond loopback.
+    pub fn tls_active(&self) -> Result<bool, SocketAddr> {
+        let beyond = [self.listen, self.stream_listen]
+            .into_iter()
+            .find(|a| !a.ip().is_loopback());
+        match (self.tls, beyond) {
+            (TlsMode::On, _) => Ok(true),
+            (TlsMode::Auto, b) => Ok(b.is_some()),
+            (TlsMode::Off, Some(a)) => Err(a),
+            (TlsMode::Off, None) => Ok(false),
+        }
     }
 }
 
@@ -373,6 +450,8 @@ mod tests {
         assert_eq!(c.subnet_cidr(), "172.16.0.0/24");
         assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(c.listen.port(), 7777);
+        assert!(c.stream_listen.ip().is_loopback());
+        assert_eq!(c.tls_active(), Ok(false));
         assert_eq!(
             c.asset(Path::new("vmlinux.bin")),
             PathBuf::from("/var/lib/firecracker/vmlinux.bin")
@@ -391,6 +470,22 @@ mod tests {
         );
         std::fs::write(&p, r#"{"brige":"x"}"#).expect("write");
         assert!(DaemonConfig::from_file(&p).is_err());
+    }
+
+    #[test]
+    fn tls_follows_the_addresses() {
+        let open: SocketAddr = "0.0.0.0:7778".parse().expect("addr");
+        let mut c = DaemonConfig {
+            stream_listen: open,
+            ..Default::default()
+        };
+        assert_eq!(c.tls_active(), Ok(true));
+        c.tls = TlsMode::Off;
+        assert_eq!(c.tls_active(), Err(open));
+        c.stream_listen = "127.0.0.1:7778".parse().expect("addr");
+        assert_eq!(c.tls_active(), Ok(false));
+        c.tls = TlsMode::On;
+        assert_eq!(c.tls_active(), Ok(true));
     }
 
     #[test]

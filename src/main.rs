@@ -20,6 +20,16 @@ fn main() {
         }
     }
     let (message, hint, code) = match cli.command {
+        Cmd::Daemon(args) if args.print_fingerprint => match (*args).into_config() {
+            Err(e) => (fcm::error::chain(&e), None, 1),
+            Ok(cfg) => match fcm::daemon::fingerprint(&cfg) {
+                Ok(fp) => {
+                    println!("{fp}");
+                    return;
+                }
+                Err(e) => (fcm::error::chain(&e), e.hint(), 1),
+            },
+        },
         Cmd::Daemon(args) => match (*args).into_config() {
             Err(e) => (fcm::error::chain(&e), None, 1),
             Ok(cfg) => match fcm::daemon::run(cfg) {

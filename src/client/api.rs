@@ -2,12 +2,14 @@
 //! requests (the wire types in `crate::wire::api`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use super::trust::Trust;
 use crate::wire::api::ErrorBody;
 use crate::wire::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
 
@@ -27,6 +29,28 @@ pub enum ClientError {
     TokenTooOpen { path: String, mode: u32 },
     #[error("unexpected response from the daemon: {0}")]
     Protocol(String),
+    #[error(
+        "the fcm daemon at {daemon} presented a different TLS certificate from the one pinned for it\n  pinned:    {pinned} ({path}, line {line})\n  presented: {presented}"
+    )]
+    CertChanged {
+        daemon: String,
+        pinned: String,
+        presented: String,
+        path: String,
+        line: usize,
+    },
+    #[error(
+        "the fcm daemon at {daemon} presented TLS certificate {presented}, not the one FCM_FINGERPRINT names ({given})"
+    )]
+    NotGivenCert {
+        daemon: String,
+        given: String,
+        presented: String,
+    },
+    #[error("FCM_FINGERPRINT is not a certificate fingerprint: {0:?}")]
+    BadFingerprint(String),
+    #[error("refusing to send the API token in clear text to {url}")]
+    Insecure { url: String },
 }
 
 impl ClientError {
@@ -41,32 +65,94 @@ impl ClientError {
             )),
             Self::TokenTooOpen { path, .. } => Some(format!("make it private: chmod 600 {path}")),
             Self::Protocol(_) => None,
+            Self::CertChanged {
+                presented,
+                path,
+                line,
+                ..
+            } => Some(format!(
+                "if the daemon's certificate was replaced on purpose (`sudo fcm daemon --print-fingerprint` on its host shows the current one), accept the new one: delete line {line} of {path}, or run once with FCM_FINGERPRINT={presented}; if not, someone may be intercepting the connection"
+            )),
+            Self::NotGivenCert { .. } => Some(
+                "compare with `sudo fcm daemon --print-fingerprint` on the daemon's host".into(),
+            ),
+            Self::BadFingerprint(_) => Some(
+                "give it as the daemon prints it: FCM_FINGERPRINT=sha256:<64 hex digits>".into(),
+            ),
+            Self::Insecure { .. } => Some(
+                "a daemon beyond loopback speaks TLS: use https:// in FCM_HOST (or leave the scheme out)".into(),
+            ),
         }
     }
 }
 
 /// `FCM_HOST` (`host`, `host:port` or a URL); default `http://127.0.0.1:7777`.
+/// Without a scheme, a loopback host is reached over `http` and any other
+/// over `https` (a daemon listening beyond loopback always speaks TLS).
 pub fn daemon_url() -> String {
-    match std::env::var("FCM_HOST") {
-        Ok(h) if !h.trim().is_empty() => {
+    url_of(std::env::var("FCM_HOST").ok().as_deref())
+}
+
+fn url_of(fcm_host: Option<&str>) -> String {
+    match fcm_host {
+        Some(h) if !h.trim().is_empty() => {
             let h = h.trim().trim_end_matches('/');
-            let with_scheme = if h.contains("://") {
-                h.to_owned()
-            } else {
-                format!("http://{h}")
+            let (scheme, authority) = match h.split_once("://") {
+                Some((s, a)) => (Some(s.to_ascii_lowercase()), a),
+                None => (None, h),
             };
-            let authority = with_scheme.split("://").nth(1).unwrap_or_default();
             let has_port = authority
                 .rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
-            if has_port {
-                with_scheme
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok() && !p.is_empty())
+                && (!authority.starts_with('[') || authority.contains("]:"));
+            let authority = if has_port {
+                authority.to_owned()
             } else {
-                format!("{with_scheme}:{DEFAULT_API_PORT}")
-            }
+                format!("{authority}:{DEFAULT_API_PORT}")
+            };
+            let scheme = scheme.unwrap_or_else(|| {
+                if is_loopback(&host_of(&authority)) {
+                    "http".into()
+                } else {
+                    "https".into()
+                }
+            });
+            format!("{scheme}://{authority}")
         }
         _ => format!("http://127.0.0.1:{DEFAULT_API_PORT}"),
     }
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+fn host_of(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        None => authority.to_owned(),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether the daemon is reached over TLS (API and terminal stream).
+pub fn daemon_tls() -> bool {
+    daemon_url().starts_with("https://")
+}
+
+/// `host:port` of the daemon's API, as pinned in known_daemons.
+pub fn daemon_authority() -> String {
+    let url = daemon_url();
+    url.split("://")
+        .nth(1)
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 /// The daemon's host name or address, from [`daemon_url`].
@@ -87,8 +173,7 @@ pub fn daemon_host() -> String {
 
 /// Whether the daemon is on this machine.
 pub fn daemon_is_local() -> bool {
-    matches!(daemon_host().as_str(), "127.0.0.1" | "localhost" | "::1")
-        || daemon_host().starts_with("127.")
+    is_loopback(&daemon_host())
 }
 
 /// The terminal stream address: `FCM_STREAM` (`host:port`), else the
@@ -162,19 +247,33 @@ pub struct Client {
     base: String,
     token: String,
     agent: ureq::Agent,
+    /// The daemon's pinned certificate, over TLS.
+    trust: Option<Arc<Trust>>,
 }
 
 impl Client {
     pub fn from_env() -> Result<Self, ClientError> {
-        let agent = ureq::AgentBuilder::new()
+        let base = daemon_url();
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
             // create waits for the guest's SSH; under TCG that can take minutes.
             .timeout_read(Duration::from_secs(900))
-            .build();
+            .timeout_write(Duration::from_secs(60));
+        let trust = if daemon_tls() {
+            let t = Trust::for_daemon(&daemon_authority())?;
+            agent = agent.tls_config(t.client_config()?);
+            Some(t)
+        } else {
+            if !daemon_is_local() {
+                return Err(ClientError::Insecure { url: base });
+            }
+            None
+        };
         Ok(Self {
-            base: daemon_url(),
+            base,
             token: load_token()?,
-            agent,
+            agent: agent.build(),
+            trust,
         })
     }
 
@@ -206,7 +305,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<T, ClientError> {
         let req = self.request("POST", path).timeout(timeout);
-        Self::answer(req.send_json(body), &self.base)
+        self.answer(req.send_json(body))
     }
 
     /// A GET whose answer is raw bytes: (length if known, reader).
@@ -214,7 +313,11 @@ impl Client {
         &self,
         path: &str,
     ) -> Result<(Option<u64>, Box<dyn std::io::Read + Send + Sync>), ClientError> {
-        match self.request("GET", path).call() {
+        let resp = self.request("GET", path).call();
+        if let Some(e) = self.pinned(&resp) {
+            return Err(e);
+        }
+        match resp {
             Ok(r) => {
                 let len = r.header("Content-Length").and_then(|l| l.parse().ok());
                 Ok((len, r.into_reader()))
@@ -232,7 +335,7 @@ impl Client {
         let req = self
             .request("PUT", path)
             .set("Content-Type", "application/octet-stream");
-        Self::answer(req.send(body), &self.base)
+        self.answer(req.send(body))
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
@@ -241,15 +344,31 @@ impl Client {
             .set("Authorization", &format!("Bearer {}", self.token))
     }
 
+    /// Over TLS: a connection refused for its certificate is explained
+    /// (changed, or not the one given); one that got through pins it.
+    fn pinned(&self, resp: &Result<ureq::Response, ureq::Error>) -> Option<ClientError> {
+        let t = self.trust.as_ref()?;
+        match resp {
+            Err(ureq::Error::Transport(_)) => t.failure(),
+            _ => {
+                t.commit();
+                None
+            }
+        }
+    }
+
     fn answer<T: DeserializeOwned>(
+        &self,
         resp: Result<ureq::Response, ureq::Error>,
-        base: &str,
     ) -> Result<T, ClientError> {
+        if let Some(e) = self.pinned(&resp) {
+            return Err(e);
+        }
         match resp {
             Ok(r) => r
                 .into_json()
                 .map_err(|e| ClientError::Protocol(e.to_string())),
-            Err(e) => Err(Self::failure(e, base)),
+            Err(e) => Err(Self::failure(e, &self.base)),
         }
     }
 
@@ -286,7 +405,7 @@ impl Client {
             Some(b) => req.send_json(b),
             None => req.call(),
         };
-        Self::answer(resp, &self.base)
+        self.answer(resp)
     }
 }
 
@@ -315,6 +434,21 @@ pub fn user_ssh_key() -> Option<(PathBuf, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scheme_follows_the_host() {
+        assert_eq!(url_of(None), "http://127.0.0.1:7777");
+        assert_eq!(url_of(Some("localhost")), "http://localhost:7777");
+        assert_eq!(url_of(Some("10.1.2.3")), "https://10.1.2.3:7777");
+        assert_eq!(url_of(Some("server:8000")), "https://server:8000");
+        assert_eq!(url_of(Some("http://10.1.2.3")), "http://10.1.2.3:7777");
+        assert_eq!(
+            url_of(Some("https://127.0.0.1:7777/")),
+            "https://127.0.0.1:7777"
+        );
+        assert_eq!(url_of(Some("[::1]")), "http://[::1]:7777");
+        assert_eq!(url_of(Some("[fd00::1]:9")), "https://[fd00::1]:9");
+    }
 
     #[test]
     fn segments_are_encoded() {

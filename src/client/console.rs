@@ -10,10 +10,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use rustix::termios::{OptionalActions, Termios, tcgetattr, tcsetattr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::api::{ClientError, stream_addr};
+use super::api::{ClientError, daemon_authority, daemon_host, daemon_tls, stream_addr};
+use super::trust::Trust;
 use crate::wire::stream::{FRAME_INPUT, Handshake, HandshakeReply, frame, keepalive, resize_frame};
+use crate::wire::tls::{DeadlineStream, Link, TlsLink, handshake};
 
 /// The terminal settings to put back, for the signal handler.
 static SAVED: OnceLock<(RawFd, Termios)> = OnceLock::new();
@@ -98,6 +100,12 @@ pub enum ConsoleError {
     },
     #[error("{error}")]
     Refused { error: String, hint: Option<String> },
+    #[error("TLS with the daemon's terminal port {addr} failed")]
+    Tls {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("terminal stream failed")]
     Io(#[from] io::Error),
     #[error(transparent)]
@@ -112,6 +120,10 @@ impl ConsoleError {
                     .into(),
             ),
             Self::Refused { hint, .. } => hint.clone(),
+            Self::Tls { .. } => Some(
+                "the console speaks TLS when FCM_HOST is https://; a daemon on loopback without TLS wants http://"
+                    .into(),
+            ),
             Self::Client(c) => c.hint(),
             Self::Io(_) => None,
         }
@@ -162,10 +174,9 @@ impl Attached {
 const TERMINAL_RESET: &[u8] =
     b"\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[0m";
 
-fn connect() -> Result<TcpStream, ConsoleError> {
-    let addr = stream_addr();
+fn connect_tcp(addr: &str) -> Result<TcpStream, ConsoleError> {
     let err = |source| ConsoleError::Connect {
-        addr: addr.clone(),
+        addr: addr.to_owned(),
         source,
     };
     let addrs: Vec<_> = addr.to_socket_addrs().map_err(err)?.collect();
@@ -179,6 +190,39 @@ fn connect() -> Result<TcpStream, ConsoleError> {
     Err(err(last))
 }
 
+/// The terminal port, over TLS (the daemon's pinned certificate) when the
+/// API is reached over TLS.
+fn connect() -> Result<Link, ConsoleError> {
+    let addr = stream_addr();
+    let sock = connect_tcp(&addr)?;
+    if !daemon_tls() {
+        return Ok(Link::Plain(Arc::new(sock)));
+    }
+    let trust = Trust::for_daemon(&daemon_authority())?;
+    let tls_err = |source| ConsoleError::Tls {
+        addr: addr.clone(),
+        source,
+    };
+    let name = rustls::pki_types::ServerName::try_from(daemon_host())
+        .map_err(|e| tls_err(io::Error::other(e)))?;
+    let mut conn = rustls::ClientConnection::new(trust.client_config()?, name)
+        .map_err(|e| tls_err(io::Error::other(e)))?;
+    let mut io = DeadlineStream::new(
+        sock.try_clone()?,
+        Some(Instant::now() + Duration::from_secs(10)),
+    );
+    if let Err(e) = handshake(&mut conn, &mut io) {
+        return Err(match trust.failure() {
+            Some(c) => c.into(),
+            None => tls_err(e),
+        });
+    }
+    trust.commit();
+    sock.set_read_timeout(None)?;
+    sock.set_write_timeout(None)?;
+    Ok(Link::Tls(TlsLink::new(conn.into(), sock)))
+}
+
 /// Attaches the local terminal to `session` (or the default) of `vm`;
 /// with `create`, the session is made if missing. Returns once the stream
 /// ends (detach, session end, disconnect).
@@ -188,9 +232,10 @@ pub fn attach(
     session: Option<&str>,
     create: bool,
 ) -> Result<Attached, ConsoleError> {
-    let conn = connect()?;
+    let link = connect()?;
+    let conn = link.sock();
     let _ = conn.set_nodelay(true);
-    keepalive(&conn, Duration::from_secs(15), Duration::from_secs(5));
+    keepalive(conn, Duration::from_secs(15), Duration::from_secs(5));
     conn.set_write_timeout(Some(Duration::from_secs(60)))?;
     let (cols, rows) = term_size();
     let hs = Handshake {
@@ -204,11 +249,11 @@ pub fn attach(
     };
     let mut line = serde_json::to_vec(&hs).map_err(io::Error::other)?;
     line.push(b'\n');
-    (&conn).write_all(&line)?;
+    link.clone().write_all(&line)?;
     // The daemon may ask the guest whether the session exists first.
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut reply = Vec::new();
-    let mut r = BufReader::new((&conn).take(64 * 1024));
+    let mut r = BufReader::new(link.clone().take(64 * 1024));
     r.read_until(b'\n', &mut reply)?;
     if reply.is_empty() {
         return Err(io::Error::new(
@@ -233,8 +278,8 @@ pub fn attach(
     let stdin = io::stdin();
     let raw = RawMode::enable(stdin.as_fd());
     // Both threads send frames; one lock keeps each frame whole.
-    let up = Arc::new(Mutex::new(conn.try_clone()?));
-    let send = |up: &Mutex<TcpStream>, f: &[u8]| -> bool {
+    let up = Arc::new(Mutex::new(link.clone()));
+    let send = |up: &Mutex<Link>, f: &[u8]| -> bool {
         let mut w = up.lock().unwrap_or_else(|p| p.into_inner());
         w.write_all(f).is_ok()
     };
@@ -288,7 +333,7 @@ pub fn attach(
     out.flush()?;
     keep(&already);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut down = &conn;
+    let mut down = link.clone();
     let broken = loop {
         match down.read(&mut buf) {
             Ok(0) => break None,

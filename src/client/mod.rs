@@ -12,6 +12,9 @@
 //! | `logs` | logs (the console log, followed with -f) |
 //! | `manual` | completions, man (from the clap definitions) |
 //! | `progress` | spinners and transfer progress on a terminal |
+//!
+//! `trust` pins the daemon's TLS certificate (known_daemons) for both the
+//! API client and the console.
 
 pub mod api;
 pub mod console;
@@ -22,6 +25,7 @@ mod manual;
 mod progress;
 mod sessions;
 mod ssh;
+pub mod trust;
 mod vms;
 
 use std::io::Write;

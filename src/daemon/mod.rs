@@ -1,9 +1,12 @@
 //! `fcm daemon`: owns the VMs. HTTP API on 127.0.0.1:7777 (bearer token),
-//! terminal streaming on :7778.
+//! terminal streaming on 127.0.0.1:7778; TLS on both when either listens
+//! beyond loopback (or `tls` is `on`).
 //!
 //! | module | owns |
 //! |---|---|
-//! | `http` | the HTTP transport: workers, token check, body limits |
+//! | `http` | the HTTP transport: fcm's own bounded HTTP/1.1 server, token check |
+//! | `gate` | admission: pre-authentication caps per port and per peer |
+//! | `tls` | the daemon's certificate (made on first run) and TLS settings |
 //! | `api` | `(method, path)` → typed route; handlers; error → status |
 //! | `auth` | the token file and constant-time comparison |
 //! | `manager` | the VM table and every VM operation |
@@ -16,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod fault;
+pub mod gate;
 pub mod guest;
 pub mod http;
 pub mod lifecycle;
@@ -23,6 +27,7 @@ pub mod manager;
 pub mod sessions;
 pub mod store;
 pub mod stream;
+pub mod tls;
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -62,6 +67,12 @@ pub enum DaemonError {
     Manager(#[from] ManagerError),
     #[error("could not listen on {addr}: {message}")]
     Listen { addr: String, message: String },
+    #[error(
+        "refusing to listen on {0} without TLS: the API token and keystrokes would cross the network in clear text"
+    )]
+    PlainBeyondLoopback(std::net::SocketAddr),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("could not handle termination signals")]
     Signals(#[source] std::io::Error),
     #[error("the HTTP API stopped serving")]
@@ -108,6 +119,10 @@ impl DaemonError {
         match self {
             Self::NotRoot => Some("run it with sudo: sudo fcm daemon".into()),
             Self::Locked(_) => Some("stop the other daemon, or use another --state-dir".into()),
+            Self::PlainBeyondLoopback(_) => Some(
+                "drop `\"tls\": \"off\"` (or --tls off): beyond loopback TLS is used by default; or listen on 127.0.0.1 and reach it through ssh -L"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -167,11 +182,29 @@ fn start_caddy(cfg: &DaemonConfig) -> Option<Caddy> {
     Some(c)
 }
 
+/// The fingerprint of the daemon's certificate (made now if there is none),
+/// for `fcm daemon --print-fingerprint`.
+pub fn fingerprint(cfg: &DaemonConfig) -> Result<String, DaemonError> {
+    fs::create_dir_all(&cfg.state_dir).map_err(|source| DaemonError::StateDir {
+        path: cfg.state_dir.display().to_string(),
+        source,
+    })?;
+    Ok(tls::ensure_identity(cfg)?.fingerprint)
+}
+
+fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
+    std::net::TcpListener::bind(addr).map_err(|e| DaemonError::Listen {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    })
+}
+
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     if !host::is_root() {
         return Err(DaemonError::NotRoot);
     }
     cfg.validate()?;
+    let use_tls = cfg.tls_active().map_err(DaemonError::PlainBeyondLoopback)?;
     let sd = cfg.state_dir.clone();
     fs::create_dir_all(&sd).map_err(|source| DaemonError::StateDir {
         path: sd.display().to_string(),
@@ -196,22 +229,34 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let sessions = Arc::new(Sessions::new());
     let token = Arc::new(token);
 
-    let server = tiny_http::Server::http(cfg.listen).map_err(|e| DaemonError::Listen {
-        addr: cfg.listen.to_string(),
-        message: e.to_string(),
-    })?;
-    let stream_listener =
-        std::net::TcpListener::bind(cfg.stream_listen).map_err(|e| DaemonError::Listen {
-            addr: cfg.stream_listen.to_string(),
-            message: e.to_string(),
-        })?;
+    // The certificate is made on every first run, TLS or not, so that
+    // `--print-fingerprint` and a later switch to TLS find the same one.
+    let identity = tls::ensure_identity(&cfg)?;
+    let server_tls = if use_tls {
+        Some(identity.server_config()?)
+    } else {
+        None
+    };
+    let api_listener = bind(cfg.listen)?;
+    let stream_listener = bind(cfg.stream_listen)?;
+    let scheme = if use_tls { "https" } else { "http" };
     eprintln!(
-        "fcm daemon: API on http://{} (token in {}), terminals on {}, backend {}, state in {}",
+        "fcm daemon: API on {scheme}://{} (token in {}), terminals on {}{}, backend {}, state in {}",
         cfg.listen,
         cfg.token_path().display(),
         cfg.stream_listen,
+        if use_tls { " (TLS)" } else { "" },
         manager.backend().as_str(),
         cfg.state_dir.display()
+    );
+    eprintln!(
+        "fcm daemon: TLS certificate fingerprint {}{}",
+        identity.fingerprint,
+        if use_tls {
+            ""
+        } else {
+            " (not in use: loopback only)"
+        }
     );
 
     handle_signals(Arc::clone(&manager))?;
@@ -229,14 +274,23 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         });
     }
     {
-        let (m, s, t) = (
+        let (m, s, t, tls, limits) = (
             Arc::clone(&manager),
             Arc::clone(&sessions),
             Arc::clone(&token),
+            server_tls.clone(),
+            cfg.limits.clone(),
         );
-        thread::spawn(move || stream::serve(stream_listener, m, s, t));
+        thread::spawn(move || stream::serve(stream_listener, tls, &limits, m, s, t));
     }
-    http::serve(server, manager, sessions, token);
+    http::serve(
+        api_listener,
+        server_tls,
+        &cfg.limits,
+        manager,
+        sessions,
+        token,
+    );
     // Workers only return when the server fails: the daemon cannot serve.
     Err(DaemonError::Stopped)
 }

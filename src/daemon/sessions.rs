@@ -3,7 +3,7 @@
 //! session table that could disagree with it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,24 +66,13 @@ struct Live {
     vm_gone: Arc<AtomicBool>,
 }
 
-/// The terminal connections the daemon serves: how many are open (for the
-/// connection cap and leak checks) and which VM each attached one is on.
+/// The attached terminal connections: which VM each is on (the caps are
+/// the stream server's `Gate`).
 /// tmux in the guest stays the source of truth about sessions themselves.
 #[derive(Default)]
 pub struct Sessions {
-    /// Connections being served, handshake included.
-    open: AtomicUsize,
     next: AtomicU64,
     live: Mutex<HashMap<u64, Live>>,
-}
-
-/// A counted connection slot; released on drop.
-pub struct Slot(Arc<Sessions>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// An attached stream in the registry; removed on drop, which must happen
@@ -107,21 +96,6 @@ const TMUX_FORMAT: &str =
 impl Sessions {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Terminal connections currently open.
-    pub fn active_streams(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// Takes a connection slot unless `max` are already in use.
-    pub fn open_slot(self: &Arc<Self>, max: usize) -> Option<Slot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(Arc::clone(self)))
     }
 
     /// Records an attached stream of `rec` served by `ssh_pid`.

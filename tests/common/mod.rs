@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod caddy;
+pub mod outer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -144,6 +145,16 @@ impl Fcm {
             .unwrap_or_else(|| self.dir.path().join("state"))
     }
 
+    /// The API's `ip:port`: `--listen` from the extra args, else the default.
+    pub fn api_addr(&self) -> String {
+        self.extra_args
+            .iter()
+            .position(|a| a == "--listen")
+            .and_then(|i| self.extra_args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:7777".into())
+    }
+
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
@@ -155,7 +166,14 @@ impl Fcm {
     /// Starts a daemon with the QEMU backend and no Caddy, unless
     /// `extra_args` say otherwise.
     pub fn start(tag: &str, extra_args: &[&str]) -> Self {
+        Self::start_with(tag, extra_args, |_| {})
+    }
+
+    /// Like [`Self::start`], with `before` run on the namespace before the
+    /// daemon starts (to add links the daemon will listen on).
+    pub fn start_with(tag: &str, extra_args: &[&str], before: impl FnOnce(&Netns)) -> Self {
         let ns = Netns::new(tag);
+        before(&ns);
         let dir = tempfile::Builder::new()
             .prefix("fcm-test-")
             .tempdir_in("/var/tmp")
@@ -227,10 +245,13 @@ impl Fcm {
             .spawn()
             .expect("spawn daemon");
         self.daemon = Some(child);
+        let (ip, port) = self.api_addr().rsplit_once(':').map_or_else(
+            || ("127.0.0.1".to_string(), "7777".to_string()),
+            |(i, p)| (i.to_string(), p.to_string()),
+        );
+        let probe = format!("exec 3<>/dev/tcp/{ip}/{port} && echo up");
         let up = wait_for(Duration::from_secs(20), || {
-            let out = self
-                .ns
-                .exec(&["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/7777 && echo up"]);
+            let out = self.ns.exec(&["bash", "-c", &probe]);
             String::from_utf8_lossy(&out.stdout)
                 .contains("up")
                 .then_some(())

@@ -99,9 +99,9 @@ pub(super) fn await_ready(
 }
 
 /// Terminal output → client, until ssh closes the pty or the client is gone.
-pub(super) fn pump_output(master: &File, conn: &TcpStream) {
+pub(super) fn pump_output(master: &File, writer: &mut impl Write) {
     let mut out = vec![0u8; 64 * 1024];
-    let (mut reader, mut writer) = (master, conn);
+    let mut reader = master;
     loop {
         match reader.read(&mut out) {
             Ok(0) => break,
@@ -117,7 +117,7 @@ pub(super) fn pump_output(master: &File, conn: &TcpStream) {
 }
 
 /// Client frames → pty (input) or window size (resize).
-pub(super) fn pump_input(from: TcpStream, to_pty: File) -> io::Result<()> {
+pub(super) fn pump_input(from: impl Read, to_pty: File) -> io::Result<()> {
     let mut from = io::BufReader::with_capacity(64 * 1024, from);
     let mut buf = vec![0u8; usize::from(u16::MAX)];
     let mut pty = &to_pty;

@@ -31,17 +31,20 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustls::{ServerConfig, ServerConnection};
+
 use super::auth::{TOKEN_HINT, token_matches};
+use super::gate::{Gate, GateLimits, PreAuth};
 use super::manager::Manager;
 use super::sessions::{SessionError, Sessions};
+use crate::config::Limits;
 use crate::error::chain;
 use crate::host::{self, Signal, pty};
 use crate::names::SessionId;
 use crate::wire::DEFAULT_SESSION;
 use crate::wire::stream::{HANDSHAKE_TIMEOUT, Handshake, HandshakeReply, MAX_HANDSHAKE, keepalive};
+use crate::wire::tls::{DeadlineStream, Link, TlsLink, handshake};
 
-/// Connections served at once (handshakes included); more are refused.
-pub const MAX_STREAMS: usize = 256;
 /// Terminal sizes are clamped to this range in both dimensions.
 const SIZE_RANGE: (u16, u16) = (2, 1000);
 /// A client that accepts no output for this long is dropped.
@@ -50,9 +53,27 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// close does not reset the connection before the reply is read.
 const LINGER: Duration = Duration::from_secs(1);
 const CLIENT_HINT: &str = "connect with `fcm console <vm>` or `fcm attach <vm> <session>`";
+/// The TLS record type of a handshake: what a TLS client sends first.
+const TLS_HANDSHAKE: u8 = 0x16;
 
-/// Accepts terminal connections forever, one thread per connection.
-pub fn serve(listener: TcpListener, m: Arc<Manager>, s: Arc<Sessions>, token: Arc<String>) {
+/// Accepts terminal connections forever, one thread per connection,
+/// admitted through a [`Gate`]: unauthenticated connections have their own
+/// small budget (per port and per peer) and [`HANDSHAKE_TIMEOUT`] from
+/// accept to the end of the handshake line, TLS included; attached ones
+/// have `limits.stream_connections`.
+pub fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    limits: &Limits,
+    m: Arc<Manager>,
+    s: Arc<Sessions>,
+    token: Arc<String>,
+) {
+    let gate = Gate::new(GateLimits {
+        total: limits.pre_auth_connections,
+        per_peer: limits.pre_auth_per_peer,
+        authed: limits.stream_connections,
+    });
     for conn in listener.incoming() {
         let conn = match conn {
             Ok(c) => c,
@@ -63,24 +84,37 @@ pub fn serve(listener: TcpListener, m: Arc<Manager>, s: Arc<Sessions>, token: Ar
                 continue;
             }
         };
-        let Some(slot) = s.open_slot(MAX_STREAMS) else {
-            // Answer without blocking the accept loop, then drop.
-            let _ = conn.set_nonblocking(true);
-            let _ = (&conn).write_all(
-                &HandshakeReply::refusal(
-                    "too many terminal connections".into(),
-                    Some("try again later".into()),
-                )
-                .line(),
-            );
+        let Ok(peer) = conn.peer_addr() else {
             continue;
         };
-        let (m, s, t) = (Arc::clone(&m), Arc::clone(&s), Arc::clone(&token));
+        let slot = match gate.admit(peer.ip(), &conn) {
+            Ok(s) => s,
+            Err(r) => {
+                // Answer without blocking the accept loop (a TLS client
+                // could not read a plain line), then drop.
+                if tls.is_none() {
+                    let _ = conn.set_nonblocking(true);
+                    let _ = (&conn).write_all(
+                        &HandshakeReply::refusal(
+                            r.message().into(),
+                            Some("try again later".into()),
+                        )
+                        .line(),
+                    );
+                }
+                continue;
+            }
+        };
+        let (m, s, t, tls) = (
+            Arc::clone(&m),
+            Arc::clone(&s),
+            Arc::clone(&token),
+            tls.clone(),
+        );
         let spawned = thread::Builder::new()
             .name("fcm-stream".into())
             .spawn(move || {
-                let _slot = slot;
-                if let Err(e) = handle(conn, &m, &s, &t)
+                if let Err(e) = open(conn, slot, tls, &m, &s, &t)
                     && !routine(&e)
                 {
                     eprintln!("fcm daemon: terminal connection: {e}");
@@ -90,6 +124,48 @@ pub fn serve(listener: TcpListener, m: Arc<Manager>, s: Arc<Sessions>, token: Ar
             eprintln!("fcm daemon: terminal connection: no thread: {e}");
         }
     }
+}
+
+/// The TLS handshake when the port speaks TLS (within the handshake's
+/// deadline), then the terminal protocol.
+fn open(
+    conn: TcpStream,
+    slot: PreAuth,
+    tls: Option<Arc<ServerConfig>>,
+    m: &Manager,
+    s: &Sessions,
+    token: &str,
+) -> io::Result<()> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let link = match tls {
+        None => Link::Plain(Arc::new(conn)),
+        Some(cfg) => {
+            conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+            let mut first = [0u8; 1];
+            match conn.peek(&mut first) {
+                Ok(1) if first[0] == TLS_HANDSHAKE => {}
+                Ok(1) => {
+                    // A plain client on the TLS port: tell it in plain text.
+                    let plain = Link::Plain(Arc::new(conn));
+                    return refuse(
+                        &plain,
+                        "this terminal port speaks TLS".into(),
+                        Some(
+                            "the console uses TLS when the API does: set FCM_HOST=https://<host>:7777"
+                                .into(),
+                        ),
+                    );
+                }
+                _ => return Ok(()),
+            }
+            let mut tls = ServerConnection::new(cfg).map_err(io::Error::other)?;
+            let sock = conn.try_clone()?;
+            let mut ds = DeadlineStream::new(conn, Some(deadline));
+            handshake(&mut tls, &mut ds)?;
+            Link::Tls(TlsLink::new(tls.into(), sock))
+        }
+    };
+    handle(link, slot, deadline, m, s, token)
 }
 
 /// Errors that only mean the client went away.
@@ -102,9 +178,13 @@ fn routine(e: &io::Error) -> bool {
 }
 
 /// Sends a refusal, then closes without resetting the connection.
-fn refuse(conn: &TcpStream, error: String, hint: Option<String>) -> io::Result<()> {
-    let mut w = conn;
+fn refuse(link: &Link, error: String, hint: Option<String>) -> io::Result<()> {
+    let mut w = link.clone();
     w.write_all(&HandshakeReply::refusal(error, hint).line())?;
+    if let Link::Tls(t) = link {
+        t.close_notify();
+    }
+    let conn = link.sock();
     let _ = conn.shutdown(Shutdown::Write);
     // Unread input makes close() send a reset, which can discard the reply
     // before the client reads it: drain a bounded amount for a bounded time.
@@ -124,11 +204,12 @@ fn refuse(conn: &TcpStream, error: String, hint: Option<String>) -> io::Result<(
     Ok(())
 }
 
-/// Reads the handshake line: at most [`MAX_HANDSHAKE`] bytes, all within
-/// [`HANDSHAKE_TIMEOUT`] (a slow sender cannot stretch it), nothing after
-/// the newline.
-fn read_handshake(conn: &TcpStream) -> Result<Handshake, String> {
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+/// Reads the handshake line: at most [`MAX_HANDSHAKE`] bytes, all by
+/// `deadline` ([`HANDSHAKE_TIMEOUT`] after accept: a slow sender cannot
+/// stretch it), nothing after the newline.
+fn read_handshake(link: &Link, deadline: Instant) -> Result<Handshake, String> {
+    let mut reader = link.clone();
+    let conn = link.sock();
     let mut line: Vec<u8> = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
@@ -139,7 +220,7 @@ fn read_handshake(conn: &TcpStream) -> Result<Handshake, String> {
         }
         conn.set_read_timeout(Some(left))
             .map_err(|e| e.to_string())?;
-        let n = match (&*conn).read(&mut chunk) {
+        let n = match reader.read(&mut chunk) {
             Ok(0) => return Err("connection closed before the handshake".into()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -161,6 +242,9 @@ fn read_handshake(conn: &TcpStream) -> Result<Handshake, String> {
             let hs: Handshake = serde_json::from_slice(&line[..end])
                 .map_err(|e| format!("malformed handshake: {e}"))?;
             if end + 1 != line.len() {
+                return Err("data sent before the handshake was answered".into());
+            }
+            if link.pending_input() {
                 return Err("data sent before the handshake was answered".into());
             }
             return Ok(hs);
@@ -205,30 +289,49 @@ impl Drop for SshChild {
     }
 }
 
-fn handle(conn: TcpStream, m: &Manager, s: &Sessions, token: &str) -> io::Result<()> {
+fn handle(
+    link: Link,
+    slot: PreAuth,
+    deadline: Instant,
+    m: &Manager,
+    s: &Sessions,
+    token: &str,
+) -> io::Result<()> {
+    let conn = link.sock();
     let _ = conn.set_nodelay(true);
-    keepalive(&conn, Duration::from_secs(20), Duration::from_secs(5));
+    keepalive(conn, Duration::from_secs(20), Duration::from_secs(5));
     conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let hs = match read_handshake(&conn) {
+    let hs = match read_handshake(&link, deadline) {
         Ok(h) => h,
-        Err(e) => return refuse(&conn, e, Some(CLIENT_HINT.into())),
+        Err(e) => return refuse(&link, e, Some(CLIENT_HINT.into())),
     };
     // The token first: nothing about VMs or sessions leaks to a stranger.
     if !token_matches(&hs.token, token) {
-        return refuse(&conn, "invalid token".into(), Some(TOKEN_HINT.into()));
+        return refuse(&link, "invalid token".into(), Some(TOKEN_HINT.into()));
     }
+    // Authenticated: out of the strangers' budget, into the users'.
+    let _slot = match slot.authenticated() {
+        Ok(a) => a,
+        Err(_) => {
+            return refuse(
+                &link,
+                "too many terminal connections".into(),
+                Some("try again later".into()),
+            );
+        }
+    };
     let session = match SessionId::parse(hs.session.as_deref().unwrap_or(DEFAULT_SESSION)) {
         Ok(id) => id,
         Err(e) => {
             let e = SessionError::from(e);
-            return refuse(&conn, chain(&e), e.hint());
+            return refuse(&link, chain(&e), e.hint());
         }
     };
     let rec = match m.running(&hs.vm) {
         Ok(r) => r,
         Err(e) => {
             let e = SessionError::from(e);
-            return refuse(&conn, chain(&e), e.hint());
+            return refuse(&link, chain(&e), e.hint());
         }
     };
     let term = hs
@@ -242,7 +345,7 @@ fn handle(conn: TcpStream, m: &Manager, s: &Sessions, token: &str) -> io::Result
         Ok(c) => SshChild(c),
         Err(e) => {
             return refuse(
-                &conn,
+                &link,
                 format!("could not start ssh: {e}"),
                 Some("install openssh-client on the daemon's host".into()),
             );
@@ -250,7 +353,7 @@ fn handle(conn: TcpStream, m: &Manager, s: &Sessions, token: &str) -> io::Result
     };
     // Answer only once tmux is about to run in the guest, so that "ok"
     // means attached and a missing session is a clean refusal.
-    let early = match attach::await_ready(&master, &mut child.0, &conn) {
+    let early = match attach::await_ready(&master, &mut child.0, conn) {
         Ok(early) => early,
         Err(attach::NotReady::ClientGone) => return Ok(()),
         Err(attach::NotReady::NoSession) => {
@@ -258,11 +361,11 @@ fn handle(conn: TcpStream, m: &Manager, s: &Sessions, token: &str) -> io::Result
                 vm: rec.name.to_string(),
                 session: session.to_string(),
             };
-            return refuse(&conn, chain(&e), e.hint());
+            return refuse(&link, chain(&e), e.hint());
         }
         Err(attach::NotReady::Failed(why)) => {
             return refuse(
-                &conn,
+                &link,
                 format!("could not reach tmux in VM {}: {why}", rec.name),
                 Some("the guest may still be booting; try again in a few seconds".into()),
             );
@@ -270,9 +373,9 @@ fn handle(conn: TcpStream, m: &Manager, s: &Sessions, token: &str) -> io::Result
     };
     // Input is taken only after the reply: bytes sent before it are a
     // protocol error, not keystrokes for the guest.
-    if pending_input(&conn) {
+    if link.pending_input() {
         return refuse(
-            &conn,
+            &link,
             "data sent before the handshake was answered".into(),
             Some(CLIENT_HINT.into()),
         );
@@ -286,13 +389,14 @@ fn handle(conn: TcpStream, m: &Manager, s: &Sessions, token: &str) -> io::Result
     // Declared after `child`, so it is dropped (unregistered) before the
     // child is reaped: `forget_vm` never signals a reused pid.
     let reg = s.register(&rec, child.0.id());
-    (&conn).write_all(&ok.line())?;
-    (&conn).write_all(&early)?;
+    let mut out = link.clone();
+    out.write_all(&ok.line())?;
+    out.write_all(&early)?;
     conn.set_read_timeout(None)?;
 
     let input = {
         let to_pty = master.try_clone()?;
-        let from_client = conn.try_clone()?;
+        let from_client = link.clone();
         let ssh_pid = child.0.id();
         thread::Builder::new()
             .name("fcm-stream-in".into())
@@ -304,30 +408,20 @@ fn handle(conn: TcpStream, m: &Manager, s: &Sessions, token: &str) -> io::Result
                 host::signal(ssh_pid, Signal::HUP);
             })?
     };
-    attach::pump_output(&master, &conn);
+    attach::pump_output(&master, &mut out);
     if reg.vm_gone.load(Ordering::Acquire) {
         let note = format!(
             "\r\n[fcm: VM {} is stopping; its sessions have ended]\r\n",
             rec.name
         );
-        let _ = (&conn).write_all(note.as_bytes());
+        let _ = out.write_all(note.as_bytes());
     }
-    let _ = conn.shutdown(Shutdown::Both);
+    link.shutdown();
     let _ = input.join();
     drop(master);
     drop(reg);
     drop(child);
     Ok(())
-}
-
-/// Whether the client has sent bytes that are not yet read.
-fn pending_input(conn: &TcpStream) -> bool {
-    use rustix::net::{RecvFlags, recv};
-    let mut b = [0u8; 1];
-    matches!(
-        recv(conn, &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT),
-        Ok((n, _)) if n > 0
-    )
 }
 
 #[cfg(test)]
@@ -348,8 +442,9 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         let t = thread::spawn(move || client(TcpStream::connect(addr).expect("connect")));
         let (conn, _) = l.accept().expect("accept");
-        let r = read_handshake(&conn);
-        drop(conn);
+        let link = Link::Plain(Arc::new(conn));
+        let r = read_handshake(&link, Instant::now() + HANDSHAKE_TIMEOUT);
+        drop(link);
         let _ = t.join();
         r
     }
