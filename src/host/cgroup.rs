@@ -80,6 +80,14 @@ pub fn find(root: &Path) -> Option<Hierarchy> {
     if let Some(h) = detect(root) {
         return Some(h);
     }
+    // One mounter at a time: concurrent launches must not stack mounts.
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = MOUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(h) = detect(root) {
+        return Some(h);
+    }
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
     let sets: Vec<&str> = own
         .lines()
