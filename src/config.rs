@@ -102,8 +102,10 @@ pub struct DaemonConfig {
     /// First and last VM address handed out.
     pub pool_start: Ipv4Addr,
     pub pool_end: Ipv4Addr,
-    /// Name of the nftables table fcm owns (family ip).
+    /// Name of the nftables tables fcm owns (families `inet` and `bridge`).
     pub nft_table: String,
+    /// What guests may reach (docs/network.md); everything optional is off.
+    pub network_policy: NetworkPolicy,
     /// DNS server written into guests.
     pub dns: Ipv4Addr,
     /// Guest assets; relative paths are taken from the state dir.
@@ -150,6 +152,7 @@ impl Default for DaemonConfig {
             pool_start: Ipv4Addr::new(172, 16, 0, 50),
             pool_end: Ipv4Addr::new(172, 16, 0, 254),
             nft_table: "fcm".into(),
+            network_policy: NetworkPolicy::default(),
             dns: Ipv4Addr::new(1, 1, 1, 1),
             kernel: PathBuf::from("vmlinux.bin"),
             initrd: PathBuf::from("initrd.img"),
@@ -197,13 +200,15 @@ impl DaemonConfig {
         {
             return bad("bridge must be 1-15 characters of [A-Za-z0-9_-]");
         }
-        if !self
-            .nft_table
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_')
-            || self.nft_table.is_empty()
+        let table = self.nft_table.as_bytes();
+        if table.is_empty()
+            || table.len() > 32
+            || !table[0].is_ascii_alphabetic()
+            || !table
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
         {
-            return bad("nft_table must be [A-Za-z0-9_]+");
+            return bad("nft_table must be 1-32 of [A-Za-z0-9_], starting with a letter");
         }
         if !(8..=30).contains(&self.prefix_len) {
             return bad("prefix_len must be between 8 and 30");
@@ -318,6 +323,27 @@ impl DaemonConfig {
             (TlsMode::Off, None) => Ok(false),
         }
     }
+}
+
+/// What guests may do on the network (`"network_policy": {...}` in the
+/// config file). Everything is denied unless listed here; the defaults are
+/// the safe ones. `host::firewall` turns it into nftables rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkPolicy {
+    /// Let guests talk to each other (bridged and routed). Off: ports are
+    /// isolated on the bridge and guest-to-guest frames and packets dropped.
+    pub allow_guest_to_guest: bool,
+    /// Let guests reach 10/8, 172.16/12, 192.168/16, 100.64/10 (and fc00::/7
+    /// with IPv6) through the host. Off by default: guests get the internet
+    /// only, not the networks the host sits in. 169.254/16 is always denied.
+    pub allow_private_ranges: bool,
+    /// Let IPv6 frames from guests onto the bridge. Off by default: they
+    /// are dropped at layer 2.
+    pub allow_ipv6: bool,
+    /// TCP ports on the gateway (bridge) address that guests may connect
+    /// to. Empty by default: guests reach no service on the host.
+    pub allow_host_ports: Vec<u16>,
 }
 
 /// Caddy settings of the daemon config (`"caddy": {...}` in the config file).
@@ -447,6 +473,10 @@ mod tests {
     fn defaults_are_valid_and_match_the_spec() {
         let c = DaemonConfig::default();
         c.validate().expect("defaults valid");
+        assert_eq!(c.network_policy, NetworkPolicy::default());
+        assert!(
+            !c.network_policy.allow_guest_to_guest && c.network_policy.allow_host_ports.is_empty()
+        );
         assert_eq!(c.subnet_cidr(), "172.16.0.0/24");
         assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(c.listen.port(), 7777);
@@ -469,6 +499,17 @@ mod tests {
             ("br9", 256, 1)
         );
         std::fs::write(&p, r#"{"brige":"x"}"#).expect("write");
+        assert!(DaemonConfig::from_file(&p).is_err());
+        std::fs::write(
+            &p,
+            r#"{"network_policy":{"allow_guest_to_guest":true,"allow_host_ports":[3128]}}"#,
+        )
+        .expect("write");
+        let c = DaemonConfig::from_file(&p).expect("parse");
+        assert!(c.network_policy.allow_guest_to_guest);
+        assert!(!c.network_policy.allow_private_ranges && !c.network_policy.allow_ipv6);
+        assert_eq!(c.network_policy.allow_host_ports, vec![3128]);
+        std::fs::write(&p, r#"{"network_policy":{"allow_all":true}}"#).expect("write");
         assert!(DaemonConfig::from_file(&p).is_err());
     }
 
@@ -498,6 +539,12 @@ mod tests {
         c.bridge = "fcm0".into();
         c.pool_start = Ipv4Addr::new(10, 0, 0, 5);
         assert!(c.validate().is_err());
+        c.pool_start = Ipv4Addr::new(172, 16, 0, 50);
+        c.validate().expect("valid again");
+        for table in ["", "1fcm", "fcm-x", &"a".repeat(33)] {
+            c.nft_table = table.into();
+            assert!(c.validate().is_err(), "{table:?}");
+        }
     }
 
     #[test]

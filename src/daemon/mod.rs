@@ -182,6 +182,22 @@ fn start_caddy(cfg: &DaemonConfig) -> Option<Caddy> {
     Some(c)
 }
 
+/// The taps, MACs and addresses of every VM with a valid record, so the
+/// policy installed at start-up already holds the rules of VMs that kept
+/// running while no daemon ran. Recovery then re-asserts them for the VMs it
+/// keeps and removes them with the taps it releases.
+fn recorded_nics(cfg: &DaemonConfig) -> Vec<network::VmNic> {
+    store::scan(&cfg.state_dir)
+        .map(|found| {
+            found
+                .into_iter()
+                .filter_map(|(id, rec)| rec.ok().filter(|r| r.id == id))
+                .map(|r| r.nic())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The fingerprint of the daemon's certificate (made now if there is none),
 /// for `fcm daemon --print-fingerprint`.
 pub fn fingerprint(cfg: &DaemonConfig) -> Result<String, DaemonError> {
@@ -220,7 +236,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         path: cfg.token_path().display().to_string(),
         source,
     })?;
-    network::setup(&cfg)?;
+    network::setup(&cfg, &recorded_nics(&cfg))?;
 
     let caddy = start_caddy(&cfg);
     let cfg = Arc::new(cfg);

@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use super::lifecycle::VmState;
 use crate::host;
+use crate::host::network::VmNic;
 use crate::host::vmm::Backend;
 use crate::names::{VmId, VmName};
 use crate::wire::api::{Expose, VmView};
@@ -64,6 +65,15 @@ pub struct VmRecord {
 }
 
 impl VmRecord {
+    /// The VM's tap, MAC and address, for the network layer.
+    pub fn nic(&self) -> VmNic {
+        VmNic {
+            id: self.id.clone(),
+            ip: self.ip,
+            mac: self.mac.clone(),
+        }
+    }
+
     /// The VM as the API shows it.
     pub fn view(&self) -> VmView {
         VmView {

@@ -7,7 +7,8 @@
 //! | `piped` | programs whose stdin/stdout are streamed, with a watchdog |
 //! | `fs` | atomic writes, file locks |
 //! | `pty` | pseudo-terminals for the console's `ssh -tt` |
-//! | `network` | the bridge, `tap_<id>` devices, fcm's nftables table, addresses |
+//! | `firewall` | the network policy: guests isolated from the host, each other, metadata; anti-spoofing |
+//! | `network` | the bridge, `tap_<id>` devices with their policy rules, addresses |
 //! | `disk` | per-VM rootfs copies and files written into an image |
 //! | `disk_lock` | one VMM per disk: a kernel lock the VMM itself holds |
 //! | `cgroup` | one cgroup per VMM with the VM's CPU and memory limits |
@@ -19,6 +20,7 @@ pub mod caddy;
 pub mod cgroup;
 pub mod disk;
 pub mod disk_lock;
+pub mod firewall;
 pub mod fs;
 pub mod network;
 pub mod piped;

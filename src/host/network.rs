@@ -1,6 +1,8 @@
-//! Host networking: the bridge, one tap per VM, IPv4 forwarding and the
-//! nftables table fcm owns alone. Every change is idempotent, and names come
-//! from the config and the VM id, so a restarted daemon can find its leftovers.
+//! Host networking: the bridge, one tap per VM, IPv4 forwarding, and the
+//! guests' network policy (`firewall`: fcm's own `inet` and `bridge`
+//! nftables tables, port isolation). Every change is idempotent, and names
+//! come from the config and the VM id, so a restarted daemon can find its
+//! leftovers. Every command runs under [`firewall::COMMAND_TIMEOUT`].
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -8,6 +10,7 @@ use std::net::Ipv4Addr;
 use thiserror::Error;
 
 use crate::config::DaemonConfig;
+use crate::host::firewall::{self, COMMAND_TIMEOUT, FirewallError, Params, VmPort};
 use crate::host::{self, HostError};
 use crate::names::VmId;
 
@@ -19,11 +22,13 @@ pub enum NetworkError {
         #[source]
         source: HostError,
     },
-    #[error("could not install the nftables table {table}")]
-    Nft {
-        table: String,
+    #[error("could not install the guests' network policy")]
+    Policy(#[source] Box<FirewallError>),
+    #[error("could not set the network rules of tap device {tap}")]
+    PortRules {
+        tap: String,
         #[source]
-        source: HostError,
+        source: Box<FirewallError>,
     },
     #[error("could not enable IPv4 forwarding")]
     Forwarding(#[source] std::io::Error),
@@ -43,70 +48,89 @@ pub enum NetworkError {
     PoolExhausted { start: Ipv4Addr, end: Ipv4Addr },
 }
 
+/// One VM's place on the bridge: its tap is `tap_<id>`, and it may send as
+/// `mac`/`ip` only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmNic {
+    pub id: VmId,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+}
+
 fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Bridge with the gateway address, forwarding on, NAT for the VM subnet.
-pub fn setup(cfg: &DaemonConfig) -> Result<(), NetworkError> {
+fn ip(args: &[&str]) -> Result<String, HostError> {
+    host::run_timeout("ip", args, COMMAND_TIMEOUT)
+}
+
+/// The policy's inputs, from the daemon config.
+pub fn policy_params(cfg: &DaemonConfig) -> Result<Params, NetworkError> {
+    Params::new(
+        &cfg.nft_table,
+        &cfg.bridge,
+        cfg.gateway,
+        cfg.prefix_len,
+        cfg.network_policy.clone(),
+    )
+    .map_err(policy_err)
+}
+
+fn policy_err(e: FirewallError) -> NetworkError {
+    NetworkError::Policy(Box::new(e))
+}
+
+fn rules_err(tap: &str) -> impl Fn(FirewallError) -> NetworkError + '_ {
+    move |e| NetworkError::PortRules {
+        tap: tap.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// Bridge with the gateway address, forwarding on, and the network policy
+/// (NAT included) with the rules of every VM in `vms`, installed in one
+/// transaction that replaces whatever fcm had installed: taps of VMs that
+/// keep running across a daemon restart are never without their rules. A
+/// VM whose address or MAC does not fit the config is left out (its frames
+/// are dropped); [`create_tap`] reports why when it is brought up.
+pub fn setup(cfg: &DaemonConfig, vms: &[VmNic]) -> Result<(), NetworkError> {
     let br = cfg.bridge.as_str();
     let bridge_err = |source| NetworkError::Bridge {
         bridge: br.to_owned(),
         source,
     };
+    let params = policy_params(cfg)?;
+    let ports: Vec<VmPort> = vms
+        .iter()
+        .filter_map(|v| VmPort::new(&params, &v.id.tap_name(), &v.mac, v.ip).ok())
+        .collect();
+    // The policy first: a bridge that already has ports never runs
+    // without it once the daemon is up.
+    firewall::apply(&params, &ports).map_err(policy_err)?;
     if !link_exists(br) {
-        host::run("ip", ["link", "add", br, "type", "bridge"]).map_err(bridge_err)?;
+        ip(&["link", "add", br, "type", "bridge"]).map_err(bridge_err)?;
     }
     let addr = format!("{}/{}", cfg.gateway, cfg.prefix_len);
-    host::run("ip", ["addr", "replace", &addr, "dev", br]).map_err(bridge_err)?;
-    host::run("ip", ["link", "set", br, "up"]).map_err(bridge_err)?;
+    ip(&["addr", "replace", &addr, "dev", br]).map_err(bridge_err)?;
+    ip(&["link", "set", br, "up"]).map_err(bridge_err)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetworkError::Forwarding)?;
-    host::run_with_stdin("nft", ["-f", "-"], Some(nft_ruleset(cfg).as_bytes())).map_err(
-        |source| NetworkError::Nft {
-            table: cfg.nft_table.clone(),
-            source,
-        },
-    )?;
     Ok(())
 }
 
-/// The whole fcm table, replaced in one transaction (add, delete, re-add).
-pub fn nft_ruleset(cfg: &DaemonConfig) -> String {
-    let t = &cfg.nft_table;
-    let net = cfg.subnet_cidr();
-    let br = &cfg.bridge;
-    format!(
-        "table ip {t} {{}}\n\
-         delete table ip {t}\n\
-         table ip {t} {{\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {net} ip daddr != {net} masquerade\n\
-         \t}}\n\
-         \tchain forward {{\n\
-         \t\ttype filter hook forward priority filter; policy accept;\n\
-         \t\tiifname \"{br}\" accept\n\
-         \t\toifname \"{br}\" ct state established,related accept\n\
-         \t}}\n\
-         }}\n"
-    )
-}
-
-/// Removes the bridge and fcm's nftables table (used by tests and uninstall).
+/// Removes the bridge and fcm's nftables tables (used by tests and uninstall).
 pub fn teardown(cfg: &DaemonConfig) -> Vec<NetworkError> {
     let mut errors = Vec::new();
-    let script = format!(
-        "table ip {t} {{}}\ndelete table ip {t}\n",
-        t = cfg.nft_table
-    );
-    if let Err(source) = host::run_with_stdin("nft", ["-f", "-"], Some(script.as_bytes())) {
-        errors.push(NetworkError::Nft {
-            table: cfg.nft_table.clone(),
-            source,
-        });
+    match policy_params(cfg) {
+        Ok(p) => {
+            if let Err(e) = firewall::teardown(&p) {
+                errors.push(policy_err(e));
+            }
+        }
+        Err(e) => errors.push(e),
     }
     if link_exists(&cfg.bridge)
-        && let Err(source) = host::run("ip", ["link", "del", &cfg.bridge])
+        && let Err(source) = ip(&["link", "del", &cfg.bridge])
     {
         errors.push(NetworkError::Bridge {
             bridge: cfg.bridge.clone(),
@@ -116,41 +140,48 @@ pub fn teardown(cfg: &DaemonConfig) -> Vec<NetworkError> {
     errors
 }
 
-/// Creates (or reuses) the VM's tap and attaches it to the bridge.
-pub fn create_tap(cfg: &DaemonConfig, id: &VmId) -> Result<String, NetworkError> {
-    create_tap_for(cfg, id, None)
+/// Creates (or reuses) the VM's tap and attaches it to the bridge, with the
+/// VM's rules (only its MAC and address may send) and port isolation set
+/// before the tap is up, so the VMM never sends a frame without them.
+/// Idempotent: also how a running VM's rules are re-asserted after a
+/// daemon restart (a changed policy, e.g. isolation, takes effect).
+pub fn create_tap(cfg: &DaemonConfig, vm: &VmNic) -> Result<String, NetworkError> {
+    create_tap_for(cfg, vm, None)
 }
 
 /// Like [`create_tap`], the tap owned by `owner` (uid, gid), so a VMM
-/// running as that user may attach to it. Only before a launch: a tap of
-/// another owner is made anew.
+/// running as that user may attach to it (jailed Firecracker). Only before
+/// a launch: a tap of another owner is made anew.
 pub fn create_tap_for(
     cfg: &DaemonConfig,
-    id: &VmId,
+    vm: &VmNic,
     owner: Option<(u32, u32)>,
 ) -> Result<String, NetworkError> {
-    let tap = id.tap_name();
+    let tap = vm.id.tap_name();
     let err = |source| NetworkError::Tap {
         tap: tap.clone(),
         source,
     };
+    let params = policy_params(cfg)?;
+    // Rules match the tap by name: they may exist before the tap does.
+    firewall::add_vm(&params, &tap, &vm.mac, vm.ip).map_err(rules_err(&tap))?;
     let wanted = owner.map_or(-1, |(uid, _)| i64::from(uid));
     if link_exists(&tap) && owner.is_some() && tap_owner(&tap) != Some(wanted) {
-        host::run("ip", ["link", "del", &tap]).map_err(err)?;
+        ip(&["link", "del", &tap]).map_err(err)?;
     }
     if !link_exists(&tap) {
-        let mut args: Vec<String> = ["tuntap", "add", "dev", &tap, "mode", "tap"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        if let Some((uid, gid)) = owner {
-            args.extend(["user".into(), uid.to_string()]);
-            args.extend(["group".into(), gid.to_string()]);
+        let (uid, gid) = owner.map_or((String::new(), String::new()), |(u, g)| {
+            (u.to_string(), g.to_string())
+        });
+        let mut args = vec!["tuntap", "add", "dev", &tap, "mode", "tap"];
+        if owner.is_some() {
+            args.extend(["user", &uid, "group", &gid]);
         }
-        host::run("ip", &args).map_err(err)?;
+        ip(&args).map_err(err)?;
     }
-    host::run("ip", ["link", "set", &tap, "master", &cfg.bridge]).map_err(err)?;
-    host::run("ip", ["link", "set", &tap, "up"]).map_err(err)?;
+    ip(&["link", "set", &tap, "master", &cfg.bridge]).map_err(err)?;
+    firewall::isolate_port(&params, &tap).map_err(rules_err(&tap))?;
+    ip(&["link", "set", &tap, "up"]).map_err(err)?;
     Ok(tap)
 }
 
@@ -202,17 +233,22 @@ pub fn open_tap(tap: &str) -> Result<std::fs::File, NetworkError> {
     Ok(file)
 }
 
-/// Deletes a tap; one that does not exist is fine.
-pub fn delete_tap(tap: &str) -> Result<(), NetworkError> {
-    if !link_exists(tap) {
-        return Ok(());
-    }
-    host::run("ip", ["link", "del", tap])
-        .map(|_| ())
-        .map_err(|source| NetworkError::TapDelete {
-            tap: tap.to_owned(),
-            source,
-        })
+/// Deletes a tap and its rules; either being absent is fine. The rules are
+/// removed even when the tap could not be (its frames are then dropped).
+pub fn delete_tap(cfg: &DaemonConfig, tap: &str) -> Result<(), NetworkError> {
+    let deleted = if link_exists(tap) {
+        ip(&["link", "del", tap])
+            .map(|_| ())
+            .map_err(|source| NetworkError::TapDelete {
+                tap: tap.to_owned(),
+                source,
+            })
+    } else {
+        Ok(())
+    };
+    let rules =
+        policy_params(cfg).and_then(|p| firewall::remove_vm(&p, tap).map_err(rules_err(tap)));
+    deleted.and(rules)
 }
 
 /// Taps on this host that look like fcm's (`tap_<id>`).
@@ -277,12 +313,5 @@ mod tests {
     #[test]
     fn mac_embeds_ip() {
         assert_eq!(mac_for(Ipv4Addr::new(172, 16, 0, 50)), "06:00:ac:10:00:32");
-    }
-
-    #[test]
-    fn ruleset_is_self_contained_and_idempotent() {
-        let r = nft_ruleset(&DaemonConfig::default());
-        assert!(r.starts_with("table ip fcm {}\ndelete table ip fcm\n"));
-        assert!(r.contains("ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 masquerade"));
     }
 }

@@ -205,7 +205,7 @@ impl Manager {
         self.save(entry, &rec)
             .map_err(|e| step("save record")(&e))?;
         fault::crash_point("create:after-inject");
-        network::create_tap_for(&self.cfg, &rec.id, self.tap_owner(&rec))
+        network::create_tap_for(&self.cfg, &rec.nic(), self.tap_owner(&rec))
             .map_err(|e| step("create tap device")(&e))?;
         fault::crash_point("create:after-tap");
         let pid = self.launch(&rec).map_err(|e| step("start VMM")(&e))?;

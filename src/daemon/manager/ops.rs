@@ -109,7 +109,7 @@ impl Manager {
         self.check_prerequisites(r.backend)?;
         self.record(&e, &mut r, VmState::Starting, "start")?;
         fault::crash_point("start:after-record");
-        let launched = network::create_tap_for(&self.cfg, &r.id, self.tap_owner(&r))
+        let launched = network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
             .map_err(|err| chain(&err))
             .and_then(|_| {
                 fault::crash_point("start:after-tap");
@@ -204,7 +204,7 @@ impl Manager {
             self.kill(pid, &dir);
         }
         let mut errors = Vec::new();
-        if let Err(err) = network::delete_tap(&id.tap_name()) {
+        if let Err(err) = network::delete_tap(&self.cfg, &id.tap_name()) {
             errors.push(chain(&err));
         }
         errors.extend(host::cgroup::release(&self.cfg.cgroup, &dir));

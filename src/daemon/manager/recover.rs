@@ -67,7 +67,7 @@ impl Manager {
     /// Removes the tap and the VMM's runtime files of a VM that is not running.
     pub(super) fn release_runtime(&self, r: &VmRecord) -> Vec<String> {
         let mut errors = Vec::new();
-        if let Err(e) = network::delete_tap(&r.tap) {
+        if let Err(e) = network::delete_tap(&self.cfg, &r.tap) {
             errors.push(chain(&e));
         }
         let dir = self.dir(&r.id);
@@ -217,7 +217,7 @@ impl Manager {
         for id in network::list_taps() {
             if !known.contains(&id) {
                 eprintln!("fcm: removing leftover tap {}", id.tap_name());
-                if let Err(e) = network::delete_tap(&id.tap_name()) {
+                if let Err(e) = network::delete_tap(&self.cfg, &id.tap_name()) {
                     eprintln!("fcm: warning: {}", chain(&e));
                 }
             }
@@ -242,9 +242,17 @@ impl Manager {
             Recovery::Keep => {
                 if rec.state == VmState::Stopped {
                     self.release_runtime(&rec);
-                } else if let Some(pid) = alive.filter(|p| *p != 0 && rec.pid != Some(*p)) {
-                    rec.pid = Some(pid);
-                    save(&rec);
+                } else {
+                    // Running on: its rules came with the policy at
+                    // start-up; this re-asserts them and the port's
+                    // isolation under the policy now configured.
+                    if let Err(e) = network::create_tap(&self.cfg, &rec.nic()) {
+                        eprintln!("fcm: warning: {}", chain(&e));
+                    }
+                    if let Some(pid) = alive.filter(|p| *p != 0 && rec.pid != Some(*p)) {
+                        rec.pid = Some(pid);
+                        save(&rec);
+                    }
                 }
             }
             Recovery::Adopt => {
@@ -253,9 +261,9 @@ impl Manager {
                     rec.name,
                     was.as_str()
                 );
-                // The tap exists while the VMM holds it; this only makes
-                // sure it is on the bridge and up.
-                if let Err(e) = network::create_tap(&self.cfg, &rec.id) {
+                // The tap exists while the VMM holds it; this makes sure
+                // it is on the bridge and up, with its rules and isolation.
+                if let Err(e) = network::create_tap(&self.cfg, &rec.nic()) {
                     eprintln!("fcm: warning: {}", chain(&e));
                 }
                 rec.state = VmState::Running;
