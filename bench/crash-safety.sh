@@ -16,13 +16,16 @@
 # Only loopback and in-namespace traffic. On exit, also on failure, it kills
 # what it started by PID, deletes its namespaces, worktree and temp dir.
 #
-# Knobs: RUNS (8), BASE (c2ee793), WRITE_DOC (1), FCM_ASSETS (/var/lib/firecracker).
+# Knobs: RUNS (8), BASE (c2ee793, the commit before crash safety), NEW (a0146fa,
+# the crash-safety commit; "HEAD" for the working tree), WRITE_DOC (1),
+# FCM_ASSETS (/var/lib/firecracker).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 RUNS=${RUNS:-8}
 BASE=${BASE:-c2ee793}
+NEW=${NEW:-a0146fa}
 WRITE_DOC=${WRITE_DOC:-1}
 ASSETS=${FCM_ASSETS:-/var/lib/firecracker}
 DOC=$ROOT/docs/benchmarks.md
@@ -41,6 +44,7 @@ done
 TAG=$$
 TMP=$(mktemp -d /var/tmp/fcm-bench-crash.XXXXXX)
 WT=$TMP/base-src
+WT_NEW=$TMP/new-src
 declare -A DAEMON_PID=()
 
 # shellcheck source=bench/lib.sh
@@ -56,6 +60,7 @@ cleanup() {
 	kill_all_ours
 	for k in base new; do ip netns del "fcmcs-$k-$TAG" 2>/dev/null; done
 	git -C "$ROOT" worktree remove --force "$WT" 2>/dev/null
+	git -C "$ROOT" worktree remove --force "$WT_NEW" 2>/dev/null
 	rm -rf "$TMP"
 	[ "$rc" = 0 ] || echo "bench/crash-safety.sh: failed (exit $rc); cleaned up" >&2
 	exit "$rc"
@@ -63,9 +68,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "building the current code and $BASE (release)"
-cargo build --release --quiet
-NEW_BIN=$ROOT/target/release/fcm
+log "building $NEW and $BASE (release)"
+if [ "$NEW" = HEAD ]; then
+	cargo build --release --quiet
+	NEW_BIN=$ROOT/target/release/fcm
+else
+	git -C "$ROOT" worktree add --detach --quiet "$WT_NEW" "$NEW"
+	CARGO_TARGET_DIR=$TMP/target-new cargo build --release --quiet --manifest-path "$WT_NEW/Cargo.toml"
+	NEW_BIN=$TMP/target-new/release/fcm
+fi
 git -C "$ROOT" worktree add --detach --quiet "$WT" "$BASE"
 CARGO_TARGET_DIR=$TMP/target-base cargo build --release --quiet --manifest-path "$WT/Cargo.toml"
 BASE_BIN=$TMP/target-base/release/fcm
@@ -118,12 +129,13 @@ log "create --no-wait, $RUNS runs each, interleaved"
 for i in $(seq "$RUNS"); do
 	for kind in base new; do
 		CREATE[$kind]+="$(ms "$kind" create --no-wait --name "b$i") "
+		# Stopped at once, so guests do not pile up and slow later runs.
+		cli "$kind" stop "b$i" >/dev/null 2>>"$TMP/cli.log"
 	done
 done
 log "start --no-wait of a stopped VM, $RUNS runs each, interleaved"
 for i in $(seq "$RUNS"); do
 	for kind in base new; do
-		cli "$kind" stop "b$i" >/dev/null 2>>"$TMP/cli.log"
 		START[$kind]+="$(ms "$kind" start --no-wait "b$i") "
 		cli "$kind" destroy "b$i" >/dev/null 2>>"$TMP/cli.log"
 	done
@@ -137,7 +149,7 @@ cb=$(median "${CREATE[base]}") cn=$(median "${CREATE[new]}")
 sb=$(median "${START[base]}") sn=$(median "${START[new]}")
 TABLE=$(
 	cat <<EOF
-| What (median of $RUNS, QEMU backend) | before crash safety ($BASE) | with journal + disk lock | Ratio |
+| What (median of $RUNS, QEMU backend) | before crash safety ($BASE) | with journal + disk lock ($NEW) | Ratio |
 |---|---|---|---|
 | \`fcm create --no-wait\` (until the VMM runs) | $cb ms | $cn ms | $(ratio "$cn" "$cb") |
 | \`fcm start --no-wait\` (stopped → VMM runs) | $sb ms | $sn ms | $(ratio "$sn" "$sb") |

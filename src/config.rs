@@ -128,6 +128,14 @@ pub struct DaemonConfig {
     pub max_vms: Option<u32>,
     /// Public HTTPS URLs through Caddy.
     pub caddy: CaddyConfig,
+    /// Firecracker under its jailer.
+    pub jailer: JailerConfig,
+    /// QEMU under its seccomp sandbox, as the VM's own user.
+    pub qemu_sandbox: QemuSandboxConfig,
+    /// The per-VM user a jailed or sandboxed VMM runs as.
+    pub vm_users: VmUsersConfig,
+    /// CPU and memory limits of each VMM.
+    pub cgroup: CgroupConfig,
 }
 
 impl Default for DaemonConfig {
@@ -159,6 +167,10 @@ impl Default for DaemonConfig {
             console_log_max_bytes: 1 << 20,
             max_vms: None,
             caddy: CaddyConfig::default(),
+            jailer: JailerConfig::default(),
+            qemu_sandbox: QemuSandboxConfig::default(),
+            vm_users: VmUsersConfig::default(),
+            cgroup: CgroupConfig::default(),
         }
     }
 }
@@ -223,7 +235,42 @@ impl DaemonConfig {
         if self.default_cpus == 0 || self.default_memory_mib < 64 {
             return bad("default_cpus must be at least 1 and default_memory_mib at least 64");
         }
+        // Every address of the subnet maps to its own uid and gid.
+        let span = 1u64 << (32 - u32::from(self.prefix_len));
+        for (what, base) in [
+            ("vm_users.uid_base", self.vm_users.uid_base),
+            ("vm_users.gid_base", self.vm_users.gid_base),
+        ] {
+            if base < 1000 || u64::from(base) + span >= u64::from(u32::MAX) {
+                return Err(ConfigError::Invalid(format!(
+                    "{what} must be at least 1000 and leave room for {span} ids below 2^32-1"
+                )));
+            }
+        }
+        let parent = self.cgroup.parent.trim_start_matches('/');
+        if parent.is_empty()
+            || !parent.split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
+        {
+            return bad("cgroup.parent must be a path of [A-Za-z0-9._-] components");
+        }
         Ok(())
+    }
+
+    /// The uid and gid of the VM with this address: the bases plus the
+    /// address's host part, so each VM of the subnet has its own, and a
+    /// restarted daemon derives the same ones.
+    pub fn vm_user(&self, ip: Ipv4Addr) -> (u32, u32) {
+        let host = u32::from(ip) & !u32::from(self.netmask());
+        (
+            self.vm_users.uid_base.saturating_add(host),
+            self.vm_users.gid_base.saturating_add(host),
+        )
     }
 
     pub fn netmask(&self) -> Ipv4Addr {
@@ -339,6 +386,85 @@ impl Default for CaddyConfig {
     }
 }
 
+/// `"jailer": {...}`: Firecracker runs under its jailer (chroot, own uid
+/// and gid, new mount namespace) unless turned off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JailerConfig {
+    pub enabled: bool,
+    /// The jailer binary, of the same version as Firecracker.
+    pub bin: PathBuf,
+}
+
+impl Default for JailerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bin: PathBuf::from("jailer"),
+        }
+    }
+}
+
+/// `"qemu_sandbox": {...}`: QEMU runs as the VM's user with
+/// `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuSandboxConfig {
+    pub enabled: bool,
+}
+
+impl Default for QemuSandboxConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `"vm_users": {...}`: VM at address `a.b.c.d` of a /24 runs as uid
+/// `uid_base + d`, gid `gid_base + d` (the host part of the address in
+/// general). The ranges must be unused on the host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmUsersConfig {
+    pub uid_base: u32,
+    pub gid_base: u32,
+}
+
+impl Default for VmUsersConfig {
+    fn default() -> Self {
+        Self {
+            uid_base: 300_000,
+            gid_base: 300_000,
+        }
+    }
+}
+
+/// `"cgroup": {...}`: each VMM in its own cgroup, `<parent>/<id>`, with a
+/// CPU quota of its vCPUs and a memory limit of its memory plus an overhead.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupConfig {
+    pub enabled: bool,
+    /// Where the cgroup file systems are mounted.
+    pub root: PathBuf,
+    /// A relative path is taken below the daemon's own cgroup (per
+    /// controller on cgroup v1); `/x` is `x` below the hierarchy's root.
+    pub parent: String,
+    /// Memory a VMM may use beyond its guest's (its own code, TCG's
+    /// translation cache, page cache of the disk).
+    pub memory_overhead_mib: u32,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            root: PathBuf::from("/sys/fs/cgroup"),
+            parent: "fcm".into(),
+            memory_overhead_mib: 256,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,5 +545,24 @@ mod tests {
             c.nft_table = table.into();
             assert!(c.validate().is_err(), "{table:?}");
         }
+    }
+
+    #[test]
+    fn each_address_has_its_own_user_and_bad_bases_are_refused() {
+        let mut c = DaemonConfig::default();
+        assert_eq!(c.vm_user(Ipv4Addr::new(172, 16, 0, 50)), (300_050, 300_050));
+        assert_eq!(
+            c.vm_user(Ipv4Addr::new(172, 16, 0, 254)),
+            (300_254, 300_254)
+        );
+        c.vm_users.uid_base = 0;
+        assert!(c.validate().is_err());
+        c.vm_users.uid_base = u32::MAX - 10;
+        assert!(c.validate().is_err());
+        c.vm_users.uid_base = 300_000;
+        c.cgroup.parent = "../escape".into();
+        assert!(c.validate().is_err());
+        c.cgroup.parent = "/fcm.slice/vms".into();
+        c.validate().expect("absolute parent");
     }
 }

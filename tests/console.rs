@@ -415,7 +415,10 @@ fn held(pid: u32) -> Held {
             .rsplit_once(')')
             .and_then(|(_, r)| r.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
+        // The VMMs are the daemon's children too (QEMU and Firecracker are
+        // spawned and reaped by it); only the others count.
+        let vmm = stat.contains("(qemu-system-x86)") || stat.contains("(firecracker)");
+        if ppid == Some(pid) && !vmm {
             children += 1;
         }
     }

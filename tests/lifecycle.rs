@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
-use common::{Fcm, e2e_ready, is_alive, wait_for};
+use common::{Fcm, cgroup_limits, e2e_ready, is_alive, proc_status, wait_for};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -34,6 +34,50 @@ fn create_ssh_stop_start_destroy_keeps_data_and_leaves_nothing() {
         fcm::names::ADJECTIVES.contains(&adj) && fcm::names::NOUNS.contains(&noun),
         "{name}"
     );
+
+    // QEMU runs as the VM's own user (300000 + the address's last byte),
+    // under its seccomp sandbox, in a cgroup of the VM's size (512 MiB +
+    // the 256 MiB overhead + the 256 MiB TCG cache; one CPU + half a core
+    // for QEMU's device emulation); the VM's
+    // record stays root's alone.
+    let pid = vm["pid"].as_u64().expect("pid") as u32;
+    let own: u32 = 300_000
+        + ip.rsplit('.')
+            .next()
+            .and_then(|o| o.parse::<u32>().ok())
+            .expect("ip");
+    let ids = |f: &str| proc_status(pid, f).unwrap_or_default();
+    assert!(
+        ids("Uid").split_whitespace().all(|u| u == own.to_string()),
+        "Uid: {}",
+        ids("Uid")
+    );
+    assert!(
+        ids("Gid").split_whitespace().all(|g| g == own.to_string()),
+        "Gid: {}",
+        ids("Gid")
+    );
+    assert_eq!(ids("Groups"), "", "supplementary groups kept");
+    assert_eq!(ids("Seccomp"), "2", "QEMU runs without its sandbox");
+    let (mem, cpu, cgroups) = cgroup_limits(pid);
+    assert_eq!((mem, cpu), (Some(1024 << 20), Some(150_000)), "{cgroups:?}");
+    assert!(
+        cgroups.iter().all(|d| d.ends_with(format!("fcm/{id}"))),
+        "{cgroups:?}"
+    );
+    eprintln!(
+        "QEMU {pid}: uid {own}, seccomp 2, cgroups {cgroups:?}, VmRSS {}",
+        ids("VmRSS")
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(f.state().join(&id).join("config.json")).expect("record");
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777),
+            (0, 0o600),
+            "the record is not root's alone"
+        );
+    }
 
     // The human-readable list shows it.
     let ls = f.ok(&["ls"]);
@@ -70,6 +114,7 @@ fn create_ssh_stop_start_destroy_keeps_data_and_leaves_nothing() {
     // Data written before a clean stop survives it (no explicit sync).
     let w = f.ssh(&name, "echo persisted-$(hostname) > /root/data.txt");
     assert!(w.status.success());
+    eprintln!("QEMU {pid} after SSH use: VmRSS {}", ids("VmRSS"));
     let pid = f.vm(&name)["pid"].as_u64().expect("pid") as u32;
     let stop = f.ok(&["stop", &name]);
     assert!(stop.contains("stopped"), "{stop}");
@@ -79,6 +124,10 @@ fn create_ssh_stop_start_destroy_keeps_data_and_leaves_nothing() {
         "tap left after stop"
     );
     assert_eq!(f.vm(&name)["state"], "stopped");
+    assert!(
+        cgroups.iter().all(|d| !d.exists()),
+        "cgroup left after stop: {cgroups:?}"
+    );
     let rec: serde_json::Value = serde_json::from_str(
         &fs::read_to_string(f.state().join(&id).join("config.json")).expect("config.json"),
     )

@@ -11,11 +11,13 @@
 //! | `network` | the bridge, `tap_<id>` devices with their policy rules, addresses |
 //! | `disk` | per-VM rootfs copies and files written into an image |
 //! | `disk_lock` | one VMM per disk: a kernel lock the VMM itself holds |
+//! | `cgroup` | one cgroup per VMM with the VM's CPU and memory limits |
 //! | `vmm` | the VMM backends: Firecracker and QEMU |
 //! | `caddy` | the public URLs: one Caddy site file per VM |
 //! | `ssh` | the daemon's key, guests' host keys, SSH readiness |
 
 pub mod caddy;
+pub mod cgroup;
 pub mod disk;
 pub mod disk_lock;
 pub mod firewall;

@@ -146,6 +146,17 @@ pub fn teardown(cfg: &DaemonConfig) -> Vec<NetworkError> {
 /// Idempotent: also how a running VM's rules are re-asserted after a
 /// daemon restart (a changed policy, e.g. isolation, takes effect).
 pub fn create_tap(cfg: &DaemonConfig, vm: &VmNic) -> Result<String, NetworkError> {
+    create_tap_for(cfg, vm, None)
+}
+
+/// Like [`create_tap`], the tap owned by `owner` (uid, gid), so a VMM
+/// running as that user may attach to it (jailed Firecracker). Only before
+/// a launch: a tap of another owner is made anew.
+pub fn create_tap_for(
+    cfg: &DaemonConfig,
+    vm: &VmNic,
+    owner: Option<(u32, u32)>,
+) -> Result<String, NetworkError> {
     let tap = vm.id.tap_name();
     let err = |source| NetworkError::Tap {
         tap: tap.clone(),
@@ -154,13 +165,72 @@ pub fn create_tap(cfg: &DaemonConfig, vm: &VmNic) -> Result<String, NetworkError
     let params = policy_params(cfg)?;
     // Rules match the tap by name: they may exist before the tap does.
     firewall::add_vm(&params, &tap, &vm.mac, vm.ip).map_err(rules_err(&tap))?;
+    let wanted = owner.map_or(-1, |(uid, _)| i64::from(uid));
+    if link_exists(&tap) && owner.is_some() && tap_owner(&tap) != Some(wanted) {
+        ip(&["link", "del", &tap]).map_err(err)?;
+    }
     if !link_exists(&tap) {
-        ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).map_err(err)?;
+        let (uid, gid) = owner.map_or((String::new(), String::new()), |(u, g)| {
+            (u.to_string(), g.to_string())
+        });
+        let mut args = vec!["tuntap", "add", "dev", &tap, "mode", "tap"];
+        if owner.is_some() {
+            args.extend(["user", &uid, "group", &gid]);
+        }
+        ip(&args).map_err(err)?;
     }
     ip(&["link", "set", &tap, "master", &cfg.bridge]).map_err(err)?;
     firewall::isolate_port(&params, &tap).map_err(rules_err(&tap))?;
     ip(&["link", "set", &tap, "up"]).map_err(err)?;
     Ok(tap)
+}
+
+/// The uid that owns a tap (-1: none).
+fn tap_owner(tap: &str) -> Option<i64> {
+    std::fs::read_to_string(format!("/sys/class/net/{tap}/owner"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Opens an existing tap as root and returns its queue descriptor
+/// (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), for a VMM that gets the tap as
+/// a descriptor instead of opening `/dev/net/tun` itself.
+pub fn open_tap(tap: &str) -> Result<std::fs::File, NetworkError> {
+    use std::os::fd::AsRawFd;
+    let err = |e: std::io::Error| NetworkError::Tap {
+        tap: tap.to_owned(),
+        source: HostError::Spawn {
+            cmd: format!("open /dev/net/tun for {tap}"),
+            source: e,
+        },
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(err)?;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        pad: [0; 22],
+    };
+    let n = tap.len().min(15);
+    req.name[..n].copy_from_slice(&tap.as_bytes()[..n]);
+    // SAFETY: TUNSETIFF reads (and writes back) an ifreq-sized struct we
+    // own, on a descriptor we own.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if rc == -1 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(file)
 }
 
 /// Deletes a tap and its rules; either being absent is fine. The rules are

@@ -290,9 +290,12 @@ impl Fcm {
     }
 
     /// VMM processes (QEMU or Firecracker) running the VM with this id,
-    /// found on the host whatever the daemon says.
+    /// found on the host whatever the daemon says: by the VM dir in their
+    /// command line, or (jailed Firecracker) by their root directory being
+    /// the VM's chroot.
     pub fn vmms_of(&self, id: &str) -> Vec<u32> {
         let marker = format!("{}/{id}/", self.state().display());
+        let jails = jail_roots(&self.state().join(id));
         let mut v = Vec::new();
         for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -305,7 +308,9 @@ impl Fcm {
                 .into_owned();
             let c = String::from_utf8_lossy(&c).replace('\0', " ");
             let is_vmm = argv0.ends_with("qemu-system-x86_64") || argv0.ends_with("firecracker");
-            if is_vmm && c.contains(&marker) && is_alive(pid) {
+            let jailed =
+                argv0.ends_with("firecracker") && root_of(pid).is_some_and(|r| jails.contains(&r));
+            if is_vmm && (c.contains(&marker) || jailed) && is_alive(pid) {
                 v.push(pid);
             }
         }
@@ -484,11 +489,98 @@ pub fn kill_pid(pid: u32) {
     }
 }
 
+/// (device, inode) of the chroots under a VM dir (`jail/*/<id>/root`).
+pub fn jail_roots(vm_dir: &Path) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let id = vm_dir.file_name().unwrap_or_default().to_owned();
+    fs::read_dir(vm_dir.join("jail"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| fs::metadata(e.path().join(&id).join("root")).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+/// (device, inode) of a process's root directory.
+pub fn root_of(pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(format!("/proc/{pid}/root")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// A field of /proc/<pid>/status (e.g. "Uid", "Seccomp"), as text.
+pub fn proc_status(pid: u32, field: &str) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+}
+
+/// The memory limit (bytes) and CPU quota (microseconds of CPU per 100 ms)
+/// of the cgroups a process is in, read from the cgroup files (v1 or v2),
+/// with the directories they came from.
+pub fn cgroup_limits(pid: u32) -> (Option<u64>, Option<u64>, Vec<PathBuf>) {
+    let dirs = fcm::host::cgroup::of_process(Path::new("/sys/fs/cgroup"), pid);
+    let read = |f: &Path| fs::read_to_string(f).ok().map(|s| s.trim().to_string());
+    let mut mem = None;
+    let mut cpu = None;
+    for d in &dirs {
+        if let Some(v) =
+            read(&d.join("memory.max")).or_else(|| read(&d.join("memory.limit_in_bytes")))
+        {
+            mem = v.parse().ok();
+        }
+        if let Some(v) = read(&d.join("cpu.max")) {
+            let mut it = v.split_whitespace();
+            let (q, p) = (
+                it.next().and_then(|q| q.parse::<u64>().ok()),
+                it.next().and_then(|p| p.parse::<u64>().ok()),
+            );
+            if let (Some(q), Some(p)) = (q, p) {
+                cpu = Some(q * 100_000 / p);
+            }
+        } else if let (Some(q), Some(p)) = (
+            read(&d.join("cpu.cfs_quota_us")),
+            read(&d.join("cpu.cfs_period_us")),
+        ) && let (Ok(q), Ok(p)) = (q.parse::<u64>(), p.parse::<u64>())
+        {
+            cpu = Some(q * 100_000 / p);
+        }
+    }
+    (mem, cpu, dirs)
+}
+
 impl Drop for Fcm {
     fn drop(&mut self) {
         self.kill_daemon();
-        for pid in self.vmm_pids().into_iter().chain(self.processes()) {
+        let jailed: Vec<u32> = fs::read_dir(self.state())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|e| self.vmms_of(&e.file_name().to_string_lossy()))
+            .collect();
+        for pid in self
+            .vmm_pids()
+            .into_iter()
+            .chain(self.processes())
+            .chain(jailed)
+        {
             kill_pid(pid);
+        }
+        // The VMs' cgroups, once their processes are gone.
+        for e in fs::read_dir(self.state()).into_iter().flatten().flatten() {
+            let listing = fs::read_to_string(e.path().join("cgroups")).unwrap_or_default();
+            for dir in listing.lines().filter(|l| l.starts_with("/sys/fs/cgroup/")) {
+                let _ = wait_for(Duration::from_secs(3), || {
+                    fs::remove_dir(dir)
+                        .ok()
+                        .or_else(|| (!Path::new(dir).exists()).then_some(()))
+                });
+            }
         }
         if std::thread::panicking() {
             eprintln!(

@@ -323,13 +323,14 @@ pub fn response(status: u16, json: &[u8], allow: Option<&str>) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// An in-memory client: reads come from `input`, writes go to `out`.
-    struct Mem {
-        input: io::Cursor<Vec<u8>>,
-        out: Vec<u8>,
+    /// An in-memory client: reads come from `input`, writes go to `out`
+    /// (also used by `transfer`'s tests).
+    pub(in crate::daemon::http) struct Mem {
+        pub(in crate::daemon::http) input: io::Cursor<Vec<u8>>,
+        pub(in crate::daemon::http) out: Vec<u8>,
     }
 
     impl Read for Mem {
@@ -347,7 +348,7 @@ mod tests {
         }
     }
 
-    fn mem(s: &[u8]) -> Mem {
+    pub(in crate::daemon::http) fn mem(s: &[u8]) -> Mem {
         Mem {
             input: io::Cursor::new(s.to_vec()),
             out: Vec::new(),

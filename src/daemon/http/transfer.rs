@@ -186,33 +186,7 @@ pub fn write_stream(
 mod tests {
     use super::*;
     use crate::daemon::http::message::read_head;
-
-    struct Mem {
-        input: io::Cursor<Vec<u8>>,
-        out: Vec<u8>,
-    }
-
-    impl Read for Mem {
-        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-            self.input.read(b)
-        }
-    }
-
-    impl Write for Mem {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.out.write(b)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn mem(s: &[u8]) -> Mem {
-        Mem {
-            input: io::Cursor::new(s.to_vec()),
-            out: Vec::new(),
-        }
-    }
+    use crate::daemon::http::message::tests::mem;
 
     #[test]
     fn streamed_bodies_in_both_framings() {

@@ -304,7 +304,8 @@ impl Manager {
             })
             .and_then(|_| {
                 fault::crash_point("restore:after-disk");
-                network::create_tap(&self.cfg, &r.nic()).map_err(|err| chain(&err))
+                network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
+                    .map_err(|err| chain(&err))
             })
             .and_then(|_| {
                 self.launch_from(&r, Some(&cp_dir))

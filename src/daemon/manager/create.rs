@@ -205,7 +205,8 @@ impl Manager {
         self.save(entry, &rec)
             .map_err(|e| step("save record")(&e))?;
         fault::crash_point("create:after-inject");
-        network::create_tap(&self.cfg, &rec.nic()).map_err(|e| step("create tap device")(&e))?;
+        network::create_tap_for(&self.cfg, &rec.nic(), self.tap_owner(&rec))
+            .map_err(|e| step("create tap device")(&e))?;
         fault::crash_point("create:after-tap");
         let pid = self.launch(&rec).map_err(|e| step("start VMM")(&e))?;
         fault::crash_point("create:after-launch");

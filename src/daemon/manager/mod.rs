@@ -41,6 +41,7 @@ use super::store::{self, VmRecord};
 use crate::config::DaemonConfig;
 use crate::error::chain;
 use crate::host::caddy::Caddy;
+use crate::host::cgroup;
 use crate::host::disk_lock::{DiskLock, DiskLockError};
 use crate::host::vmm::{self, Backend, LaunchSpec, Vmm};
 use crate::host::{self, Signal, ssh};
@@ -368,6 +369,14 @@ impl Manager {
         Ok(())
     }
 
+    /// Who must own the VM's tap: the VM's user when its VMM opens the
+    /// tap itself as that user (jailed Firecracker). QEMU gets the tap as a
+    /// descriptor the daemon opened.
+    fn tap_owner(&self, rec: &VmRecord) -> Option<(u32, u32)> {
+        (rec.backend == Backend::Firecracker && self.cfg.jailer.enabled)
+            .then(|| self.cfg.vm_user(rec.ip))
+    }
+
     fn initrd(&self) -> Option<PathBuf> {
         let p = self.cfg.asset(&self.cfg.initrd);
         p.is_file().then_some(p)
@@ -463,8 +472,26 @@ impl Manager {
                         .join(", "),
                 }
             }
-            DiskLockError::Io { source, .. } => vmm::VmmError::Io(source),
+            other => other.into(),
         })?;
+        // Its cgroup, made before the VMM exists and entered as it starts.
+        let cgroup = if self.cfg.cgroup.enabled {
+            let limits = cgroup::Limits {
+                cpus: rec.cpus,
+                extra_cpu_percent: self.vmm_for(rec.backend).cpu_overhead_percent(),
+                memory_mib: u64::from(rec.memory_mib)
+                    + u64::from(self.cfg.cgroup.memory_overhead_mib)
+                    + u64::from(self.vmm_for(rec.backend).memory_overhead_mib()),
+            };
+            Some(cgroup::create(
+                &self.cfg.cgroup,
+                &dir,
+                rec.id.as_str(),
+                limits,
+            )?)
+        } else {
+            None
+        };
         let spec = LaunchSpec {
             id: rec.id.as_str(),
             dir: &dir,
@@ -477,6 +504,8 @@ impl Manager {
             cpus: rec.cpus,
             memory_mib: rec.memory_mib,
             disk_lock: &disk_lock,
+            user: self.cfg.vm_user(rec.ip),
+            cgroup: cgroup.as_ref(),
         };
         let vmm = self.vmm_for(rec.backend);
         match saved {
@@ -529,12 +558,11 @@ impl Manager {
     }
 
     fn kill(&self, pid: u32, dir: &Path) {
-        let marker = dir.to_string_lossy();
-        if !host::process_alive(pid, &marker) {
+        if !vmm::is_vmm_of(pid, dir) {
             return;
         }
         host::signal(pid, Signal::TERM);
-        let gone = || (!host::process_alive(pid, &marker)).then_some(());
+        let gone = || (!vmm::is_vmm_of(pid, dir)).then_some(());
         if host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone).is_none() {
             host::signal(pid, Signal::KILL);
             let _ = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone);

@@ -20,11 +20,10 @@ impl Manager {
     fn shutdown(&self, r: &VmRecord) -> bool {
         let Some(pid) = r.pid else { return true };
         let dir = self.dir(&r.id);
-        let marker = dir.to_string_lossy().into_owned();
-        if !host::process_alive(pid, &marker) {
+        if !vmm::is_vmm_of(pid, &dir) {
             return true;
         }
-        let gone = || (!host::process_alive(pid, &marker)).then_some(());
+        let gone = || (!vmm::is_vmm_of(pid, &dir)).then_some(());
         let deadline = Duration::from_secs(self.cfg.stop_timeout_secs);
         let started = std::time::Instant::now();
         // Ctrl-Alt-Del through the VMM first; if the guest does not react
@@ -125,7 +124,7 @@ impl Manager {
         self.check_prerequisites(r.backend)?;
         self.record(&e, &mut r, VmState::Starting, "start")?;
         fault::crash_point("start:after-record");
-        let launched = network::create_tap(&self.cfg, &r.nic())
+        let launched = network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
             .map_err(|err| chain(&err))
             .and_then(|_| {
                 fault::crash_point("start:after-tap");
@@ -223,6 +222,7 @@ impl Manager {
         if let Err(err) = network::delete_tap(&self.cfg, &id.tap_name()) {
             errors.push(chain(&err));
         }
+        errors.extend(host::cgroup::release(&self.cfg.cgroup, &dir));
         errors.extend(self.remove_dir(&id));
         if dir.exists() {
             return Err(ManagerError::Operation {

@@ -18,7 +18,7 @@ use crate::daemon::lifecycle::{self, Recovery, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::{self, VmRecord};
 use crate::error::chain;
-use crate::host::{self, disk_lock, network, vmm};
+use crate::host::{cgroup, disk_lock, network, vmm};
 use crate::names::VmName;
 
 impl Manager {
@@ -28,7 +28,7 @@ impl Manager {
     fn vmm_alive(&self, r: &VmRecord) -> Option<u32> {
         let dir = self.dir(&r.id);
         if let Some(pid) = r.pid
-            && host::process_alive(pid, &format!("{}/", dir.display()))
+            && vmm::is_vmm_of(pid, &dir)
         {
             return Some(pid);
         }
@@ -49,9 +49,7 @@ impl Manager {
             return;
         }
         let dir = self.dir(&r.id);
-        let alive = r
-            .pid
-            .is_some_and(|p| host::process_alive(p, &format!("{}/", dir.display())))
+        let alive = r.pid.is_some_and(|p| vmm::is_vmm_of(p, &dir))
             || disk_lock::in_use(&dir.join("rootfs.img"));
         if alive {
             return;
@@ -73,10 +71,32 @@ impl Manager {
             errors.push(chain(&e));
         }
         let dir = self.dir(&r.id);
-        for f in self.vmm_for(r.backend).runtime_files() {
+        let vmm = self.vmm_for(r.backend);
+        for f in vmm.runtime_files() {
             let _ = fs::remove_file(dir.join(f));
         }
+        for d in vmm.runtime_dirs() {
+            match fs::remove_dir_all(dir.join(d)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("could not remove {}: {e}", dir.join(d).display())),
+            }
+        }
+        errors.extend(cgroup::release(&self.cfg.cgroup, &dir));
         errors
+    }
+
+    /// A VMM found running without its disk's lock (the daemon died before
+    /// handing it to a jailed VMM) gets it now, in its own descriptor.
+    fn rearm_disk_lock(&self, r: &VmRecord, pid: u32) {
+        let disk = self.dir(&r.id).join("rootfs.img");
+        if pid == 0 || disk_lock::in_use(&disk) {
+            return;
+        }
+        match disk_lock::lock_in(pid, &disk) {
+            Ok(()) => eprintln!("fcm: {}: its VMM holds its disk's lock again", r.name),
+            Err(e) => eprintln!("fcm: warning: {}", chain(&e)),
+        }
     }
 
     /// The slow work a refresh deferred: release a dead VM's tap, bring its
@@ -236,6 +256,9 @@ impl Manager {
         let was = rec.state;
         let saved = self.saved_dir(&rec.id).is_dir();
         let action = lifecycle::recover(rec.state, alive.is_some(), saved);
+        if let Some(pid) = alive {
+            self.rearm_disk_lock(&rec, pid);
+        }
         let save = |rec: &VmRecord| {
             if let Err(e) = store::save(&self.cfg.state_dir, rec) {
                 eprintln!("fcm: warning: {}", chain(&e));

@@ -191,7 +191,7 @@ impl Manager {
         fault::crash_point("resume:after-record");
         let dir = self.dir(&r.id);
         let vmm = self.vmm_for(r.backend);
-        let launched = network::create_tap(&self.cfg, &r.nic())
+        let launched = network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
             .map_err(|err| chain(&err))
             .and_then(|_| {
                 fault::crash_point("resume:after-tap");

@@ -1,9 +1,24 @@
-//! The Firecracker backend: spawn the binary with its API socket in the VM
-//! dir, configure the guest through the API, InstanceStart.
+//! The Firecracker backend: configure the guest through the API socket,
+//! InstanceStart.
+//!
+//! By default Firecracker runs under its jailer: a chroot at
+//! `<vm dir>/jail/firecracker/<id>/root` holding the guest's kernel, initrd
+//! and disk (hard links), the VM's own uid and gid, a new mount namespace,
+//! Firecracker's default seccomp filters, and the VM's cgroup (entered
+//! before the jailer execs). Its API socket is then inside the chroot.
+//! Without the jailer, Firecracker runs as root with its socket in the VM dir.
+//!
+//! **Saved guests.** A snapshot (pause, then Full snapshot create) is
+//! written where the VMM can write: its chroot when jailed. The daemon then
+//! moves the two files into the state directory (root's only) and checks
+//! there that each is a plain file with one link, so a compromised VMM
+//! cannot pass off a symlink or a link to a host file. A load links them
+//! back into a fresh chroot, owned by root and only readable by the VM's
+//! group, and restores the same tap by name.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -26,11 +41,13 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct Firecracker {
     bin: PathBuf,
+    /// The jailer binary, when Firecracker runs jailed.
+    jailer: Option<PathBuf>,
 }
 
 impl Firecracker {
-    pub fn new(bin: PathBuf) -> Self {
-        Self { bin }
+    pub fn new(bin: PathBuf, jailer: Option<PathBuf>) -> Self {
+        Self { bin, jailer }
     }
 }
 
@@ -55,8 +72,7 @@ pub fn api_call_within(
     body: &serde_json::Value,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let mut s =
-        UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    let mut s = connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
     let timeout = Some(timeout);
     s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
     s.set_write_timeout(timeout).map_err(|e| e.to_string())?;
@@ -169,22 +185,48 @@ impl Vmm for Firecracker {
         &[SOCKET, PIDFILE]
     }
 
+    fn runtime_dirs(&self) -> &'static [&'static str] {
+        &[JAIL]
+    }
+
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<u32, VmmError> {
-        let (pid, socket) = self.spawn(spec)?;
-        let kill = |e: VmmError| {
-            host::signal(pid, host::Signal::KILL);
-            e
-        };
-        self.configure(spec, &socket).map_err(kill)?;
+        let (pid, socket, files) = self.spawn(spec)?;
+        self.configure(spec, pid, &socket, &files)
+            .inspect_err(|_| host::signal(pid, host::Signal::KILL))?;
         Ok(pid)
     }
 
     fn launch_saved(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError> {
-        let (pid, socket) = self.spawn(spec)?;
+        let saved = [from.join(VMSTATE), from.join(MEMORY)];
+        for f in &saved {
+            if !f.is_file() {
+                return Err(VmmError::Load(format!("{} is missing", f.display())));
+            }
+        }
+        let (pid, socket, _) = self.spawn(spec)?;
+        let kill = |e: VmmError| {
+            host::signal(pid, host::Signal::KILL);
+            e
+        };
+        // Jailed, the files are linked into the chroot, read-only for the VM.
+        let paths = match self.jailer.is_some() {
+            true => {
+                let root = socket.parent().unwrap_or(spec.dir).to_owned();
+                for (f, name) in saved.iter().zip([VMSTATE, MEMORY]) {
+                    link_into_jail(f, &root.join(name), spec.user.1)
+                        .map_err(|e| kill(VmmError::Load(format!("{}: {e}", f.display()))))?;
+                }
+                [
+                    PathBuf::from(format!("/{VMSTATE}")),
+                    PathBuf::from(format!("/{MEMORY}")),
+                ]
+            }
+            false => saved.clone(),
+        };
         // The same tap as before, by name (it was re-created with it).
         let load = json!({
-            "snapshot_path": from.join(VMSTATE),
-            "mem_backend": {"backend_type": "File", "backend_path": from.join(MEMORY)},
+            "snapshot_path": paths[0],
+            "mem_backend": {"backend_type": "File", "backend_path": paths[1]},
             "resume_vm": false,
             "network_overrides": [{"iface_id": "eth0", "host_dev_name": spec.tap}],
         });
@@ -196,15 +238,18 @@ impl Vmm for Firecracker {
             load,
             SNAPSHOT_TIMEOUT,
         )
-        .map_err(|e| {
-            host::signal(pid, host::Signal::KILL);
-            VmmError::Load(crate::error::chain(&e))
-        })?;
+        .map_err(|e| kill(VmmError::Load(crate::error::chain(&e))))?;
+        if self.jailer.is_some() {
+            // The loaded VMM opened the disk itself: the lock moves there.
+            spec.disk_lock
+                .hand_to(pid, spec.rootfs)
+                .map_err(|e| kill(e.into()))?;
+        }
         Ok(pid)
     }
 
     fn save_state(&self, dir: &Path, into: &Path) -> Result<(), VmmError> {
-        let socket = dir.join(SOCKET);
+        let socket = api_socket(dir);
         let save = |e: VmmError| VmmError::Save(crate::error::chain(&e));
         call(
             &socket,
@@ -215,25 +260,47 @@ impl Vmm for Firecracker {
             Duration::from_secs(5),
         )
         .map_err(save)?;
-        let (vmstate, memory) = (into.join(VMSTATE), into.join(MEMORY));
+        // Where the VMM writes: its chroot when jailed, else `into` itself.
+        let jail = socket.parent().filter(|_| socket != dir.join(SOCKET));
+        let written: [PathBuf; 2] = match jail {
+            Some(root) => [root.join(VMSTATE), root.join(MEMORY)],
+            None => [into.join(VMSTATE), into.join(MEMORY)],
+        };
+        for f in &written {
+            let _ = fs::remove_file(f);
+        }
+        let (vm_path, mem_path) = match jail {
+            Some(_) => (format!("/{VMSTATE}"), format!("/{MEMORY}")),
+            None => (
+                written[0].display().to_string(),
+                written[1].display().to_string(),
+            ),
+        };
         call(
             &socket,
             "PUT",
             "snapshot/create",
             "/snapshot/create",
-            json!({"snapshot_type": "Full", "snapshot_path": vmstate, "mem_file_path": memory}),
+            json!({"snapshot_type": "Full", "snapshot_path": vm_path, "mem_file_path": mem_path}),
             SNAPSHOT_TIMEOUT,
         )
         .map_err(save)?;
-        for f in [&vmstate, &memory] {
-            super::sync_file(f).map_err(|e| VmmError::Save(format!("{}: {e}", f.display())))?;
+        for (f, name) in written.iter().zip([VMSTATE, MEMORY]) {
+            let dst = into.join(name);
+            if jail.is_some() {
+                fs::rename(f, &dst).map_err(|e| VmmError::Save(format!("{}: {e}", f.display())))?;
+            }
+            let file =
+                open_saved(&dst).map_err(|e| VmmError::Save(format!("{}: {e}", dst.display())))?;
+            file.sync_all()
+                .map_err(|e| VmmError::Save(format!("{}: {e}", dst.display())))?;
         }
-        Ok(())
+        host::fs::sync_dir(into).map_err(|e| VmmError::Save(format!("{}: {e}", into.display())))
     }
 
     fn continue_guest(&self, dir: &Path) -> Result<(), VmmError> {
         call(
-            &dir.join(SOCKET),
+            &api_socket(dir),
             "PATCH",
             "resume",
             "/vm",
@@ -244,7 +311,7 @@ impl Vmm for Firecracker {
 
     fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError> {
         put(
-            &dir.join(SOCKET),
+            &api_socket(dir),
             "SendCtrlAltDel",
             "/actions",
             json!({"action_type": "SendCtrlAltDel"}),
@@ -253,14 +320,14 @@ impl Vmm for Firecracker {
 }
 
 impl Firecracker {
-    /// Spawns the VMM with its API socket and waits for the socket.
-    fn spawn(&self, spec: &LaunchSpec<'_>) -> Result<(u32, PathBuf), VmmError> {
+    /// Spawns the VMM (under the jailer, when set) and waits for its API
+    /// socket; returns its pid, the socket and the guest's files as the
+    /// VMM sees them.
+    fn spawn(&self, spec: &LaunchSpec<'_>) -> Result<(u32, PathBuf, GuestFiles), VmmError> {
         let bin = host::find_program(&self.bin).ok_or_else(|| VmmError::MissingBinary {
             program: "firecracker",
             path: self.bin.clone(),
         })?;
-        let socket = spec.dir.join(SOCKET);
-        let _ = fs::remove_file(&socket);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -268,20 +335,65 @@ impl Firecracker {
             .open(spec.console_log())
             .map_err(VmmError::Io)?;
         let log2 = log.try_clone().map_err(VmmError::Io)?;
-        let mut cmd = Command::new(&bin);
-        spec.disk_lock.pass_to(&mut cmd);
+        // Where the VMM finds its socket and files, and how it is started.
+        let (mut cmd, socket, files) = match &self.jailer {
+            Some(jailer) => {
+                let jailer = host::find_program(jailer).ok_or_else(|| VmmError::MissingBinary {
+                    program: "jailer",
+                    path: jailer.clone(),
+                })?;
+                let root = build_jail(&bin, spec)?;
+                let (uid, gid) = spec.user;
+                let mut cmd = Command::new(jailer);
+                cmd.arg("--id")
+                    .arg(spec.id)
+                    .arg("--exec-file")
+                    .arg(&bin)
+                    .arg("--uid")
+                    .arg(uid.to_string())
+                    .arg("--gid")
+                    .arg(gid.to_string())
+                    .arg("--chroot-base-dir")
+                    .arg(spec.dir.join(JAIL))
+                    .arg("--")
+                    .arg("--api-sock")
+                    .arg(format!("/{SOCKET}"));
+                let files = GuestFiles {
+                    kernel: PathBuf::from(JAIL_KERNEL),
+                    initrd: spec.initrd.map(|_| PathBuf::from(JAIL_INITRD)),
+                    rootfs: PathBuf::from(JAIL_ROOTFS),
+                };
+                (cmd, root.join(SOCKET), files)
+            }
+            None => {
+                let socket = spec.dir.join(SOCKET);
+                let _ = fs::remove_file(&socket);
+                let mut cmd = Command::new(&bin);
+                spec.disk_lock.pass_to(&mut cmd);
+                cmd.arg("--api-sock").arg(&socket).arg("--id").arg(spec.id);
+                let files = GuestFiles {
+                    kernel: spec.kernel.to_owned(),
+                    initrd: spec.initrd.map(Path::to_owned),
+                    rootfs: spec.rootfs.to_owned(),
+                };
+                (cmd, socket, files)
+            }
+        };
+        if let Some(cg) = spec.cgroup {
+            cg.join_on_exec(&mut cmd);
+        }
         let mut child = cmd
-            .arg("--api-sock")
-            .arg(&socket)
-            .arg("--id")
-            .arg(spec.id)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .process_group(0)
             .spawn()
             .map_err(|source| VmmError::Spawn {
-                program: "firecracker",
+                program: if self.jailer.is_some() {
+                    "jailer"
+                } else {
+                    "firecracker"
+                },
                 source,
             })?;
         let pid = child.id();
@@ -289,14 +401,14 @@ impl Firecracker {
             host::signal(pid, host::Signal::KILL);
             e
         };
-        host::write_atomic(&spec.dir.join(PIDFILE), pid.to_string().as_bytes(), 0o644)
+        host::write_atomic(&spec.dir.join(PIDFILE), pid.to_string().as_bytes(), 0o600)
             .map_err(|e| kill(VmmError::Io(e)))?;
         // Reap the child whenever it exits, so it never lingers as a zombie.
         std::thread::spawn(move || {
             let _ = child.wait();
         });
         let ready = host::wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
-            UnixStream::connect(&socket).ok()
+            connect(&socket).ok()
         });
         if ready.is_none() {
             return Err(kill(VmmError::NotReady {
@@ -304,46 +416,242 @@ impl Firecracker {
                 detail: format!("API socket {} did not appear within 5 s", socket.display()),
             }));
         }
-        Ok((pid, socket))
+        Ok((pid, socket, files))
     }
 
     /// Configures a fresh VMM and boots its guest.
-    fn configure(&self, spec: &LaunchSpec<'_>, socket: &Path) -> Result<(), VmmError> {
+    fn configure(
+        &self,
+        spec: &LaunchSpec<'_>,
+        pid: u32,
+        socket: &Path,
+        files: &GuestFiles,
+    ) -> Result<(), VmmError> {
         let mut boot = json!({
-            "kernel_image_path": spec.kernel,
+            "kernel_image_path": files.kernel,
             "boot_args": format!("{} pci=off", spec.cmdline),
         });
-        if let Some(initrd) = spec.initrd {
+        if let Some(initrd) = &files.initrd {
             boot["initrd_path"] = json!(initrd);
         }
-        let steps: [(&'static str, String, serde_json::Value); 5] = [
-            ("boot-source", "/boot-source".into(), boot),
-            (
-                "drives",
-                "/drives/rootfs".into(),
-                json!({"drive_id": "rootfs", "path_on_host": spec.rootfs, "is_root_device": true, "is_read_only": false}),
-            ),
+        put(socket, "boot-source", "/boot-source", boot)?;
+        put(
+            socket,
+            "drives",
+            "/drives/rootfs",
+            json!({"drive_id": "rootfs", "path_on_host": files.rootfs, "is_root_device": true, "is_read_only": false}),
+        )?;
+        if self.jailer.is_some() {
+            // The jailer closed the inherited lock; Firecracker has now
+            // opened the disk itself: the lock moves into its descriptor.
+            spec.disk_lock.hand_to(pid, spec.rootfs)?;
+        }
+        let steps: [(&'static str, &str, serde_json::Value); 3] = [
             (
                 "machine-config",
-                "/machine-config".into(),
+                "/machine-config",
                 json!({"vcpu_count": spec.cpus, "mem_size_mib": spec.memory_mib}),
             ),
             (
                 "network-interfaces",
-                "/network-interfaces/eth0".into(),
+                "/network-interfaces/eth0",
                 json!({"iface_id": "eth0", "guest_mac": spec.mac, "host_dev_name": spec.tap}),
             ),
             (
                 "InstanceStart",
-                "/actions".into(),
+                "/actions",
                 json!({"action_type": "InstanceStart"}),
             ),
         ];
         for (step, path, body) in steps {
-            put(socket, step, &path, body)?;
+            put(socket, step, path, body)?;
         }
         Ok(())
     }
+}
+
+/// Opens a saved file the VMM wrote, refusing what a compromised VMM could
+/// have put there instead: a symlink, something other than a plain file,
+/// or a second link to another file.
+fn open_saved(p: &Path) -> std::io::Result<fs::File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)?;
+    let m = f.metadata()?;
+    if !m.is_file() || m.nlink() != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a plain file with one link (refused)",
+        ));
+    }
+    Ok(f)
+}
+
+/// Links a saved file into a jail, owned by root and readable by the VM's
+/// group `gid` only: the VMM reads it and cannot change it.
+fn link_into_jail(src: &Path, dst: &Path, gid: u32) -> std::io::Result<()> {
+    let f = open_saved(src)?;
+    std::os::unix::fs::fchown(&f, Some(0), Some(gid))?;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o440))?;
+    fs::hard_link(src, dst)
+}
+
+/// Paths of the guest's files as the VMM sees them.
+struct GuestFiles {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    rootfs: PathBuf,
+}
+
+/// Names of the guest's files inside the jail.
+const JAIL_KERNEL: &str = "/vmlinux";
+const JAIL_INITRD: &str = "/initrd";
+const JAIL_ROOTFS: &str = "/rootfs.img";
+
+/// The jails' base directory in the VM dir: the jailer builds the chroot
+/// at `jail/<exec file name>/<id>/root`.
+pub const JAIL: &str = "jail";
+
+/// The chroots under the VM dir `dir` (one, unless the Firecracker binary
+/// was renamed between launches).
+pub fn chroots(dir: &Path) -> Vec<PathBuf> {
+    let Some(id) = dir.file_name() else {
+        return Vec::new();
+    };
+    let Ok(rd) = fs::read_dir(dir.join(JAIL)) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path().join(id).join("root"))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// The API socket of the VM in `dir`: inside its jail when it runs jailed.
+pub fn api_socket(dir: &Path) -> PathBuf {
+    chroots(dir)
+        .into_iter()
+        .map(|r| r.join(SOCKET))
+        .find(|s| s.symlink_metadata().is_ok())
+        .unwrap_or_else(|| dir.join(SOCKET))
+}
+
+/// Makes the chroot for a jailed launch, anew: the guest's kernel and
+/// initrd hard-linked (copied, readable by the VM's user only, when they
+/// are on another file system or not world-readable), the disk
+/// hard-linked (the VM dir holds both, so one file system) and owned by the
+/// VM's user. Returns the chroot.
+fn build_jail(bin: &Path, spec: &LaunchSpec<'_>) -> Result<PathBuf, VmmError> {
+    let name = bin
+        .file_name()
+        .filter(|n| n.to_string_lossy().contains("firecracker"))
+        .ok_or_else(|| VmmError::NotReady {
+            program: "jailer",
+            detail: format!(
+                "the jailer runs only a binary whose name contains \"firecracker\" (not {})",
+                bin.display()
+            ),
+        })?;
+    let base = spec.dir.join(JAIL);
+    let root = base.join(name).join(spec.id).join("root");
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| VmmError::Jail { path, source }
+    };
+    // A jail left by an earlier run (its VMM has gone: the disk lock is ours).
+    match fs::remove_dir_all(&base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(&base)(e)),
+    }
+    fs::create_dir_all(&root).map_err(err(&root))?;
+    let (uid, gid) = spec.user;
+    let place = |src: &Path, name: &str| -> Result<(), VmmError> {
+        let dst = root.join(name.trim_start_matches('/'));
+        let world_readable = fs::metadata(src).is_ok_and(|m| m.mode() & 0o004 != 0);
+        if world_readable && fs::hard_link(src, &dst).is_ok() {
+            return Ok(());
+        }
+        fs::copy(src, &dst).map_err(err(&dst))?;
+        std::os::unix::fs::chown(&dst, Some(uid), Some(gid)).map_err(err(&dst))?;
+        host::set_mode(&dst, 0o400).map_err(err(&dst))
+    };
+    place(spec.kernel, JAIL_KERNEL)?;
+    if let Some(initrd) = spec.initrd {
+        place(initrd, JAIL_INITRD)?;
+    }
+    let disk = root.join(JAIL_ROOTFS.trim_start_matches('/'));
+    fs::hard_link(spec.rootfs, &disk).map_err(err(&disk))?;
+    std::os::unix::fs::chown(spec.rootfs, Some(uid), Some(gid)).map_err(err(spec.rootfs))?;
+    host::set_mode(spec.rootfs, 0o600).map_err(err(spec.rootfs))?;
+    Ok(root)
+}
+
+/// Jailed Firecracker processes of the VM dir `dir`: those whose root
+/// directory is the VM's chroot (same device and inode). Their command
+/// line names only the jail id, not the directory.
+pub fn find_jailed(dir: &Path) -> Vec<u32> {
+    let roots: Vec<(u64, u64)> = chroots(dir)
+        .iter()
+        .filter_map(|r| fs::metadata(r).ok().map(|m| (m.dev(), m.ino())))
+        .collect();
+    if roots.is_empty() {
+        return Vec::new();
+    }
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<u32> = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| jailed_root(*pid).is_some_and(|r| roots.contains(&r)))
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// Whether `pid` is a live jailed Firecracker of the VM dir `dir`.
+pub fn is_jailed_in(pid: u32, dir: &Path) -> bool {
+    jailed_root(pid).is_some_and(|r| {
+        chroots(dir)
+            .iter()
+            .filter_map(|c| fs::metadata(c).ok())
+            .any(|m| (m.dev(), m.ino()) == r)
+    })
+}
+
+/// The root directory (device, inode) of `pid` when it is a live
+/// Firecracker process.
+fn jailed_root(pid: u32) -> Option<(u64, u64)> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|b| *b == 0).next()?;
+    let name = argv0.rsplit(|b| *b == b'/').next()?;
+    if !String::from_utf8_lossy(name).contains("firecracker") || !host::process_alive(pid, "") {
+        return None;
+    }
+    let m = fs::metadata(format!("/proc/{pid}/root")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// Connects to an API socket without following a symlink put in its place
+/// (a jailed VMM owns the directory of its socket): the socket is opened
+/// with `O_PATH | O_NOFOLLOW`, checked to be a socket, and connected to
+/// through `/proc/self/fd`.
+fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(socket)?;
+    if !f.metadata()?.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a socket", socket.display()),
+        ));
+    }
+    UnixStream::connect(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
 #[cfg(test)]

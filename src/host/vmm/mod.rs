@@ -8,7 +8,8 @@ use thiserror::Error;
 
 use crate::config::{BackendChoice, DaemonConfig};
 use crate::host::HostError;
-use crate::host::disk_lock::DiskLock;
+use crate::host::cgroup::Placement;
+use crate::host::disk_lock::{DiskLock, DiskLockError};
 
 pub mod firecracker;
 pub mod qemu;
@@ -62,6 +63,18 @@ pub enum VmmError {
     Save(String),
     #[error("loading the guest's saved state failed: {0}")]
     Load(String),
+    #[error("could not prepare the jail {path}")]
+    Jail {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    DiskLock(#[from] DiskLockError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::host::cgroup::CgroupError),
+    #[error("the network device could not be handed to the VMM")]
+    Tap(#[source] crate::host::network::NetworkError),
 }
 
 /// What a backend needs to boot one guest. Paths are already validated.
@@ -79,6 +92,11 @@ pub struct LaunchSpec<'a> {
     pub memory_mib: u32,
     /// The disk's lock, handed to the VMM process (see `host::disk_lock`).
     pub disk_lock: &'a DiskLock,
+    /// The VM's own uid and gid, for a jailed or sandboxed VMM
+    /// (`DaemonConfig::vm_user`).
+    pub user: (u32, u32),
+    /// The cgroups the VMM enters before it execs.
+    pub cgroup: Option<&'a Placement>,
 }
 
 impl LaunchSpec<'_> {
@@ -100,6 +118,11 @@ pub trait Vmm: Send + Sync {
     fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError>;
     /// Files in the VM dir that belong to a running VMM (removed after it stops).
     fn runtime_files(&self) -> &'static [&'static str];
+    /// Directories in the VM dir that belong to a running VMM (removed,
+    /// with all they hold, after it stops): the jail.
+    fn runtime_dirs(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// The binary this backend runs.
     fn binary(&self) -> &Path;
     /// Stops the guest's vCPUs and writes its memory and device state into
@@ -113,12 +136,15 @@ pub trait Vmm: Send + Sync {
     /// state `save_state` wrote into `from`, instead of booting; returns its
     /// pid. The guest runs once [`Vmm::continue_guest`] returns.
     fn launch_saved(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError>;
-}
-
-/// Quotes a path for `sh -c` (QEMU runs `exec:` migration URIs through
-/// the shell). The paths are fcm's own (state dir + fixed names).
-pub fn sh_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+    /// Memory the VMM itself needs beyond the guest's and the configured
+    /// overhead (QEMU's TCG translation cache), for its cgroup's limit.
+    fn memory_overhead_mib(&self) -> u32 {
+        0
+    }
+    /// CPU the VMM needs beyond one core per vCPU (percent of a core).
+    fn cpu_overhead_percent(&self) -> u32 {
+        0
+    }
 }
 
 /// Fsyncs a file written by another process.
@@ -130,10 +156,21 @@ pub fn sync_file(p: &Path) -> std::io::Result<()> {
 pub const VMM_PROGRAMS: &[&str] = &["firecracker", "qemu-system-x86_64", "jailer"];
 
 /// The VMM processes running the VM whose directory is `dir`, found on the
-/// host (not from any record): every VMM of a VM mentions its directory
-/// in its command line.
+/// host (not from any record): a VMM of a VM mentions its directory in its
+/// command line, or, jailed, has the VM's jail as its root directory.
 pub fn find_vmms(dir: &Path) -> Vec<u32> {
-    crate::host::find_processes(VMM_PROGRAMS, &format!("{}/", dir.display()))
+    let mut found = crate::host::find_processes(VMM_PROGRAMS, &format!("{}/", dir.display()));
+    found.extend(firecracker::find_jailed(dir));
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// Whether `pid` is a live VMM of the VM whose directory is `dir` (the
+/// guard against a recorded pid that now belongs to another process).
+pub fn is_vmm_of(pid: u32, dir: &Path) -> bool {
+    crate::host::process_alive(pid, &format!("{}/", dir.display()))
+        || firecracker::is_jailed_in(pid, dir)
 }
 
 /// Hardware virtualisation is usable when /dev/kvm opens, the CPU has
@@ -166,10 +203,14 @@ pub fn choose(cfg: &DaemonConfig) -> Backend {
 
 pub fn make(backend: Backend, cfg: &DaemonConfig) -> Box<dyn Vmm> {
     match backend {
-        Backend::Firecracker => {
-            Box::new(firecracker::Firecracker::new(cfg.firecracker_bin.clone()))
-        }
-        Backend::Qemu => Box::new(qemu::Qemu::new(cfg.qemu_bin.clone())),
+        Backend::Firecracker => Box::new(firecracker::Firecracker::new(
+            cfg.firecracker_bin.clone(),
+            cfg.jailer.enabled.then(|| cfg.jailer.bin.clone()),
+        )),
+        Backend::Qemu => Box::new(qemu::Qemu::new(
+            cfg.qemu_bin.clone(),
+            cfg.qemu_sandbox.enabled,
+        )),
     }
 }
 

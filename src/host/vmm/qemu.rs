@@ -1,9 +1,32 @@
 //! The QEMU backend: `microvm` under TCG, the same kernel, initrd, rootfs,
 //! command line, tap and MAC as Firecracker. A slow fallback for hosts
 //! without usable hardware virtualisation.
+//!
+//! **Least privilege.** QEMU runs as the VM's own uid and gid (never root)
+//! under `-sandbox` with every option QEMU 7.2 has set to deny, in the VM's
+//! cgroup. QEMU 7.2 installs its seccomp filter before `-daemonize` forks
+//! and before `-runas` drops privileges, and the filter forbids both
+//! (`spawn=deny` kills the fork, `elevateprivileges=deny` the setsid and
+//! setuid), so the daemon itself starts QEMU, in its own session, already
+//! as the VM's user. That user can open nothing of the VM's: the state dir
+//! is root's alone. So QEMU is handed descriptors the daemon opened: the
+//! disk (the daemon's locked descriptor, which keeps the one-VMM-per-disk
+//! lock in QEMU), the console log, kernel and initrd, the tap, and the
+//! bound QMP socket. Records stay 0600 root.
+//!
+//! **Saved guests.** A pause or checkpoint migrates the stopped guest into
+//! a file the daemon opened and hands over QMP (`getfd`, SCM_RIGHTS, then
+//! `migrate fd:`); a resume starts QEMU with that file as `-incoming fd:N`.
+//! QEMU never opens a path or runs a program for it (`exec:` migration
+//! would need the fork the sandbox forbids).
 
-use std::fs;
+use std::fs::{self, File};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::Backend;
@@ -14,18 +37,51 @@ pub const PIDFILE: &str = "qemu.pid";
 pub const QMP: &str = "qmp.sock";
 /// The migration stream of a saved guest, inside a state directory.
 pub const MEMORY: &str = "memory.state";
+/// Longest a save or a load of a guest's memory may take.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct Qemu {
     bin: PathBuf,
+    /// Run as the VM's user under `-sandbox` (see the module doc).
+    sandbox: bool,
+}
+
+/// TCG's translation cache, in MiB. QEMU's default on a large host is
+/// 1 GiB of anonymous memory, which would not fit the VM's cgroup; a
+/// bounded cache is flushed when full.
+pub const TB_SIZE_MIB: u32 = 256;
+
+/// QEMU's seccomp sandbox: everything QEMU 7.2 can deny.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The descriptors QEMU is given instead of paths (their numbers, which
+/// stay the same in QEMU).
+#[derive(Debug, Clone, Copy)]
+pub struct Fds {
+    /// The disk, read-write: the daemon's locked descriptor itself.
+    pub disk: RawFd,
+    /// The disk again, read-only (QEMU probes it so before opening it for writing).
+    pub disk_ro: RawFd,
+    pub console: RawFd,
+    pub kernel: RawFd,
+    pub initrd: Option<RawFd>,
+    pub tap: RawFd,
+    /// The QMP socket, bound and listening.
+    pub qmp: RawFd,
+    /// A saved guest's migration stream, read-only, to load instead of booting.
+    pub incoming: Option<RawFd>,
 }
 
 impl Qemu {
-    pub fn new(bin: PathBuf) -> Self {
-        Self { bin }
+    pub fn new(bin: PathBuf, sandbox: bool) -> Self {
+        Self { bin, sandbox }
     }
 
-    /// The full argument list; public for the benchmark and tests.
-    pub fn args(spec: &LaunchSpec<'_>) -> Vec<String> {
+    /// The full argument list; public for the benchmark and tests. QEMU
+    /// opens nothing by name: every file, the tap and the QMP socket are
+    /// descriptors the daemon opened (`-add-fd`'s `opaque` keeps the
+    /// paths in the command line, which is how the VM dir's VMM is found).
+    pub fn args(spec: &LaunchSpec<'_>, fds: &Fds, sandbox: bool) -> Vec<String> {
         let d = |p: &Path| p.display().to_string();
         let mut a: Vec<String> = [
             "-name",
@@ -33,7 +89,7 @@ impl Qemu {
             "-M",
             "microvm,x-option-roms=off,rtc=on,acpi=on",
             "-accel",
-            "tcg",
+            &format!("tcg,tb-size={TB_SIZE_MIB}"),
             "-cpu",
             "max",
             "-m",
@@ -49,43 +105,52 @@ impl Qemu {
             // and the guest's reboot=k exits QEMU at once.
             "-device",
             "i8042",
+            "-add-fd",
+            &format!("fd={},set=1,opaque={}", fds.disk, d(spec.rootfs)),
+            "-add-fd",
+            &format!("fd={},set=1,opaque={}:ro", fds.disk_ro, d(spec.rootfs)),
+            "-add-fd",
+            &format!("fd={},set=2,opaque={}", fds.console, d(&spec.console_log())),
             "-chardev",
-            &format!("file,id=con,path={},append=on", d(&spec.console_log())),
+            "file,id=con,path=/dev/fdset/2,append=on",
             "-serial",
             "chardev:con",
+            // The kernel loader opens a path: the daemon's descriptor's.
             "-kernel",
-            &d(spec.kernel),
+            &format!("/proc/self/fd/{}", fds.kernel),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        if let Some(initrd) = spec.initrd {
-            a.extend(["-initrd".into(), d(initrd)]);
+        if let Some(initrd) = fds.initrd {
+            a.extend(["-initrd".into(), format!("/proc/self/fd/{initrd}")]);
         }
         a.extend(
             [
                 "-append",
                 &format!("{} {}", spec.cmdline, cmdline_extra()),
                 "-drive",
-                &format!(
-                    "id=root,file={},format=raw,if=none,cache=writeback",
-                    d(spec.rootfs)
-                ),
+                "id=root,file=/dev/fdset/1,format=raw,if=none,cache=writeback",
                 "-device",
                 "virtio-blk-device,drive=root",
                 "-netdev",
-                &format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap),
+                &format!("tap,id=net0,fd={}", fds.tap),
                 "-device",
                 &format!("virtio-net-device,netdev=net0,mac={}", spec.mac),
-                "-qmp",
-                &format!("unix:{},server=on,wait=off", d(&spec.dir.join(QMP))),
-                "-pidfile",
-                &d(&spec.dir.join(PIDFILE)),
-                "-daemonize",
+                "-chardev",
+                &format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
+                "-mon",
+                "chardev=qmp,mode=control",
             ]
             .iter()
             .map(|s| s.to_string()),
         );
+        if let Some(fd) = fds.incoming {
+            a.extend(["-incoming".into(), format!("fd:{fd}")]);
+        }
+        if sandbox {
+            a.extend(["-sandbox".into(), SANDBOX.into()]);
+        }
         a
     }
 }
@@ -109,6 +174,16 @@ struct QmpError {
 /// answer (skipping events), each read and write within 3 s. QMP serves one
 /// client at a time; the connection is closed on return.
 fn qmp(socket: &Path, command: &serde_json::Value) -> Result<serde_json::Value, String> {
+    qmp_session(socket, std::slice::from_ref(command), None)
+}
+
+/// Runs QMP commands in order on one connection and returns the last
+/// answer; `fd` travels (SCM_RIGHTS) with the first command, for `getfd`.
+fn qmp_session(
+    socket: &Path,
+    commands: &[serde_json::Value],
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<serde_json::Value, String> {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::net::UnixStream;
     let s = UnixStream::connect(socket).map_err(|e| format!("QMP {}: {e}", socket.display()))?;
@@ -122,11 +197,16 @@ fn qmp(socket: &Path, command: &serde_json::Value) -> Result<serde_json::Value, 
     r.read_line(&mut line)
         .map_err(|e| format!("QMP greeting: {e}"))?;
     let mut answer = serde_json::Value::Null;
-    for cmd in [
-        serde_json::json!({"execute": "qmp_capabilities"}),
-        command.clone(),
-    ] {
-        writeln!(w, "{cmd}").map_err(|e| format!("QMP write: {e}"))?;
+    let negotiate = serde_json::json!({"execute": "qmp_capabilities"});
+    for (i, cmd) in std::iter::once(&negotiate).chain(commands).enumerate() {
+        let text = format!("{cmd}\n");
+        match fd {
+            Some(fd) if i == 1 => send_with_fd(&s, text.as_bytes(), fd)
+                .map_err(|e| format!("QMP write (with a descriptor): {e}"))?,
+            _ => w
+                .write_all(text.as_bytes())
+                .map_err(|e| format!("QMP write: {e}"))?,
+        }
         answer = loop {
             line.clear();
             r.read_line(&mut line)
@@ -146,6 +226,45 @@ fn qmp(socket: &Path, command: &serde_json::Value) -> Result<serde_json::Value, 
         };
     }
     Ok(answer)
+}
+
+/// Writes all of `bytes` on a Unix socket, `fd` attached to the first part.
+fn send_with_fd(
+    s: &std::os::unix::net::UnixStream,
+    bytes: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    use std::io::{IoSlice, Write};
+    let fds = [fd];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("no room for the descriptor"));
+    }
+    let sent = loop {
+        match sendmsg(s, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut w = s;
+    w.write_all(&bytes[sent..])
+}
+
+/// The state of an outgoing migration, from `query-migrate`: `Some(Ok)`
+/// once completed, `Some(Err)` when it failed, `None` while it runs.
+fn migration_done(v: &serde_json::Value) -> Option<Result<(), String>> {
+    match v.get("status").and_then(|s| s.as_str()) {
+        Some("completed") => Some(Ok(())),
+        Some("failed" | "cancelled") => Some(Err(v
+            .get("error-desc")
+            .and_then(|d| d.as_str())
+            .unwrap_or("migration failed")
+            .to_owned())),
+        _ => None,
+    }
 }
 
 /// Extra kernel arguments QEMU's microvm needs under TCG: the guest's TSC
@@ -196,8 +315,14 @@ impl Vmm for Qemu {
         &[PIDFILE, QMP]
     }
 
-    fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError> {
-        self.request_shutdown_keys(dir)
+    fn memory_overhead_mib(&self) -> u32 {
+        TB_SIZE_MIB
+    }
+
+    fn cpu_overhead_percent(&self) -> u32 {
+        // Under TCG each vCPU thread can take a whole core; the main loop
+        // that emulates the disk and network needs room beside them.
+        50
     }
 
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<u32, VmmError> {
@@ -206,91 +331,79 @@ impl Vmm for Qemu {
 
     fn launch_saved(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError> {
         let memory = from.join(MEMORY);
-        if !memory.is_file() {
-            return Err(VmmError::Load(format!("{} is missing", memory.display())));
-        }
-        self.spawn(spec, Some(&memory))
+        let stream = File::open(&memory)
+            .map_err(|e| VmmError::Load(format!("{}: {e}", memory.display())))?;
+        self.spawn(spec, Some(stream))
     }
 
     fn save_state(&self, dir: &Path, into: &Path) -> Result<(), VmmError> {
         let sock = dir.join(QMP);
         let save = |e: String| VmmError::Save(e);
         qmp(&sock, &serde_json::json!({"execute": "stop"})).map_err(save)?;
-        // No bandwidth cap (QEMU's default is 32 MiB/s): the guest is stopped.
-        qmp(
-            &sock,
-            &serde_json::json!({"execute": "migrate-set-parameters",
-                "arguments": {"max-bandwidth": 1u64 << 40}}),
-        )
-        .map_err(save)?;
-        let (part, done, failed) = (
-            into.join(format!("{MEMORY}.part")),
-            into.join(MEMORY),
-            into.join(format!("{MEMORY}.failed")),
-        );
-        // The file takes its final name only once cat has written all of it.
-        let uri = format!(
-            "exec:cat > {p} && mv {p} {d} || echo failed > {f}",
-            p = super::sh_quote(&part),
-            d = super::sh_quote(&done),
-            f = super::sh_quote(&failed)
-        );
-        qmp(
-            &sock,
-            &serde_json::json!({"execute": "migrate", "arguments": {"uri": uri}}),
-        )
-        .map_err(save)?;
-        let status =
-            host::wait_until(
-                Duration::from_secs(300),
-                Duration::from_millis(20),
-                || match qmp(&sock, &serde_json::json!({"execute": "query-migrate"})) {
-                    Ok(v) => match v.get("status").and_then(|s| s.as_str()) {
-                        Some("completed") => Some(Ok(())),
-                        Some("failed" | "cancelled") => Some(Err(v
-                            .get("error-desc")
-                            .and_then(|d| d.as_str())
-                            .unwrap_or("migration failed")
-                            .to_owned())),
-                        _ => None,
-                    },
+        let (part, done) = (into.join(format!("{MEMORY}.part")), into.join(MEMORY));
+        // The daemon opens the file (QEMU, sandboxed as the VM's user,
+        // could not); it takes its final name only once whole and synced.
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&part)
+            .map_err(|e| save(format!("{}: {e}", part.display())))?;
+        let result = (|| {
+            // No bandwidth cap (QEMU's default is 32 MiB/s): the guest is stopped.
+            qmp_session(
+                &sock,
+                &[
+                    serde_json::json!({"execute": "getfd", "arguments": {"fdname": "fcm-save"}}),
+                    serde_json::json!({"execute": "migrate-set-parameters",
+                        "arguments": {"max-bandwidth": 1u64 << 40}}),
+                    serde_json::json!({"execute": "migrate", "arguments": {"uri": "fd:fcm-save"}}),
+                ],
+                Some(file.as_fd()),
+            )?;
+            host::wait_until(MIGRATION_TIMEOUT, Duration::from_millis(20), || {
+                match qmp(&sock, &serde_json::json!({"execute": "query-migrate"})) {
+                    Ok(v) => migration_done(&v),
                     Err(e) => Some(Err(e)),
-                },
-            )
-            .unwrap_or_else(|| Err("migration did not complete within 300 s".into()));
-        status.map_err(save)?;
-        let written = host::wait_until(Duration::from_secs(60), Duration::from_millis(10), || {
-            if done.is_file() {
-                Some(Ok(()))
-            } else if failed.exists() {
-                Some(Err(format!("writing {} failed", part.display())))
-            } else {
-                None
-            }
-        })
-        .unwrap_or_else(|| Err(format!("{} did not appear within 60 s", done.display())));
-        written.map_err(save)?;
-        super::sync_file(&done).map_err(|e| save(format!("{}: {e}", done.display())))
+                }
+            })
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "migration did not complete within {} s",
+                    MIGRATION_TIMEOUT.as_secs()
+                ))
+            })?;
+            file.sync_all()
+                .map_err(|e| format!("{}: {e}", part.display()))?;
+            fs::rename(&part, &done).map_err(|e| format!("{}: {e}", done.display()))?;
+            host::fs::sync_dir(into).map_err(|e| format!("{}: {e}", into.display()))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&part);
+        }
+        result.map_err(save)
     }
 
     fn continue_guest(&self, dir: &Path) -> Result<(), VmmError> {
         let sock = dir.join(QMP);
         // An incoming QEMU loads the state first; `cont` once it has.
-        let status =
-            host::wait_until(
-                Duration::from_secs(120),
-                Duration::from_millis(20),
-                || match qmp(&sock, &serde_json::json!({"execute": "query-status"})) {
-                    Ok(v) => {
-                        let s = v.get("status").and_then(|s| s.as_str()).unwrap_or("");
-                        (s != "inmigrate").then(|| Ok(s.to_owned()))
-                    }
-                    Err(e) if e.starts_with("QMP ") && e.contains(".sock") => None,
-                    Err(e) => Some(Err(e)),
-                },
-            )
-            .unwrap_or_else(|| Err("the saved state did not load within 120 s".into()))
-            .map_err(VmmError::Load)?;
+        let status = host::wait_until(MIGRATION_TIMEOUT, Duration::from_millis(20), || {
+            match qmp(&sock, &serde_json::json!({"execute": "query-status"})) {
+                Ok(v) => {
+                    let s = v.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                    (s != "inmigrate").then(|| Ok(s.to_owned()))
+                }
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .unwrap_or_else(|| {
+            Err(format!(
+                "the saved state did not load within {} s",
+                MIGRATION_TIMEOUT.as_secs()
+            ))
+        })
+        .map_err(VmmError::Load)?;
         if status == "running" {
             return Ok(());
         }
@@ -301,68 +414,8 @@ impl Vmm for Qemu {
             .map(|_| ())
             .map_err(VmmError::Load)
     }
-}
 
-impl Qemu {
-    /// Starts QEMU (`launch`'s command line, plus `-incoming` from a saved
-    /// migration stream when `incoming` is set).
-    fn spawn(&self, spec: &LaunchSpec<'_>, incoming: Option<&Path>) -> Result<u32, VmmError> {
-        let bin = host::find_program(&self.bin).ok_or_else(|| VmmError::MissingBinary {
-            program: "qemu-system-x86_64",
-            path: self.bin.clone(),
-        })?;
-        let pidfile = spec.dir.join(PIDFILE);
-        let _ = fs::remove_file(&pidfile);
-        // QEMU appends to an existing log and keeps its mode: 0600.
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(spec.console_log())
-                .map_err(VmmError::Io)?;
-        }
-        // With -daemonize QEMU returns once the machine is set up (tap opened,
-        // disk opened), so its exit status reports configuration errors.
-        let mut args = Self::args(spec);
-        if let Some(m) = incoming {
-            args.extend([
-                "-incoming".into(),
-                format!("exec:cat {}", super::sh_quote(m)),
-            ]);
-        }
-        let mut cmd = std::process::Command::new(&bin);
-        cmd.args(&args);
-        spec.disk_lock.pass_to(&mut cmd);
-        let printable = format!("{} {}", bin.display(), args.join(" "));
-        let o = host::run_command(cmd, printable, None, Some(Duration::from_secs(60)))
-            .map_err(VmmError::Qemu)?;
-        if o.code != Some(0) {
-            return Err(VmmError::Qemu(host::HostError::Failed {
-                cmd: o.cmd,
-                status: o.code.map_or("timed out after 60 s".into(), |c| {
-                    format!("exit status: {c}")
-                }),
-                stderr: o.stderr,
-            }));
-        }
-        host::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
-            fs::read_to_string(&pidfile)
-                .ok()?
-                .trim()
-                .parse::<u32>()
-                .ok()
-        })
-        .ok_or_else(|| VmmError::NotReady {
-            program: "qemu-system-x86_64",
-            detail: format!("no pid in {}", pidfile.display()),
-        })
-    }
-}
-
-impl Qemu {
-    fn request_shutdown_keys(&self, dir: &Path) -> Result<(), VmmError> {
+    fn request_shutdown(&self, dir: &Path) -> Result<(), VmmError> {
         let keys = serde_json::json!({
             "execute": "send-key",
             "arguments": {"keys": [
@@ -378,6 +431,175 @@ impl Qemu {
                 detail,
             })
     }
+}
+
+impl Qemu {
+    /// Starts QEMU: `launch`'s command line, plus `-incoming` from a saved
+    /// guest's migration stream when `incoming` is set.
+    fn spawn(&self, spec: &LaunchSpec<'_>, incoming: Option<File>) -> Result<u32, VmmError> {
+        const PROGRAM: &str = "qemu-system-x86_64";
+        let bin = host::find_program(&self.bin).ok_or_else(|| VmmError::MissingBinary {
+            program: PROGRAM,
+            path: self.bin.clone(),
+        })?;
+        let pidfile = spec.dir.join(PIDFILE);
+        let _ = fs::remove_file(&pidfile);
+        let open_ro = |p: &Path| -> Result<File, VmmError> {
+            if self.sandbox && fs::metadata(p).is_ok_and(|m| m.mode() & 0o004 == 0) {
+                return Err(VmmError::NotReady {
+                    program: PROGRAM,
+                    detail: format!(
+                        "{} must be world-readable for QEMU's unprivileged user (chmod 0644 it, \
+                         or turn qemu_sandbox off)",
+                        p.display()
+                    ),
+                });
+            }
+            File::open(p).map_err(VmmError::Io)
+        };
+        let kernel = open_ro(spec.kernel)?;
+        let initrd = spec.initrd.map(open_ro).transpose()?;
+        let disk_ro = File::open(spec.rootfs).map_err(VmmError::Io)?;
+        let console = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(spec.console_log())
+            .map_err(VmmError::Io)?;
+        let logged_before = console.metadata().map(|m| m.len()).unwrap_or(0);
+        let stderr = console.try_clone().map_err(VmmError::Io)?;
+        let tap = host::network::open_tap(spec.tap).map_err(VmmError::Tap)?;
+        let qmp_path = spec.dir.join(QMP);
+        let _ = fs::remove_file(&qmp_path);
+        let qmp_listener = UnixListener::bind(&qmp_path).map_err(VmmError::Io)?;
+        host::set_mode(&qmp_path, 0o600).map_err(VmmError::Io)?;
+        let fds = Fds {
+            disk: spec.disk_lock.file().as_raw_fd(),
+            disk_ro: disk_ro.as_raw_fd(),
+            console: console.as_raw_fd(),
+            kernel: kernel.as_raw_fd(),
+            initrd: initrd.as_ref().map(AsRawFd::as_raw_fd),
+            tap: tap.as_raw_fd(),
+            qmp: qmp_listener.as_raw_fd(),
+            incoming: incoming.as_ref().map(AsRawFd::as_raw_fd),
+        };
+        let args = Self::args(spec, &fds, self.sandbox);
+        let mut cmd = Command::new(&bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // In the child, in this order: enter the cgroups (as root), keep
+        // the descriptors across exec, leave the daemon's session, drop to
+        // the VM's user (QEMU's sandbox forbids it later).
+        if let Some(cg) = spec.cgroup {
+            cg.join_on_exec(&mut cmd);
+        }
+        spec.disk_lock.pass_to(&mut cmd);
+        let inherit: Vec<RawFd> = [fds.disk_ro, fds.console, fds.kernel, fds.tap, fds.qmp]
+            .into_iter()
+            .chain(fds.initrd)
+            .chain(fds.incoming)
+            .collect();
+        let user = self.sandbox.then_some(spec.user);
+        // SAFETY: between fork and exec the closure only calls fcntl,
+        // setsid, setgroups, setgid and setuid (async-signal-safe) on
+        // values prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &inherit {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags == -1
+                        || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some((uid, gid)) = user
+                    && (libc::setgroups(0, std::ptr::null()) == -1
+                        || libc::setgid(gid) == -1
+                        || libc::setuid(uid) == -1)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            program: PROGRAM,
+            source,
+        })?;
+        let pid = child.id();
+        // QEMU has its own copies now.
+        drop((
+            kernel,
+            initrd,
+            disk_ro,
+            tap,
+            qmp_listener,
+            console,
+            incoming,
+        ));
+        // Reap the child whenever it exits, so it never lingers as a zombie.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        let kill = |e: VmmError| {
+            host::signal(pid, host::Signal::KILL);
+            e
+        };
+        host::write_atomic(&pidfile, pid.to_string().as_bytes(), 0o600)
+            .map_err(|e| kill(VmmError::Io(e)))?;
+        // Up once QMP answers (the machine is built then); a QEMU that
+        // exits first says why on its stderr, in the console log.
+        let query = serde_json::json!({"execute": "query-status"});
+        let mut last = String::new();
+        let up = host::wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            if !host::process_alive(pid, "") {
+                return Some(false);
+            }
+            match qmp(&qmp_path, &query) {
+                Ok(_) => Some(true),
+                Err(e) => {
+                    last = e;
+                    None
+                }
+            }
+        });
+        match up {
+            Some(true) => Ok(pid),
+            Some(false) => Err(VmmError::NotReady {
+                program: PROGRAM,
+                detail: format!(
+                    "it exited: {}",
+                    log_since(&spec.console_log(), logged_before)
+                ),
+            }),
+            None => Err(kill(VmmError::NotReady {
+                program: PROGRAM,
+                detail: format!("QMP did not answer within 30 s ({last})"),
+            })),
+        }
+    }
+}
+
+/// What a log gained since it was `from` bytes long (at most 2 KiB, the
+/// end of it), as text.
+fn log_since(log: &Path, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = from.max(len.saturating_sub(2048));
+    let mut buf = Vec::new();
+    let _ = f
+        .seek(SeekFrom::Start(start))
+        .and_then(|_| f.take(2048).read_to_end(&mut buf));
+    String::from_utf8_lossy(&buf).trim().to_owned()
 }
 
 #[cfg(test)]
