@@ -129,8 +129,14 @@ impl Qemu {
             [
                 "-append",
                 &format!("{} {}", spec.cmdline, cmdline_extra()),
+                // QEMU's own image locks are off: the disk's descriptors
+                // are separate opens of one file, and after a migration to
+                // a file QEMU could not take its write lock back from its
+                // own read-only descriptor to continue the guest. fcm's disk
+                // lock (held in the descriptor QEMU inherits) keeps one VMM
+                // per disk instead.
                 "-drive",
-                "id=root,file=/dev/fdset/1,format=raw,if=none,cache=writeback",
+                "id=root,file=/dev/fdset/1,format=raw,if=none,cache=writeback,file.locking=off",
                 "-device",
                 "virtio-blk-device,drive=root",
                 "-netdev",
