@@ -218,9 +218,30 @@ pub struct CreateArgs {
     /// Return once the VM is running, without waiting for SSH.
     #[arg(long)]
     pub no_wait: bool,
+    /// Pause the VM after it has been idle this long (no console attached,
+    /// no network traffic), e.g. 10m; it wakes on console, attach, ssh,
+    /// exec, cp and on a request to its URL. `off` (or 0) disables it.
+    /// Default: the daemon's `idle_pause_secs` (off unless set).
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+    pub idle_pause: Option<u64>,
     /// Print the created VM as JSON for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--idle-pause`: a duration (`90s`, `10m`, `1h 30m`) in whole seconds,
+/// or `off`/`0` (returned as 0).
+fn parse_idle(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") || s == "0" {
+        return Ok(0);
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected a duration such as 30s, 10m or 2h, or off)"))?;
+    if d.as_secs() == 0 {
+        return Err("shorter than a second (use e.g. 30s, or off)".into());
+    }
+    Ok(d.as_secs())
 }
 
 #[derive(Args, Debug)]

@@ -120,6 +120,10 @@ pub struct DaemonConfig {
     pub default_memory_mib: u32,
     /// Seconds a guest gets to shut down cleanly before it is killed.
     pub stop_timeout_secs: u64,
+    /// Idle sleep for VMs created without `--idle-pause`: pause a VM after
+    /// this many seconds with no console attached and no network traffic.
+    /// Off unless set.
+    pub idle_pause_secs: Option<u64>,
     /// Seconds `create` waits for SSH when asked to.
     pub ssh_timeout_secs: u64,
     /// Serial console log cap per VM, in bytes.
@@ -163,6 +167,7 @@ impl Default for DaemonConfig {
             default_cpus: 1,
             default_memory_mib: 512,
             stop_timeout_secs: 20,
+            idle_pause_secs: None,
             ssh_timeout_secs: 180,
             console_log_max_bytes: 1 << 20,
             max_vms: None,
@@ -303,6 +308,12 @@ impl DaemonConfig {
 
     pub fn token_path(&self) -> PathBuf {
         self.state_dir.join(".token")
+    }
+
+    /// The token that may only wake VMs (written into Caddy's sites of VMs
+    /// with idle sleep).
+    pub fn wake_token_path(&self) -> PathBuf {
+        self.state_dir.join(".wake-token")
     }
 
     /// The daemon's TLS certificate and key live here.

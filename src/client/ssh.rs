@@ -7,11 +7,21 @@ use std::path::PathBuf;
 use super::Failure;
 use super::api::{self, Client, seg};
 use crate::host;
-use crate::wire::api::SshInfo;
+use crate::wire::api::{SshInfo, VmView};
 
 pub(super) fn ssh(vm: &str, command: &[String]) -> Result<(), Failure> {
     let c = Client::from_env()?;
-    let info: SshInfo = c.get(&format!("/vms/{}/ssh", seg(vm)))?;
+    let mut info: SshInfo = c.get(&format!("/vms/{}/ssh", seg(vm)))?;
+    if matches!(info.state.as_str(), "paused" | "pausing" | "resuming") {
+        // Asleep by idle sleep: the daemon wakes it (a VM a user paused
+        // is an error with its hint).
+        let _: VmView = c.post_within(
+            &format!("/vms/{}/wake", seg(vm)),
+            &serde_json::json!({}),
+            std::time::Duration::from_secs(180),
+        )?;
+        info = c.get(&format!("/vms/{}/ssh", seg(vm)))?;
+    }
     if info.state != "running" {
         return Err(Failure::new(
             format!("VM {} is {}", info.name, info.state),

@@ -17,6 +17,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         ssh_public_key: None,
         wait_ssh: Some(!a.no_wait),
         disk: a.disk,
+        idle_pause_secs: a.idle_pause,
     };
     match user_ssh_key() {
         Some((_, public)) => req.ssh_public_key = Some(public),

@@ -42,7 +42,7 @@ use thiserror::Error;
 use crate::config::{ConfigError, DaemonConfig};
 use crate::error::chain;
 use crate::host;
-use crate::host::caddy::{Caddy, PublicIpSource};
+use crate::host::caddy::{Caddy, PublicIpSource, WakeHook};
 use crate::host::network::{self, NetworkError};
 use manager::{Manager, ManagerError};
 use sessions::Sessions;
@@ -208,6 +208,46 @@ pub fn fingerprint(cfg: &DaemonConfig) -> Result<String, DaemonError> {
     Ok(tls::ensure_identity(cfg)?.fingerprint)
 }
 
+/// How Caddy reaches the API to wake a VM: the API's port on loopback
+/// (the API listens there, or on every address), the wake-only token, and,
+/// when the API speaks TLS, the daemon's certificate copied beside the
+/// sites for Caddy to trust. `None` (a warning) when Caddy cannot reach it.
+fn wake_hook(cfg: &DaemonConfig, caddy: &Caddy, use_tls: bool, token: &str) -> Option<WakeHook> {
+    let ip = cfg.listen.ip();
+    let dial = match ip {
+        _ if ip.is_loopback() => cfg.listen,
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], cfg.listen.port()))
+        }
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, cfg.listen.port()))
+        }
+        _ => cfg.listen,
+    };
+    let tls_ca = if use_tls {
+        let dst = caddy.config().sites_dir.join("fcm-daemon-cert.pem");
+        let copied = fs::create_dir_all(&caddy.config().sites_dir)
+            .and_then(|()| fs::read(cfg.tls_dir().join("cert.pem")))
+            .and_then(|pem| host::write_atomic(&dst, &pem, 0o644));
+        if let Err(e) = copied {
+            eprintln!(
+                "fcm: warning: idle sleep: a request to a sleeping VM's URL will not wake it \
+                 (could not copy the daemon's certificate to {}: {e})",
+                dst.display()
+            );
+            return None;
+        }
+        Some(dst)
+    } else {
+        None
+    };
+    Some(WakeHook {
+        dial,
+        token: token.to_owned(),
+        tls_ca,
+    })
+}
+
 fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
     std::net::TcpListener::bind(addr).map_err(|e| DaemonError::Listen {
         addr: addr.to_string(),
@@ -238,16 +278,26 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     })?;
     network::setup(&cfg, &recorded_nics(&cfg))?;
 
+    let wake_token =
+        auth::ensure_token(&cfg.wake_token_path()).map_err(|source| DaemonError::StateDir {
+            path: cfg.wake_token_path().display().to_string(),
+            source,
+        })?;
+    // The certificate is made on every first run, TLS or not, so that
+    // `--print-fingerprint` and a later switch to TLS find the same one.
+    let identity = tls::ensure_identity(&cfg)?;
+
     let caddy = start_caddy(&cfg);
+    let hook = caddy
+        .as_ref()
+        .filter(|c| c.enabled())
+        .and_then(|c| wake_hook(&cfg, c, use_tls, &wake_token));
     let cfg = Arc::new(cfg);
-    let manager = Arc::new(Manager::new(Arc::clone(&cfg), caddy)?);
+    let manager = Arc::new(Manager::new(Arc::clone(&cfg), caddy, hook)?);
     manager.prune_sites();
     let sessions = Arc::new(Sessions::new());
     let token = Arc::new(token);
 
-    // The certificate is made on every first run, TLS or not, so that
-    // `--print-fingerprint` and a later switch to TLS find the same one.
-    let identity = tls::ensure_identity(&cfg)?;
     let server_tls = if use_tls {
         Some(identity.server_config()?)
     } else {
@@ -290,6 +340,20 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         });
     }
     {
+        let (m, s) = (Arc::clone(&manager), Arc::clone(&sessions));
+        thread::spawn(move || {
+            loop {
+                thread::sleep(Duration::from_secs(1));
+                let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    m.idle_tick(&|id| s.attached_to(id.as_str()));
+                }));
+                if tick.is_err() {
+                    eprintln!("fcm daemon: idle sleep panicked (a bug); it goes on");
+                }
+            }
+        });
+    }
+    {
         let (m, s, t, tls, limits) = (
             Arc::clone(&manager),
             Arc::clone(&sessions),
@@ -306,6 +370,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         manager,
         sessions,
         token,
+        Some(Arc::new(wake_token)),
     );
     // Workers only return when the server fails: the daemon cannot serve.
     Err(DaemonError::Stopped)

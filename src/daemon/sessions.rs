@@ -118,6 +118,14 @@ impl Sessions {
         }
     }
 
+    /// Consoles attached to the VM with id `vm_id` right now.
+    pub fn attached_to(&self, vm_id: &str) -> usize {
+        lock(&self.live)
+            .values()
+            .filter(|l| l.vm_id == vm_id)
+            .count()
+    }
+
     /// Attached streams right now.
     pub fn attached_streams(&self) -> usize {
         lock(&self.live).len()

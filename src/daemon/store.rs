@@ -62,6 +62,13 @@ pub struct VmRecord {
     /// Size of `rootfs.img` in bytes (absent in records made before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
+    /// Idle sleep: paused after this many idle seconds (none: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_pause_secs: Option<u64>,
+    /// Paused (or pausing, resuming) by idle sleep rather than by a user:
+    /// a use of the VM wakes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle_paused: bool,
 }
 
 impl VmRecord {
@@ -96,6 +103,8 @@ impl VmRecord {
             expose: self.expose.clone(),
             warnings: Vec::new(),
             ssh_ready: None,
+            idle_pause_secs: self.idle_pause_secs,
+            idle_paused: self.idle_paused,
         }
     }
 }
@@ -178,6 +187,8 @@ mod tests {
             pid: Some(42),
             host_key: None,
             disk_bytes: Some(10 << 30),
+            idle_pause_secs: None,
+            idle_paused: false,
         }
     }
 

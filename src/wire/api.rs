@@ -24,6 +24,11 @@ pub struct CreateRequest {
     /// Disk size: bytes, or a size such as `"20G"` (default 10 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskSize>,
+    /// Pause the VM after this many seconds with no console attached and
+    /// no network traffic; 0 turns it off. Default: the daemon's
+    /// `idle_pause_secs` (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_pause_secs: Option<u64>,
 }
 
 /// Body of `POST /vms/{vm}/start` (and, empty, of `stop`).
@@ -104,6 +109,13 @@ pub struct VmView {
     pub warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_ready: Option<bool>,
+    /// Seconds of idleness after which the VM is paused (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_pause_secs: Option<u64>,
+    /// Paused by idle sleep: console, attach, ssh, exec, cp or a request to
+    /// its URL resume it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle_paused: bool,
 }
 
 /// What `fcm ssh` needs (`GET /vms/{vm}/ssh`).

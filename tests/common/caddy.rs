@@ -79,12 +79,18 @@ pub fn start_caddy(f: &Fcm, caddyfile: &Path, dir: &Path) -> CaddyGuard {
 
 /// (status, body) of the VM's URL, fetched through Caddy inside the namespace.
 pub fn fetch(f: &Fcm, url: &str) -> (u16, String) {
+    fetch_within(f, url, 10)
+}
+
+/// [`fetch`] that gives the answer up to `secs` seconds.
+pub fn fetch_within(f: &Fcm, url: &str, secs: u32) -> (u16, String) {
     let host = url.trim_start_matches("https://");
+    let secs = secs.to_string();
     let out = f.ns.exec(&[
         "curl",
         "-sk",
         "--max-time",
-        "10",
+        &secs,
         "-w",
         "\n%{http_code}",
         "--resolve",

@@ -107,6 +107,8 @@ enum Body {
 /// What every connection thread needs.
 struct Ctx {
     token: Arc<String>,
+    /// The token that may only wake VMs (Caddy's, for idle sleep).
+    wake_token: Option<Arc<String>>,
     tls: Option<Arc<ServerConfig>>,
     pre_auth: Duration,
     queue: SyncSender<Job>,
@@ -121,6 +123,7 @@ pub fn serve(
     m: Arc<Manager>,
     s: Arc<Sessions>,
     token: Arc<String>,
+    wake_token: Option<Arc<String>>,
 ) {
     let gate = Gate::new(GateLimits {
         total: limits.pre_auth_connections,
@@ -140,6 +143,7 @@ pub fn serve(
     }
     let ctx = Arc::new(Ctx {
         token,
+        wake_token,
         tls,
         pre_auth: Duration::from_secs(limits.http_pre_auth_secs),
         queue,
@@ -362,6 +366,15 @@ fn connection(conn: TcpStream, slot: PreAuth, ctx: &Ctx) {
     } else {
         match bearer(head.header("Authorization")) {
             Some(t) if token_matches(t, &ctx.token) => slot.authenticated(),
+            Some(t)
+                if matches!(route, Route::WakeVm(_))
+                    && ctx
+                        .wake_token
+                        .as_deref()
+                        .is_some_and(|w| token_matches(t, w)) =>
+            {
+                slot.authenticated()
+            }
             Some(_) => {
                 return early_answer(
                     &mut io,

@@ -24,6 +24,8 @@ pub(super) const MEMORY_RANGE: std::ops::RangeInclusive<u32> = 64..=262_144;
 /// An OpenSSH public key line (an RSA-16384 key is under 3 KB). Small
 /// enough that any key line, JSON-escaped, fits in a request body.
 const KEY_MAX: usize = 4 * 1024;
+/// The longest idle sleep delay accepted: a year.
+const IDLE_PAUSE_MAX_SECS: u64 = 365 * 24 * 3600;
 
 impl Manager {
     pub fn create(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
@@ -51,6 +53,15 @@ impl Manager {
         let backend = self.backend;
         self.check_prerequisites(backend)?;
         let disk_bytes = self.disk_size(req.disk, None)?;
+        let idle_pause_secs = match req.idle_pause_secs.or(self.cfg.idle_pause_secs) {
+            Some(0) | None => None,
+            Some(s) if s > IDLE_PAUSE_MAX_SECS => {
+                return Err(ManagerError::BadRequest(format!(
+                    "idle_pause_secs must be at most {IDLE_PAUSE_MAX_SECS} (a year), or 0 for off"
+                )));
+            }
+            Some(s) => Some(s),
+        };
 
         // Reserve id, name and address while holding the table lock.
         let entry;
@@ -101,6 +112,8 @@ impl Manager {
                 pid: None,
                 host_key: None,
                 disk_bytes: Some(disk_bytes),
+                idle_pause_secs,
+                idle_paused: false,
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)

@@ -18,6 +18,7 @@
 
 mod checkpoints;
 mod create;
+mod idle;
 mod logs;
 mod ops;
 mod recover;
@@ -40,7 +41,7 @@ use super::lock;
 use super::store::{self, VmRecord};
 use crate::config::DaemonConfig;
 use crate::error::chain;
-use crate::host::caddy::Caddy;
+use crate::host::caddy::{Caddy, WakeHook};
 use crate::host::cgroup;
 use crate::host::disk_lock::{DiskLock, DiskLockError};
 use crate::host::vmm::{self, Backend, LaunchSpec, Vmm};
@@ -150,6 +151,8 @@ struct Entry {
     /// The guest runs from a saved state that recovery adopted: its clock
     /// (and a file system frozen for a checkpoint) wait for housekeeping.
     after_load_pending: AtomicBool,
+    /// Idle sleep: when the VM was last seen in use.
+    activity: Mutex<idle::Activity>,
 }
 
 impl Entry {
@@ -162,6 +165,7 @@ impl Entry {
             url_pending: AtomicBool::new(false),
             cleanup_pending: AtomicBool::new(false),
             after_load_pending: AtomicBool::new(false),
+            activity: Mutex::new(idle::Activity::new()),
         })
     }
 }
@@ -194,12 +198,20 @@ pub struct Manager {
     in_flight: AtomicUsize,
     /// Wakes the housekeeping thread early (deferred cleanup, URLs).
     wake: (Mutex<bool>, Condvar),
+    /// Where Caddy asks the daemon to wake a VM with idle sleep.
+    wake_hook: Option<WakeHook>,
 }
 
 impl Manager {
     /// Sets up what the daemon owns (key, recovered VMs); the network and
     /// the lock are the caller's.
-    pub fn new(cfg: Arc<DaemonConfig>, caddy: Option<Caddy>) -> Result<Self, ManagerError> {
+    /// `wake_hook`: how Caddy reaches the daemon to wake a sleeping VM
+    /// (none: sites of VMs with idle sleep do not wake them).
+    pub fn new(
+        cfg: Arc<DaemonConfig>,
+        caddy: Option<Caddy>,
+        wake_hook: Option<WakeHook>,
+    ) -> Result<Self, ManagerError> {
         let key = ssh::daemon_key(&cfg.state_dir);
         let key_pub =
             ssh::ensure_keypair(&key, "fcm-daemon").map_err(|e| ManagerError::Operation {
@@ -218,6 +230,7 @@ impl Manager {
             shutting_down: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             wake: (Mutex::new(false), Condvar::new()),
+            wake_hook,
         };
         m.recover();
         Ok(m)
@@ -432,12 +445,18 @@ impl Manager {
         })
     }
 
-    /// The record of a running VM, for the session layer.
+    /// The record of a running VM, for the session layer (console,
+    /// attach, sessions, exec, cp): a VM asleep by idle sleep is woken
+    /// first, and the use counts as activity.
     pub fn running(&self, vm: &str) -> Result<VmRecord, ManagerError> {
         let (_, e) = self.resolve(vm)?;
         self.refresh(&e);
+        if Self::asleep(&lock(&e.rec)) {
+            self.wake(vm)?;
+        }
         let r = lock(&e.rec).clone();
         lifecycle::require(r.state, VmState::Running, "use it").map_err(|w| wrong_state(&r, w))?;
+        idle::touch(&e);
         Ok(r)
     }
 
@@ -519,10 +538,18 @@ impl Manager {
     /// housekeeping thread tries again) and is a warning for the caller.
     fn apply_url(&self, e: &Entry, running: bool) -> Option<String> {
         let c = self.caddy.as_ref().filter(|c| c.enabled())?;
-        let result = if running {
-            c.add_site(&e.name, e.ip)
-        } else {
-            c.set_stopped(&e.name, true, e.ip)
+        let (id, idle_sleep, idle_paused) = {
+            let r = lock(&e.rec);
+            (r.id.clone(), r.idle_pause_secs.is_some(), r.idle_paused)
+        };
+        let result = match &self.wake_hook {
+            // A VM with idle sleep keeps its proxy while it sleeps: the
+            // request wakes it.
+            Some(hook) if idle_sleep && (running || idle_paused) => {
+                c.add_waking_site(&e.name, e.ip, &format!("/vms/{id}/wake"), hook)
+            }
+            _ if running => c.add_site(&e.name, e.ip),
+            _ => c.set_stopped(&e.name, true, e.ip),
         };
         match result {
             Ok(()) => {
@@ -592,6 +619,8 @@ fn broken_view(id: &VmId, reason: &str) -> VmView {
             format!("remove it with: fcm destroy {id}"),
         ],
         ssh_ready: None,
+        idle_pause_secs: None,
+        idle_paused: false,
     }
 }
 

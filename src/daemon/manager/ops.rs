@@ -59,6 +59,13 @@ impl Manager {
         action: &'static str,
     ) -> Result<(), ManagerError> {
         rec.state = state;
+        // Asleep by idle sleep only on the way to, in and out of `paused`.
+        if !matches!(
+            state,
+            VmState::Pausing | VmState::Paused | VmState::Resuming
+        ) {
+            rec.idle_paused = false;
+        }
         self.save(e, rec).map_err(|err| ManagerError::Operation {
             action,
             name: rec.name.to_string(),

@@ -121,11 +121,21 @@ impl Manager {
     /// `fcm pause`: the guest's memory and devices go to `paused/`, then
     /// the VMM exits and its tap is released.
     pub fn pause(&self, vm: &str) -> Result<VmView, ManagerError> {
+        self.pause_as(vm, false)
+    }
+
+    /// A pause by a user, or by idle sleep (`idle`: then a use wakes it).
+    pub(super) fn pause_as(&self, vm: &str, idle: bool) -> Result<VmView, ManagerError> {
         let _in_flight = self.begin()?;
         let e = self.op_entry(vm)?;
         let _op = lock(&e.op);
         let mut r = lock(&e.rec).clone();
         check(&r, Transition::Pause)?;
+        if idle && !super::idle::still_idle(&e, r.idle_pause_secs) {
+            // In use again since the idle check: stay running.
+            return Ok(r.view());
+        }
+        r.idle_paused = idle;
         self.record(&e, &mut r, VmState::Pausing, "pause")?;
         fault::crash_point("pause:after-record");
         let dir = self.dir(&r.id);

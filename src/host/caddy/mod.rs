@@ -67,6 +67,7 @@ mod reload;
 mod site;
 
 use reload::run_bounded;
+pub use site::WakeHook;
 use site::{SiteState, check_domain, import_line, render_site, with_import_line};
 
 pub use crate::config::CaddyConfig;
@@ -88,6 +89,10 @@ pub enum CaddyError {
         "refusing to serve the domain {domain:?}: it must be dot-separated labels of [a-z0-9-] (check caddy.domain_suffix)"
     )]
     UnsafeDomain { domain: String },
+    #[error(
+        "refusing to write a wake hook whose token is not letters and digits, or whose certificate path is not [A-Za-z0-9._/-]"
+    )]
+    UnsafeWakeHook,
     #[error(
         "the Caddy sites directory {path:?} must be an absolute path of [A-Za-z0-9._/-] characters to be imported"
     )]
@@ -260,6 +265,33 @@ impl Caddy {
     /// reached through a forwarded port).
     pub fn add_site_upstream(&self, name: &VmName, upstream: SocketAddr) -> Result<(), CaddyError> {
         self.put_site(name, SiteState::Running { upstream })
+    }
+
+    /// Makes the URL of a running VM with idle sleep proxy to
+    /// `<ip>:<guest_port>`, each request first waking the VM through
+    /// `hook` at `wake_uri` (the VM's `/vms/<id>/wake`).
+    pub fn add_waking_site(
+        &self,
+        name: &VmName,
+        ip: Ipv4Addr,
+        wake_uri: &str,
+        hook: &WakeHook,
+    ) -> Result<(), CaddyError> {
+        hook.check()?;
+        if !wake_uri
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'/')
+        {
+            return Err(CaddyError::UnsafeWakeHook);
+        }
+        self.put_site(
+            name,
+            SiteState::Waking {
+                upstream: SocketAddr::from((ip, self.cfg.guest_port)),
+                wake_uri,
+                hook,
+            },
+        )
     }
 
     /// Switches a VM's site between the static "stopped" page and the proxy to

@@ -9,11 +9,47 @@ use crate::names::VmName;
 
 /// What a VM's site file serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SiteState {
+pub(super) enum SiteState<'a> {
     /// Proxy to the guest.
     Running { upstream: SocketAddr },
+    /// Proxy to the guest of a VM with idle sleep: each request first asks
+    /// the daemon to wake the VM (Caddy's `forward_auth` holds the request
+    /// until the daemon answers), then goes to the guest.
+    Waking {
+        upstream: SocketAddr,
+        wake_uri: &'a str,
+        hook: &'a WakeHook,
+    },
     /// A static 503 page.
     Stopped,
+}
+
+/// Where Caddy asks the daemon to wake a VM: the API's address, the token
+/// that may only wake VMs, and, when the API speaks TLS, the daemon's
+/// certificate for Caddy to trust (with the name `localhost` it holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WakeHook {
+    pub dial: SocketAddr,
+    pub token: String,
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl WakeHook {
+    /// Defence in depth before interpolation: a token of letters and
+    /// digits, a CA path of safe characters.
+    pub(super) fn check(&self) -> Result<(), CaddyError> {
+        let token_ok =
+            !self.token.is_empty() && self.token.bytes().all(|c| c.is_ascii_alphanumeric());
+        let ca_ok = self
+            .tls_ca
+            .as_deref()
+            .is_none_or(|p| import_line(p).is_ok());
+        if token_ok && ca_ok {
+            Ok(())
+        } else {
+            Err(CaddyError::UnsafeWakeHook)
+        }
+    }
 }
 
 /// `import <dir>/*.caddy`, for a directory that needs no quoting.
@@ -92,6 +128,47 @@ pub(super) fn render_site(domain: &str, name: &VmName, state: SiteState) -> Stri
                  \t\trespond \"VM {name} is not answering on port {port}: is its web server running?\" 502\n\
                  \t}}\n\
                  }}\n"
+            )
+        }
+        SiteState::Waking {
+            upstream,
+            wake_uri,
+            hook,
+        } => {
+            let port = upstream.port();
+            let (scheme, tls) = match &hook.tls_ca {
+                Some(ca) => (
+                    "https://",
+                    format!(
+                        "\t\t\ttls_trusted_ca_certs {}\n\t\t\ttls_server_name localhost\n",
+                        ca.display()
+                    ),
+                ),
+                None => ("", String::new()),
+            };
+            format!(
+                "# Written by fcm for VM {name} (idle sleep: a request wakes it); fcm rewrites and removes this file.\n\
+                 {domain} {{\n\
+                 \tforward_auth {scheme}{dial} {{\n\
+                 \t\turi {wake_uri}\n\
+                 \t\theader_up Authorization \"Bearer {token}\"\n\
+                 \t\ttransport http {{\n\
+                 \t\t\tdial_timeout {DIAL_TIMEOUT}\n\
+                 {tls}\
+                 \t\t}}\n\
+                 \t}}\n\
+                 \treverse_proxy {upstream} {{\n\
+                 \t\tlb_try_duration 10s\n\
+                 \t\ttransport http {{\n\
+                 \t\t\tdial_timeout {DIAL_TIMEOUT}\n\
+                 \t\t}}\n\
+                 \t}}\n\
+                 \thandle_errors {{\n\
+                 \t\trespond \"VM {name} is not answering on port {port}: is its web server running?\" 502\n\
+                 \t}}\n\
+                 }}\n",
+                dial = hook.dial,
+                token = hook.token,
             )
         }
         SiteState::Stopped => format!(
