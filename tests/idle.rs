@@ -50,6 +50,11 @@ fn an_idle_vm_sleeps_and_a_request_to_its_url_wakes_it_with_its_programs() {
         .tempdir_in("/var/tmp")
         .expect("tempdir");
     let (caddyfile, sites_dir, config) = write_caddy_config(tmp.path());
+    // A daemon default, for VMs created without --idle-pause.
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("config")).expect("json");
+    cfg["idle_pause_secs"] = 3600.into();
+    std::fs::write(&config, cfg.to_string()).expect("config");
     let f = Fcm::start("idle", &["--config", &config.display().to_string()]);
     let _caddy = start_caddy(&f, &caddyfile, tmp.path());
 
@@ -69,6 +74,23 @@ fn an_idle_vm_sleeps_and_a_request_to_its_url_wakes_it_with_its_programs() {
     assert!(
         !site.contains(&f.token()),
         "the API token is in Caddy's config:\n{site}"
+    );
+
+    // Traffic keeps it awake: a request straight to the guest (not through
+    // Caddy) every half second, for 14 s.
+    let ip = vm["ip"].as_str().expect("ip").to_string();
+    let traffic = f.ns.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "for i in $(seq 28); do curl -s -o /dev/null --max-time 2 http://{ip}:8000/ || exit 1; sleep 0.5; done"
+        ),
+    ]);
+    assert!(traffic.status.success(), "{traffic:?}");
+    assert_eq!(
+        state(&f, &name),
+        ("running".into(), false),
+        "paused while it had traffic"
     );
 
     // A program that must survive the sleep.
@@ -103,7 +125,7 @@ fn an_idle_vm_sleeps_and_a_request_to_its_url_wakes_it_with_its_programs() {
     );
     assert!(f.vmms_of(&id).is_empty(), "a VMM runs while it sleeps");
     let log = std::fs::read_to_string(f.log()).unwrap_or_default();
-    assert!(log.contains("idle for 8 s"), "{log}");
+    assert!(log.contains("its limit 8 s): pausing it"), "{log}");
 
     // A request to its URL wakes it and gets the guest's page.
     let t0 = Instant::now();
@@ -131,8 +153,11 @@ fn an_idle_vm_sleeps_and_a_request_to_its_url_wakes_it_with_its_programs() {
     f.ok(&["pause", &name]);
     assert_eq!(state(&f, &name), ("paused".into(), false));
     let (status, body) = fetch_within(&f, &url, 30);
-    assert_eq!(status, 409, "{body}");
-    assert!(body.contains("paused"), "{body}");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("is paused") && body.contains(&format!("fcm resume {name}")),
+        "{body}"
+    );
     let out = exec(&f, &name, "true");
     assert!(!out.status.success(), "exec woke a VM a user paused");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -147,4 +172,13 @@ fn an_idle_vm_sleeps_and_a_request_to_its_url_wakes_it_with_its_programs() {
         "{out:?}"
     );
     f.ok(&["destroy", &name]);
+
+    // The daemon's default applies without the flag; `off` turns it off.
+    let d = f.create(&["--no-wait"]);
+    assert_eq!(d["idle_pause_secs"], 3600, "{d}");
+    let n = f.create(&["--no-wait", "--idle-pause", "off"]);
+    assert!(n["idle_pause_secs"].is_null(), "{n}");
+    for v in [&d, &n] {
+        f.ok(&["destroy", v["name"].as_str().expect("name")]);
+    }
 }

@@ -116,14 +116,16 @@ impl Manager {
                     a.last = Instant::now();
                     continue;
                 }
-                if a.last.elapsed() < Duration::from_secs(secs) {
+                let idle = a.last.elapsed();
+                if idle < Duration::from_secs(secs) {
                     continue;
                 }
+                eprintln!(
+                    "fcm: {}: idle for {:.1} s (no console, no traffic; its limit {secs} s): pausing it",
+                    e.name,
+                    idle.as_secs_f64()
+                );
             }
-            eprintln!(
-                "fcm: {}: idle for {secs} s (no console, no traffic): pausing it",
-                e.name
-            );
             if let Err(err) = self.pause_as(id.as_str(), true) {
                 eprintln!("fcm: warning: idle sleep of {}: {}", e.name, chain(&err));
                 // Not again at once: after another idle period.

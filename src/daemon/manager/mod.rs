@@ -538,9 +538,14 @@ impl Manager {
     /// housekeeping thread tries again) and is a warning for the caller.
     fn apply_url(&self, e: &Entry, running: bool) -> Option<String> {
         let c = self.caddy.as_ref().filter(|c| c.enabled())?;
-        let (id, idle_sleep, idle_paused) = {
+        let (id, idle_sleep, idle_paused, state) = {
             let r = lock(&e.rec);
-            (r.id.clone(), r.idle_pause_secs.is_some(), r.idle_paused)
+            (
+                r.id.clone(),
+                r.idle_pause_secs.is_some(),
+                r.idle_paused,
+                r.state,
+            )
         };
         let result = match &self.wake_hook {
             // A VM with idle sleep keeps its proxy while it sleeps: the
@@ -549,6 +554,7 @@ impl Manager {
                 c.add_waking_site(&e.name, e.ip, &format!("/vms/{id}/wake"), hook)
             }
             _ if running => c.add_site(&e.name, e.ip),
+            _ if state == VmState::Paused => c.set_paused(&e.name),
             _ => c.set_stopped(&e.name, true, e.ip),
         };
         match result {

@@ -294,6 +294,11 @@ impl Caddy {
         )
     }
 
+    /// Gives a VM a user paused its static "paused" page.
+    pub fn set_paused(&self, name: &VmName) -> Result<(), CaddyError> {
+        self.put_site(name, SiteState::Paused)
+    }
+
     /// Switches a VM's site between the static "stopped" page and the proxy to
     /// `<ip>:<guest_port>`.
     pub fn set_stopped(

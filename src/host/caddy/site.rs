@@ -22,6 +22,8 @@ pub(super) enum SiteState<'a> {
     },
     /// A static 503 page.
     Stopped,
+    /// A static 503 page naming `fcm resume` (a VM a user paused).
+    Paused,
 }
 
 /// Where Caddy asks the daemon to wake a VM: the API's address, the token
@@ -171,6 +173,12 @@ pub(super) fn render_site(domain: &str, name: &VmName, state: SiteState) -> Stri
                 token = hook.token,
             )
         }
+        SiteState::Paused => format!(
+            "# Written by fcm for VM {name} (paused); fcm rewrites and removes this file.\n\
+             {domain} {{\n\
+             \trespond \"VM {name} is paused: run `fcm resume {name}`\" 503\n\
+             }}\n"
+        ),
         SiteState::Stopped => format!(
             "# Written by fcm for VM {name} (stopped); fcm rewrites and removes this file.\n\
              {domain} {{\n\
@@ -186,6 +194,65 @@ mod tests {
 
     fn name(s: &str) -> VmName {
         VmName::parse(s).expect("valid name")
+    }
+
+    #[test]
+    fn a_waking_site_asks_the_daemon_first_with_the_wake_token() {
+        let hook = WakeHook {
+            dial: "127.0.0.1:7777".parse().expect("addr"),
+            token: "wAkE123".into(),
+            tls_ca: None,
+        };
+        let upstream: SocketAddr = "172.16.0.2:8000".parse().expect("addr");
+        let text = render_site(
+            "cosmic-nova.1-2-3-4.sslip.io",
+            &name("cosmic-nova"),
+            SiteState::Waking {
+                upstream,
+                wake_uri: "/vms/ab12cd34/wake",
+                hook: &hook,
+            },
+        );
+        assert!(
+            text.contains(
+                "\tforward_auth 127.0.0.1:7777 {\n\t\turi /vms/ab12cd34/wake\n\t\theader_up Authorization \"Bearer wAkE123\"\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\treverse_proxy 172.16.0.2:8000 {\n\t\tlb_try_duration 10s\n"));
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+        let tls = WakeHook {
+            tls_ca: Some("/etc/caddy/fcm.d/fcm-daemon-cert.pem".into()),
+            ..hook.clone()
+        };
+        let text = render_site(
+            "a.1-2-3-4.sslip.io",
+            &name("a"),
+            SiteState::Waking {
+                upstream,
+                wake_uri: "/vms/ab12cd34/wake",
+                hook: &tls,
+            },
+        );
+        assert!(
+            text.contains("forward_auth https://127.0.0.1:7777 {"),
+            "{text}"
+        );
+        assert!(text.contains("tls_trusted_ca_certs /etc/caddy/fcm.d/fcm-daemon-cert.pem\n\t\t\ttls_server_name localhost\n"), "{text}");
+        // Nothing that could break out of the Caddyfile gets in.
+        for bad in [
+            WakeHook {
+                token: "a\" }".into(),
+                ..hook.clone()
+            },
+            WakeHook {
+                tls_ca: Some("/tmp/x y".into()),
+                ..hook.clone()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        assert!(hook.check().is_ok());
     }
 
     #[test]
