@@ -11,6 +11,8 @@
 //! | `checkpoints.rs` | checkpoints and restore |
 //! | `resize.rs` | resize a stopped VM (disk, vCPUs, memory); disk size rules |
 //! | `logs.rs` | reading the console log |
+//! | `idle.rs` | idle sleep: use, pausing idle VMs, waking them |
+//! | `views.rs` | the list, one VM, ssh info, the running record; the URL |
 //!
 //! Locking: `vms` is held only briefly (lookups, reserving names and
 //! addresses); each VM has its own operation lock, so a slow create or stop
@@ -24,6 +26,9 @@ mod ops;
 mod recover;
 mod resize;
 mod snapshots;
+mod views;
+
+use views::broken_view;
 
 pub use logs::LOG_CHUNK_MAX;
 
@@ -47,7 +52,6 @@ use crate::host::disk_lock::{DiskLock, DiskLockError};
 use crate::host::vmm::{self, Backend, LaunchSpec, Vmm};
 use crate::host::{self, Signal, ssh};
 use crate::names::{NameError, VmId, VmName};
-use crate::wire::api::{SshInfo, VmView};
 
 #[derive(Debug, Error)]
 pub enum ManagerError {
@@ -406,60 +410,6 @@ impl Manager {
         )
     }
 
-    pub fn list(&self) -> Vec<VmView> {
-        let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
-        let mut out: Vec<VmView> = entries
-            .iter()
-            .map(|e| {
-                self.refresh(e);
-                lock(&e.rec).view()
-            })
-            .collect();
-        out.extend(
-            lock(&self.broken)
-                .iter()
-                .map(|(id, reason)| broken_view(id, reason)),
-        );
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
-    pub fn get(&self, vm: &str) -> Result<VmView, ManagerError> {
-        let (_, e) = self.resolve(vm)?;
-        self.refresh(&e);
-        Ok(lock(&e.rec).view())
-    }
-
-    pub fn ssh_info(&self, vm: &str) -> Result<SshInfo, ManagerError> {
-        let (_, e) = self.resolve(vm)?;
-        self.refresh(&e);
-        let r = lock(&e.rec);
-        Ok(SshInfo {
-            id: r.id.to_string(),
-            name: r.name.to_string(),
-            ip: r.ip,
-            user: "root".into(),
-            port: 22,
-            state: r.state.as_str().into(),
-            host_key: r.host_key.clone(),
-        })
-    }
-
-    /// The record of a running VM, for the session layer (console,
-    /// attach, sessions, exec, cp): a VM asleep by idle sleep is woken
-    /// first, and the use counts as activity.
-    pub fn running(&self, vm: &str) -> Result<VmRecord, ManagerError> {
-        let (_, e) = self.resolve(vm)?;
-        self.refresh(&e);
-        if Self::asleep(&lock(&e.rec)) {
-            self.wake(vm)?;
-        }
-        let r = lock(&e.rec).clone();
-        lifecycle::require(r.state, VmState::Running, "use it").map_err(|w| wrong_state(&r, w))?;
-        idle::touch(&e);
-        Ok(r)
-    }
-
     fn launch(&self, rec: &VmRecord) -> Result<u32, vmm::VmmError> {
         self.launch_from(rec, None)
     }
@@ -533,46 +483,6 @@ impl Manager {
         }
     }
 
-    /// Makes the VM's URL show its state: the guest's page while it runs,
-    /// the "stopped" page otherwise. A failure leaves the URL pending (the
-    /// housekeeping thread tries again) and is a warning for the caller.
-    fn apply_url(&self, e: &Entry, running: bool) -> Option<String> {
-        let c = self.caddy.as_ref().filter(|c| c.enabled())?;
-        let (id, idle_sleep, idle_paused, state) = {
-            let r = lock(&e.rec);
-            (
-                r.id.clone(),
-                r.idle_pause_secs.is_some(),
-                r.idle_paused,
-                r.state,
-            )
-        };
-        let result = match &self.wake_hook {
-            // A VM with idle sleep keeps its proxy while it sleeps: the
-            // request wakes it.
-            Some(hook) if idle_sleep && (running || idle_paused) => {
-                c.add_waking_site(&e.name, e.ip, &format!("/vms/{id}/wake"), hook)
-            }
-            _ if running => c.add_site(&e.name, e.ip),
-            _ if state == VmState::Paused => c.set_paused(&e.name),
-            _ => c.set_stopped(&e.name, true, e.ip),
-        };
-        match result {
-            Ok(()) => {
-                e.url_pending.store(false, Ordering::Release);
-                None
-            }
-            Err(err) => {
-                e.url_pending.store(true, Ordering::Release);
-                Some(format!(
-                    "URL {} is not live: {}",
-                    c.url(&e.name),
-                    chain(&err)
-                ))
-            }
-        }
-    }
-
     /// Waits for the guest's SSH (used after create and start).
     pub fn wait_ssh(&self, ip: Ipv4Addr) -> bool {
         ssh::wait_ready(ip, Duration::from_secs(self.cfg.ssh_timeout_secs))
@@ -600,33 +510,6 @@ impl Manager {
             host::signal(pid, Signal::KILL);
             let _ = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone);
         }
-    }
-}
-
-/// How a VM directory without a valid record is listed.
-fn broken_view(id: &VmId, reason: &str) -> VmView {
-    VmView {
-        id: id.to_string(),
-        name: id.to_string(),
-        ip: Ipv4Addr::UNSPECIFIED,
-        state: "broken".into(),
-        backend: "unknown".into(),
-        cpus: 0,
-        memory_mib: 0,
-        disk_bytes: None,
-        mac: String::new(),
-        tap: id.tap_name(),
-        created_at: 0,
-        pid: None,
-        url: None,
-        expose: None,
-        warnings: vec![
-            format!("no valid record: {reason}"),
-            format!("remove it with: fcm destroy {id}"),
-        ],
-        ssh_ready: None,
-        idle_pause_secs: None,
-        idle_paused: false,
     }
 }
 

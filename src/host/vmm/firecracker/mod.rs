@@ -17,9 +17,7 @@
 //! group, and restores the same tap by name.
 
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,6 +28,14 @@ use serde_json::json;
 use super::Backend;
 use super::{LaunchSpec, Vmm, VmmError};
 use crate::host;
+
+mod api;
+mod jail;
+
+pub use api::{api_call, api_call_within};
+use api::{call, connect, put};
+pub use jail::{JAIL, api_socket, chroots, find_jailed, is_jailed_in};
+use jail::{JAIL_INITRD, JAIL_KERNEL, JAIL_ROOTFS, build_jail, link_into_jail, open_saved};
 
 pub const SOCKET: &str = "firecracker.socket";
 pub const PIDFILE: &str = "firecracker.pid";
@@ -48,127 +54,6 @@ pub struct Firecracker {
 impl Firecracker {
     pub fn new(bin: PathBuf, jailer: Option<PathBuf>) -> Self {
         Self { bin, jailer }
-    }
-}
-
-/// One HTTP/1.1 request over the API socket; returns the status and body.
-/// Every read and write has a 5 s timeout, and the answer is read until
-/// `httparse` has its head and `Content-Length` bytes of body arrived.
-pub fn api_call(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: &serde_json::Value,
-) -> Result<(u16, String), String> {
-    api_call_within(socket, method, path, body, Duration::from_secs(5))
-}
-
-/// [`api_call`] with another timeout per read and write (a snapshot of a
-/// large guest takes longer than 5 s).
-pub fn api_call_within(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: &serde_json::Value,
-    timeout: Duration,
-) -> Result<(u16, String), String> {
-    let mut s = connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
-    let timeout = Some(timeout);
-    s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-    s.set_write_timeout(timeout).map_err(|e| e.to_string())?;
-    let body = body.to_string();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut resp = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                resp.extend_from_slice(&buf[..n]);
-                if let Some(done) = parse_response(&resp)? {
-                    return Ok(done);
-                }
-                if resp.len() > MAX_RESPONSE {
-                    return Err(format!("response larger than {MAX_RESPONSE} bytes"));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    // The VMM closed the connection: what arrived must be a whole answer.
-    parse_response(&resp)?.ok_or_else(|| {
-        format!(
-            "incomplete response: {:?}",
-            String::from_utf8_lossy(&resp[..resp.len().min(200)])
-        )
-    })
-}
-
-/// Largest API answer read (Firecracker's are a few KiB).
-const MAX_RESPONSE: usize = 1 << 20;
-
-/// `Some((status, body))` once `resp` holds a whole answer.
-fn parse_response(resp: &[u8]) -> Result<Option<(u16, String)>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut r = httparse::Response::new(&mut headers);
-    let head_len = match r.parse(resp) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("malformed response: {e}")),
-    };
-    let status = r.code.ok_or("malformed response: no status")?;
-    let len = r
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        })
-        .unwrap_or(0);
-    let body = &resp[head_len..];
-    if body.len() < len {
-        return Ok(None);
-    }
-    Ok(Some((
-        status,
-        String::from_utf8_lossy(&body[..len]).into_owned(),
-    )))
-}
-
-fn put(
-    socket: &Path,
-    step: &'static str,
-    path: &str,
-    body: serde_json::Value,
-) -> Result<(), VmmError> {
-    call(socket, "PUT", step, path, body, Duration::from_secs(5))
-}
-
-fn call(
-    socket: &Path,
-    method: &str,
-    step: &'static str,
-    path: &str,
-    body: serde_json::Value,
-    timeout: Duration,
-) -> Result<(), VmmError> {
-    match api_call_within(socket, method, path, &body, timeout) {
-        Ok((s, _)) if (200..300).contains(&s) => Ok(()),
-        Ok((s, b)) => Err(VmmError::Api {
-            step,
-            detail: format!("HTTP {s}: {}", b.trim()),
-        }),
-        Err(detail) => Err(VmmError::Api { step, detail }),
     }
 }
 
@@ -470,209 +355,9 @@ impl Firecracker {
     }
 }
 
-/// Opens a saved file the VMM wrote, refusing what a compromised VMM could
-/// have put there instead: a symlink, something other than a plain file,
-/// or a second link to another file.
-fn open_saved(p: &Path) -> std::io::Result<fs::File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(p)?;
-    let m = f.metadata()?;
-    if !m.is_file() || m.nlink() != 1 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a plain file with one link (refused)",
-        ));
-    }
-    Ok(f)
-}
-
-/// Links a saved file into a jail, owned by root and readable by the VM's
-/// group `gid` only: the VMM reads it and cannot change it.
-fn link_into_jail(src: &Path, dst: &Path, gid: u32) -> std::io::Result<()> {
-    let f = open_saved(src)?;
-    std::os::unix::fs::fchown(&f, Some(0), Some(gid))?;
-    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o440))?;
-    fs::hard_link(src, dst)
-}
-
 /// Paths of the guest's files as the VMM sees them.
 struct GuestFiles {
     kernel: PathBuf,
     initrd: Option<PathBuf>,
     rootfs: PathBuf,
-}
-
-/// Names of the guest's files inside the jail.
-const JAIL_KERNEL: &str = "/vmlinux";
-const JAIL_INITRD: &str = "/initrd";
-const JAIL_ROOTFS: &str = "/rootfs.img";
-
-/// The jails' base directory in the VM dir: the jailer builds the chroot
-/// at `jail/<exec file name>/<id>/root`.
-pub const JAIL: &str = "jail";
-
-/// The chroots under the VM dir `dir` (one, unless the Firecracker binary
-/// was renamed between launches).
-pub fn chroots(dir: &Path) -> Vec<PathBuf> {
-    let Some(id) = dir.file_name() else {
-        return Vec::new();
-    };
-    let Ok(rd) = fs::read_dir(dir.join(JAIL)) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .map(|e| e.path().join(id).join("root"))
-        .filter(|p| p.is_dir())
-        .collect()
-}
-
-/// The API socket of the VM in `dir`: inside its jail when it runs jailed.
-pub fn api_socket(dir: &Path) -> PathBuf {
-    chroots(dir)
-        .into_iter()
-        .map(|r| r.join(SOCKET))
-        .find(|s| s.symlink_metadata().is_ok())
-        .unwrap_or_else(|| dir.join(SOCKET))
-}
-
-/// Makes the chroot for a jailed launch, anew: the guest's kernel and
-/// initrd hard-linked (copied, readable by the VM's user only, when they
-/// are on another file system or not world-readable), the disk
-/// hard-linked (the VM dir holds both, so one file system) and owned by the
-/// VM's user. Returns the chroot.
-fn build_jail(bin: &Path, spec: &LaunchSpec<'_>) -> Result<PathBuf, VmmError> {
-    let name = bin
-        .file_name()
-        .filter(|n| n.to_string_lossy().contains("firecracker"))
-        .ok_or_else(|| VmmError::NotReady {
-            program: "jailer",
-            detail: format!(
-                "the jailer runs only a binary whose name contains \"firecracker\" (not {})",
-                bin.display()
-            ),
-        })?;
-    let base = spec.dir.join(JAIL);
-    let root = base.join(name).join(spec.id).join("root");
-    let err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| VmmError::Jail { path, source }
-    };
-    // A jail left by an earlier run (its VMM has gone: the disk lock is ours).
-    match fs::remove_dir_all(&base) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(&base)(e)),
-    }
-    fs::create_dir_all(&root).map_err(err(&root))?;
-    let (uid, gid) = spec.user;
-    let place = |src: &Path, name: &str| -> Result<(), VmmError> {
-        let dst = root.join(name.trim_start_matches('/'));
-        let world_readable = fs::metadata(src).is_ok_and(|m| m.mode() & 0o004 != 0);
-        if world_readable && fs::hard_link(src, &dst).is_ok() {
-            return Ok(());
-        }
-        fs::copy(src, &dst).map_err(err(&dst))?;
-        std::os::unix::fs::chown(&dst, Some(uid), Some(gid)).map_err(err(&dst))?;
-        host::set_mode(&dst, 0o400).map_err(err(&dst))
-    };
-    place(spec.kernel, JAIL_KERNEL)?;
-    if let Some(initrd) = spec.initrd {
-        place(initrd, JAIL_INITRD)?;
-    }
-    let disk = root.join(JAIL_ROOTFS.trim_start_matches('/'));
-    fs::hard_link(spec.rootfs, &disk).map_err(err(&disk))?;
-    std::os::unix::fs::chown(spec.rootfs, Some(uid), Some(gid)).map_err(err(spec.rootfs))?;
-    host::set_mode(spec.rootfs, 0o600).map_err(err(spec.rootfs))?;
-    Ok(root)
-}
-
-/// Jailed Firecracker processes of the VM dir `dir`: those whose root
-/// directory is the VM's chroot (same device and inode). Their command
-/// line names only the jail id, not the directory.
-pub fn find_jailed(dir: &Path) -> Vec<u32> {
-    let roots: Vec<(u64, u64)> = chroots(dir)
-        .iter()
-        .filter_map(|r| fs::metadata(r).ok().map(|m| (m.dev(), m.ino())))
-        .collect();
-    if roots.is_empty() {
-        return Vec::new();
-    }
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found: Vec<u32> = procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| jailed_root(*pid).is_some_and(|r| roots.contains(&r)))
-        .collect();
-    found.sort_unstable();
-    found
-}
-
-/// Whether `pid` is a live jailed Firecracker of the VM dir `dir`.
-pub fn is_jailed_in(pid: u32, dir: &Path) -> bool {
-    jailed_root(pid).is_some_and(|r| {
-        chroots(dir)
-            .iter()
-            .filter_map(|c| fs::metadata(c).ok())
-            .any(|m| (m.dev(), m.ino()) == r)
-    })
-}
-
-/// The root directory (device, inode) of `pid` when it is a live
-/// Firecracker process.
-fn jailed_root(pid: u32) -> Option<(u64, u64)> {
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let argv0 = cmdline.split(|b| *b == 0).next()?;
-    let name = argv0.rsplit(|b| *b == b'/').next()?;
-    if !String::from_utf8_lossy(name).contains("firecracker") || !host::process_alive(pid, "") {
-        return None;
-    }
-    let m = fs::metadata(format!("/proc/{pid}/root")).ok()?;
-    Some((m.dev(), m.ino()))
-}
-
-/// Connects to an API socket without following a symlink put in its place
-/// (a jailed VMM owns the directory of its socket): the socket is opened
-/// with `O_PATH | O_NOFOLLOW`, checked to be a socket, and connected to
-/// through `/proc/self/fd`.
-fn connect(socket: &Path) -> std::io::Result<UnixStream> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
-        .open(socket)?;
-    if !f.metadata()?.file_type().is_socket() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{} is not a socket", socket.display()),
-        ));
-    }
-    UnixStream::connect(format!("/proc/self/fd/{}", f.as_raw_fd()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn response_completeness() {
-        let complete = |r: &[u8]| parse_response(r).expect("parse").is_some();
-        assert!(!complete(b"HTTP/1.1 204 No Content\r\n"));
-        assert!(complete(b"HTTP/1.1 204 No Content\r\n\r\n"));
-        assert!(!complete(
-            b"HTTP/1.1 400 Bad\r\nContent-Length: 5\r\n\r\nab"
-        ));
-        assert!(complete(
-            b"HTTP/1.1 400 Bad\r\nContent-Length: 5\r\n\r\nabcde"
-        ));
-        assert_eq!(
-            parse_response(b"HTTP/1.1 400 Bad\r\nContent-Length: 5\r\n\r\nabcde").expect("parse"),
-            Some((400, "abcde".into()))
-        );
-        assert!(parse_response(b"garbage\r\n\r\n").is_err());
-    }
 }

@@ -1,0 +1,138 @@
+//! What the manager shows: the VM list and one VM, what `fcm ssh` needs,
+//! the record of a running VM for the session layer, and the VM's URL
+//! (Caddy's site) kept in step with its state.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{Entry, Manager, ManagerError, idle, wrong_state};
+use crate::daemon::lifecycle::{self, VmState};
+use crate::daemon::lock;
+use crate::daemon::store::VmRecord;
+use crate::error::chain;
+use crate::names::VmId;
+use crate::wire::api::{SshInfo, VmView};
+
+impl Manager {
+    pub fn list(&self) -> Vec<VmView> {
+        let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
+        let mut out: Vec<VmView> = entries
+            .iter()
+            .map(|e| {
+                self.refresh(e);
+                lock(&e.rec).view()
+            })
+            .collect();
+        out.extend(
+            lock(&self.broken)
+                .iter()
+                .map(|(id, reason)| broken_view(id, reason)),
+        );
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn get(&self, vm: &str) -> Result<VmView, ManagerError> {
+        let (_, e) = self.resolve(vm)?;
+        self.refresh(&e);
+        Ok(lock(&e.rec).view())
+    }
+
+    pub fn ssh_info(&self, vm: &str) -> Result<SshInfo, ManagerError> {
+        let (_, e) = self.resolve(vm)?;
+        self.refresh(&e);
+        let r = lock(&e.rec);
+        Ok(SshInfo {
+            id: r.id.to_string(),
+            name: r.name.to_string(),
+            ip: r.ip,
+            user: "root".into(),
+            port: 22,
+            state: r.state.as_str().into(),
+            host_key: r.host_key.clone(),
+        })
+    }
+
+    /// The record of a running VM, for the session layer (console,
+    /// attach, sessions, exec, cp): a VM asleep by idle sleep is woken
+    /// first, and the use counts as activity.
+    pub fn running(&self, vm: &str) -> Result<VmRecord, ManagerError> {
+        let (_, e) = self.resolve(vm)?;
+        self.refresh(&e);
+        if Self::asleep(&lock(&e.rec)) {
+            self.wake(vm)?;
+        }
+        let r = lock(&e.rec).clone();
+        lifecycle::require(r.state, VmState::Running, "use it").map_err(|w| wrong_state(&r, w))?;
+        idle::touch(&e);
+        Ok(r)
+    }
+
+    /// Makes the VM's URL show its state: the guest's page while it runs,
+    /// the "stopped" page otherwise. A failure leaves the URL pending (the
+    /// housekeeping thread tries again) and is a warning for the caller.
+    pub(super) fn apply_url(&self, e: &Entry, running: bool) -> Option<String> {
+        let c = self.caddy.as_ref().filter(|c| c.enabled())?;
+        let (id, idle_sleep, idle_paused, state) = {
+            let r = lock(&e.rec);
+            (
+                r.id.clone(),
+                r.idle_pause_secs.is_some(),
+                r.idle_paused,
+                r.state,
+            )
+        };
+        let result = match &self.wake_hook {
+            // A VM with idle sleep keeps its proxy while it sleeps: the
+            // request wakes it.
+            Some(hook) if idle_sleep && (running || idle_paused) => {
+                c.add_waking_site(&e.name, e.ip, &format!("/vms/{id}/wake"), hook)
+            }
+            _ if running => c.add_site(&e.name, e.ip),
+            _ if state == VmState::Paused => c.set_paused(&e.name),
+            _ => c.set_stopped(&e.name, true, e.ip),
+        };
+        match result {
+            Ok(()) => {
+                e.url_pending.store(false, Ordering::Release);
+                None
+            }
+            Err(err) => {
+                e.url_pending.store(true, Ordering::Release);
+                Some(format!(
+                    "URL {} is not live: {}",
+                    c.url(&e.name),
+                    chain(&err)
+                ))
+            }
+        }
+    }
+}
+
+/// How a VM directory without a valid record is listed.
+pub(super) fn broken_view(id: &VmId, reason: &str) -> VmView {
+    VmView {
+        id: id.to_string(),
+        name: id.to_string(),
+        ip: Ipv4Addr::UNSPECIFIED,
+        state: "broken".into(),
+        backend: "unknown".into(),
+        cpus: 0,
+        memory_mib: 0,
+        disk_bytes: None,
+        mac: String::new(),
+        tap: id.tap_name(),
+        created_at: 0,
+        pid: None,
+        url: None,
+        expose: None,
+        warnings: vec![
+            format!("no valid record: {reason}"),
+            format!("remove it with: fcm destroy {id}"),
+        ],
+        ssh_ready: None,
+        idle_pause_secs: None,
+        idle_paused: false,
+    }
+}
