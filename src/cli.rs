@@ -194,7 +194,12 @@ pub struct CheckpointArgs {
 #[derive(Subcommand, Debug)]
 pub enum CheckpointAction {
     /// Remove a checkpoint.
-    Rm { vm: String, checkpoint: String },
+    Rm {
+        #[arg(help = VM_HELP)]
+        vm: String,
+        /// The checkpoint: its id or its name.
+        checkpoint: String,
+    },
 }
 
 #[derive(Args, Debug)]
