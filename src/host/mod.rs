@@ -9,7 +9,8 @@
 //! | `pty` | pseudo-terminals for the console's `ssh -tt` |
 //! | `firewall` | the network policy: guests isolated from the host, each other, metadata; anti-spoofing |
 //! | `network` | the bridge, `tap_<id>` devices with their policy rules, addresses |
-//! | `disk` | per-VM rootfs copies and files written into an image |
+//! | `disk` | per-VM rootfs copies, growing them |
+//! | `config_drive` | the read-only drive with a guest's identity (host key, authorized keys) |
 //! | `disk_lock` | one VMM per disk: a kernel lock the VMM itself holds |
 //! | `cgroup` | one cgroup per VMM with the VM's CPU and memory limits |
 //! | `vmm` | the VMM backends: Firecracker and QEMU |
@@ -18,6 +19,7 @@
 
 pub mod caddy;
 pub mod cgroup;
+pub mod config_drive;
 pub mod disk;
 pub mod disk_lock;
 pub mod firewall;
