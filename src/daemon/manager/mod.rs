@@ -452,6 +452,8 @@ impl Manager {
         let kernel = self.cfg.asset(&self.cfg.kernel);
         let initrd = self.initrd();
         let rootfs = dir.join("rootfs.img");
+        let config = dir.join(host::config_drive::FILE);
+        let config_drive = config.is_file().then_some(config.as_path());
         // One VMM per disk: the lock is taken here and lives in the VMM. A
         // VMM that is exiting (none is found running) gets a moment to let go.
         let acquire = || match DiskLock::acquire(&rootfs) {
@@ -498,6 +500,7 @@ impl Manager {
             kernel: &kernel,
             initrd: initrd.as_deref(),
             rootfs: &rootfs,
+            config_drive,
             cmdline: self.cmdline(rec),
             tap: &rec.tap,
             mac: &rec.mac,

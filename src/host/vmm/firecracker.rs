@@ -362,6 +362,7 @@ impl Firecracker {
                     kernel: PathBuf::from(JAIL_KERNEL),
                     initrd: spec.initrd.map(|_| PathBuf::from(JAIL_INITRD)),
                     rootfs: PathBuf::from(JAIL_ROOTFS),
+                    config: spec.config_drive.map(|_| PathBuf::from(JAIL_CONFIG)),
                 };
                 (cmd, root.join(SOCKET), files)
             }
@@ -375,6 +376,7 @@ impl Firecracker {
                     kernel: spec.kernel.to_owned(),
                     initrd: spec.initrd.map(Path::to_owned),
                     rootfs: spec.rootfs.to_owned(),
+                    config: spec.config_drive.map(Path::to_owned),
                 };
                 (cmd, socket, files)
             }
@@ -441,6 +443,14 @@ impl Firecracker {
             "/drives/rootfs",
             json!({"drive_id": "rootfs", "path_on_host": files.rootfs, "is_root_device": true, "is_read_only": false}),
         )?;
+        if let Some(config) = &files.config {
+            put(
+                socket,
+                "drives",
+                "/drives/config",
+                json!({"drive_id": "config", "path_on_host": config, "is_root_device": false, "is_read_only": true}),
+            )?;
+        }
         if self.jailer.is_some() {
             // The jailer closed the inherited lock; Firecracker has now
             // opened the disk itself: the lock moves into its descriptor.
@@ -502,12 +512,14 @@ struct GuestFiles {
     kernel: PathBuf,
     initrd: Option<PathBuf>,
     rootfs: PathBuf,
+    config: Option<PathBuf>,
 }
 
 /// Names of the guest's files inside the jail.
 const JAIL_KERNEL: &str = "/vmlinux";
 const JAIL_INITRD: &str = "/initrd";
 const JAIL_ROOTFS: &str = "/rootfs.img";
+const JAIL_CONFIG: &str = "/config.img";
 
 /// The jails' base directory in the VM dir: the jailer builds the chroot
 /// at `jail/<exec file name>/<id>/root`.
@@ -585,6 +597,14 @@ fn build_jail(bin: &Path, spec: &LaunchSpec<'_>) -> Result<PathBuf, VmmError> {
     fs::hard_link(spec.rootfs, &disk).map_err(err(&disk))?;
     std::os::unix::fs::chown(spec.rootfs, Some(uid), Some(gid)).map_err(err(spec.rootfs))?;
     host::set_mode(spec.rootfs, 0o600).map_err(err(spec.rootfs))?;
+    // The config drive: linked, root's, readable by the VM's group only,
+    // so the VMM reads it and cannot change it.
+    if let Some(config) = spec.config_drive {
+        let dst = root.join(JAIL_CONFIG.trim_start_matches('/'));
+        std::os::unix::fs::chown(config, Some(0), Some(gid)).map_err(err(config))?;
+        host::set_mode(config, 0o440).map_err(err(config))?;
+        fs::hard_link(config, &dst).map_err(err(&dst))?;
+    }
     Ok(root)
 }
 
