@@ -12,7 +12,9 @@ use crate::host::cgroup::Placement;
 use crate::host::disk_lock::{DiskLock, DiskLockError};
 
 pub mod firecracker;
+mod firecracker_api;
 pub mod qemu;
+mod qmp;
 
 /// Which VMM runs a VM (kept in its record: a VM stays on its backend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
