@@ -1,13 +1,12 @@
-//! Per-VM disks: a sparse (or reflinked) copy of the base rootfs, and files
-//! written into the ext4 image with `debugfs`, without mounting it.
+//! Per-VM disks: a sparse (or reflinked) copy of the base rootfs, grown to
+//! the VM's disk size. Nothing is written into the image: a guest's
+//! identity travels on its config drive (`host::config_drive`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-
-use crate::host::{self, HostError};
 
 #[derive(Debug, Error)]
 pub enum DiskError {
@@ -17,13 +16,6 @@ pub enum DiskError {
         to: PathBuf,
         #[source]
         source: io::Error,
-    },
-    #[error("could not write {guest_path} into {image}")]
-    Inject {
-        image: PathBuf,
-        guest_path: String,
-        #[source]
-        source: HostError,
     },
     #[error("could not set the size of {image} to {bytes} bytes")]
     Grow {
@@ -37,12 +29,6 @@ pub enum DiskError {
         image: PathBuf,
         current: u64,
         wanted: u64,
-    },
-    #[error("could not stage a file for {image}")]
-    Stage {
-        image: PathBuf,
-        #[source]
-        source: io::Error,
     },
 }
 
@@ -112,8 +98,8 @@ fn sparse_copy(src: &File, dst: &File) -> io::Result<()> {
         }
         pos = hole;
     }
-    // No fsync: a crash before the VM is recorded as running undoes the
-    // create, and debugfs flushes the image when it opens it next.
+    // No fsync here: a crash before the VM is recorded as running undoes
+    // the create, and create syncs the disk off its path once the VMM runs.
     Ok(())
 }
 
@@ -179,133 +165,6 @@ pub fn size(image: &Path) -> Result<u64, DiskError> {
         })
 }
 
-/// A file to place in the guest's filesystem.
-pub struct GuestFile<'a> {
-    pub path: &'a str,
-    pub content: &'a [u8],
-    /// Permission bits, e.g. 0o600.
-    pub mode: u32,
-    /// Permission bits of the parent directory (it is created if missing).
-    pub dir_mode: u32,
-}
-
-/// Writes files (owned by root) into an ext4 image with `debugfs -w`,
-/// creating their parent directory when missing.
-/// Guest paths are constants of fcm, never user input.
-pub fn inject(image: &Path, files: &[GuestFile<'_>]) -> Result<(), DiskError> {
-    let staging = tempdir_near(image).map_err(|source| DiskError::Stage {
-        image: image.to_owned(),
-        source,
-    })?;
-    let mut script = String::new();
-    for (i, f) in files.iter().enumerate() {
-        let local = staging.join(format!("f{i}"));
-        fs::write(&local, f.content).map_err(|source| DiskError::Stage {
-            image: image.to_owned(),
-            source,
-        })?;
-        if let Some((dir, _)) = f.path.rsplit_once('/')
-            && !dir.is_empty()
-        {
-            // mkdir fails harmlessly when the directory exists.
-            script.push_str(&format!(
-                "mkdir {dir}\nsif {dir} mode 040{m:03o}\nsif {dir} uid 0\nsif {dir} gid 0\n",
-                m = f.dir_mode & 0o777
-            ));
-        }
-        script.push_str(&format!(
-            "rm {p}\nwrite {l} {p}\nsif {p} mode 0100{m:03o}\nsif {p} uid 0\nsif {p} gid 0\n",
-            p = f.path,
-            l = local.display(),
-            m = f.mode & 0o777
-        ));
-    }
-    let cmdfile = staging.join("cmds");
-    fs::write(&cmdfile, &script).map_err(|source| DiskError::Stage {
-        image: image.to_owned(),
-        source,
-    })?;
-    let out = host::run(
-        "debugfs",
-        [
-            "-w".as_ref(),
-            "-f".as_ref(),
-            cmdfile.as_os_str(),
-            image.as_os_str(),
-        ],
-    );
-    let _ = fs::remove_dir_all(&staging);
-    let guest_path = files.iter().map(|f| f.path).collect::<Vec<_>>().join(", ");
-    out.map_err(|source| DiskError::Inject {
-        image: image.to_owned(),
-        guest_path: guest_path.clone(),
-        source,
-    })?;
-    // debugfs reports failed commands on stderr but still exits 0: check,
-    // in one more run, that every file is there with its size. With -f,
-    // debugfs echoes each command as "debugfs: <command>" before its output.
-    let stats: String = files.iter().map(|f| format!("stat {}\n", f.path)).collect();
-    let missing = |path: &str, detail: String| DiskError::Inject {
-        image: image.to_owned(),
-        guest_path: path.to_owned(),
-        source: HostError::Failed {
-            cmd: "debugfs write".into(),
-            status: "file missing afterwards".into(),
-            stderr: detail,
-        },
-    };
-    let out = host::run_with_stdin(
-        "debugfs",
-        ["-f".as_ref(), "-".as_ref(), image.as_os_str()],
-        Some(stats.as_bytes()),
-    )
-    .map_err(|source| DiskError::Inject {
-        image: image.to_owned(),
-        guest_path: guest_path.clone(),
-        source,
-    })?;
-    let blocks: Vec<&str> = out.split("debugfs: stat ").skip(1).collect();
-    for f in files {
-        let block = blocks
-            .iter()
-            .find(|b| b.starts_with(&format!("{}\n", f.path)));
-        let want = format!("Size: {}", f.content.len());
-        match block {
-            Some(b) if b.contains(&want) => {}
-            other => {
-                return Err(missing(
-                    f.path,
-                    other.map(|b| b.to_string()).unwrap_or_default(),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads a file out of an ext4 image (used by tests and diagnostics).
-pub fn read_file(image: &Path, guest_path: &str) -> Result<String, HostError> {
-    host::run(
-        "debugfs",
-        [
-            "-R".as_ref(),
-            format!("cat {guest_path}").as_ref(),
-            image.as_os_str(),
-        ],
-    )
-}
-
-fn tempdir_near(image: &Path) -> io::Result<PathBuf> {
-    let parent = image.parent().unwrap_or(Path::new("/tmp"));
-    let dir = parent.join(format!(
-        ".inject-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    fs::create_dir(&dir)?;
-    Ok(dir)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,74 +204,5 @@ mod tests {
         let e = grow(&img, 1 << 20).expect_err("shrink");
         assert!(matches!(e, DiskError::Shrink { .. }), "{e}");
         assert_eq!(size(&img).expect("size"), 1 << 30);
-    }
-
-    #[test]
-    fn inject_writes_files_without_mounting() {
-        if host::find_program(Path::new("mkfs.ext4")).is_none() {
-            eprintln!("skipping: mkfs.ext4 not installed");
-            return;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let img = dir.path().join("fs.img");
-        host::run(
-            "mkfs.ext4",
-            [
-                "-q".as_ref(),
-                "-F".as_ref(),
-                img.as_os_str(),
-                "16M".as_ref(),
-            ],
-        )
-        .expect("mkfs");
-        let files = [GuestFile {
-            path: "/root/.ssh/authorized_keys",
-            content: b"ssh-ed25519 AAAA one\n",
-            mode: 0o600,
-            dir_mode: 0o700,
-        }];
-        host::run(
-            "debugfs",
-            [
-                "-w".as_ref(),
-                "-R".as_ref(),
-                "mkdir /root".as_ref(),
-                img.as_os_str(),
-            ],
-        )
-        .expect("mkdir");
-        inject(&img, &files).expect("inject");
-        // A second injection replaces the file.
-        let files = [GuestFile {
-            path: "/root/.ssh/authorized_keys",
-            content: b"ssh-ed25519 AAAA two\n",
-            mode: 0o600,
-            dir_mode: 0o700,
-        }];
-        inject(&img, &files).expect("inject again");
-        assert_eq!(
-            read_file(&img, "/root/.ssh/authorized_keys").expect("cat"),
-            "ssh-ed25519 AAAA two\n"
-        );
-        let stat = host::run(
-            "debugfs",
-            [
-                "-R".as_ref(),
-                "stat /root/.ssh/authorized_keys".as_ref(),
-                img.as_os_str(),
-            ],
-        )
-        .expect("stat");
-        assert!(stat.contains("Mode:  0600"), "{stat}");
-        // debugfs exits 0 when a write fails (here: the grandparent
-        // directory is missing); inject must notice and say which file.
-        let bad = [GuestFile {
-            path: "/no/such/dir/file",
-            content: b"x",
-            mode: 0o600,
-            dir_mode: 0o700,
-        }];
-        let err = inject(&img, &bad).expect_err("a failed write must be reported");
-        assert!(err.to_string().contains("/no/such/dir/file"), "{err}");
     }
 }

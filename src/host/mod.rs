@@ -9,7 +9,9 @@
 //! | `pty` | pseudo-terminals for the console's `ssh -tt` |
 //! | `firewall` | the network policy: guests isolated from the host, each other, metadata; anti-spoofing |
 //! | `network` | the bridge, `tap_<id>` devices with their policy rules, addresses |
-//! | `disk` | per-VM rootfs copies and files written into an image |
+//! | `tap` | tap devices in process: TUN ioctls, rtnetlink link changes |
+//! | `disk` | per-VM rootfs copies, growing them |
+//! | `config_drive` | the read-only drive with a guest's identity (host key, authorized keys) |
 //! | `disk_lock` | one VMM per disk: a kernel lock the VMM itself holds |
 //! | `cgroup` | one cgroup per VMM with the VM's CPU and memory limits |
 //! | `vmm` | the VMM backends: Firecracker and QEMU |
@@ -18,6 +20,7 @@
 
 pub mod caddy;
 pub mod cgroup;
+pub mod config_drive;
 pub mod disk;
 pub mod disk_lock;
 pub mod firewall;
@@ -27,6 +30,7 @@ pub mod piped;
 pub mod process;
 pub mod pty;
 pub mod ssh;
+pub mod tap;
 pub mod vmm;
 
 pub use fs::{set_mode, write_atomic};

@@ -38,6 +38,13 @@ pub enum NetworkError {
         #[source]
         source: HostError,
     },
+    #[error("could not {step} tap device {tap}")]
+    Link {
+        tap: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not delete tap device {tap}")]
     TapDelete {
         tap: String,
@@ -170,18 +177,17 @@ pub fn create_tap_for(
         ip(&["link", "del", &tap]).map_err(err)?;
     }
     if !link_exists(&tap) {
-        let (uid, gid) = owner.map_or((String::new(), String::new()), |(u, g)| {
-            (u.to_string(), g.to_string())
-        });
-        let mut args = vec!["tuntap", "add", "dev", &tap, "mode", "tap"];
-        if owner.is_some() {
-            args.extend(["user", &uid, "group", &gid]);
-        }
-        ip(&args).map_err(err)?;
+        host::tap::create(&tap, owner).map_err(link_err(&tap, "create"))?;
     }
-    ip(&["link", "set", &tap, "master", &cfg.bridge]).map_err(err)?;
-    firewall::isolate_port(&params, &tap).map_err(rules_err(&tap))?;
-    ip(&["link", "set", &tap, "up"]).map_err(err)?;
+    // In process (rtnetlink), in this order: on the bridge, isolated, up.
+    let mut links = host::tap::Links::open().map_err(link_err(&tap, "open rtnetlink"))?;
+    let index = host::tap::index(&tap).map_err(link_err(&tap, "find"))?;
+    let bridge = host::tap::index(&cfg.bridge).map_err(link_err(&tap, "find the bridge for"))?;
+    links
+        .set_master(index, bridge)
+        .map_err(link_err(&tap, "put on the bridge"))?;
+    firewall::isolate_port_with(&mut links, &params, &tap, index).map_err(rules_err(&tap))?;
+    links.set_up(index).map_err(link_err(&tap, "bring up"))?;
     Ok(tap)
 }
 
@@ -198,39 +204,15 @@ fn tap_owner(tap: &str) -> Option<i64> {
 /// (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), for a VMM that gets the tap as
 /// a descriptor instead of opening `/dev/net/tun` itself.
 pub fn open_tap(tap: &str) -> Result<std::fs::File, NetworkError> {
-    use std::os::fd::AsRawFd;
-    let err = |e: std::io::Error| NetworkError::Tap {
+    host::tap::open(tap).map_err(link_err(tap, "open /dev/net/tun"))
+}
+
+fn link_err<'a>(tap: &'a str, step: &'static str) -> impl Fn(std::io::Error) -> NetworkError + 'a {
+    move |source| NetworkError::Link {
         tap: tap.to_owned(),
-        source: HostError::Spawn {
-            cmd: format!("open /dev/net/tun for {tap}"),
-            source: e,
-        },
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(err)?;
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        flags: libc::c_short,
-        pad: [u8; 22],
+        step,
+        source,
     }
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-        pad: [0; 22],
-    };
-    let n = tap.len().min(15);
-    req.name[..n].copy_from_slice(&tap.as_bytes()[..n]);
-    // SAFETY: TUNSETIFF reads (and writes back) an ifreq-sized struct we
-    // own, on a descriptor we own.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-    if rc == -1 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    Ok(file)
 }
 
 /// Deletes a tap and its rules; either being absent is fine. The rules are

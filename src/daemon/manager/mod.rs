@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `mod.rs` | the table, name resolution, queries, launch and URL helpers |
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
+//! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
 //! | `ops.rs` | stop, start, destroy |
 //! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
 //! | `snapshots.rs` | pause, resume; the saved-state files, the guest's clock |
@@ -21,6 +22,7 @@
 mod checkpoints;
 mod create;
 mod idle;
+mod launch;
 mod logs;
 mod ops;
 mod recover;
@@ -47,9 +49,7 @@ use super::store::{self, VmRecord};
 use crate::config::DaemonConfig;
 use crate::error::chain;
 use crate::host::caddy::{Caddy, WakeHook};
-use crate::host::cgroup;
-use crate::host::disk_lock::{DiskLock, DiskLockError};
-use crate::host::vmm::{self, Backend, LaunchSpec, Vmm};
+use crate::host::vmm::{self, Backend, Vmm};
 use crate::host::{self, Signal, ssh};
 use crate::names::{NameError, VmId, VmName};
 
@@ -408,79 +408,6 @@ impl Manager {
             rec.name,
             self.cfg.dns
         )
-    }
-
-    fn launch(&self, rec: &VmRecord) -> Result<u32, vmm::VmmError> {
-        self.launch_from(rec, None)
-    }
-
-    /// Launches the VM's VMM: booting, or loading the state saved in
-    /// `saved` (same command line, same tap, same disk lock).
-    fn launch_from(&self, rec: &VmRecord, saved: Option<&Path>) -> Result<u32, vmm::VmmError> {
-        let dir = self.dir(&rec.id);
-        let kernel = self.cfg.asset(&self.cfg.kernel);
-        let initrd = self.initrd();
-        let rootfs = dir.join("rootfs.img");
-        // One VMM per disk: the lock is taken here and lives in the VMM. A
-        // VMM that is exiting (none is found running) gets a moment to let go.
-        let acquire = || match DiskLock::acquire(&rootfs) {
-            Err(DiskLockError::Busy { .. }) if vmm::find_vmms(&dir).is_empty() => None,
-            other => Some(other),
-        };
-        let taken = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), acquire)
-            .unwrap_or_else(|| DiskLock::acquire(&rootfs));
-        let disk_lock = taken.map_err(|e| match e {
-            DiskLockError::Busy { .. } => {
-                let pids = vmm::find_vmms(&dir);
-                vmm::VmmError::DiskInUse {
-                    disk: rootfs.clone(),
-                    pids: pids
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
-            }
-            other => other.into(),
-        })?;
-        // Its cgroup, made before the VMM exists and entered as it starts.
-        let cgroup = if self.cfg.cgroup.enabled {
-            let limits = cgroup::Limits {
-                cpus: rec.cpus,
-                extra_cpu_percent: self.vmm_for(rec.backend).cpu_overhead_percent(),
-                memory_mib: u64::from(rec.memory_mib)
-                    + u64::from(self.cfg.cgroup.memory_overhead_mib)
-                    + u64::from(self.vmm_for(rec.backend).memory_overhead_mib()),
-            };
-            Some(cgroup::create(
-                &self.cfg.cgroup,
-                &dir,
-                rec.id.as_str(),
-                limits,
-            )?)
-        } else {
-            None
-        };
-        let spec = LaunchSpec {
-            id: rec.id.as_str(),
-            dir: &dir,
-            kernel: &kernel,
-            initrd: initrd.as_deref(),
-            rootfs: &rootfs,
-            cmdline: self.cmdline(rec),
-            tap: &rec.tap,
-            mac: &rec.mac,
-            cpus: rec.cpus,
-            memory_mib: rec.memory_mib,
-            disk_lock: &disk_lock,
-            user: self.cfg.vm_user(rec.ip),
-            cgroup: cgroup.as_ref(),
-        };
-        let vmm = self.vmm_for(rec.backend);
-        match saved {
-            None => vmm.launch(&spec),
-            Some(from) => vmm.launch_saved(&spec, from),
-        }
     }
 
     /// Waits for the guest's SSH (used after create and start).

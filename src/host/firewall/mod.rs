@@ -74,7 +74,7 @@ pub enum FirewallError {
     Isolate {
         tap: String,
         #[source]
-        source: HostError,
+        source: std::io::Error,
     },
 }
 
@@ -471,30 +471,31 @@ pub fn remove_vm(p: &Params, tap: &str) -> Result<(), FirewallError> {
 /// the nftables rules say. The tap must already be a port of the bridge.
 pub fn isolate_port(p: &Params, tap: &str) -> Result<(), FirewallError> {
     check_tap(tap)?;
-    let on = if p.policy.allow_guest_to_guest {
-        "off"
-    } else {
-        "on"
-    };
-    host::run_timeout(
-        "ip",
-        [
-            "link",
-            "set",
-            "dev",
-            tap,
-            "type",
-            "bridge_slave",
-            "isolated",
-            on,
-        ],
-        COMMAND_TIMEOUT,
-    )
-    .map(|_| ())
-    .map_err(|source| FirewallError::Isolate {
+    let err = |source| FirewallError::Isolate {
         tap: tap.to_owned(),
         source,
-    })
+    };
+    let mut links = host::tap::Links::open().map_err(err)?;
+    let index = host::tap::index(tap).map_err(err)?;
+    isolate_port_with(&mut links, p, tap, index)
+}
+
+/// [`isolate_port`] on an open rtnetlink socket, for the tap with
+/// interface index `index` (in process: what `ip link set dev <tap> type
+/// bridge_slave isolated on` sends).
+pub fn isolate_port_with(
+    links: &mut host::tap::Links,
+    p: &Params,
+    tap: &str,
+    index: u32,
+) -> Result<(), FirewallError> {
+    check_tap(tap)?;
+    links
+        .set_isolated(index, !p.policy.allow_guest_to_guest)
+        .map_err(|source| FirewallError::Isolate {
+            tap: tap.to_owned(),
+            source,
+        })
 }
 
 /// Both tables as `nft list` prints them (for diagnostics and tests).

@@ -84,6 +84,9 @@ pub struct LaunchSpec<'a> {
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
     pub rootfs: &'a Path,
+    /// The config drive (`host::config_drive`), attached read-only after
+    /// the disk; `None` for a VM made before there were config drives.
+    pub config_drive: Option<&'a Path>,
     /// Kernel command line shared by both backends; they may append to it.
     pub cmdline: String,
     pub tap: &'a str,

@@ -18,7 +18,7 @@ log() {
 # Under emulation every exec costs 40-80 ms. This script runs under the static
 # busybox sh, which runs its applets (mount, mkdir, chmod...) without an exec;
 # the only programs it execs are iproute2's ip (once) and, rarely, ssh-keygen
-# and resize2fs.
+# and resize2fs (tar, reading the config drive, is an applet).
 mounted=" "
 refresh_mounts() {
 	mounted=" "
@@ -196,17 +196,67 @@ IFS=$oldifs
 [ -L /etc/resolv.conf ] && rm -f /etc/resolv.conf
 echo "$resolv" >/etc/resolv.conf
 
+# --- identity from the config drive ------------------------------------------
+# fcm attaches a small read-only drive after the disk (docs/guest.md, "The
+# config drive"): a tar archive whose first member, fcm-config, says
+# "fcm-config 1", then the SSH host key pair and authorized_keys. Its content
+# is data: the four known members are extracted (busybox tar, no exec) into a
+# private directory on /run and copied into place as plain files; nothing
+# from the drive is run or sourced. sshd reads /run/fcm/authorized_keys beside
+# ~/.ssh/authorized_keys (sshd_config.d/fcm.conf), so the user's own edits to
+# the latter survive. Without a drive (a VM made before config drives) the
+# image's own keys stay in use.
+config_drive() {
+	for ro in /sys/block/vd*/ro; do
+		flag=
+		read -r flag <"$ro" 2>/dev/null
+		[ "$flag" = 1 ] || continue
+		dev=${ro%/ro}
+		dev=/dev/${dev##*/}
+		[ "$dev" != "$root_dev" ] || continue
+		cfg=/run/fcm/config
+		rm -rf "$cfg" && mkdir -m 0700 "$cfg" || return 1
+		if ! tar -x -f "$dev" -C "$cfg" fcm-config ssh_host_ed25519_key \
+			ssh_host_ed25519_key.pub authorized_keys 2>/dev/null; then
+			log "warning: $dev is read-only but not an fcm config drive"
+			continue
+		fi
+		magic=
+		read -r magic <"$cfg/fcm-config"
+		for f in ssh_host_ed25519_key ssh_host_ed25519_key.pub authorized_keys; do
+			[ -f "$cfg/$f" ] && [ ! -L "$cfg/$f" ] || magic=bad
+		done
+		if [ "$magic" != "fcm-config 1" ]; then
+			log "warning: $dev: not an fcm config drive (format 1)"
+			continue
+		fi
+		umask 077
+		if ! { cat "$cfg/ssh_host_ed25519_key" >/etc/ssh/ssh_host_ed25519_key &&
+			cat "$cfg/authorized_keys" >/run/fcm/authorized_keys; }; then
+			log "warning: cannot install the identity from $dev"
+		fi
+		umask 022
+		cat "$cfg/ssh_host_ed25519_key.pub" >/etc/ssh/ssh_host_ed25519_key.pub
+		chmod 0600 /etc/ssh/ssh_host_ed25519_key /run/fcm/authorized_keys
+		rm -rf "$cfg"
+		log "identity from the config drive $dev"
+		return 0
+	done
+	return 1
+}
+config_drive
+
 # --- SSH host key ------------------------------------------------------------
-# The host normally writes /etc/ssh/ssh_host_ed25519_key into the image before
-# the first boot. If there is none, make one (ed25519 only: RSA keygen takes
-# seconds under emulation).
+# The config drive brings one; an image booted without one may have its own.
+# If there is none, make one (ed25519 only: RSA keygen takes seconds under
+# emulation).
 have_key=
 for k in /etc/ssh/ssh_host_*_key; do [ -f "$k" ] && have_key=1; done
 if [ -z "$have_key" ]; then
 	log "no SSH host key in the image; generating an ed25519 one"
 	ssh-keygen -q -t ed25519 -N '' -C "root@$host" -f /etc/ssh/ssh_host_ed25519_key
 fi
-# sshd ignores keys that others can read; debugfs-written files may be loose.
+# sshd ignores keys that others can read; files written from outside may be loose.
 chmod go-rwx /etc/ssh/ssh_host_*_key /root/.ssh /root/.ssh/authorized_keys 2>/dev/null
 
 # --- placeholder web page on :8000 -------------------------------------------

@@ -41,6 +41,7 @@ pub(super) fn link_into_jail(src: &Path, dst: &Path, gid: u32) -> std::io::Resul
 pub(super) const JAIL_KERNEL: &str = "/vmlinux";
 pub(super) const JAIL_INITRD: &str = "/initrd";
 pub(super) const JAIL_ROOTFS: &str = "/rootfs.img";
+pub(super) const JAIL_CONFIG: &str = "/config.img";
 
 /// The jails' base directory in the VM dir: the jailer builds the chroot
 /// at `jail/<exec file name>/<id>/root`.
@@ -118,6 +119,14 @@ pub(super) fn build_jail(bin: &Path, spec: &LaunchSpec<'_>) -> Result<PathBuf, V
     fs::hard_link(spec.rootfs, &disk).map_err(err(&disk))?;
     std::os::unix::fs::chown(spec.rootfs, Some(uid), Some(gid)).map_err(err(spec.rootfs))?;
     host::set_mode(spec.rootfs, 0o600).map_err(err(spec.rootfs))?;
+    // The config drive: linked, root's, readable by the VM's group only,
+    // so the VMM reads it and cannot change it.
+    if let Some(config) = spec.config_drive {
+        let dst = root.join(JAIL_CONFIG.trim_start_matches('/'));
+        std::os::unix::fs::chown(config, Some(0), Some(gid)).map_err(err(config))?;
+        host::set_mode(config, 0o440).map_err(err(config))?;
+        fs::hard_link(config, &dst).map_err(err(&dst))?;
+    }
     Ok(root)
 }
 

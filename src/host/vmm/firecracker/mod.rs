@@ -35,7 +35,9 @@ mod jail;
 pub use api::{api_call, api_call_within};
 use api::{call, connect, put};
 pub use jail::{JAIL, api_socket, chroots, find_jailed, is_jailed_in};
-use jail::{JAIL_INITRD, JAIL_KERNEL, JAIL_ROOTFS, build_jail, link_into_jail, open_saved};
+use jail::{
+    JAIL_CONFIG, JAIL_INITRD, JAIL_KERNEL, JAIL_ROOTFS, build_jail, link_into_jail, open_saved,
+};
 
 pub const SOCKET: &str = "firecracker.socket";
 pub const PIDFILE: &str = "firecracker.pid";
@@ -247,6 +249,7 @@ impl Firecracker {
                     kernel: PathBuf::from(JAIL_KERNEL),
                     initrd: spec.initrd.map(|_| PathBuf::from(JAIL_INITRD)),
                     rootfs: PathBuf::from(JAIL_ROOTFS),
+                    config: spec.config_drive.map(|_| PathBuf::from(JAIL_CONFIG)),
                 };
                 (cmd, root.join(SOCKET), files)
             }
@@ -260,6 +263,7 @@ impl Firecracker {
                     kernel: spec.kernel.to_owned(),
                     initrd: spec.initrd.map(Path::to_owned),
                     rootfs: spec.rootfs.to_owned(),
+                    config: spec.config_drive.map(Path::to_owned),
                 };
                 (cmd, socket, files)
             }
@@ -326,6 +330,14 @@ impl Firecracker {
             "/drives/rootfs",
             json!({"drive_id": "rootfs", "path_on_host": files.rootfs, "is_root_device": true, "is_read_only": false}),
         )?;
+        if let Some(config) = &files.config {
+            put(
+                socket,
+                "drives",
+                "/drives/config",
+                json!({"drive_id": "config", "path_on_host": config, "is_root_device": false, "is_read_only": true}),
+            )?;
+        }
         if self.jailer.is_some() {
             // The jailer closed the inherited lock; Firecracker has now
             // opened the disk itself: the lock moves into its descriptor.
@@ -360,4 +372,5 @@ struct GuestFiles {
     kernel: PathBuf,
     initrd: Option<PathBuf>,
     rootfs: PathBuf,
+    config: Option<PathBuf>,
 }

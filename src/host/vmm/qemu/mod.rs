@@ -66,6 +66,8 @@ pub struct Fds {
     pub disk: RawFd,
     /// The disk again, read-only (QEMU probes it so before opening it for writing).
     pub disk_ro: RawFd,
+    /// The config drive, read-only, when the VM has one.
+    pub config: Option<RawFd>,
     pub console: RawFd,
     pub kernel: RawFd,
     pub initrd: Option<RawFd>,
@@ -143,6 +145,24 @@ impl Qemu {
                 "id=root,file=/dev/fdset/1,format=raw,if=none,cache=writeback,file.locking=off",
                 "-device",
                 "virtio-blk-device,drive=root",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        // The config drive: a second disk, read-only (its own fd set).
+        if let (Some(fd), Some(path)) = (fds.config, spec.config_drive) {
+            a.extend([
+                "-add-fd".into(),
+                format!("fd={fd},set=3,opaque={}:ro", d(path)),
+                "-drive".into(),
+                "id=config,file=/dev/fdset/3,format=raw,if=none,readonly=on,file.locking=off"
+                    .into(),
+                "-device".into(),
+                "virtio-blk-device,drive=config".into(),
+            ]);
+        }
+        a.extend(
+            [
                 "-netdev",
                 &format!("tap,id=net0,fd={}", fds.tap),
                 "-device",
@@ -358,6 +378,11 @@ impl Qemu {
         let kernel = open_ro(spec.kernel)?;
         let initrd = spec.initrd.map(open_ro).transpose()?;
         let disk_ro = File::open(spec.rootfs).map_err(VmmError::Io)?;
+        let config = spec
+            .config_drive
+            .map(File::open)
+            .transpose()
+            .map_err(VmmError::Io)?;
         let console = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -374,6 +399,7 @@ impl Qemu {
         let fds = Fds {
             disk: spec.disk_lock.file().as_raw_fd(),
             disk_ro: disk_ro.as_raw_fd(),
+            config: config.as_ref().map(AsRawFd::as_raw_fd),
             console: console.as_raw_fd(),
             kernel: kernel.as_raw_fd(),
             initrd: initrd.as_ref().map(AsRawFd::as_raw_fd),
@@ -397,6 +423,7 @@ impl Qemu {
         let inherit: Vec<RawFd> = [fds.disk_ro, fds.console, fds.kernel, fds.tap, fds.qmp]
             .into_iter()
             .chain(fds.initrd)
+            .chain(fds.config)
             .chain(fds.incoming)
             .collect();
         let user = self.sandbox.then_some(spec.user);
@@ -436,6 +463,7 @@ impl Qemu {
             kernel,
             initrd,
             disk_ro,
+            config,
             tap,
             qmp_listener,
             console,

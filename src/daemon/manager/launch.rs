@@ -1,0 +1,94 @@
+//! Launching a VM's VMM: the disk lock, the cgroup, the config drive when
+//! the VM has one, and the launch spec both backends share.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::Manager;
+use crate::daemon::store::VmRecord;
+use crate::host;
+use crate::host::cgroup;
+use crate::host::disk_lock::{DiskLock, DiskLockError};
+use crate::host::vmm::{self, LaunchSpec};
+
+impl Manager {
+    pub(super) fn launch(&self, rec: &VmRecord) -> Result<u32, vmm::VmmError> {
+        self.launch_from(rec, None)
+    }
+
+    /// Launches the VM's VMM: booting, or loading the state saved in
+    /// `saved` (same command line, same tap, same disk lock).
+    pub(super) fn launch_from(
+        &self,
+        rec: &VmRecord,
+        saved: Option<&Path>,
+    ) -> Result<u32, vmm::VmmError> {
+        let dir = self.dir(&rec.id);
+        let kernel = self.cfg.asset(&self.cfg.kernel);
+        let initrd = self.initrd();
+        let rootfs = dir.join("rootfs.img");
+        let config = dir.join(host::config_drive::FILE);
+        let config_drive = config.is_file().then_some(config.as_path());
+        // One VMM per disk: the lock is taken here and lives in the VMM. A
+        // VMM that is exiting (none is found running) gets a moment to let go.
+        let acquire = || match DiskLock::acquire(&rootfs) {
+            Err(DiskLockError::Busy { .. }) if vmm::find_vmms(&dir).is_empty() => None,
+            other => Some(other),
+        };
+        let taken = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), acquire)
+            .unwrap_or_else(|| DiskLock::acquire(&rootfs));
+        let disk_lock = taken.map_err(|e| match e {
+            DiskLockError::Busy { .. } => {
+                let pids = vmm::find_vmms(&dir);
+                vmm::VmmError::DiskInUse {
+                    disk: rootfs.clone(),
+                    pids: pids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            }
+            other => other.into(),
+        })?;
+        // Its cgroup, made before the VMM exists and entered as it starts.
+        let cgroup = if self.cfg.cgroup.enabled {
+            let limits = cgroup::Limits {
+                cpus: rec.cpus,
+                extra_cpu_percent: self.vmm_for(rec.backend).cpu_overhead_percent(),
+                memory_mib: u64::from(rec.memory_mib)
+                    + u64::from(self.cfg.cgroup.memory_overhead_mib)
+                    + u64::from(self.vmm_for(rec.backend).memory_overhead_mib()),
+            };
+            Some(cgroup::create(
+                &self.cfg.cgroup,
+                &dir,
+                rec.id.as_str(),
+                limits,
+            )?)
+        } else {
+            None
+        };
+        let spec = LaunchSpec {
+            id: rec.id.as_str(),
+            dir: &dir,
+            kernel: &kernel,
+            initrd: initrd.as_deref(),
+            rootfs: &rootfs,
+            config_drive,
+            cmdline: self.cmdline(rec),
+            tap: &rec.tap,
+            mac: &rec.mac,
+            cpus: rec.cpus,
+            memory_mib: rec.memory_mib,
+            disk_lock: &disk_lock,
+            user: self.cfg.vm_user(rec.ip),
+            cgroup: cgroup.as_ref(),
+        };
+        let vmm = self.vmm_for(rec.backend);
+        match saved {
+            None => vmm.launch(&spec),
+            Some(from) => vmm.launch_saved(&spec, from),
+        }
+    }
+}
