@@ -210,8 +210,14 @@ impl Manager {
             .map_err(|e| step("create tap device")(&e))?;
         timing.lap("tap");
         fault::crash_point("create:after-tap");
-        eprintln!("fcm: {}: {}", rec.name, timing.report());
-        let pid = self.launch(&rec).map_err(|e| step("start VMM")(&e))?;
+        let spawned_at = std::cell::Cell::new(None);
+        let launched = self.launch(&rec, &spawned_at);
+        if let Some(at) = spawned_at.get() {
+            // Disk lock, cgroup, descriptors, up to the VMM's fork.
+            timing.lap_at("VMM prep", at);
+            eprintln!("fcm: {}: {}", rec.name, timing.report());
+        }
+        let pid = launched.map_err(|e| step("start VMM")(&e))?;
         fault::crash_point("create:after-launch");
         sync_in_background(&dir);
         check(&rec, Transition::Launched).map_err(|e| step("record running")(&e))?;
@@ -274,9 +280,13 @@ impl Timing {
     }
 
     fn lap(&mut self, what: &'static str) {
-        let now = Instant::now();
-        self.laps.push((what, now - self.last));
-        self.last = now;
+        self.lap_at(what, Instant::now());
+    }
+
+    fn lap_at(&mut self, what: &'static str, at: Instant) {
+        self.laps
+            .push((what, at.saturating_duration_since(self.last)));
+        self.last = at.max(self.last);
     }
 
     /// `host work before the VMM: 7.9 ms (disk 2.1 ms, …)`.

@@ -1,8 +1,9 @@
 //! Launching a VM's VMM: the disk lock, the cgroup, the config drive when
 //! the VM has one, and the launch spec both backends share.
 
+use std::cell::Cell;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Manager;
 use crate::daemon::store::VmRecord;
@@ -12,8 +13,14 @@ use crate::host::disk_lock::{DiskLock, DiskLockError};
 use crate::host::vmm::{self, LaunchSpec};
 
 impl Manager {
-    pub(super) fn launch(&self, rec: &VmRecord) -> Result<u32, vmm::VmmError> {
-        self.launch_from(rec, None)
+    /// Launches a VM's VMM to boot; `spawned_at` gets the moment the VMM
+    /// was forked (where create's host work ends).
+    pub(super) fn launch(
+        &self,
+        rec: &VmRecord,
+        spawned_at: &Cell<Option<Instant>>,
+    ) -> Result<u32, vmm::VmmError> {
+        self.launch_with(rec, None, spawned_at)
     }
 
     /// Launches the VM's VMM: booting, or loading the state saved in
@@ -22,6 +29,15 @@ impl Manager {
         &self,
         rec: &VmRecord,
         saved: Option<&Path>,
+    ) -> Result<u32, vmm::VmmError> {
+        self.launch_with(rec, saved, &Cell::new(None))
+    }
+
+    fn launch_with(
+        &self,
+        rec: &VmRecord,
+        saved: Option<&Path>,
+        spawned_at: &Cell<Option<Instant>>,
     ) -> Result<u32, vmm::VmmError> {
         let dir = self.dir(&rec.id);
         let kernel = self.cfg.asset(&self.cfg.kernel);
@@ -84,6 +100,7 @@ impl Manager {
             disk_lock: &disk_lock,
             user: self.cfg.vm_user(rec.ip),
             cgroup: cgroup.as_ref(),
+            spawned_at,
         };
         let vmm = self.vmm_for(rec.backend);
         match saved {

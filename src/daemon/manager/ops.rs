@@ -135,7 +135,7 @@ impl Manager {
             .map_err(|err| chain(&err))
             .and_then(|_| {
                 fault::crash_point("start:after-tap");
-                self.launch(&r).map_err(|err| chain(&err))
+                self.launch_from(&r, None).map_err(|err| chain(&err))
             });
         let pid = match launched {
             Ok(pid) => pid,

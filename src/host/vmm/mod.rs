@@ -100,6 +100,9 @@ pub struct LaunchSpec<'a> {
     pub user: (u32, u32),
     /// The cgroups the VMM enters before it execs.
     pub cgroup: Option<&'a Placement>,
+    /// Set by the backend just before it forks the VMM (or its jailer):
+    /// where create's host work ends.
+    pub spawned_at: &'a std::cell::Cell<Option<std::time::Instant>>,
 }
 
 impl LaunchSpec<'_> {

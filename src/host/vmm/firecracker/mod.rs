@@ -271,6 +271,7 @@ impl Firecracker {
         if let Some(cg) = spec.cgroup {
             cg.join_on_exec(&mut cmd);
         }
+        spec.spawned_at.set(Some(std::time::Instant::now()));
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(log)

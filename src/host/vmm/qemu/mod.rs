@@ -453,6 +453,7 @@ impl Qemu {
                 Ok(())
             });
         }
+        spec.spawned_at.set(Some(std::time::Instant::now()));
         let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
             program: PROGRAM,
             source,
