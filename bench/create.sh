@@ -245,6 +245,15 @@ directory with its record, synced):
 - ext4: $SPLIT_E
 - XFS reflink: $SPLIT_X
 
+"prep" is the launch's own preparation (disk lock, the VM's cgroups made,
+descriptors opened) up to the VMM's fork. What the end-to-end figure adds
+to the daemon's total is most likely the child's entry into the VM's cgroups
+between fork and exec: on these hosts' cgroup v1, the first task moved into
+a cgroup after an idle moment waits for an RCU grace period (measured here:
+6-16 ms for the first write to \`cgroup.procs\`, 0.05 ms for the next ones).
+cgroup v2's \`clone3(CLONE_INTO_CGROUP)\` would avoid the move; fcm keeps the
+VMM inside its limits from its first instruction rather than move it later.
+
 Raw (ms): ext4 before ${MS[base-ext4]}/ now ${MS[new-ext4]}; XFS before ${MS[base-xfs]}/ now ${MS[new-xfs]}.
 <!-- create:end -->
 EOF
