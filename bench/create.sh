@@ -25,12 +25,15 @@
 # its worktree and temp dir.
 #
 # Knobs: RUNS (8), BASE (be93b2e, before the faster create), WRITE_DOC (1),
+# NEW_CGROUPS (on; off runs NEW's VMMs without their cgroups, to see what
+# entering them costs),
 # FCM_ASSETS (/var/lib/firecracker), CARGO_TARGET_DIR (target/).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 RUNS=${RUNS:-8}
+NEW_CGROUPS=${NEW_CGROUPS:-on}
 BASE=${BASE:-be93b2e}
 WRITE_DOC=${WRITE_DOC:-1}
 ASSETS=${FCM_ASSETS:-/var/lib/firecracker}
@@ -118,7 +121,11 @@ start_daemon() {
 	ip -n "$ns" link set lo up
 	mkdir -p "$TMP/$k/home/.ssh" "$where/$k"
 	ssh-keygen -q -t ed25519 -N '' -f "$TMP/$k/home/.ssh/id_ed25519"
-	echo '{"stop_timeout_secs": 3}' >"$TMP/$k/fcm.json"
+	if [ "$kind" = new ] && [ "$NEW_CGROUPS" = off ]; then
+		echo '{"stop_timeout_secs": 3, "cgroup": {"enabled": false}}' >"$TMP/$k/fcm.json"
+	else
+		echo '{"stop_timeout_secs": 3}' >"$TMP/$k/fcm.json"
+	fi
 	ip netns exec "$ns" "$bin" daemon --config "$TMP/$k/fcm.json" --state-dir "$where/$k/state" \
 		--kernel "$ASSETS/vmlinux.bin" --initrd "$ASSETS/initrd.img" --rootfs "$rootfs" \
 		--backend qemu --qemu-bin "$TMP/tools/qemu-wrapper" --no-caddy \

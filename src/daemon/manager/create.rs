@@ -30,6 +30,9 @@ const IDLE_PAUSE_MAX_SECS: u64 = 365 * 24 * 3600;
 impl Manager {
     pub fn create(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
         let timing = Timing::start();
+        if self.cfg.cgroup.enabled {
+            crate::host::cgroup::warm_up(&self.cfg.cgroup);
+        }
         let _in_flight = self.begin()?;
         let cpus = req.cpus.unwrap_or(self.cfg.default_cpus);
         if cpus == 0 || cpus > CPUS_MAX {
