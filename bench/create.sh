@@ -253,13 +253,18 @@ directory with its record, synced):
 - XFS reflink: $SPLIT_X
 
 "prep" is the launch's own preparation (disk lock, the VM's cgroups made,
-descriptors opened) up to the VMM's fork. What the end-to-end figure adds
-to the daemon's total is most likely the child's entry into the VM's cgroups
-between fork and exec: on these hosts' cgroup v1, the first task moved into
-a cgroup after an idle moment waits for an RCU grace period (measured here:
-6-16 ms for the first write to \`cgroup.procs\`, 0.05 ms for the next ones).
-cgroup v2's \`clone3(CLONE_INTO_CGROUP)\` would avoid the move; fcm keeps the
-VMM inside its limits from its first instruction rather than move it later.
+descriptors opened) up to the VMM's fork. The end-to-end figure adds the
+request's hand-off and, mostly, the child's move into the VM's cgroups
+between fork and exec: on these hosts' cgroup v1 the first task moved into
+a cgroup after a quiet moment waits for an RCU grace period (measured here:
+6-16 ms for a first write to \`cgroup.procs\`, 0.05 ms for the next ones).
+So a create starts that wait in the background as its request arrives (a
+no-op move of the daemon into its own cgroup), and the VMM's move moments
+later finds it done or nearly (it took the reflink create from 26 ms to the
+figure above). With the VMMs' cgroups turned off
+(\`NEW_CGROUPS=off bash bench/create.sh\`) the reflink create measured 9.4 ms
+end to end (9.0-10.5 ms over 6 runs). fcm keeps each VMM inside its limits
+from its first instruction rather than move it in later.
 
 Raw (ms): ext4 before ${MS[base-ext4]}/ now ${MS[new-ext4]}; XFS before ${MS[base-xfs]}/ now ${MS[new-xfs]}.
 <!-- create:end -->
