@@ -178,17 +178,6 @@ Raw (ms): create base ${CREATE[base]}/ new ${CREATE[new]}; start base ${START[ba
 <!-- crash-safety:end -->
 EOF
 	)
-	if grep -q '<!-- crash-safety:begin -->' "$DOC"; then
-		python3 - "$DOC" "$SECTION" <<'PY'
-import sys
-doc, section = sys.argv[1], sys.argv[2]
-s = open(doc).read()
-a = s.index('<!-- crash-safety:begin -->')
-b = s.index('<!-- crash-safety:end -->') + len('<!-- crash-safety:end -->')
-open(doc, 'w').write(s[:a] + section + s[b:])
-PY
-	else
-		printf '\n%s\n' "$SECTION" >>"$DOC"
-	fi
+	write_doc_section "$DOC" crash-safety "$SECTION"
 	log "wrote the crash-safety section of $DOC"
 fi

@@ -270,17 +270,6 @@ Raw (ms): ext4 before ${MS[base-ext4]}/ now ${MS[new-ext4]}; XFS before ${MS[bas
 <!-- create:end -->
 EOF
 	)
-	if grep -q '<!-- create:begin -->' "$DOC"; then
-		python3 - "$DOC" "$SECTION" <<'PY'
-import sys
-doc, section = sys.argv[1], sys.argv[2]
-s = open(doc).read()
-a = s.index('<!-- create:begin -->')
-b = s.index('<!-- create:end -->') + len('<!-- create:end -->')
-open(doc, 'w').write(s[:a] + section + s[b:])
-PY
-	else
-		printf '\n%s\n' "$SECTION" >>"$DOC"
-	fi
+	write_doc_section "$DOC" create "$SECTION"
 	log "wrote the create section of $DOC"
 fi

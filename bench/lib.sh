@@ -21,3 +21,23 @@ kill_all_ours() {
 		[ "$p" = $$ ] || kill_ours "$p"
 	done
 }
+
+# write_doc_section DOC NAME SECTION: puts SECTION (which starts with
+# <!-- NAME:begin --> and ends with <!-- NAME:end -->) in place of DOC's
+# text between those markers, or appends it when DOC has none yet.
+write_doc_section() {
+	local doc=$1 name=$2 section=$3
+	if grep -q "<!-- $name:begin -->" "$doc"; then
+		"${PYTHON:-python3}" - "$doc" "$name" "$section" <<'PY'
+import sys
+doc, name, section = sys.argv[1:4]
+s = open(doc).read()
+begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+a = s.index(begin)
+b = s.index(end) + len(end)
+open(doc, "w").write(s[:a] + section + s[b:])
+PY
+	else
+		printf '\n%s\n' "$section" >>"$doc"
+	fi
+}

@@ -58,27 +58,18 @@ TAG=$$
 NS=fcmnp-d-$TAG
 INET=fcmnp-i-$TAG
 TMP=$(mktemp -d /var/tmp/fcm-bench-netpol.XXXXXX)
+
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 DAEMON_PID=
 SERVER_PID=
-
-kill_ours() {
-	local pid=$1
-	[ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 0
-	if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$TMP"; then
-		kill -9 "$pid" 2>/dev/null || true
-	fi
-}
 
 cleanup() {
 	local rc=$?
 	set +e
 	[ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
 	[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-	for f in $(grep -laF "$TMP" /proc/[0-9]*/cmdline 2>/dev/null); do
-		p=${f#/proc/}
-		p=${p%/cmdline}
-		[ "$p" = $$ ] || kill_ours "$p"
-	done
+	kill_all_ours
 	ip netns del "$NS" 2>/dev/null
 	ip netns del "$INET" 2>/dev/null
 	rm -rf "$TMP"
@@ -266,17 +257,6 @@ Raw (MiB/s): plain NAT ${SPEED[nat]} / policy ${SPEED[policy]}. $VERDICT
 <!-- network-policy:end -->
 EOF
 	)
-	if grep -q '<!-- network-policy:begin -->' "$DOC"; then
-		"$PYTHON" - "$DOC" "$SECTION" <<'PY'
-import sys
-doc, section = sys.argv[1], sys.argv[2]
-s = open(doc).read()
-a = s.index('<!-- network-policy:begin -->')
-b = s.index('<!-- network-policy:end -->') + len('<!-- network-policy:end -->')
-open(doc, 'w').write(s[:a] + section + s[b:])
-PY
-	else
-		printf '\n%s\n' "$SECTION" >>"$DOC"
-	fi
+	write_doc_section "$DOC" network-policy "$SECTION"
 	log "wrote the network-policy section of $DOC"
 fi

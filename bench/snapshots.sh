@@ -48,6 +48,9 @@ done
 TAG=$$
 NS=fcmsn-$TAG
 TMP=$(mktemp -d /var/tmp/fcm-bench-snap.XXXXXX)
+
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 DAEMON_PID=""
 MOUNTED=""
 
@@ -170,17 +173,6 @@ $TABLE
 <!-- snapshots:end -->
 EOF
 	)
-	if grep -q '<!-- snapshots:begin -->' "$DOC"; then
-		python3 - "$DOC" "$SECTION" <<'PY'
-import sys
-doc, section = sys.argv[1], sys.argv[2]
-s = open(doc).read()
-a = s.index('<!-- snapshots:begin -->')
-b = s.index('<!-- snapshots:end -->') + len('<!-- snapshots:end -->')
-open(doc, 'w').write(s[:a] + section + s[b:])
-PY
-	else
-		printf '\n%s\n' "$SECTION" >>"$DOC"
-	fi
+	write_doc_section "$DOC" snapshots "$SECTION"
 	log "wrote the snapshots section of $DOC"
 fi
