@@ -197,21 +197,7 @@ fn a_full_disk_fails_create_at_a_named_step_and_leaves_nothing() {
     // data) cannot be copied there.
     let f = Fcm::start("full", &[]);
     let small = f.dir.path().join("small");
-    fs::create_dir_all(&small).expect("mkdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "fcm-test-full"])
-        .arg(&small)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(mounted, "could not mount a tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let _unmount = common::SmallTmpfs::mount(&small, 64, "fcm-test-full");
     let g = Fcm::start(
         "full2",
         &["--state-dir", &small.join("state").display().to_string()],

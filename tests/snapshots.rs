@@ -314,7 +314,6 @@ fn a_full_disk_during_a_checkpoint_is_a_clean_error_and_leaves_nothing() {
         .tempdir_in("/var/tmp")
         .expect("tempdir");
     let small = tmp.path().join("small");
-    fs::create_dir_all(&small).expect("mkdir");
     let used = {
         use std::os::unix::fs::MetadataExt;
         fs::metadata(common::assets().join("base-rootfs.img"))
@@ -323,26 +322,7 @@ fn a_full_disk_during_a_checkpoint_is_a_clean_error_and_leaves_nothing() {
             * 512
     };
     let size_mib = used / (1 << 20) + 120;
-    let mounted = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={size_mib}m"),
-            "fcm-test-ckfull",
-        ])
-        .arg(&small)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(mounted, "could not mount a tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let _unmount = common::SmallTmpfs::mount(&small, size_mib, "fcm-test-ckfull");
     let f = Fcm::start(
         "ckfull",
         &["--state-dir", &small.join("state").display().to_string()],

@@ -621,3 +621,27 @@ pub fn is_alive(pid: u32) -> bool {
             .unwrap_or_default()
             .contains(") Z")
 }
+
+/// A tmpfs of `size_mib` mounted on `dir` (made if missing), unmounted when
+/// dropped: a small file system to fill up.
+pub struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    pub fn mount(dir: &Path, size_mib: u64, tag: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), tag])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(mounted, "could not mount a tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
