@@ -30,10 +30,12 @@ const NOISE_PACKETS: u64 = 2;
 /// Longest a wake waits for a pause or resume under way to finish.
 const WAKE_DEADLINE: Duration = Duration::from_secs(120);
 
-/// When a VM was last seen in use, and its tap's packet count then.
+/// When a VM was last seen in use, its tap's packet count then, and the
+/// state the last round saw it in.
 pub(super) struct Activity {
     last: Instant,
     packets: Option<u64>,
+    seen: Option<VmState>,
 }
 
 impl Activity {
@@ -41,6 +43,7 @@ impl Activity {
         Self {
             last: Instant::now(),
             packets: None,
+            seen: None,
         }
     }
 }
@@ -112,7 +115,11 @@ impl Manager {
                     _ => false,
                 };
                 a.packets = now;
-                if state != VmState::Running || traffic || consoles(&id) > 0 {
+                // A VM that has just come to run (a resume, a start) counts
+                // as used now: rounds may have been missed while this thread
+                // paused another VM, and its `last` is from before.
+                let arrived = a.seen.replace(state) != Some(VmState::Running);
+                if state != VmState::Running || arrived || traffic || consoles(&id) > 0 {
                     a.last = Instant::now();
                     continue;
                 }

@@ -225,6 +225,9 @@ impl Manager {
             }
         };
         r.pid = Some(pid);
+        // Used now: idle sleep counts its time from here, not from before
+        // the pause.
+        super::idle::touch(&e);
         self.record(&e, &mut r, VmState::Running, "resume")?;
         fault::crash_point("resume:after-save");
         let mut view = r.view();
@@ -234,6 +237,7 @@ impl Manager {
         }
         view.warnings.extend(self.guest_after_load(&r));
         view.warnings.extend(self.apply_url(&e, true));
+        super::idle::touch(&e);
         Ok(view)
     }
 
