@@ -261,3 +261,41 @@ fn a_name_that_is_another_vms_id_is_ambiguous_and_the_error_says_so() {
     f.ok(&["destroy", &a_id]);
     assert!(f.vms().is_empty());
 }
+
+#[test]
+fn a_tap_that_cannot_be_made_fails_create_at_its_step_and_leaves_nothing() {
+    if !root() || !common::assets().join("base-rootfs.img").exists() {
+        eprintln!("skipping: needs root and the guest assets (scripts/setup.sh)");
+        return;
+    }
+    // The tap is made on a thread beside the disk copy; with the bridge
+    // gone it cannot be put on it, and the create must fail at that step
+    // with no VMM started and nothing of the VM left.
+    let f = Fcm::start("notap", &[]);
+    let del = f.ns.exec(&["ip", "link", "del", "fcm0"]);
+    assert!(del.status.success(), "{del:?}");
+    let out = f.run(&["create", "--no-wait", "--name", "tapless"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("create tap device") && err.contains("bridge"),
+        "{err}"
+    );
+    println!("create without a bridge: {}", err.trim());
+    assert!(
+        f.all_vmms().is_empty(),
+        "a VMM was started: {:?}",
+        f.all_vmms()
+    );
+    assert!(f.vms().is_empty(), "{:?}", f.vms());
+    let left: Vec<_> = entries(&f)
+        .into_iter()
+        .filter(|n| !n.starts_with('.') && n != "ssh")
+        .collect();
+    assert!(left.is_empty(), "create left {left:?}");
+    assert!(
+        !f.ns.links().iter().any(|l| l.starts_with("tap_")),
+        "tap left: {:?}",
+        f.ns.links()
+    );
+}
