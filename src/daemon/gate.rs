@@ -14,9 +14,11 @@
 //! so a slot is never held for long.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Shutdown, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::lock;
 
@@ -106,6 +108,56 @@ impl Gate {
             authed: s.authed,
             pushed_out: s.pushed_out,
             refused: s.refused,
+        }
+    }
+
+    /// The accept loop of a port (`port` names it in logs): each connection
+    /// is admitted, then served by `serve` on a thread of its own named
+    /// `thread`. A refused one gets the bytes `refusal` makes of why (none
+    /// under TLS: a TLS client could not read them), written without
+    /// blocking the loop, and is dropped. Returns when the listener fails
+    /// for good (never, in practice).
+    pub fn accept_loop<F>(
+        self: &Arc<Self>,
+        listener: &TcpListener,
+        port: &str,
+        thread_name: &str,
+        refusal: impl Fn(&Refusal) -> Option<Vec<u8>>,
+        serve: F,
+    ) where
+        F: Fn(TcpStream, PreAuth) + Send + Sync + 'static,
+    {
+        let serve = Arc::new(serve);
+        for conn in listener.incoming() {
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of fds or similar: back off rather than spin.
+                    eprintln!("fcm daemon: {port}: accept failed: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let Ok(peer) = conn.peer_addr() else {
+                continue;
+            };
+            let slot = match self.admit(peer.ip(), &conn) {
+                Ok(s) => s,
+                Err(r) => {
+                    if let Some(bytes) = refusal(&r) {
+                        let _ = conn.set_nonblocking(true);
+                        let _ = (&conn).write_all(&bytes);
+                    }
+                    continue;
+                }
+            };
+            let serve = Arc::clone(&serve);
+            let spawned = thread::Builder::new()
+                .name(thread_name.into())
+                .spawn(move || serve(conn, slot));
+            if let Err(e) = spawned {
+                eprintln!("fcm daemon: {port}: connection: no thread: {e}");
+            }
         }
     }
 

@@ -148,39 +148,14 @@ pub fn serve(
         pre_auth: Duration::from_secs(limits.http_pre_auth_secs),
         queue,
     });
-    for conn in listener.incoming() {
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of fds or similar: back off rather than spin.
-                eprintln!("fcm daemon: API port: accept failed: {e}");
-                thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        let Ok(peer) = conn.peer_addr() else {
-            continue;
-        };
-        let slot = match gate.admit(peer.ip(), &conn) {
-            Ok(s) => s,
-            Err(r) => {
-                // Answer without blocking the accept loop (plain only: a
-                // TLS client would not understand it), then drop.
-                if ctx.tls.is_none() {
-                    let _ = conn.set_nonblocking(true);
-                    let _ = (&conn).write_all(&error_response(&ApiError::new(503, r.message())));
-                }
-                continue;
-            }
-        };
-        let ctx = Arc::clone(&ctx);
-        let spawned = thread::Builder::new()
-            .name("fcm-http-conn".into())
-            .spawn(move || connection(conn, slot, &ctx));
-        if let Err(e) = spawned {
-            eprintln!("fcm daemon: API connection: no thread: {e}");
-        }
-    }
+    let plain = ctx.tls.is_none();
+    gate.accept_loop(
+        &listener,
+        "API port",
+        "fcm-http-conn",
+        |r| plain.then(|| error_response(&ApiError::new(503, r.message()))),
+        move |conn, slot| connection(conn, slot, &ctx),
+    );
 }
 
 fn work(jobs: &Mutex<Receiver<Job>>, m: &Manager, s: &Sessions) {

@@ -74,56 +74,24 @@ pub fn serve(
         per_peer: limits.pre_auth_per_peer,
         authed: limits.stream_connections,
     });
-    for conn in listener.incoming() {
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of fds or similar: back off rather than spin.
-                eprintln!("fcm daemon: terminal port: accept failed: {e}");
-                thread::sleep(Duration::from_millis(100));
-                continue;
+    let plain = tls.is_none();
+    gate.accept_loop(
+        &listener,
+        "terminal port",
+        "fcm-stream",
+        |r| {
+            plain.then(|| {
+                HandshakeReply::refusal(r.message().into(), Some("try again later".into())).line()
+            })
+        },
+        move |conn, slot| {
+            if let Err(e) = open(conn, slot, tls.clone(), &m, &s, &token)
+                && !routine(&e)
+            {
+                eprintln!("fcm daemon: terminal connection: {e}");
             }
-        };
-        let Ok(peer) = conn.peer_addr() else {
-            continue;
-        };
-        let slot = match gate.admit(peer.ip(), &conn) {
-            Ok(s) => s,
-            Err(r) => {
-                // Answer without blocking the accept loop (a TLS client
-                // could not read a plain line), then drop.
-                if tls.is_none() {
-                    let _ = conn.set_nonblocking(true);
-                    let _ = (&conn).write_all(
-                        &HandshakeReply::refusal(
-                            r.message().into(),
-                            Some("try again later".into()),
-                        )
-                        .line(),
-                    );
-                }
-                continue;
-            }
-        };
-        let (m, s, t, tls) = (
-            Arc::clone(&m),
-            Arc::clone(&s),
-            Arc::clone(&token),
-            tls.clone(),
-        );
-        let spawned = thread::Builder::new()
-            .name("fcm-stream".into())
-            .spawn(move || {
-                if let Err(e) = open(conn, slot, tls, &m, &s, &t)
-                    && !routine(&e)
-                {
-                    eprintln!("fcm daemon: terminal connection: {e}");
-                }
-            });
-        if let Err(e) = spawned {
-            eprintln!("fcm daemon: terminal connection: no thread: {e}");
-        }
-    }
+        },
+    );
 }
 
 /// The TLS handshake when the port speaks TLS (within the handshake's
