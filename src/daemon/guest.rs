@@ -321,6 +321,26 @@ fn early_error(
     }
 }
 
+/// The start of a transfer of `path`: the running VM (woken if asleep),
+/// the path checked, `remote` running over the daemon's SSH.
+fn transfer(
+    m: &Manager,
+    vm: &str,
+    path: &str,
+    remote: String,
+) -> Result<(VmRecord, SshLog, Piped), GuestError> {
+    let rec = m.running(vm)?;
+    check_path(path)?;
+    let log = SshLog::new(m, &rec);
+    let p = Piped::spawn("ssh", ssh_args(m, &rec, &log.0, remote), TRANSFER_TIMEOUT).map_err(
+        |source| GuestError::Host {
+            vm: rec.name.to_string(),
+            source,
+        },
+    )?;
+    Ok((rec, log, p))
+}
+
 /// Starts a download: `remote` prints the length on its first line (for a
 /// file) or nothing (an archive), then the bytes; an exit before any
 /// byte is an error named by its exit code.
@@ -332,15 +352,7 @@ fn download(
     remote: String,
     sized: bool,
 ) -> Result<Download, GuestError> {
-    let rec = m.running(vm)?;
-    check_path(path)?;
-    let log = SshLog::new(m, &rec);
-    let mut p = Piped::spawn("ssh", ssh_args(m, &rec, &log.0, remote), TRANSFER_TIMEOUT).map_err(
-        |source| GuestError::Host {
-            vm: rec.name.to_string(),
-            source,
-        },
-    )?;
+    let (rec, log, mut p) = transfer(m, vm, path, remote)?;
     let Some(mut out) = p.stdout() else {
         return Err(GuestError::BadRequest("no stdout".into()));
     };
@@ -440,15 +452,7 @@ fn upload(
     remote: String,
     body: &mut dyn Read,
 ) -> Result<Written, GuestError> {
-    let rec = m.running(vm)?;
-    check_path(path)?;
-    let log = SshLog::new(m, &rec);
-    let mut p = Piped::spawn("ssh", ssh_args(m, &rec, &log.0, remote), TRANSFER_TIMEOUT).map_err(
-        |source| GuestError::Host {
-            vm: rec.name.to_string(),
-            source,
-        },
-    )?;
+    let (rec, log, mut p) = transfer(m, vm, path, remote)?;
     let mut input = p.stdin();
     let mut sent: u64 = 0;
     let mut too_big = false;
