@@ -268,9 +268,8 @@ fn a_tap_that_cannot_be_made_fails_create_at_its_step_and_leaves_nothing() {
         eprintln!("skipping: needs root and the guest assets (scripts/setup.sh)");
         return;
     }
-    // The tap is made on a thread beside the disk copy; with the bridge
-    // gone it cannot be put on it, and the create must fail at that step
-    // with no VMM started and nothing of the VM left.
+    // With the bridge gone the tap cannot be put on it: the create must
+    // fail at that step with no VMM started and nothing of the VM left.
     let f = Fcm::start("notap", &[]);
     let del = f.ns.exec(&["ip", "link", "del", "fcm0"]);
     assert!(del.status.success(), "{del:?}");

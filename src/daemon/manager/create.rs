@@ -70,7 +70,6 @@ impl Manager {
         // Reserve id, name and address while holding the table lock.
         let entry;
         let rec;
-        let host_key;
         {
             let mut vms = lock(&self.vms);
             if let Some(max) = self.cfg.max_vms
@@ -95,13 +94,6 @@ impl Manager {
             while vms.contains_key(&id) || self.dir(&id).exists() {
                 id = VmId::random();
             }
-            // In the first record: a VM adopted after a crash is reachable.
-            host_key = config_drive::host_key(&format!("fcm-{id}")).map_err(|e| {
-                ManagerError::CreateStep {
-                    step: "generate host key",
-                    message: chain(&e),
-                }
-            })?;
             let expose = self.caddy.as_ref().filter(|c| c.enabled()).map(|c| Expose {
                 port: self.cfg.caddy.guest_port,
                 domain: c.domain(&name),
@@ -122,7 +114,7 @@ impl Manager {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
                 pid: None,
-                host_key: Some(host_key.public.clone()),
+                host_key: None,
                 disk_bytes: Some(disk_bytes),
                 idle_pause_secs,
                 idle_paused: false,
@@ -135,12 +127,7 @@ impl Manager {
         }
         fault::crash_point("create:after-record");
         let _op = lock(&entry.op);
-        let made = Made {
-            user_key: user_key.as_deref(),
-            host_key: &host_key,
-            timing,
-        };
-        match self.build(&entry, rec.clone(), made) {
+        match self.build(&entry, rec.clone(), user_key.as_deref(), timing) {
             Ok(view) => Ok(view),
             Err((step, message)) => {
                 let mut r = lock(&entry.rec).clone();
@@ -173,42 +160,15 @@ impl Manager {
     }
 
     /// The steps of create after reservation. An error names its step.
-    /// The tap (with its firewall rules, an `nft` process) is made on a
-    /// thread beside the disk, the config drive and the launch's own
-    /// preparation; the VMM is forked once it is done.
+    /// Logs where the host's time before the VMM went (`timing`, begun
+    /// when the request arrived).
     fn build(
         &self,
         entry: &Entry,
-        rec: VmRecord,
-        made: Made<'_>,
-    ) -> Result<VmView, (&'static str, String)> {
-        let nic = rec.nic();
-        let owner = self.tap_owner(&rec);
-        std::thread::scope(|s| {
-            let mut tap = Beside::spawn(s, || {
-                network::create_tap_for(&self.cfg, &nic, owner).map(drop)
-            });
-            let built = self.build_beside(entry, rec, made, &mut tap);
-            // Joined on every path, before an undo removes what it made.
-            tap.wait();
-            built
-        })
-    }
-
-    /// `build`, the tap being made on `tap`. Logs where the host's time
-    /// before the VMM went (`made.timing`, begun when the request arrived).
-    fn build_beside(
-        &self,
-        entry: &Entry,
         mut rec: VmRecord,
-        made: Made<'_>,
-        tap: &mut Beside<'_, Result<(), network::NetworkError>>,
+        user_key: Option<&str>,
+        mut timing: Timing,
     ) -> Result<VmView, (&'static str, String)> {
-        let Made {
-            user_key,
-            host_key,
-            mut timing,
-        } = made;
         let dir = self.dir(&rec.id);
         let step = |s: &'static str| move |e: &dyn std::error::Error| (s, chain(e));
         timing.lap("reserve");
@@ -220,6 +180,9 @@ impl Manager {
         }
         timing.lap("disk");
         fault::crash_point("create:after-copy");
+        let host_key = config_drive::host_key(&format!("fcm-{}", rec.id))
+            .map_err(|e| step("generate host key")(&e))?;
+        timing.lap("keys");
         // The guest's identity goes on its config drive; the disk stays
         // the base image's copy.
         let authorized: Vec<&str> = std::iter::once(self.key_pub.as_str())
@@ -228,43 +191,36 @@ impl Manager {
         config_drive::write(
             &dir.join(config_drive::FILE),
             &config_drive::Identity {
-                host_key,
+                host_key: &host_key,
                 authorized_keys: &authorized,
             },
         )
         .map_err(|e| step("write config drive")(&e))?;
+        timing.lap("config drive");
         host::write_atomic(
             &self.known_hosts(&rec.id),
             ssh::known_hosts_line(rec.ip, &host_key.public).as_bytes(),
             0o644,
         )
         .map_err(|e| step("write known_hosts")(&e))?;
-        timing.lap("config drive");
+        rec.host_key = Some(host_key.public);
+        // Saved with the host key: a VM adopted after a crash is reachable.
+        self.save(entry, &rec)
+            .map_err(|e| step("save record")(&e))?;
+        timing.lap("record");
         fault::crash_point("create:after-inject");
+        network::create_tap_for(&self.cfg, &rec.nic(), self.tap_owner(&rec))
+            .map_err(|e| step("create tap device")(&e))?;
+        timing.lap("tap");
+        fault::crash_point("create:after-tap");
         let spawned_at = std::cell::Cell::new(None);
-        let launched = self.launch(&rec, &spawned_at, || {
-            let (made, took) = tap.wait().unwrap_or_else(|| {
-                let lost = network::NetworkError::Link {
-                    tap: rec.tap.clone(),
-                    step: "create",
-                    source: std::io::Error::other("the thread making it failed"),
-                };
-                (Err(lost), Duration::ZERO)
-            });
-            timing.beside("tap", took);
-            made.map_err(crate::host::vmm::VmmError::Tap)?;
-            fault::crash_point("create:after-tap");
-            Ok(())
-        });
+        let launched = self.launch(&rec, &spawned_at);
         if let Some(at) = spawned_at.get() {
             // Disk lock, cgroup, descriptors, up to the VMM's fork.
             timing.lap_at("VMM prep", at);
             eprintln!("fcm: {}: {}", rec.name, timing.report());
         }
-        let pid = launched.map_err(|e| match e {
-            crate::host::vmm::VmmError::Tap(e) => step("create tap device")(&e),
-            e => step("start VMM")(&e),
-        })?;
+        let pid = launched.map_err(|e| step("start VMM")(&e))?;
         fault::crash_point("create:after-launch");
         sync_in_background(&dir);
         check(&rec, Transition::Launched).map_err(|e| step("record running")(&e))?;
@@ -308,49 +264,12 @@ fn sync_in_background(dir: &Path) {
     });
 }
 
-/// What create made before its build: the user's key, the host key (in
-/// the first record already), the clock since the request arrived.
-struct Made<'a> {
-    user_key: Option<&'a str>,
-    host_key: &'a config_drive::HostKey,
-    timing: Timing,
-}
-
-/// Work on a thread of a scope, beside the caller's: `wait` joins it once
-/// and hands over its result and how long it took (`None` if it panicked,
-/// or was waited for already).
-struct Beside<'scope, T> {
-    thread: Option<std::thread::ScopedJoinHandle<'scope, (T, Duration)>>,
-}
-
-impl<'scope, T: Send + 'scope> Beside<'scope, T> {
-    fn spawn<'env>(
-        s: &'scope std::thread::Scope<'scope, 'env>,
-        work: impl FnOnce() -> T + Send + 'scope,
-    ) -> Self {
-        let thread = s.spawn(move || {
-            let t0 = Instant::now();
-            let out = work();
-            (out, t0.elapsed())
-        });
-        Self {
-            thread: Some(thread),
-        }
-    }
-
-    fn wait(&mut self) -> Option<(T, Duration)> {
-        self.thread.take()?.join().ok()
-    }
-}
-
 /// Where a create's host time goes before its VMM starts: laps since the
-/// request arrived, and work done beside them, logged as one line per
-/// create.
+/// request arrived, logged as one line per create.
 pub(super) struct Timing {
     start: Instant,
     last: Instant,
     laps: Vec<(&'static str, Duration)>,
-    beside: Vec<(&'static str, Duration)>,
 }
 
 impl Timing {
@@ -360,7 +279,6 @@ impl Timing {
             start: now,
             last: now,
             laps: Vec::new(),
-            beside: Vec::new(),
         }
     }
 
@@ -374,30 +292,18 @@ impl Timing {
         self.last = at.max(self.last);
     }
 
-    /// Work that took `took` on another thread, during the laps.
-    fn beside(&mut self, what: &'static str, took: Duration) {
-        self.beside.push((what, took));
-    }
-
-    /// `host work before the VMM: 7.9 ms (disk 2.1 ms, …; beside them:
-    /// tap 4.6 ms)`.
+    /// `host work before the VMM: 7.9 ms (disk 2.1 ms, …)`.
     fn report(&self) -> String {
         let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
-        let list = |laps: &[(&str, Duration)]| {
-            laps.iter()
-                .map(|(what, d)| format!("{what} {}", ms(*d)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let beside = if self.beside.is_empty() {
-            String::new()
-        } else {
-            format!("; beside them: {}", list(&self.beside))
-        };
+        let laps: Vec<String> = self
+            .laps
+            .iter()
+            .map(|(what, d)| format!("{what} {}", ms(*d)))
+            .collect();
         format!(
-            "host work before the VMM: {} ({}{beside})",
+            "host work before the VMM: {} ({})",
             ms(self.last - self.start),
-            list(&self.laps)
+            laps.join(", ")
         )
     }
 }
@@ -438,14 +344,11 @@ mod tests {
     fn timing_reports_each_lap_and_the_total() {
         let mut t = Timing::start();
         t.lap("disk");
-        t.lap("config drive");
-        t.beside("tap", Duration::from_micros(4600));
+        t.lap("tap");
         let r = t.report();
         assert!(r.starts_with("host work before the VMM: "), "{r}");
         assert!(
-            r.contains(" ms (disk ")
-                && r.contains(" ms, config drive ")
-                && r.ends_with(" ms; beside them: tap 4.6 ms)"),
+            r.contains(" ms (disk ") && r.contains(" ms, tap ") && r.ends_with(" ms)"),
             "{r}"
         );
     }

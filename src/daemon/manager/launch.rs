@@ -14,16 +14,13 @@ use crate::host::vmm::{self, LaunchSpec};
 
 impl Manager {
     /// Launches a VM's VMM to boot; `spawned_at` gets the moment the VMM
-    /// was forked (where create's host work ends). `before_fork` runs once
-    /// the launch is prepared, just before the fork (create waits there
-    /// for its tap).
+    /// was forked (where create's host work ends).
     pub(super) fn launch(
         &self,
         rec: &VmRecord,
         spawned_at: &Cell<Option<Instant>>,
-        before_fork: impl FnOnce() -> Result<(), vmm::VmmError>,
     ) -> Result<u32, vmm::VmmError> {
-        self.launch_with(rec, None, spawned_at, before_fork)
+        self.launch_with(rec, None, spawned_at)
     }
 
     /// Launches the VM's VMM: booting, or loading the state saved in
@@ -33,7 +30,7 @@ impl Manager {
         rec: &VmRecord,
         saved: Option<&Path>,
     ) -> Result<u32, vmm::VmmError> {
-        self.launch_with(rec, saved, &Cell::new(None), || Ok(()))
+        self.launch_with(rec, saved, &Cell::new(None))
     }
 
     fn launch_with(
@@ -41,7 +38,6 @@ impl Manager {
         rec: &VmRecord,
         saved: Option<&Path>,
         spawned_at: &Cell<Option<Instant>>,
-        before_fork: impl FnOnce() -> Result<(), vmm::VmmError>,
     ) -> Result<u32, vmm::VmmError> {
         let dir = self.dir(&rec.id);
         let kernel = self.cfg.asset(&self.cfg.kernel);
@@ -106,7 +102,6 @@ impl Manager {
             cgroup: cgroup.as_ref(),
             spawned_at,
         };
-        before_fork()?;
         let vmm = self.vmm_for(rec.backend);
         match saved {
             None => vmm.launch(&spec),
