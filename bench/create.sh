@@ -17,8 +17,7 @@
 # before it sends POST /vms. Host work = t(wrapper) - t(request sent), so it
 # includes the HTTP request, the wrapper's bash start-up (about 1 ms, for
 # both) and everything the daemon does first. NEW's own split comes from
-# its log line ("host work before the VMM: ... (reserve, disk, ...; beside
-# them: tap ...)").
+# its log line ("host work before the VMM: ... (reserve, disk, keys, ...)").
 # Each VM is destroyed right after its create is timed.
 #
 # Only loopback and in-namespace traffic. On exit, also on failure, it kills
