@@ -26,6 +26,28 @@ fn root() -> bool {
     r
 }
 
+fn root_and_assets() -> bool {
+    let ok = root() && common::assets().join("base-rootfs.img").exists();
+    if !ok {
+        eprintln!("skipping: needs root and the guest assets (scripts/setup.sh)");
+    }
+    ok
+}
+
+/// A failed create left no VM directory and no tap.
+fn assert_create_left_nothing(f: &Fcm) {
+    let left: Vec<_> = entries(f)
+        .into_iter()
+        .filter(|n| !n.starts_with('.') && n != "ssh")
+        .collect();
+    assert!(left.is_empty(), "create left {left:?}");
+    assert!(
+        !f.ns.links().iter().any(|l| l.starts_with("tap_")),
+        "tap left: {:?}",
+        f.ns.links()
+    );
+}
+
 #[test]
 fn api_rejects_bad_tokens_names_bodies_and_reports_missing_assets() {
     if !root() {
@@ -189,8 +211,7 @@ fn client_without_daemon_says_what_to_do() {
 
 #[test]
 fn a_full_disk_fails_create_at_a_named_step_and_leaves_nothing() {
-    if !root() || !common::assets().join("base-rootfs.img").exists() {
-        eprintln!("skipping: needs root and the guest assets (scripts/setup.sh)");
+    if !root_and_assets() {
         return;
     }
     // A state dir on a 64 MiB tmpfs: the 1 GiB sparse rootfs (~400 MB of
@@ -209,25 +230,14 @@ fn a_full_disk_fails_create_at_a_named_step_and_leaves_nothing() {
         err.contains("copy rootfs") && err.contains("No space left"),
         "{err}"
     );
-    let left: Vec<_> = fs::read_dir(g.state())
-        .expect("state")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.') && n != "ssh")
-        .collect();
-    assert!(left.is_empty(), "create left {left:?}");
-    assert!(
-        !g.ns.links().iter().any(|l| l.starts_with("tap_")),
-        "tap left"
-    );
+    assert_create_left_nothing(&g);
     drop(g);
     drop(f);
 }
 
 #[test]
 fn a_name_that_is_another_vms_id_is_ambiguous_and_the_error_says_so() {
-    if !root() || !common::assets().join("base-rootfs.img").exists() {
-        eprintln!("skipping: needs root and the guest assets (scripts/setup.sh)");
+    if !root_and_assets() {
         return;
     }
     let f = Fcm::start("ambig", &[]);
@@ -264,8 +274,7 @@ fn a_name_that_is_another_vms_id_is_ambiguous_and_the_error_says_so() {
 
 #[test]
 fn a_tap_that_cannot_be_made_fails_create_at_its_step_and_leaves_nothing() {
-    if !root() || !common::assets().join("base-rootfs.img").exists() {
-        eprintln!("skipping: needs root and the guest assets (scripts/setup.sh)");
+    if !root_and_assets() {
         return;
     }
     // With the bridge gone the tap cannot be put on it: the create must
@@ -287,14 +296,5 @@ fn a_tap_that_cannot_be_made_fails_create_at_its_step_and_leaves_nothing() {
         f.all_vmms()
     );
     assert!(f.vms().is_empty(), "{:?}", f.vms());
-    let left: Vec<_> = entries(&f)
-        .into_iter()
-        .filter(|n| !n.starts_with('.') && n != "ssh")
-        .collect();
-    assert!(left.is_empty(), "create left {left:?}");
-    assert!(
-        !f.ns.links().iter().any(|l| l.starts_with("tap_")),
-        "tap left: {:?}",
-        f.ns.links()
-    );
+    assert_create_left_nothing(&f);
 }
