@@ -231,8 +231,8 @@ fn a_full_disk_fails_create_at_a_named_step_and_leaves_nothing() {
         "{err}"
     );
     assert_create_left_nothing(&g);
-    drop(g);
-    drop(f);
+    // Dropped in reverse order: g's daemon, the tmpfs, then f's directory
+    // that held it (removable only once unmounted).
 }
 
 #[test]
