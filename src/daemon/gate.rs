@@ -113,7 +113,7 @@ impl Gate {
 
     /// The accept loop of a port (`port` names it in logs): each connection
     /// is admitted, then served by `serve` on a thread of its own named
-    /// `thread`. A refused one gets the bytes `refusal` makes of why (none
+    /// `thread_name`. A refused one gets the bytes `refusal` makes of why (none
     /// under TLS: a TLS client could not read them), written without
     /// blocking the loop, and is dropped. Returns when the listener fails
     /// for good (never, in practice).
