@@ -116,28 +116,18 @@ pub(super) fn check_domain(domain: &str) -> Result<(), CaddyError> {
 /// addresses are interpolated, none of which can hold a quote, brace or blank.
 pub(super) fn render_site(domain: &str, name: &VmName, state: SiteState) -> String {
     match state {
-        SiteState::Running { upstream } => {
-            let port = upstream.port();
-            format!(
-                "# Written by fcm for VM {name} (running); fcm rewrites and removes this file.\n\
-                 {domain} {{\n\
-                 \treverse_proxy {upstream} {{\n\
-                 \t\ttransport http {{\n\
-                 \t\t\tdial_timeout {DIAL_TIMEOUT}\n\
-                 \t\t}}\n\
-                 \t}}\n\
-                 \thandle_errors {{\n\
-                 \t\trespond \"VM {name} is not answering on port {port}: is its web server running?\" 502\n\
-                 \t}}\n\
-                 }}\n"
-            )
-        }
+        SiteState::Running { upstream } => format!(
+            "# Written by fcm for VM {name} (running); fcm rewrites and removes this file.\n\
+             {domain} {{\n\
+             {}\
+             }}\n",
+            proxy(name, upstream, "")
+        ),
         SiteState::Waking {
             upstream,
             wake_uri,
             hook,
         } => {
-            let port = upstream.port();
             let (scheme, tls) = match &hook.tls_ca {
                 Some(ca) => (
                     "https://",
@@ -159,18 +149,12 @@ pub(super) fn render_site(domain: &str, name: &VmName, state: SiteState) -> Stri
                  {tls}\
                  \t\t}}\n\
                  \t}}\n\
-                 \treverse_proxy {upstream} {{\n\
-                 \t\tlb_try_duration 10s\n\
-                 \t\ttransport http {{\n\
-                 \t\t\tdial_timeout {DIAL_TIMEOUT}\n\
-                 \t\t}}\n\
-                 \t}}\n\
-                 \thandle_errors {{\n\
-                 \t\trespond \"VM {name} is not answering on port {port}: is its web server running?\" 502\n\
-                 \t}}\n\
+                 {proxy}\
                  }}\n",
                 dial = hook.dial,
                 token = hook.token,
+                // The guest may take a moment to answer once resumed.
+                proxy = proxy(name, upstream, "\t\tlb_try_duration 10s\n"),
             )
         }
         SiteState::Paused => format!(
@@ -186,6 +170,23 @@ pub(super) fn render_site(domain: &str, name: &VmName, state: SiteState) -> Stri
              }}\n"
         ),
     }
+}
+
+/// A site's proxy to the guest (`options` inside `reverse_proxy`), and
+/// the page Caddy answers when the guest does not.
+fn proxy(name: &VmName, upstream: SocketAddr, options: &str) -> String {
+    let port = upstream.port();
+    format!(
+        "\treverse_proxy {upstream} {{\n\
+         {options}\
+         \t\ttransport http {{\n\
+         \t\t\tdial_timeout {DIAL_TIMEOUT}\n\
+         \t\t}}\n\
+         \t}}\n\
+         \thandle_errors {{\n\
+         \t\trespond \"VM {name} is not answering on port {port}: is its web server running?\" 502\n\
+         \t}}\n"
+    )
 }
 
 #[cfg(test)]
