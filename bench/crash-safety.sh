@@ -30,16 +30,11 @@ WRITE_DOC=${WRITE_DOC:-1}
 ASSETS=${FCM_ASSETS:-/var/lib/firecracker}
 DOC=$ROOT/docs/benchmarks.md
 
-die() {
-	printf 'bench/crash-safety.sh: %s\n' "$*" >&2
-	exit 1
-}
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces, taps, VMMs)"
-for f in vmlinux.bin initrd.img base-rootfs.img; do
-	[ -f "$ASSETS/$f" ] || die "$ASSETS/$f missing (run scripts/setup.sh)"
-done
+need_assets "$ASSETS"
 
 TAG=$$
 TMP=$(mktemp -d /var/tmp/fcm-bench-crash.XXXXXX)
@@ -47,8 +42,6 @@ WT=$TMP/base-src
 WT_NEW=$TMP/new-src
 declare -A DAEMON_PID=()
 
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 
 cleanup() {
 	local rc=$?

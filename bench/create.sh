@@ -39,16 +39,11 @@ WRITE_DOC=${WRITE_DOC:-1}
 ASSETS=${FCM_ASSETS:-/var/lib/firecracker}
 DOC=$ROOT/docs/benchmarks.md
 
-die() {
-	printf 'bench/create.sh: %s\n' "$*" >&2
-	exit 1
-}
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces, taps, VMMs, a loop mount)"
-for f in vmlinux.bin initrd.img base-rootfs.img; do
-	[ -f "$ASSETS/$f" ] || die "$ASSETS/$f missing (run scripts/setup.sh)"
-done
+need_assets "$ASSETS"
 for p in mkfs.xfs python3 qemu-system-x86_64 ssh-keygen; do
 	command -v "$p" >/dev/null || die "$p missing (apt-get install -y xfsprogs python3 qemu-system-x86)"
 done
@@ -60,8 +55,6 @@ WT=$TMP/base-src
 XFS=$TMP/xfs
 declare -A DAEMON_PID=()
 
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 
 cleanup() {
 	local rc=$?

@@ -1,6 +1,27 @@
 # shellcheck shell=bash
-# Helpers shared by the benchmarks. Source it after setting TMP (the
-# benchmark's temp dir); do not run it.
+# Helpers shared by the benchmarks. Source it early; the helpers that use
+# TMP (the benchmark's temp dir) read it when called. Do not run it.
+
+# die MESSAGE: says it, prefixed with the benchmark's name, and exits 1;
+# the tail of the file $DIE_TAIL, when set, goes with it.
+die() {
+	printf 'bench/%s: %s\n' "${0##*/}" "$*" >&2
+	if [ -n "${DIE_TAIL:-}" ] && [ -f "$DIE_TAIL" ]; then
+		echo "--- ${DIE_TAIL##*/} (tail) ---" >&2
+		tail -15 "$DIE_TAIL" >&2
+	fi
+	exit 1
+}
+
+log() { printf '== %s\n' "$*" >&2; }
+
+# need_assets DIR: the guest kernel, initrd and rootfs are in DIR.
+need_assets() {
+	local f
+	for f in vmlinux.bin initrd.img base-rootfs.img; do
+		[ -f "$1/$f" ] || die "$1/$f missing (run scripts/setup.sh)"
+	done
+}
 
 # kill_ours PID: kills a PID only if its command line mentions $TMP (so a
 # recycled PID is never hit).

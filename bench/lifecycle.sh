@@ -51,11 +51,8 @@ DNS=1.1.1.1
 CPUS=1
 MEM=512
 
-log() { printf '== %s\n' "$*" >&2; }
-die() {
-	printf 'bench/lifecycle.sh: %s\n' "$*" >&2
-	exit 1
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces, taps, VMMs)"
 for p in qemu-system-x86_64 firecracker debugfs curl ssh-keygen jq ip cargo; do
@@ -71,11 +68,6 @@ NSB=fcmbase-$TAG   # the hand-made baseline
 BR=br0             # the baseline's bridge (fcm's daemon makes its own, fcm0)
 TMP=$(mktemp -d /var/tmp/fcm-bench.XXXXXX)
 DAEMON_PID=
-
-# Kills a PID only if its command line mentions our temp dir (so a recycled
-# PID is never hit).
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 
 stop_daemon() {
 	if [ -n "$DAEMON_PID" ]; then

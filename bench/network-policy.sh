@@ -36,20 +36,11 @@ ASSETS=${FCM_ASSETS:-/var/lib/firecracker}
 DOC=$ROOT/docs/benchmarks.md
 PYTHON=/usr/bin/python3
 
-die() {
-	printf 'bench/network-policy.sh: %s\n' "$*" >&2
-	if [ -n "${TMP:-}" ] && [ -f "$TMP/daemon.log" ]; then
-		echo "--- daemon log (tail) ---" >&2
-		tail -15 "$TMP/daemon.log" >&2
-	fi
-	exit 1
-}
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces, taps, VMMs)"
-for f in vmlinux.bin initrd.img base-rootfs.img; do
-	[ -f "$ASSETS/$f" ] || die "$ASSETS/$f missing (run scripts/setup.sh)"
-done
+need_assets "$ASSETS"
 for p in nft ip curl "$PYTHON"; do
 	command -v "$p" >/dev/null || die "$p missing"
 done
@@ -58,9 +49,8 @@ TAG=$$
 NS=fcmnp-d-$TAG
 INET=fcmnp-i-$TAG
 TMP=$(mktemp -d /var/tmp/fcm-bench-netpol.XXXXXX)
+DIE_TAIL=$TMP/daemon.log
 
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 DAEMON_PID=
 SERVER_PID=
 

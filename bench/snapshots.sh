@@ -34,23 +34,16 @@ ASSETS=${FCM_ASSETS:-/var/lib/firecracker}
 DOC=$ROOT/docs/benchmarks.md
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
-die() {
-	printf 'bench/snapshots.sh: %s\n' "$*" >&2
-	exit 1
-}
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces, taps, VMMs)"
-for f in vmlinux.bin initrd.img base-rootfs.img; do
-	[ -f "$ASSETS/$f" ] || die "$ASSETS/$f missing (run scripts/setup.sh)"
-done
+need_assets "$ASSETS"
 
 TAG=$$
 NS=fcmsn-$TAG
 TMP=$(mktemp -d /var/tmp/fcm-bench-snap.XXXXXX)
 
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 DAEMON_PID=""
 MOUNTED=""
 
