@@ -65,6 +65,9 @@ pub struct Limits {
     pub http_pre_auth_secs: u64,
     /// HTTP requests authorised and being read, queued or served.
     pub http_requests: usize,
+    /// Long-lived HTTP streams at once (streamed execs, file transfers),
+    /// each on a thread of its own, apart from `http_requests`.
+    pub http_streams: usize,
     /// Attached terminal connections.
     pub stream_connections: usize,
 }
@@ -76,6 +79,7 @@ impl Default for Limits {
             pre_auth_per_peer: 8,
             http_pre_auth_secs: 10,
             http_requests: 64,
+            http_streams: 256,
             stream_connections: 256,
         }
     }

@@ -21,7 +21,7 @@ pub(super) fn pause(vm: &str, json: bool) -> Result<(), Failure> {
 pub(super) fn resume(vm: &str, no_wait: bool, json: bool) -> Result<(), Failure> {
     let c = Client::from_env()?;
     let req = StartRequest {
-        wait_ssh: Some(!no_wait),
+        wait_ready: Some(!no_wait),
     };
     let v: VmView = {
         let _s = spinner(format!("resuming {}", visible(vm)));
@@ -106,7 +106,7 @@ pub(super) fn restore(
 ) -> Result<(), Failure> {
     let c = Client::from_env()?;
     let req = StartRequest {
-        wait_ssh: Some(!no_wait),
+        wait_ready: Some(!no_wait),
     };
     let v: VmView = {
         let _s = spinner(format!("restoring {}", visible(vm)));

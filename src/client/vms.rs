@@ -15,7 +15,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         cpus: a.cpus,
         memory_mib: a.memory,
         ssh_public_key: None,
-        wait_ssh: Some(!a.no_wait),
+        wait_ready: Some(!a.no_wait),
         disk: a.disk,
         idle_pause_secs: a.idle_pause,
     };
@@ -120,7 +120,7 @@ pub(super) fn stop(vm: &str, json: bool) -> Result<(), Failure> {
 pub(super) fn start(vm: &str, no_wait: bool, json: bool) -> Result<(), Failure> {
     let c = Client::from_env()?;
     let req = StartRequest {
-        wait_ssh: Some(!no_wait),
+        wait_ready: Some(!no_wait),
     };
     let v: VmView = {
         let _s = spinner(format!("starting {}", visible(vm)));

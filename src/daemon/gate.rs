@@ -27,6 +27,9 @@ pub struct GateLimits {
     pub total: usize,
     pub per_peer: usize,
     pub authed: usize,
+    /// Authenticated long-lived streams (exec, file transfers), apart from
+    /// `authed` so that they never starve short requests.
+    pub streams: usize,
 }
 
 struct Waiting {
@@ -41,6 +44,7 @@ struct State {
     waiting: HashMap<IpAddr, Vec<Waiting>>,
     pre_auth: usize,
     authed: usize,
+    streams: usize,
     next_id: u64,
     pushed_out: u64,
     refused: u64,
@@ -79,9 +83,10 @@ pub struct PreAuth {
     id: u64,
 }
 
-/// An authenticated slot; released when dropped.
+/// An authenticated slot (a request, or a stream); released when dropped.
 pub struct Authed {
     gate: Arc<Gate>,
+    stream: bool,
 }
 
 /// What a gate holds, for logs and tests.
@@ -89,6 +94,7 @@ pub struct Authed {
 pub struct Counts {
     pub pre_auth: usize,
     pub authed: usize,
+    pub streams: usize,
     pub pushed_out: u64,
     pub refused: u64,
 }
@@ -106,6 +112,7 @@ impl Gate {
         Counts {
             pre_auth: s.pre_auth,
             authed: s.authed,
+            streams: s.streams,
             pushed_out: s.pushed_out,
             refused: s.refused,
         }
@@ -239,7 +246,24 @@ impl PreAuth {
         }
         s.authed += 1;
         drop(s);
-        Ok(Authed { gate })
+        Ok(Authed {
+            gate,
+            stream: false,
+        })
+    }
+
+    /// The token was right and the request is a long-lived stream: an
+    /// authenticated slot from the streams' own budget.
+    pub fn streaming(self) -> Result<Authed, Refusal> {
+        let gate = Arc::clone(&self.gate);
+        drop(self);
+        let mut s = lock(&gate.state);
+        if s.streams >= gate.limits.streams {
+            return Err(Refusal::Busy);
+        }
+        s.streams += 1;
+        drop(s);
+        Ok(Authed { gate, stream: true })
     }
 
     /// A slot for a request that needs no token (`GET /health`), counted
@@ -258,7 +282,11 @@ impl Drop for PreAuth {
 impl Drop for Authed {
     fn drop(&mut self) {
         let mut s = lock(&self.gate.state);
-        s.authed = s.authed.saturating_sub(1);
+        if self.stream {
+            s.streams = s.streams.saturating_sub(1);
+        } else {
+            s.authed = s.authed.saturating_sub(1);
+        }
     }
 }
 
@@ -278,6 +306,7 @@ mod tests {
             total: 4,
             per_peer: 3,
             authed: 1,
+            streams: 1,
         });
         let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
             "10.0.0.1".parse().expect("ip"),
@@ -303,13 +332,21 @@ mod tests {
             Counts {
                 pre_auth: 0,
                 authed: 1,
+                streams: 0,
                 pushed_out: 1,
                 refused: 2
             }
         );
         let other = g.admit(a, &s).expect("a again");
         assert_eq!(other.authenticated().err(), Some(Refusal::Busy));
+        // Streams have their own budget: one goes in while requests are full.
+        let stream = g.admit(a, &s).expect("a").streaming().expect("stream");
+        assert_eq!(
+            g.admit(a, &s).expect("a").streaming().err(),
+            Some(Refusal::Busy)
+        );
         drop(authed);
-        assert_eq!(g.counts().authed, 0);
+        drop(stream);
+        assert_eq!((g.counts().authed, g.counts().streams), (0, 0));
     }
 }

@@ -1,6 +1,7 @@
-//! Console sessions: tmux sessions inside the guest, reached over SSH with
-//! the daemon's key. tmux is the source of truth; the daemon keeps no
-//! session table that could disagree with it.
+//! Console sessions: tmux sessions inside the guest, listed, made and
+//! killed with short scripts through the guest seam, attached to on a
+//! terminal of the guest's (`daemon::stream`). tmux is the source of
+//! truth; the daemon keeps no session table that could disagree with it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,10 +10,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::guest::{self, Control, GuestError};
 use super::lock;
 use super::manager::{Manager, ManagerError};
 use super::store::VmRecord;
-use crate::host::{self, HostError, Signal, ssh};
 use crate::names::{NameError, SessionId};
 use crate::wire::api::SessionInfo;
 use crate::wire::text::printable;
@@ -34,8 +35,10 @@ pub enum SessionError {
     Guest {
         vm: String,
         #[source]
-        source: HostError,
+        source: Box<GuestError>,
     },
+    #[error("tmux in VM {vm} failed: `{cmd}` exited with {code}")]
+    Tmux { vm: String, cmd: String, code: i32 },
 }
 
 impl SessionError {
@@ -50,7 +53,7 @@ impl SessionError {
             Self::Exists { vm, session } => {
                 Some(format!("join it with: fcm attach {vm} {session}"))
             }
-            Self::Guest { .. } => {
+            Self::Guest { .. } | Self::Tmux { .. } => {
                 Some("the guest may still be booting; try again in a few seconds".into())
             }
         }
@@ -61,8 +64,8 @@ impl SessionError {
 struct Live {
     vm_id: String,
     vm_name: String,
-    /// The `ssh -tt … tmux attach` process; registered only while unreaped.
-    ssh_pid: u32,
+    /// Ends the `tmux attach` of the connection.
+    control: Arc<dyn Control>,
     vm_gone: Arc<AtomicBool>,
 }
 
@@ -75,8 +78,7 @@ pub struct Sessions {
     live: Mutex<HashMap<u64, Live>>,
 }
 
-/// An attached stream in the registry; removed on drop, which must happen
-/// before its ssh process is reaped (so a signal never hits a reused pid).
+/// An attached stream in the registry; removed on drop.
 pub struct Registration<'a> {
     sessions: &'a Sessions,
     key: u64,
@@ -98,8 +100,8 @@ impl Sessions {
         Self::default()
     }
 
-    /// Records an attached stream of `rec` served by `ssh_pid`.
-    pub fn register(&self, rec: &VmRecord, ssh_pid: u32) -> Registration<'_> {
+    /// Records an attached stream of `rec`, ended through `control`.
+    pub fn register(&self, rec: &VmRecord, control: Arc<dyn Control>) -> Registration<'_> {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let vm_gone = Arc::new(AtomicBool::new(false));
         lock(&self.live).insert(
@@ -107,7 +109,7 @@ impl Sessions {
             Live {
                 vm_id: rec.id.to_string(),
                 vm_name: rec.name.to_string(),
-                ssh_pid,
+                control,
                 vm_gone: Arc::clone(&vm_gone),
             },
         );
@@ -131,48 +133,27 @@ impl Sessions {
         lock(&self.live).len()
     }
 
-    /// Runs a command in the guest with the daemon's key, bounded in time;
-    /// returns (exit code, stdout). Exit code 255 is ssh's own failure.
+    /// Runs a script of fcm's own in the guest, bounded in time; returns
+    /// (exit code, stdout).
     fn guest_status(
         m: &Manager,
         rec: &VmRecord,
-        remote: &str,
+        script: &str,
     ) -> Result<(i32, String), SessionError> {
-        let mut args = ssh::daemon_ssh_args(m.daemon_key(), &m.known_hosts(&rec.id), rec.ip);
-        args.push(remote.to_owned());
-        let guest_err = |source| SessionError::Guest {
+        guest::script(&*m.guest(rec), script, GUEST_TIMEOUT).map_err(|source| SessionError::Guest {
             vm: rec.name.to_string(),
-            source,
-        };
-        let o = host::run_outcome("ssh", &args, None, Some(GUEST_TIMEOUT)).map_err(guest_err)?;
-        let failed = |status: String| {
-            guest_err(HostError::Failed {
-                cmd: format!("ssh root@{} {remote}", rec.ip),
-                status,
-                stderr: o.stderr.clone(),
-            })
-        };
-        match o.code {
-            None => Err(failed(format!(
-                "no answer within {} s",
-                GUEST_TIMEOUT.as_secs()
-            ))),
-            Some(255) => Err(failed("exit status: 255".into())),
-            Some(c) => Ok((c, o.stdout)),
-        }
+            source: Box::new(source),
+        })
     }
 
     /// Like [`Self::guest_status`], failing on a non-zero exit.
-    fn guest(m: &Manager, rec: &VmRecord, remote: &str) -> Result<String, SessionError> {
-        match Self::guest_status(m, rec, remote)? {
+    fn guest(m: &Manager, rec: &VmRecord, script: &str) -> Result<String, SessionError> {
+        match Self::guest_status(m, rec, script)? {
             (0, out) => Ok(out),
-            (c, _) => Err(SessionError::Guest {
+            (code, _) => Err(SessionError::Tmux {
                 vm: rec.name.to_string(),
-                source: HostError::Failed {
-                    cmd: format!("ssh root@{} {remote}", rec.ip),
-                    status: format!("exit status: {c}"),
-                    stderr: String::new(),
-                },
+                cmd: script.chars().take(60).collect(),
+                code,
             }),
         }
     }
@@ -225,14 +206,11 @@ impl Sessions {
                     session: id.to_string(),
                 });
             }
-            c => {
-                return Err(SessionError::Guest {
+            code => {
+                return Err(SessionError::Tmux {
                     vm: rec.name.to_string(),
-                    source: HostError::Failed {
-                        cmd: format!("tmux new-session -d -s {id}"),
-                        status: format!("exit status: {c}"),
-                        stderr: String::new(),
-                    },
+                    cmd: format!("tmux new-session -d -s {id}"),
+                    code,
                 });
             }
         }
@@ -282,8 +260,8 @@ impl Sessions {
         for l in lock(&self.live).values() {
             if l.vm_id == vm || l.vm_name == vm {
                 l.vm_gone.store(true, Ordering::Release);
-                // ssh exits on SIGTERM; the stream then says why and closes.
-                host::signal(l.ssh_pid, Signal::TERM);
+                // The stream then says why and closes.
+                l.control.kill();
             }
         }
     }
@@ -374,6 +352,7 @@ mod tests {
 
     #[test]
     fn bounded_runs_report_status_and_time_out() {
+        use crate::host;
         let o = host::run_outcome(
             "sh",
             ["-c", "echo hi; echo oops >&2; exit 3"],

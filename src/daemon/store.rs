@@ -102,6 +102,7 @@ impl VmRecord {
                 .map(|e| format!("https://{}", e.domain)),
             expose: self.expose.clone(),
             warnings: Vec::new(),
+            ready: None,
             ssh_ready: None,
             idle_pause_secs: self.idle_pause_secs,
             idle_paused: self.idle_paused,

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `process` | running programs (never a shell), signals, liveness, bounded waits |
 //! | `piped` | programs whose stdin/stdout are streamed, with a watchdog |
+//! | `child` | a child whose streams the caller pumps: deadline, safe signals |
 //! | `fs` | atomic writes, file locks |
 //! | `pty` | pseudo-terminals for the console's `ssh -tt` |
 //! | `firewall` | the network policy: guests isolated from the host, each other, metadata; anti-spoofing |
@@ -20,6 +21,7 @@
 
 pub mod caddy;
 pub mod cgroup;
+pub mod child;
 pub mod config_drive;
 pub mod disk;
 pub mod disk_lock;

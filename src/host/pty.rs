@@ -32,6 +32,24 @@ pub fn open(cols: u16, rows: u16) -> io::Result<(File, OwnedFd)> {
     Ok((master, slave))
 }
 
+/// A pty pair sized `cols`×`rows` in the kernel's default (cooked) modes,
+/// both ends close-on-exec: for `ssh -tt`, which gives the guest's
+/// terminal the modes of its own (so Ctrl-C there is SIGINT).
+pub fn open_cooked(cols: u16, rows: u16) -> io::Result<(File, OwnedFd)> {
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let master = File::from(master);
+    set_size(&master, cols, rows)?;
+    Ok((master, slave))
+}
+
 /// Sets the terminal's size; the program on the slave gets SIGWINCH.
 pub fn set_size(pty: &impl AsFd, cols: u16, rows: u16) -> io::Result<()> {
     let ws = Winsize {
@@ -47,7 +65,18 @@ pub fn set_size(pty: &impl AsFd, cols: u16, rows: u16) -> io::Result<()> {
 /// Starts `cmd` in a new session with `slave` as its stdio and controlling
 /// terminal. The slave's descriptors are closed here once the child has
 /// them, so the master sees EOF when the child exits.
-pub fn spawn_on(mut cmd: Command, slave: OwnedFd) -> io::Result<Child> {
+pub fn spawn_on(cmd: Command, slave: OwnedFd) -> io::Result<Child> {
+    let mut cmd = prepare_on(cmd, slave)?;
+    let child = cmd.spawn();
+    drop(cmd);
+    child
+}
+
+/// `cmd` made to start in a new session with `slave` as its stdio and
+/// controlling terminal; the caller spawns it, then drops it (which
+/// closes the slave's descriptors, so the master sees EOF when the child
+/// exits).
+pub fn prepare_on(mut cmd: Command, slave: OwnedFd) -> io::Result<Command> {
     cmd.stdin(Stdio::from(slave.try_clone()?))
         .stdout(Stdio::from(slave.try_clone()?))
         .stderr(Stdio::from(slave));
@@ -60,9 +89,7 @@ pub fn spawn_on(mut cmd: Command, slave: OwnedFd) -> io::Result<Child> {
             Ok(())
         });
     }
-    let child = cmd.spawn();
-    drop(cmd);
-    child
+    Ok(cmd)
 }
 
 #[cfg(test)]

@@ -18,9 +18,10 @@ pub struct CreateRequest {
     pub memory_mib: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_public_key: Option<String>,
-    /// Return only once the guest's SSH answers (default true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait_ssh: Option<bool>,
+    /// Return only once the guest takes operations (exec, cp, consoles)
+    /// (default true). `wait_ssh` is the same, by its older name.
+    #[serde(default, alias = "wait_ssh", skip_serializing_if = "Option::is_none")]
+    pub wait_ready: Option<bool>,
     /// Disk size: bytes, or a size such as `"20G"` (default 10 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskSize>,
@@ -35,8 +36,9 @@ pub struct CreateRequest {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait_ssh: Option<bool>,
+    /// As in [`CreateRequest::wait_ready`] (alias `wait_ssh`).
+    #[serde(default, alias = "wait_ssh", skip_serializing_if = "Option::is_none")]
+    pub wait_ready: Option<bool>,
 }
 
 /// Body of `POST /vms/{vm}/pause` (empty: no options yet).
@@ -107,6 +109,11 @@ pub struct VmView {
     pub expose: Option<Expose>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// After a wait (create, start, resume, restore): whether the guest
+    /// took operations in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// The same as `ready`, by its older name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_ready: Option<bool>,
     /// Seconds of idleness after which the VM is paused (absent: never).
@@ -116,6 +123,14 @@ pub struct VmView {
     /// its URL resume it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub idle_paused: bool,
+}
+
+impl VmView {
+    /// Records the outcome of a readiness wait, under both names.
+    pub fn set_ready(&mut self, ready: bool) {
+        self.ready = Some(ready);
+        self.ssh_ready = Some(ready);
+    }
 }
 
 /// What `fcm ssh` needs (`GET /vms/{vm}/ssh`).
@@ -168,9 +183,22 @@ pub struct ExecRequest {
     /// Standard input as base64, for bytes that are not UTF-8 (not with `stdin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin_base64: Option<String>,
-    /// Seconds before the command is killed (default 60, at most 3600).
+    /// Seconds before the command is killed (default 60, at most 3600;
+    /// in the streamed form, 0 for no deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Streamed form only: run the command on a terminal (stdout and
+    /// stderr are then one stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    /// The terminal's size (default 80x24) and `$TERM` (default
+    /// `xterm-256color`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
 }
 
 /// How `stdout` and `stderr` of an [`ExecResponse`] are encoded.

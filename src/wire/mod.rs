@@ -2,11 +2,13 @@
 //!
 //! Both sides use these serde types and nothing else of each other: the
 //! client never reads a JSON field by hand, and a change of a field is a
-//! change in one place. `api` is the HTTP API (docs/openapi.yaml), `stream`
-//! the terminal stream on port 7778 (docs/console.md), `tls` what both
+//! change in one place. `api` is the HTTP API (docs/openapi.yaml), `exec` the
+//! streamed exec's frames, `stream` the terminal stream on port 7778
+//! (docs/console.md), `tls` what both
 //! ends of a TLS connection share (fingerprints, deadlines, a split stream).
 
 pub mod api;
+pub mod exec;
 pub mod size;
 pub mod stream;
 pub mod text;

@@ -282,6 +282,13 @@ impl Link {
         raw || matches!(self, Self::Tls(t) if t.has_plaintext())
     }
 
+    /// Says the end of the TLS session (close_notify); nothing in plain.
+    pub fn close_notify(&self) {
+        if let Self::Tls(t) = self {
+            t.close_notify();
+        }
+    }
+
     /// Ends the connection in both directions (TLS: close_notify first).
     pub fn shutdown(&self) {
         if let Self::Tls(t) = self {

@@ -17,16 +17,16 @@ pub(super) fn pause(
     ok(200, m.pause(vm)?)
 }
 
-fn wait_ssh(m: &Manager, mut view: VmView, wait: Option<bool>) -> VmView {
+fn wait_ready(m: &Manager, mut view: VmView, wait: Option<bool>) -> VmView {
     if wait.unwrap_or(true) {
-        view.ssh_ready = Some(m.wait_ssh(view.ip));
+        view.set_ready(m.wait_ready(&view.id));
     }
     view
 }
 
 pub(super) fn resume(m: &Manager, vm: &str, req: StartRequest) -> Result<Reply, ApiError> {
     let view = m.resume(vm)?;
-    ok(200, wait_ssh(m, view, req.wait_ssh))
+    ok(200, wait_ready(m, view, req.wait_ready))
 }
 
 pub(super) fn list(m: &Manager, vm: &str) -> Result<Reply, ApiError> {
@@ -46,7 +46,7 @@ pub(super) fn restore(
 ) -> Result<Reply, ApiError> {
     s.forget_vm(vm);
     let view = m.restore(vm, cp)?;
-    ok(200, wait_ssh(m, view, req.wait_ssh))
+    ok(200, wait_ready(m, view, req.wait_ready))
 }
 
 pub(super) fn delete(m: &Manager, vm: &str, cp: &str) -> Result<Reply, ApiError> {

@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use super::{ApiError, Reply, Route, ok};
-use crate::daemon::guest::{self, Download};
+use crate::daemon::guest::Download;
 use crate::daemon::manager::Manager;
 use crate::wire::api::ExecRequest;
 
@@ -19,7 +19,7 @@ pub enum Answer {
 }
 
 pub(super) fn exec(m: &Manager, vm: &str, req: ExecRequest) -> Result<Reply, ApiError> {
-    ok(200, guest::exec(m, vm, req)?)
+    ok(200, m.exec(vm, req)?)
 }
 
 fn bytes(d: Download, content_type: &'static str) -> Answer {
@@ -34,16 +34,14 @@ fn bytes(d: Download, content_type: &'static str) -> Answer {
 pub fn stream(m: &Manager, r: Route, body: &mut dyn Read) -> Result<Answer, ApiError> {
     let json = |v| ok(200, v).map(Answer::Json);
     match r {
-        Route::GetFile { vm, path } => Ok(bytes(
-            guest::read_file(m, &vm, &path)?,
-            "application/octet-stream",
-        )),
-        Route::GetArchive { vm, path } => Ok(bytes(
-            guest::read_archive(m, &vm, &path)?,
-            "application/x-tar",
-        )),
-        Route::PutFile { vm, path } => json(guest::write_file(m, &vm, &path, body)?),
-        Route::PutArchive { vm, path } => json(guest::write_archive(m, &vm, &path, body)?),
+        Route::GetFile { vm, path } => {
+            Ok(bytes(m.read_file(&vm, &path)?, "application/octet-stream"))
+        }
+        Route::GetArchive { vm, path } => {
+            Ok(bytes(m.read_archive(&vm, &path)?, "application/x-tar"))
+        }
+        Route::PutFile { vm, path } => json(m.write_file(&vm, &path, body)?),
+        Route::PutArchive { vm, path } => json(m.write_archive(&vm, &path, body)?),
         _ => Err(ApiError::new(
             500,
             "a JSON route reached the stream handler",

@@ -129,6 +129,7 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::CreateStep { .. } | ManagerError::Operation { .. } => 500,
         ManagerError::CheckpointNotFound { .. } => 404,
         ManagerError::CheckpointExists { .. } => 409,
+        ManagerError::Guest(e) => guest_status_of(e),
     }
 }
 
@@ -149,29 +150,22 @@ pub fn session_status_of(e: &SessionError) -> u16 {
         SessionError::InvalidId(_) => 400,
         SessionError::NotFound { .. } => 404,
         SessionError::Exists { .. } => 409,
-        SessionError::Guest { .. } => 502,
+        SessionError::Guest { source, .. } => match guest_status_of(source) {
+            500 => 500,
+            _ => 502,
+        },
+        SessionError::Tmux { .. } => 502,
     }
 }
 
-/// Status codes of guest (exec, files) errors; a VM error keeps its own.
+/// Status codes of guest (exec, files) errors.
 pub fn guest_status_of(e: &GuestError) -> u16 {
     match e {
-        GuestError::Vm(e) => status_of(e),
         GuestError::BadRequest(_) | GuestError::Refused { .. } => 400,
         GuestError::NotFound { .. } => 404,
         GuestError::TooLarge { .. } => 413,
         GuestError::Unreachable { .. } | GuestError::Failed { .. } => 502,
         GuestError::Host { .. } => 500,
-    }
-}
-
-impl From<GuestError> for ApiError {
-    fn from(e: GuestError) -> Self {
-        let status = guest_status_of(&e);
-        let hint = e.hint();
-        let mut a = ApiError::new(status, chain(&e));
-        a.hint = hint;
-        a
     }
 }
 

@@ -17,14 +17,14 @@ pub(super) fn health(m: &Manager) -> Result<Reply, ApiError> {
 }
 
 pub(super) fn create(m: &Manager, req: CreateRequest) -> Result<Reply, ApiError> {
-    let wait = req.wait_ssh.unwrap_or(true);
+    let wait = req.wait_ready.unwrap_or(true);
     let mut view = m.create(req)?;
     if wait {
-        let ready = m.wait_ssh(view.ip);
-        view.ssh_ready = Some(ready);
+        let ready = m.wait_ready(&view.id);
+        view.set_ready(ready);
         if !ready {
             view.warnings.push(format!(
-                "the VM is running but SSH did not answer within {} s; see {}/{}/console.log",
+                "the VM is running but its guest did not answer within {} s; see {}/{}/console.log",
                 m.config().ssh_timeout_secs,
                 m.config().state_dir.display(),
                 view.id
@@ -46,8 +46,8 @@ pub(super) fn stop(
 
 pub(super) fn start(m: &Manager, vm: &str, req: StartRequest) -> Result<Reply, ApiError> {
     let mut view = m.start(vm)?;
-    if req.wait_ssh.unwrap_or(true) {
-        view.ssh_ready = Some(m.wait_ssh(view.ip));
+    if req.wait_ready.unwrap_or(true) {
+        view.set_ready(m.wait_ready(&view.id));
     }
     ok(200, view)
 }

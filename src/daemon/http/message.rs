@@ -26,7 +26,7 @@ impl Head {
             .map(|(_, v)| v.as_str())
     }
 
-    fn has_token(&self, name: &str, token: &str) -> bool {
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))

@@ -15,11 +15,18 @@
 //! - one request per connection (`Connection: close`);
 //! - a thread per connection until its request is authorised and read,
 //!   then a fixed pool of [`WORKERS`] runs it, fed by a bounded queue (503
-//!   when full).
+//!   when full);
+//! - **streams** (a streamed exec, file transfers) are not short requests:
+//!   they run on their connection's own thread, with their own cap
+//!   (`limits.http_streams`), never on a worker, so a hundred open streams
+//!   leave every worker to `ls`. A quiet stream is not cut for being quiet:
+//!   TCP keepalive tells a live peer from a gone one, and each stream's
+//!   own deadline (the exec's timeout, [`TRANSFER_TIMEOUT`]) bounds it.
 //!
 //! `api` keeps the routes, the handlers and the status mapping; this
 //! module only moves bytes. TLS (rustls) when the daemon's ports speak it.
 
+mod exec;
 mod message;
 mod transfer;
 
@@ -35,11 +42,14 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use super::api::{self, Answer, ApiError, Route};
 use super::auth::{TOKEN_HINT, bearer, token_matches};
 use super::gate::{Authed, Gate, GateLimits, PreAuth};
+use super::guest::TRANSFER_TIMEOUT;
 use super::lock;
 use super::manager::Manager;
 use super::sessions::Sessions;
 use crate::config::Limits;
-use crate::wire::tls::{DeadlineStream, handshake};
+use crate::wire::api::ExecRequest;
+use crate::wire::stream::keepalive;
+use crate::wire::tls::{DeadlineStream, Link, TlsLink, handshake};
 use message::{Head, read_body, read_head, response};
 use transfer::{BodyReader, write_stream};
 
@@ -49,9 +59,9 @@ pub const WORKERS: usize = 16;
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
 /// Time a client has to take a JSON response.
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);
-/// File transfers have no overall deadline: each read or write of theirs
-/// must move within this.
-const STREAM_IDLE: Duration = Duration::from_secs(60);
+/// After a streamed exec's timeout, how long its stream may still take
+/// (the guest's kill, the last output, the exit).
+const EXEC_GRACE: Duration = Duration::from_secs(60);
 /// How much of a refused upload is read (and dropped) before answering.
 const STREAM_DRAIN_MAX: u64 = 16 << 20;
 /// After an early answer, how long unread input is drained so that the
@@ -64,6 +74,9 @@ trait Transport: Read + Write + Send {
     fn socket(&self) -> &TcpStream;
     /// Ends the TLS session, if any (close_notify).
     fn close_tls(&mut self) {}
+    /// The connection as a link that one thread reads while others write
+    /// (an upgraded stream).
+    fn into_link(self: Box<Self>) -> Link;
 }
 
 impl Transport for DeadlineStream {
@@ -72,6 +85,9 @@ impl Transport for DeadlineStream {
     }
     fn socket(&self) -> &TcpStream {
         &self.sock
+    }
+    fn into_link(self: Box<Self>) -> Link {
+        Link::Plain(Arc::new(self.sock))
     }
 }
 
@@ -86,22 +102,20 @@ impl Transport for StreamOwned<ServerConnection, DeadlineStream> {
         self.conn.send_close_notify();
         let _ = self.conn.complete_io(&mut self.sock);
     }
+    fn into_link(self: Box<Self>) -> Link {
+        let StreamOwned { conn, sock } = *self;
+        Link::Tls(TlsLink::new(conn.into(), sock.sock))
+    }
 }
 
-/// An authorised request, for a worker.
+/// An authorised request with its JSON body, for a worker.
 struct Job {
     io: Box<dyn Transport>,
     route: Route,
-    body: Body,
+    body: Vec<u8>,
     method: String,
     target: String,
     _slot: Authed,
-}
-
-/// A JSON body read whole, or a streamed one still on the connection.
-enum Body {
-    Whole(Vec<u8>),
-    Stream { head: Head, early: Vec<u8> },
 }
 
 /// What every connection thread needs.
@@ -112,6 +126,8 @@ struct Ctx {
     tls: Option<Arc<ServerConfig>>,
     pre_auth: Duration,
     queue: SyncSender<Job>,
+    /// For streams, which run on their connection's thread.
+    m: Arc<Manager>,
 }
 
 /// Serves the API on `listener` for ever (the accept loop only backs off
@@ -129,6 +145,7 @@ pub fn serve(
         total: limits.pre_auth_connections,
         per_peer: limits.pre_auth_per_peer,
         authed: limits.http_requests,
+        streams: limits.http_streams,
     });
     let (queue, jobs) = sync_channel::<Job>(limits.http_requests);
     let jobs = Arc::new(Mutex::new(jobs));
@@ -147,6 +164,7 @@ pub fn serve(
         tls,
         pre_auth: Duration::from_secs(limits.http_pre_auth_secs),
         queue,
+        m,
     });
     let plain = ctx.tls.is_none();
     gate.accept_loop(
@@ -169,7 +187,7 @@ fn work(jobs: &Mutex<Receiver<Job>>, m: &Manager, s: &Sessions) {
 }
 
 /// Runs a handler; a panic in it answers 500 and the worker lives on.
-fn guarded(f: impl FnOnce() -> Result<Answer, ApiError>) -> Result<Answer, ApiError> {
+fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
         Err(ApiError::new(
             500,
@@ -187,25 +205,46 @@ fn run(job: Job, m: &Manager, s: &Sessions) {
         target,
         _slot,
     } = job;
-    let result = match body {
-        Body::Whole(body) => guarded(|| api::handle(m, s, route, &body).map(Answer::Json)),
-        Body::Stream { head, early } => {
-            io.set_deadline(None);
-            let _ = io.socket().set_read_timeout(Some(STREAM_IDLE));
-            match BodyReader::new(&mut io, &head, early) {
-                Err((status, message)) => Err(ApiError::new(status, message)),
-                Ok(mut reader) => {
-                    let answer = guarded(|| api::stream(m, route, &mut reader));
-                    if answer.is_err() {
-                        // Refused before the upload was read: read a bounded
-                        // part of it, so that a client still sending can
-                        // read the answer.
-                        let _ =
-                            io::copy(&mut (&mut reader).take(STREAM_DRAIN_MAX), &mut io::sink());
-                    }
-                    answer
-                }
+    let result = guarded(|| api::handle(m, s, route, &body));
+    match result {
+        Ok(r) => {
+            let mut data = r.body.to_string().into_bytes();
+            data.push(b'\n');
+            io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
+            // The client may have gone away; nothing to do about it.
+            let _ = io.write_all(&response(r.status, &data, None));
+        }
+        Err(e) => {
+            if e.status >= 500 {
+                eprintln!("fcm daemon: {method} {target}: {}", e.message);
             }
+            io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
+            let _ = io.write_all(&error_response(&e));
+        }
+    }
+    io.close_tls();
+    let _ = io.socket().shutdown(Shutdown::Both);
+}
+
+/// A file transfer, on its connection's thread: the body streamed in or
+/// out, each read and write bounded by the transfer's deadline.
+fn transfer(mut io: Box<dyn Transport>, m: &Manager, route: Route, head: &Head, early: Vec<u8>) {
+    let (method, target) = (head.method.clone(), head.target.clone());
+    io.set_deadline(None);
+    let sock = io.socket();
+    keepalive(sock, Duration::from_secs(20), Duration::from_secs(5));
+    let _ = sock.set_read_timeout(Some(TRANSFER_TIMEOUT));
+    let _ = sock.set_write_timeout(Some(TRANSFER_TIMEOUT));
+    let result = match BodyReader::new(&mut io, head, early) {
+        Err((status, message)) => Err(ApiError::new(status, message)),
+        Ok(mut reader) => {
+            let answer = guarded(|| api::stream(m, route, &mut reader));
+            if answer.is_err() {
+                // Refused before the upload was read: read a bounded part
+                // of it, so that a client still sending can read the answer.
+                let _ = io::copy(&mut (&mut reader).take(STREAM_DRAIN_MAX), &mut io::sink());
+            }
+            answer
         }
     };
     match result {
@@ -213,7 +252,6 @@ fn run(job: Job, m: &Manager, s: &Sessions) {
             let mut data = r.body.to_string().into_bytes();
             data.push(b'\n');
             io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
-            // The client may have gone away; nothing to do about it.
             let _ = io.write_all(&response(r.status, &data, None));
         }
         Ok(Answer::Bytes {
@@ -221,8 +259,6 @@ fn run(job: Job, m: &Manager, s: &Sessions) {
             length,
             mut body,
         }) => {
-            io.set_deadline(None);
-            let _ = io.socket().set_write_timeout(Some(STREAM_IDLE));
             // A client that goes away mid-transfer ends it; nothing to report.
             let _ = write_stream(&mut io, content_type, length, &mut *body);
         }
@@ -236,6 +272,42 @@ fn run(job: Job, m: &Manager, s: &Sessions) {
     }
     io.close_tls();
     let _ = io.socket().shutdown(Shutdown::Both);
+}
+
+/// A streamed exec, on its connection's thread: its JSON body, then the
+/// upgrade (`exec::serve`).
+fn exec_stream(mut io: Box<dyn Transport>, m: &Manager, vm: &str, head: &Head, early: Vec<u8>) {
+    io.set_deadline(Some(Instant::now() + BODY_DEADLINE));
+    let body = match read_body(
+        &mut io,
+        head,
+        early,
+        Route::Exec(String::new()).body_limit(),
+    ) {
+        Ok(b) => b,
+        Err((status, message)) => {
+            return answer_and_close(io.as_mut(), &ApiError::new(status, message));
+        }
+    };
+    let req: ExecRequest = match api::parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return answer_and_close(io.as_mut(), &e),
+    };
+    io.set_deadline(None);
+    let link = io.into_link();
+    let served = guarded(|| exec::serve(link.clone(), m, vm, &req, EXEC_GRACE));
+    if let Err(e) = served {
+        if e.status >= 500 {
+            eprintln!("fcm daemon: POST {}: {}", head.target, e.message);
+        }
+        let mut w = link.clone();
+        let sock = link.sock();
+        let _ = sock.set_write_timeout(Some(WRITE_DEADLINE));
+        let _ = w.write_all(&error_response(&e));
+        link.close_notify();
+        let _ = sock.shutdown(Shutdown::Write);
+        linger(sock);
+    }
 }
 
 fn error_response(e: &ApiError) -> Vec<u8> {
@@ -336,10 +408,20 @@ fn connection(conn: TcpStream, slot: PreAuth, ctx: &Ctx) {
         Ok(r) => r,
         Err(e) => return early_answer(&mut io, e),
     };
+    let upgrade = head.has_token("Connection", "upgrade")
+        && head
+            .header("Upgrade")
+            .is_some_and(|u| u.trim().eq_ignore_ascii_case(crate::wire::exec::PROTOCOL));
+    let exec_vm = match &route {
+        Route::Exec(vm) if upgrade => Some(vm.clone()),
+        _ => None,
+    };
+    let streams = exec_vm.is_some() || route.streams();
     let slot = if route == Route::Health {
         slot.open()
     } else {
         match bearer(head.header("Authorization")) {
+            Some(t) if token_matches(t, &ctx.token) && streams => slot.streaming(),
             Some(t) if token_matches(t, &ctx.token) => slot.authenticated(),
             Some(t)
                 if matches!(route, Route::WakeVm(_))
@@ -373,18 +455,22 @@ fn connection(conn: TcpStream, slot: PreAuth, ctx: &Ctx) {
             );
         }
     };
-    let body = if route.streams() {
-        Body::Stream {
-            head: Head::clone(&head),
-            early,
-        }
-    } else {
-        io.set_deadline(Some(Instant::now() + BODY_DEADLINE));
-        match read_body(&mut io, &head, early, route.body_limit()) {
-            Ok(b) => Body::Whole(b),
-            Err((status, message)) => {
-                return early_answer(&mut io, ApiError::new(status, message));
-            }
+    // Streams stay on this thread, with their slot, to their end.
+    if let Some(vm) = exec_vm {
+        exec_stream(io, &ctx.m, &vm, &head, early);
+        drop(slot);
+        return;
+    }
+    if route.streams() {
+        transfer(io, &ctx.m, route, &head, early);
+        drop(slot);
+        return;
+    }
+    io.set_deadline(Some(Instant::now() + BODY_DEADLINE));
+    let body = match read_body(&mut io, &head, early, route.body_limit()) {
+        Ok(b) => b,
+        Err((status, message)) => {
+            return early_answer(&mut io, ApiError::new(status, message));
         }
     };
     let job = Job {

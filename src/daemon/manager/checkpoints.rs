@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +13,6 @@ use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::VmRecord;
 use crate::error::chain;
-use crate::host::ssh::{self, GuestScript};
 use crate::host::vmm::Backend;
 use crate::host::{self, disk, network};
 use crate::names::{CheckpointId, CheckpointName};
@@ -38,12 +36,6 @@ struct CheckpointMeta {
 
 const META: &str = "checkpoint.json";
 
-/// Freezes the guest's root file system for a checkpoint (syncs it where
-/// `fsfreeze` is missing), waits for a line on stdin, thaws. If the daemon
-/// dies meanwhile, stdin ends and the guest thaws; `timeout` caps it.
-const FREEZE_SCRIPT: &str = "sync; if fsfreeze -f / 2>/dev/null; then echo frozen; else echo synced; fi; \
-     timeout 60 head -n1 >/dev/null; fsfreeze -u / 2>/dev/null; echo thawed";
-
 /// Space the files of a directory take (allocated blocks).
 fn allocated(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -58,28 +50,6 @@ fn allocated(dir: &Path) -> u64 {
 }
 
 impl Manager {
-    /// Freezes (or at least syncs) the guest's root file system; the
-    /// script thaws it when told or when the session ends.
-    fn freeze_guest(&self, r: &VmRecord) -> Result<(GuestScript, bool), String> {
-        let args = ssh::daemon_ssh_args(&self.key, &self.known_hosts(&r.id), r.ip);
-        let s = GuestScript::spawn(args, FREEZE_SCRIPT).map_err(|e| e.to_string())?;
-        match s.line(Duration::from_secs(20)).as_deref() {
-            Some("frozen") => Ok((s, true)),
-            Some("synced") => Ok((s, false)),
-            _ => Err("the guest did not answer over SSH".into()),
-        }
-    }
-
-    fn thaw_guest(mut s: GuestScript) -> Option<String> {
-        let _ = s.send(b"thaw\n");
-        let thawed = s.line(Duration::from_secs(15)).as_deref() == Some("thawed");
-        s.finish(Duration::from_secs(5));
-        (!thawed).then(|| {
-            "the guest did not confirm that its file system thawed (it thaws within 60 s by itself)"
-                .into()
-        })
-    }
-
     fn read_checkpoint(&self, dir: &Path) -> Option<CheckpointMeta> {
         let text = fs::read_to_string(dir.join(META)).ok()?;
         serde_json::from_str(&text).ok()
@@ -184,19 +154,20 @@ impl Manager {
         self.record(&e, &mut r, VmState::Checkpointing, "checkpoint")?;
         fault::crash_point("checkpoint:after-record");
         let mut warnings = Vec::new();
-        let freeze = match self.freeze_guest(&r) {
-            Ok((s, frozen)) => {
-                if !frozen {
+        let freeze = match self.guest(&r).freeze() {
+            Ok(f) => {
+                if !f.frozen() {
                     warnings.push(
                         "the guest has no fsfreeze: its file systems were synced, not frozen"
                             .into(),
                     );
                 }
-                Some(s)
+                Some(f)
             }
             Err(why) => {
                 warnings.push(format!(
-                    "the guest's file systems were not synced ({why}); the checkpoint's disk is as the VMM saw it"
+                    "the guest's file systems were not synced ({}); the checkpoint's disk is as the VMM saw it",
+                    chain(&why)
                 ));
                 None
             }
@@ -238,8 +209,10 @@ impl Manager {
         }
         // Whatever happened, the guest runs on.
         let continued = vmm.continue_guest(&dir);
-        if let Some(s) = freeze {
-            warnings.extend(Self::thaw_guest(s));
+        if let Some(f) = freeze
+            && let Err(e) = f.thaw()
+        {
+            warnings.push(chain(&e));
         }
         self.record(&e, &mut r, VmState::Running, "checkpoint")?;
         if let Err(err) = &continued {
@@ -286,6 +259,7 @@ impl Manager {
         (r.cpus, r.memory_mib, r.disk_bytes) = (meta.cpus, meta.memory_mib, meta.disk_bytes);
         self.record(&e, &mut r, VmState::Restoring, "restore")?;
         fault::crash_point("restore:after-record");
+        self.forget_guest(&r);
         self.kill_vmms(&r);
         let _ = fs::remove_dir_all(self.saved_dir(&r.id));
         fault::crash_point("restore:after-kill");

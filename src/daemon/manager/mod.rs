@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `mod.rs` | the table, name resolution, queries, launch and URL helpers |
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
+//! | `exec.rs` | exec (buffered, or the start of a streamed one) and cp, through the guest seam |
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
 //! | `ops.rs` | stop, start, destroy |
 //! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
@@ -21,6 +22,7 @@
 
 mod checkpoints;
 mod create;
+pub mod exec;
 mod idle;
 mod launch;
 mod logs;
@@ -43,6 +45,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::guest::{Guest, GuestError, Guests, Target};
 use super::lifecycle::{self, Transition, VmState};
 use super::lock;
 use super::store::{self, VmRecord};
@@ -98,6 +101,8 @@ pub enum ManagerError {
     CheckpointNotFound { vm: String, checkpoint: String },
     #[error("VM {vm} already has a checkpoint named {name}")]
     CheckpointExists { vm: String, name: String },
+    #[error(transparent)]
+    Guest(#[from] GuestError),
 }
 
 impl ManagerError {
@@ -128,6 +133,7 @@ impl ManagerError {
                 "nothing can be done with it but remove it: fcm destroy {id}"
             )),
             Self::ShuttingDown => Some("try again once the daemon is back".into()),
+            Self::Guest(e) => e.hint(),
             Self::TooManyVms(_) => Some(
                 "destroy a VM (fcm ls, fcm destroy <vm>), or raise max_vms in the daemon config"
                     .into(),
@@ -204,6 +210,8 @@ pub struct Manager {
     wake: (Mutex<bool>, Condvar),
     /// Where Caddy asks the daemon to wake a VM with idle sleep.
     wake_hook: Option<WakeHook>,
+    /// The way into guests (`daemon::guest`).
+    guests: Arc<dyn Guests>,
 }
 
 impl Manager {
@@ -215,6 +223,18 @@ impl Manager {
         cfg: Arc<DaemonConfig>,
         caddy: Option<Caddy>,
         wake_hook: Option<WakeHook>,
+    ) -> Result<Self, ManagerError> {
+        let key = ssh::daemon_key(&cfg.state_dir);
+        let guests = Arc::new(super::guest::ssh::SshGuests::new(key.clone()));
+        Self::with_guests(cfg, caddy, wake_hook, guests)
+    }
+
+    /// [`Self::new`] with the given way into guests.
+    pub fn with_guests(
+        cfg: Arc<DaemonConfig>,
+        caddy: Option<Caddy>,
+        wake_hook: Option<WakeHook>,
+        guests: Arc<dyn Guests>,
     ) -> Result<Self, ManagerError> {
         let key = ssh::daemon_key(&cfg.state_dir);
         let key_pub =
@@ -235,6 +255,7 @@ impl Manager {
             in_flight: AtomicUsize::new(0),
             wake: (Mutex::new(false), Condvar::new()),
             wake_hook,
+            guests,
         };
         m.recover();
         Ok(m)
@@ -410,9 +431,35 @@ impl Manager {
         )
     }
 
-    /// Waits for the guest's SSH (used after create and start).
-    pub fn wait_ssh(&self, ip: Ipv4Addr) -> bool {
-        ssh::wait_ready(ip, Duration::from_secs(self.cfg.ssh_timeout_secs))
+    /// What the guest seam needs to reach a VM.
+    pub fn target(&self, r: &VmRecord) -> Target {
+        Target {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            ip: r.ip,
+            dir: self.dir(&r.id),
+        }
+    }
+
+    /// The way into a VM's guest.
+    pub fn guest(&self, r: &VmRecord) -> Box<dyn Guest> {
+        self.guests.guest(&self.target(r))
+    }
+
+    /// The VM left `running`: connections kept open to its guest go.
+    fn forget_guest(&self, r: &VmRecord) {
+        self.guests.forget(&self.target(r));
+    }
+
+    /// Waits until a VM's guest takes operations (after create, start,
+    /// resume, restore), at most `ssh_timeout_secs`.
+    pub fn wait_ready(&self, vm: &str) -> bool {
+        let Ok((_, e)) = self.resolve(vm) else {
+            return false;
+        };
+        let r = lock(&e.rec).clone();
+        self.guest(&r)
+            .wait_ready(Duration::from_secs(self.cfg.ssh_timeout_secs))
     }
 
     /// Ends every VMM of a VM: its recorded pid and any other found on the host.

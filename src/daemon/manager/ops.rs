@@ -9,13 +9,13 @@ use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::VmRecord;
 use crate::error::chain;
-use crate::host::{self, disk_lock, network, ssh, vmm};
+use crate::host::{self, disk_lock, network, vmm};
 use crate::names::VmId;
 use crate::wire::api::VmView;
 
 impl Manager {
-    /// Clean shutdown: Ctrl-Alt-Del where the VMM has it, `reboot` over SSH
-    /// (the guest's init syncs and unmounts, then the VMM exits), then
+    /// Clean shutdown: Ctrl-Alt-Del where the VMM has it, else a shutdown
+    /// asked of the guest (the guest's init syncs and unmounts, then the VMM exits), then
     /// SIGTERM/SIGKILL after the deadline. Returns whether it was clean.
     fn shutdown(&self, r: &VmRecord) -> bool {
         let Some(pid) = r.pid else { return true };
@@ -37,9 +37,7 @@ impl Manager {
             )
             .is_some();
         if !clean {
-            let mut args = ssh::daemon_ssh_args(&self.key, &self.known_hosts(&r.id), r.ip);
-            args.push("reboot".into());
-            let _ = host::run_timeout("ssh", &args, Duration::from_secs(10));
+            let _ = self.guest(r).shutdown();
             let left = deadline.saturating_sub(started.elapsed());
             clean = host::wait_until(left, Duration::from_millis(50), gone).is_some();
         }
@@ -84,6 +82,7 @@ impl Manager {
         self.record(&e, &mut r, VmState::Stopping, "stop")?;
         fault::crash_point("stop:after-record");
         let clean = self.shutdown(&r);
+        self.forget_guest(&r);
         // A VMM that has exited can hold its disk's lock a moment longer
         // (its last threads): stopped means the disk is free to start again.
         let rootfs = self.dir(&r.id).join("rootfs.img");
@@ -187,6 +186,7 @@ impl Manager {
     /// The side effects of a destroy, each step idempotent, so recovery
     /// can run them again after a crash. Returns what went wrong.
     pub(super) fn finish_destroy(&self, r: &VmRecord) -> Vec<String> {
+        self.forget_guest(r);
         self.kill_vmms(r);
         fault::crash_point("destroy:after-kill");
         let mut errors = self.release_runtime(r);

@@ -20,30 +20,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::daemon::guest::GuestError;
+
 use super::{Entry, Manager, ManagerError, check};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{self, Transition, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::VmRecord;
 use crate::error::chain;
-use crate::host::ssh::{self, GuestScript};
 use crate::host::{self, network};
 use crate::wire::api::VmView;
-
-/// Run after a guest comes back from a saved state: thaws a root file
-/// system frozen when the state was taken (a checkpoint), sets the clock
-/// from the host's time sent on stdin, and mixes 64 host random bytes into
-/// the guest's pool (not credited; QEMU's microvm has no VMGenID). With
-/// Python, already running when the time arrives, the clock is set within
-/// a millisecond of receipt; else `date -s`, which must first be exec'd.
-const CLOCK_SCRIPT: &str = r#"fsfreeze -u / 2>/dev/null
-if command -v python3 >/dev/null 2>&1; then exec python3 -c 'import sys, time
-i = sys.stdin.buffer
-print("ready", flush=True)
-time.clock_settime(time.CLOCK_REALTIME, float(i.readline()))
-print("clock-set", time.time(), flush=True)
-open("/dev/urandom", "wb").write(i.read(64))'
-else echo ready; read t; date -s "@$t" >/dev/null && echo clock-set $(date +%s.%N); head -c 64 > /dev/urandom; fi"#;
 
 pub(super) fn now_secs() -> u64 {
     SystemTime::now()
@@ -162,6 +148,7 @@ impl Manager {
         }
         fault::crash_point("pause:after-save");
         // The state is safe: the VMM (its guest stopped) may go.
+        self.forget_guest(&r);
         self.kill_vmms(&r);
         // Paused means the VMM is gone, its memory freed: its last threads
         // hold the disk lock until then.
@@ -241,55 +228,27 @@ impl Manager {
         Ok(view)
     }
 
-    /// Over the daemon's SSH, once a guest runs again from a saved state:
-    /// thaw, clock, randomness (see `CLOCK_SCRIPT`). A warning if it failed.
+    /// Once a guest runs again from a saved state: thaw, clock,
+    /// randomness (`Guest::after_restore`). A warning if it failed.
     pub(super) fn guest_after_load(&self, r: &VmRecord) -> Option<String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut last = String::from("SSH did not answer");
-        while std::time::Instant::now() < deadline {
-            let args = ssh::daemon_ssh_args(&self.key, &self.known_hosts(&r.id), r.ip);
-            let mut s = match GuestScript::spawn(args, CLOCK_SCRIPT) {
-                Ok(s) => s,
-                Err(e) => return Some(format!("could not run ssh to set the guest's clock: {e}")),
-            };
-            if s.line(Duration::from_secs(10)).as_deref() != Some("ready") {
-                last = "the guest did not answer over SSH".into();
-                drop(s);
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            let mut msg = format!("{}.{:09}\n", now.as_secs(), now.subsec_nanos()).into_bytes();
-            msg.extend(rand::random::<[u8; 32]>());
-            msg.extend(rand::random::<[u8; 32]>());
-            if let Err(e) = s.send(&msg) {
-                last = format!("writing to the guest's shell failed: {e}");
-                continue;
-            }
-            let set = s.line(Duration::from_secs(5));
-            let read_at = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64();
-            s.finish(Duration::from_secs(5));
-            if let Some(rest) = set.as_deref().and_then(|l| l.strip_prefix("clock-set")) {
-                // The guest's clock read back right after the set: at most
-                // the return trip behind the host's.
-                if let Ok(g) = rest.trim().parse::<f64>() {
+        let entropy: [u8; 64] = std::array::from_fn(|_| rand::random());
+        match self.guest(r).after_restore(&entropy) {
+            Ok(set) => {
+                if let Some(off) = set.offset {
                     eprintln!(
-                        "fcm: {}: guest clock set from the host's ({:+.3} s off when read back)",
-                        r.name,
-                        g - read_at
+                        "fcm: {}: guest clock set from the host's ({off:+.3} s off when read back)",
+                        r.name
                     );
                 }
-                return None;
+                None
             }
-            return Some("the guest's clock could not be set (date -s failed)".into());
+            Err(e @ GuestError::Failed { .. }) => {
+                Some(format!("the guest's clock could not be set: {}", chain(&e)))
+            }
+            Err(e) => Some(format!(
+                "the guest's clock was not corrected ({}); it lags by the time it was paused",
+                chain(&e)
+            )),
         }
-        Some(format!(
-            "the guest's clock was not corrected ({last}); it lags by the time it was paused"
-        ))
     }
 }

@@ -131,6 +131,7 @@ pub(super) fn broken_view(id: &VmId, reason: &str) -> VmView {
             format!("no valid record: {reason}"),
             format!("remove it with: fcm destroy {id}"),
         ],
+        ready: None,
         ssh_ready: None,
         idle_pause_secs: None,
         idle_paused: false,

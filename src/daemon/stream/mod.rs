@@ -14,18 +14,17 @@
 //!    input bytes, kind 1 = resize (`cols u16 BE, rows u16 BE`); the daemon
 //!    sends raw terminal output until the session detaches or ends.
 //!
-//! The daemon runs `ssh -tt … tmux attach` on a local pty whose size it
-//! sets from the handshake and the resize frames, so window changes reach
-//! tmux in the guest the ordinary way (SIGWINCH → ssh window-change). When
-//! either side goes away the ssh client is ended and reaped, the pty and
-//! the socket are closed and both threads of the connection return; tmux in
-//! the guest keeps the session.
+//! The daemon runs `tmux attach` on a terminal of the guest's (the guest
+//! seam: over SSH, `ssh -tt` on a local pty) sized from the handshake and
+//! the resize frames, so window changes reach tmux the ordinary way. When
+//! either side goes away the terminal is ended, the socket closed and
+//! both threads of the connection return; tmux in the guest keeps the
+//! session.
 
 mod attach;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -35,11 +34,11 @@ use rustls::{ServerConfig, ServerConnection};
 
 use super::auth::{TOKEN_HINT, token_matches};
 use super::gate::{Gate, GateLimits, PreAuth};
+use super::guest::Tty;
 use super::manager::Manager;
 use super::sessions::{SessionError, Sessions};
 use crate::config::Limits;
 use crate::error::chain;
-use crate::host::{self, Signal, pty};
 use crate::names::SessionId;
 use crate::wire::DEFAULT_SESSION;
 use crate::wire::stream::{HANDSHAKE_TIMEOUT, Handshake, HandshakeReply, MAX_HANDSHAKE, keepalive};
@@ -73,6 +72,7 @@ pub fn serve(
         total: limits.pre_auth_connections,
         per_peer: limits.pre_auth_per_peer,
         authed: limits.stream_connections,
+        streams: 0,
     });
     let plain = tls.is_none();
     gate.accept_loop(
@@ -237,26 +237,6 @@ fn clamp_size(v: Option<u16>, default: u16) -> u16 {
     v.unwrap_or(default).clamp(SIZE_RANGE.0, SIZE_RANGE.1)
 }
 
-/// The `ssh -tt … tmux …` process of one connection. Dropping it ends the
-/// process (SIGHUP, then SIGKILL after 3 s) and reaps it.
-struct SshChild(Child);
-
-impl Drop for SshChild {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.0.try_wait() {
-            return;
-        }
-        host::signal(self.0.id(), Signal::HUP);
-        let exited = host::wait_until(Duration::from_secs(3), Duration::from_millis(10), || {
-            self.0.try_wait().ok().flatten()
-        });
-        if exited.is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn handle(
     link: Link,
     slot: PreAuth,
@@ -308,26 +288,45 @@ fn handle(
         .unwrap_or_else(|| "xterm-256color".into());
     let (cols, rows) = (clamp_size(hs.cols, 80), clamp_size(hs.rows, 24));
 
-    let (master, slave) = pty::open(cols, rows)?;
-    let mut child = match attach::spawn_ssh(m, &rec, &session, hs.create, &term, slave) {
-        Ok(c) => SshChild(c),
-        Err(e) => {
-            return refuse(
-                &link,
-                format!("could not start ssh: {e}"),
-                Some("install openssh-client on the daemon's host".into()),
-            );
-        }
+    let tty = Tty { cols, rows, term };
+    let mut process = match m.guest(&rec).exec(&attach::spec(&session, hs.create, tty)) {
+        Ok(p) => p,
+        Err(e) => return refuse(&link, chain(&e), e.hint()),
     };
+    let control = process.control();
+    let (Some(to_guest), Some(from_guest)) = (process.stdin(), process.stdout()) else {
+        return refuse(
+            &link,
+            "the guest's terminal has no input or output".into(),
+            None,
+        );
+    };
+    let output = attach::output_queue(from_guest)?;
     // Answer only once tmux is about to run in the guest, so that "ok"
     // means attached and a missing session is a clean refusal.
-    let early = match attach::await_ready(&master, &mut child.0, conn) {
+    let early = match attach::await_ready(&output, conn) {
         Ok(early) => early,
         Err(attach::NotReady::ClientGone) => return Ok(()),
-        Err(attach::NotReady::NoSession) => {
-            let e = SessionError::NotFound {
-                vm: rec.name.to_string(),
-                session: session.to_string(),
+        Err(attach::NotReady::Ended) => {
+            let e = match process.wait() {
+                Ok(exit) if exit.code == attach::NO_SESSION_STATUS => SessionError::NotFound {
+                    vm: rec.name.to_string(),
+                    session: session.to_string(),
+                },
+                Ok(exit) => {
+                    return refuse(
+                        &link,
+                        format!(
+                            "could not reach tmux in VM {}: it exited with status {}",
+                            rec.name, exit.code
+                        ),
+                        Some("the guest may still be booting; try again in a few seconds".into()),
+                    );
+                }
+                Err(source) => SessionError::Guest {
+                    vm: rec.name.to_string(),
+                    source: Box::new(source),
+                },
             };
             return refuse(&link, chain(&e), e.hint());
         }
@@ -354,29 +353,25 @@ fn handle(
         error: None,
         hint: None,
     };
-    // Declared after `child`, so it is dropped (unregistered) before the
-    // child is reaped: `forget_vm` never signals a reused pid.
-    let reg = s.register(&rec, child.0.id());
+    let reg = s.register(&rec, Arc::clone(&control));
     let mut out = link.clone();
     out.write_all(&ok.line())?;
     out.write_all(&early)?;
     conn.set_read_timeout(None)?;
 
     let input = {
-        let to_pty = master.try_clone()?;
         let from_client = link.clone();
-        let ssh_pid = child.0.id();
+        let control = Arc::clone(&control);
         thread::Builder::new()
             .name("fcm-stream-in".into())
             .spawn(move || {
-                let _ = attach::pump_input(from_client, to_pty);
-                // The client is gone or broke the protocol: end the ssh
-                // client (tmux keeps the session). The pid is still ours:
-                // the child is reaped only after this thread is joined.
-                host::signal(ssh_pid, Signal::HUP);
+                let _ = attach::pump_input(from_client, to_guest, &control);
+                // The client is gone or broke the protocol: end the
+                // terminal (tmux keeps the session).
+                control.kill();
             })?
     };
-    attach::pump_output(&master, &mut out);
+    attach::pump_output(&output, &mut out);
     if reg.vm_gone.load(Ordering::Acquire) {
         let note = format!(
             "\r\n[fcm: VM {} is stopping; its sessions have ended]\r\n",
@@ -385,10 +380,11 @@ fn handle(
         let _ = out.write_all(note.as_bytes());
     }
     link.shutdown();
+    control.kill();
     let _ = input.join();
-    drop(master);
     drop(reg);
-    drop(child);
+    drop(output);
+    let _ = process.wait();
     Ok(())
 }
 

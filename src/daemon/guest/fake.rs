@@ -1,0 +1,262 @@
+//! A fake guest for the daemon's unit tests: no VM and no transport
+//! behind it. A test says how each operation answers (which ones fail)
+//! and reads back what the daemon asked, in order. Its name says it is a
+//! fake: the end-to-end tests under `tests/` use real guests.
+
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{
+    ClockSet, Control, Download, ExecSpec, Exit, Frozen, Guest, GuestError, Guests, Process, Target,
+};
+use crate::daemon::lock;
+
+/// What a fake program prints and how it ends.
+#[derive(Debug, Clone, Default)]
+pub struct FakeRun {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub code: i32,
+}
+
+type ExecFn = dyn Fn(&ExecSpec) -> Result<FakeRun, GuestError> + Send + Sync;
+type HookFn = dyn Fn(&str, &Target) + Send + Sync;
+
+/// How the fake guests answer; shared by every guest it hands out.
+pub struct FakeScript {
+    /// `wait_ready` answers this.
+    pub ready: bool,
+    /// `freeze`: `Ok(true)` frozen, `Ok(false)` only synced, `Err` fails.
+    pub freeze: Result<bool, String>,
+    pub thaw_fails: bool,
+    /// `after_restore` fails with this error text.
+    pub clock_fails: Option<String>,
+    pub shutdown_fails: bool,
+    /// What `exec` runs; by default every program prints nothing, exits 0.
+    pub exec: Arc<ExecFn>,
+    /// Called at each operation with its name, before it answers: a test
+    /// looks at the host (e.g. the VM's record) at that very moment.
+    pub hook: Option<Arc<HookFn>>,
+}
+
+impl Default for FakeScript {
+    fn default() -> Self {
+        Self {
+            ready: true,
+            freeze: Ok(true),
+            thaw_fails: false,
+            clock_fails: None,
+            shutdown_fails: false,
+            exec: Arc::new(|_| Ok(FakeRun::default())),
+            hook: None,
+        }
+    }
+}
+
+/// Hands out fake guests; `calls` is what was asked of them, in order:
+/// `"<operation> <vm name>"`.
+#[derive(Default, Clone)]
+pub struct FakeGuests {
+    pub script: Arc<Mutex<FakeScript>>,
+    pub calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeGuests {
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    pub fn set(&self, f: impl FnOnce(&mut FakeScript)) {
+        f(&mut lock(&self.script));
+    }
+}
+
+impl Guests for FakeGuests {
+    fn guest(&self, target: &Target) -> Box<dyn Guest> {
+        Box::new(FakeGuest {
+            t: target.clone(),
+            g: self.clone(),
+        })
+    }
+
+    fn forget(&self, target: &Target) {
+        lock(&self.calls).push(format!("forget {}", target.name));
+    }
+}
+
+struct FakeGuest {
+    t: Target,
+    g: FakeGuests,
+}
+
+impl FakeGuest {
+    /// Logs the call, runs the hook; the script as it is now.
+    fn call(&self, op: &str) -> std::sync::MutexGuard<'_, FakeScript> {
+        lock(&self.g.calls).push(format!("{op} {}", self.t.name));
+        let hook = lock(&self.g.script).hook.clone();
+        if let Some(h) = hook {
+            h(op, &self.t);
+        }
+        lock(&self.g.script)
+    }
+
+    fn failed(&self, action: &'static str, detail: &str) -> GuestError {
+        GuestError::Failed {
+            vm: self.t.name.to_string(),
+            action,
+            path: "/".into(),
+            detail: format!("fake guest: {detail}"),
+        }
+    }
+}
+
+struct FakeFrozen {
+    frozen: bool,
+    fails: bool,
+    calls: Arc<Mutex<Vec<String>>>,
+    vm: String,
+}
+
+impl Frozen for FakeFrozen {
+    fn frozen(&self) -> bool {
+        self.frozen
+    }
+
+    fn thaw(self: Box<Self>) -> Result<(), GuestError> {
+        lock(&self.calls).push(format!("thaw {}", self.vm));
+        if self.fails {
+            return Err(GuestError::Failed {
+                vm: self.vm.clone(),
+                action: "thawing",
+                path: "/".into(),
+                detail: "fake guest: thaw fails".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+struct NoControl;
+
+impl Control for NoControl {
+    fn resize(&self, _cols: u16, _rows: u16) {}
+    fn signal(&self, _signal: i32) {}
+    fn kill(&self) {}
+}
+
+struct FakeProcess {
+    run: FakeRun,
+    stdin: Option<Box<dyn Write + Send>>,
+}
+
+impl Process for FakeProcess {
+    fn stdin(&mut self) -> Option<Box<dyn Write + Send>> {
+        self.stdin.take()
+    }
+
+    fn stdout(&mut self) -> Option<Box<dyn Read + Send>> {
+        Some(Box::new(io::Cursor::new(std::mem::take(
+            &mut self.run.stdout,
+        ))))
+    }
+
+    fn stderr(&mut self) -> Option<Box<dyn Read + Send>> {
+        Some(Box::new(io::Cursor::new(std::mem::take(
+            &mut self.run.stderr,
+        ))))
+    }
+
+    fn control(&self) -> Arc<dyn Control> {
+        Arc::new(NoControl)
+    }
+
+    fn wait(self: Box<Self>) -> Result<Exit, GuestError> {
+        Ok(Exit {
+            code: self.run.code,
+            timed_out: false,
+        })
+    }
+}
+
+impl Guest for FakeGuest {
+    fn transport(&self) -> &'static str {
+        "fake"
+    }
+
+    fn wait_ready(&self, _timeout: Duration) -> bool {
+        self.call("wait_ready").ready
+    }
+
+    fn exec(&self, spec: &ExecSpec) -> Result<Box<dyn Process>, GuestError> {
+        let run = {
+            let s = self.call(&format!("exec {:?}", spec.argv));
+            Arc::clone(&s.exec)
+        };
+        Ok(Box::new(FakeProcess {
+            run: run(spec)?,
+            stdin: Some(Box::new(io::sink())),
+        }))
+    }
+
+    fn read_file(&self, path: &str) -> Result<Download, GuestError> {
+        drop(self.call("read_file"));
+        Err(GuestError::NotFound {
+            vm: self.t.name.to_string(),
+            what: "file",
+            path: path.into(),
+        })
+    }
+
+    fn write_file(&self, _path: &str, body: &mut dyn Read) -> Result<u64, GuestError> {
+        drop(self.call("write_file"));
+        io::copy(body, &mut io::sink()).map_err(|e| GuestError::BadRequest(e.to_string()))
+    }
+
+    fn read_tree(&self, path: &str) -> Result<Download, GuestError> {
+        drop(self.call("read_tree"));
+        Err(GuestError::NotFound {
+            vm: self.t.name.to_string(),
+            what: "directory",
+            path: path.into(),
+        })
+    }
+
+    fn write_tree(&self, _path: &str, body: &mut dyn Read) -> Result<u64, GuestError> {
+        drop(self.call("write_tree"));
+        io::copy(body, &mut io::sink()).map_err(|e| GuestError::BadRequest(e.to_string()))
+    }
+
+    fn freeze(&self) -> Result<Box<dyn Frozen>, GuestError> {
+        let s = self.call("freeze");
+        match &s.freeze {
+            Ok(frozen) => Ok(Box::new(FakeFrozen {
+                frozen: *frozen,
+                fails: s.thaw_fails,
+                calls: Arc::clone(&self.g.calls),
+                vm: self.t.name.to_string(),
+            })),
+            Err(why) => Err(GuestError::Unreachable {
+                vm: self.t.name.to_string(),
+                transport: "fake",
+                detail: why.clone(),
+            }),
+        }
+    }
+
+    fn after_restore(&self, _entropy: &[u8; 64]) -> Result<ClockSet, GuestError> {
+        let s = self.call("after_restore");
+        match &s.clock_fails {
+            Some(why) => Err(self.failed("setting the clock of", why)),
+            None => Ok(ClockSet { offset: Some(0.0) }),
+        }
+    }
+
+    fn shutdown(&self) -> Result<(), GuestError> {
+        let s = self.call("shutdown");
+        if s.shutdown_fails {
+            return Err(self.failed("shutting down", "shutdown fails"));
+        }
+        Ok(())
+    }
+}
