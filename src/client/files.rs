@@ -234,8 +234,20 @@ fn download(vm: &str, src: &str, dst: &Path, quiet: bool) -> Result<(), Failure>
                 .unwrap_or_else(|| "download".into())
         ));
         let result = (|| {
-            let mut f =
-                fs::File::create(&part).map_err(|e| io_failure("cannot write", &part, &e))?;
+            // A new file (0o666 less the umask: never setuid), made with
+            // O_EXCL so that nothing already at `part`, a symlink included,
+            // is written through; a leftover of an earlier attempt goes first.
+            match fs::remove_file(&part) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_failure("cannot remove", &part, &e));
+                }
+                _ => {}
+            }
+            let mut f = fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&part)
+                .map_err(|e| io_failure("cannot write", &part, &e))?;
             let n = {
                 let _m = meter(label, &counter, length, quiet);
                 io::copy(&mut Counting::new(body, counter.clone()), &mut f)
