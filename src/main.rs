@@ -9,9 +9,9 @@ use fcm::cli::{Cli, Cmd};
 fn main() {
     let cli = Cli::parse();
     // Writing to a closed pipe (`fcm ls | head`) should end quietly. The
-    // daemon (and cp, which feeds a local tar) keep Rust's default of
-    // ignoring SIGPIPE: a write to a program that went away is an error
-    // to handle, not a reason to die.
+    // daemon and cp keep Rust's default of ignoring SIGPIPE: a write to a
+    // program or a peer that went away is an error to handle, not a
+    // reason to die.
     if !matches!(cli.command, Cmd::Daemon(_) | Cmd::Cp(_)) {
         // SAFETY: restoring the default disposition of SIGPIPE at start-up,
         // before any other thread exists.

@@ -1,12 +1,14 @@
 //! The everyday commands end to end, on one real guest (QEMU backend) in
 //! its own namespace, to keep the suite's time small: `create --disk`,
-//! `exec` (CLI and API), `cp` (files, directories, errors), `logs`, and
-//! `resize` of the stopped VM with the guest seeing its new disk.
+//! `exec` (CLI and API), `cp` (files, directories, a hostile directory out
+//! of the guest, errors), `logs`, and `resize` of the stopped VM with the
+//! guest seeing its new disk.
 
 mod common;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -81,6 +83,144 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// Every path under `dir` (symlinks not followed), with its kind and mode.
+fn kinds(dir: &Path) -> Vec<(String, char, u32)> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<(String, char, u32)>) {
+        for e in fs::read_dir(d).expect("read_dir").flatten() {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).expect("lstat");
+            let t = m.file_type();
+            let kind = if t.is_symlink() {
+                'l'
+            } else if t.is_dir() {
+                'd'
+            } else if t.is_file() {
+                'f'
+            } else {
+                '?'
+            };
+            let rel = p.strip_prefix(base).expect("rel").display().to_string();
+            out.push((rel, kind, m.mode()));
+            if kind == 'd' {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v.sort();
+    v
+}
+
+/// A guest directory holding what must never be made on the host (device
+/// nodes, a FIFO, setuid/setgid files, a sticky dir, hard links, a symlink
+/// out) copied out as root: only files, directories and the symlink itself
+/// arrive, without special bits, nothing changes beside the destination,
+/// and the warning names each skipped entry.
+fn hostile_tree_comes_out_safe(f: &Fcm, vm: &str) {
+    f.ok(&[
+        "exec",
+        vm,
+        "--",
+        "sh",
+        "-c",
+        "set -e; d=/root/hostile; rm -rf $d /root/outside.txt; mkdir -p $d/sub; \
+         echo plain > $d/plain.txt; echo deep > $d/sub/deep.txt; \
+         mknod $d/blk b 7 0; mknod $d/chr c 1 3; mkfifo $d/fifo; \
+         echo suid > $d/suid; chmod 4755 $d/suid; echo sgid > $d/sgid; chmod 2755 $d/sgid; \
+         mkdir $d/sticky; chmod 1777 $d/sticky; \
+         echo outside > /root/outside.txt; ln /root/outside.txt $d/hl-out; \
+         echo pair > $d/pair-a; ln $d/pair-a $d/pair-b; ln -s /etc/passwd $d/abs",
+    ]);
+    let top = f.dir.path().join("hostile-top");
+    let sentinel = top.join("sentinel");
+    fs::create_dir_all(&sentinel).expect("mkdir");
+    fs::write(sentinel.join("keep"), "sentinel\n").expect("write");
+    let (before, passwd) = (kinds(&top), sha256(Path::new("/etc/passwd")));
+    let out = top.join("out");
+    let o = f.run(&[
+        "cp",
+        &format!("{vm}:/root/hostile"),
+        &out.display().to_string(),
+    ]);
+    let stderr = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: skipped "))
+        .unwrap_or_else(|| panic!("no warning in: {stderr}"));
+    eprintln!("cp of a hostile tree: {warning}");
+
+    let got = kinds(&out);
+    for (name, kind, mode) in &got {
+        assert!(
+            "fdl".contains(*kind),
+            "{name} is not a file, dir or symlink"
+        );
+        assert_eq!(mode & 0o7000, 0, "{name} has mode {mode:o}");
+    }
+    // The guest's tar stores the second name of a linked pair as a hard
+    // link; which one is second is the guest's directory order.
+    let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
+    let linked = if names.contains(&"pair-a") {
+        "pair-b"
+    } else {
+        "pair-a"
+    };
+    let mut expected = vec![
+        "abs",
+        "hl-out",
+        "plain.txt",
+        "sgid",
+        "sticky",
+        "sub",
+        "sub/deep.txt",
+        "suid",
+        if linked == "pair-a" {
+            "pair-b"
+        } else {
+            "pair-a"
+        },
+    ];
+    expected.sort();
+    assert_eq!(names, expected, "{stderr}");
+    for skipped in [
+        "blk (block device)",
+        "chr (character device)",
+        "fifo (FIFO)",
+        &format!("{linked} (hard link)"),
+    ] {
+        assert!(warning.contains(skipped), "{skipped} not in: {warning}");
+    }
+    let abs = out.join("abs");
+    assert!(
+        fs::symlink_metadata(&abs)
+            .expect("abs")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read_link(&abs).ok(), Some("/etc/passwd".into()));
+    assert_eq!(
+        fs::read_to_string(out.join("hl-out")).ok().as_deref(),
+        Some("outside\n")
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("suid")).ok().as_deref(),
+        Some("suid\n")
+    );
+    // Nothing beside the destination changed.
+    let after: Vec<_> = kinds(&top)
+        .into_iter()
+        .filter(|(n, _, _)| n != "out" && !n.starts_with("out/"))
+        .collect();
+    assert_eq!(after, before);
+    assert_eq!(
+        fs::read_to_string(sentinel.join("keep")).ok().as_deref(),
+        Some("sentinel\n")
+    );
+    assert_eq!(sha256(Path::new("/etc/passwd")), passwd);
 }
 
 #[test]
@@ -256,6 +396,7 @@ fn one_guest_disk_exec_cp_logs_and_resize() {
         &format!("{}/", out_dir.display()),
     ]);
     assert_eq!(tree(&out_dir.join("copied")), tree(&src));
+    hostile_tree_comes_out_safe(&f, &vm);
 
     // cp errors say what is wrong.
     let out = f.run(&["cp", &random.display().to_string(), "no-such-vm:/root/"]);

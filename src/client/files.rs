@@ -1,6 +1,8 @@
 //! `fcm cp SRC DST`: files and directories between this machine and a VM.
 //! A file goes as raw bytes (`GET`/`PUT /vms/{vm}/files`), a directory as
-//! tar (`/vms/{vm}/archive`, made and unpacked by the local `tar`). Like
+//! tar (`/vms/{vm}/archive`): made by the local `tar` on the way in,
+//! unpacked in process by `unpack` on the way out (only files, directories
+//! and symlinks; what else the guest sent is named in a warning). Like
 //! `cp -r`: a destination that is an existing directory, or ends in `/`,
 //! receives the source under its own name. Progress shows on a terminal.
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 use super::Failure;
 use super::api::{Client, seg};
 use super::progress::{Counter, Counting, meter};
+use super::unpack::{UnpackError, unpack};
 use crate::cli::CpArgs;
 use crate::host::Piped;
 use crate::wire::api::{ExecRequest, ExecResponse, VmView, Written};
@@ -107,6 +110,26 @@ fn io_failure(what: &str, path: &Path, e: &io::Error) -> Failure {
     Failure::new(format!("{what} {}: {e}", path.display()), hint)
 }
 
+fn unpack_failure(target: &Path, e: &UnpackError) -> Failure {
+    let hint = match e {
+        UnpackError::Archive(_) => {
+            Some("try again; if it keeps failing, the guest sent a bad archive")
+        }
+        UnpackError::TooManyEntries { .. } => Some("copy its subdirectories one by one"),
+        UnpackError::Destination { .. } | UnpackError::Write { .. } => {
+            Some("check the destination's free space and permissions")
+        }
+    };
+    Failure::new(
+        format!(
+            "unpacking into {} failed: {}",
+            target.display(),
+            crate::error::chain(e)
+        ),
+        hint.map(Into::into),
+    )
+}
+
 fn upload(src: &Path, vm: &str, dst: &str, quiet: bool) -> Result<(), Failure> {
     let meta = fs::metadata(src).map_err(|e| io_failure("cannot read", src, &e))?;
     let c = Client::from_env()?;
@@ -173,6 +196,8 @@ fn download(vm: &str, src: &str, dst: &Path, quiet: bool) -> Result<(), Failure>
     running_vm(&c, vm)?;
     let is_dir = guest_is_dir(&c, vm, src)?;
     let into_dir = dst.is_dir() || dst.to_string_lossy().ends_with('/');
+    // The local path comes from the user's two arguments only, never from
+    // the guest (whose names stay inside `target`, see `unpack`).
     let target = match (into_dir, guest_basename(src)) {
         (true, Some(n)) => dst.join(n),
         _ => dst.to_path_buf(),
@@ -186,39 +211,14 @@ fn download(vm: &str, src: &str, dst: &Path, quiet: bool) -> Result<(), Failure>
             query_path(src)
         ))?;
         fs::create_dir_all(&target).map_err(|e| io_failure("cannot create", &target, &e))?;
-        // GNU tar refuses members with `..` and absolute names, and makes
-        // symlinks that point outside only after everything else.
-        let mut tar = Piped::spawn(
-            "tar",
-            [
-                "-x".as_ref(),
-                "--no-same-owner".as_ref(),
-                "-C".as_ref(),
-                target.as_os_str(),
-            ],
-            TAR_TIMEOUT,
-        )
-        .map_err(|e| Failure::new(crate::error::chain(&e), Some("install tar".into())))?;
-        let mut input = tar
-            .stdin()
-            .ok_or_else(|| Failure::new("tar took no input", None))?;
-        let copied = {
+        let report = {
             let _m = meter(label, &counter, None, quiet);
-            io::copy(&mut Counting::new(body, counter.clone()), &mut input)
-        };
-        drop(input);
-        let end = tar.finish();
-        if end.code != Some(0) {
-            return Err(Failure::new(
-                format!(
-                    "unpacking into {} failed: {}",
-                    target.display(),
-                    visible(&end.stderr)
-                ),
-                None,
-            ));
+            unpack(Counting::new(body, counter.clone()), &target)
         }
-        copied.map_err(|e| Failure::new(format!("the transfer broke off: {e}"), None))?;
+        .map_err(|e| unpack_failure(&target, &e))?;
+        if let Some(w) = report.warning() {
+            eprintln!("warning: {w}");
+        }
     } else {
         let (length, body) =
             c.get_bytes(&format!("/vms/{}/files?path={}", seg(vm), query_path(src)))?;
@@ -234,8 +234,20 @@ fn download(vm: &str, src: &str, dst: &Path, quiet: bool) -> Result<(), Failure>
                 .unwrap_or_else(|| "download".into())
         ));
         let result = (|| {
-            let mut f =
-                fs::File::create(&part).map_err(|e| io_failure("cannot write", &part, &e))?;
+            // A new file (0o666 less the umask: never setuid), made with
+            // O_EXCL so that nothing already at `part`, a symlink included,
+            // is written through; a leftover of an earlier attempt goes first.
+            match fs::remove_file(&part) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_failure("cannot remove", &part, &e));
+                }
+                _ => {}
+            }
+            let mut f = fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&part)
+                .map_err(|e| io_failure("cannot write", &part, &e))?;
             let n = {
                 let _m = meter(label, &counter, length, quiet);
                 io::copy(&mut Counting::new(body, counter.clone()), &mut f)

@@ -15,7 +15,8 @@
 //! | `progress` | spinners and transfer progress on a terminal |
 //!
 //! `trust` pins the daemon's TLS certificate (known_daemons) for both the
-//! API client and the console.
+//! API client and the console; `unpack` makes a directory copied out of a
+//! guest from its tar, keeping only what is safe to make.
 
 pub mod api;
 mod checkpoints;
@@ -28,6 +29,7 @@ mod progress;
 mod sessions;
 mod ssh;
 pub mod trust;
+mod unpack;
 mod vms;
 
 use std::io::Write;
