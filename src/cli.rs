@@ -39,11 +39,12 @@ pub enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Run a command in a VM without a terminal: fcm exec <vm> -- cmd...
+    /// Run a command in a VM: fcm exec [-i] [-t] <vm> -- cmd...
     ///
-    /// Its stdout and stderr stay apart, stdin is passed through (when it is
-    /// not a terminal), and fcm exits with the command's exit code (124 when
-    /// it was killed at its timeout). Output is cut at 1 MiB per stream.
+    /// Its output is printed as it comes, stdout and stderr apart; stdin is
+    /// streamed to it with -i, or when it is not a terminal; -t runs it on a
+    /// terminal in the guest (exec -it vm -- bash). fcm exits with the
+    /// command's exit code (124 when it was killed at its timeout).
     Exec(ExecArgs),
     /// Copy files or directories between this machine and a VM.
     ///
@@ -271,10 +272,20 @@ pub struct ResizeArgs {
 pub struct ExecArgs {
     #[arg(help = VM_HELP)]
     pub vm: String,
-    /// Kill the command after this many seconds (default 60, at most 3600).
+    /// Stream standard input to the command (it always is when it is not a
+    /// terminal), end of file included.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Run the command on a terminal in the guest: this terminal in raw
+    /// mode, window size followed, Ctrl-C to the command.
+    #[arg(short = 't', long, conflicts_with = "json")]
+    pub tty: bool,
+    /// Kill the command after this many seconds (default 60, at most 3600;
+    /// with -i or -t, none unless given; 0 for none).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
-    /// Print {exit_code, stdout, stderr, encoding, truncated, timed_out} as JSON.
+    /// Wait for the end and print {exit_code, stdout, stderr, encoding,
+    /// truncated, timed_out} as JSON (each stream cut at 1 MiB).
     #[arg(long)]
     pub json: bool,
     /// The program and its arguments, after --; each argument reaches the

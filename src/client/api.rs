@@ -304,12 +304,21 @@ impl Client {
         body: &B,
         timeout: Duration,
     ) -> Result<T, ClientError> {
-        let req = self.request("POST", path).timeout(timeout);
-        self.answer(req.send_json(body))
+        admitted(|| {
+            let req = self.request("POST", path).timeout(timeout);
+            self.answer(req.send_json(body))
+        })
     }
 
     /// A GET whose answer is raw bytes: (length if known, reader).
     pub fn get_bytes(
+        &self,
+        path: &str,
+    ) -> Result<(Option<u64>, Box<dyn std::io::Read + Send + Sync>), ClientError> {
+        admitted(|| self.get_bytes_once(path))
+    }
+
+    fn get_bytes_once(
         &self,
         path: &str,
     ) -> Result<(Option<u64>, Box<dyn std::io::Read + Send + Sync>), ClientError> {
@@ -400,14 +409,43 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let req = self.request(method, path);
-        let resp = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        self.answer(resp)
+        admitted(|| {
+            let req = self.request(method, path);
+            let resp = match body {
+                Some(b) => req.send_json(b),
+                None => req.call(),
+            };
+            self.answer(resp)
+        })
     }
 }
+
+/// Whether the daemon turned the connection away at the door (too many
+/// connections at once): nothing of the request was done.
+pub fn refused_at_admission(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 503, message, .. }
+        if message.starts_with("too many") || message.contains("serving too many requests"))
+}
+
+/// Runs `f` again, for up to [`ADMISSION_RETRY`], while the daemon turns
+/// it away at the door (many `fcm` started at once, e.g. by `xargs -P`).
+pub fn admitted<T>(mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+    let until = std::time::Instant::now() + ADMISSION_RETRY;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match f() {
+            Err(e) if refused_at_admission(&e) && std::time::Instant::now() < until => {
+                let jitter = Duration::from_millis(u64::from(rand::random::<u8>() % 50));
+                std::thread::sleep(pause + jitter);
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a request turned away at the door is tried again.
+const ADMISSION_RETRY: Duration = Duration::from_secs(15);
 
 /// Percent-encodes a path segment (a VM argument may hold anything).
 pub fn seg(s: &str) -> String {

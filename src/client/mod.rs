@@ -28,6 +28,7 @@ mod manual;
 mod progress;
 mod sessions;
 mod ssh;
+mod terminal;
 pub mod trust;
 mod unpack;
 mod vms;

@@ -413,7 +413,12 @@ impl Control for TtyControl {
 }
 
 fn on_tty(g: &SshGuest, spec: &ExecSpec, tty: &Tty) -> Result<Box<dyn Process>, GuestError> {
-    let remote = format!("exec {}", ssh::remote_command(&spec.argv));
+    // As with pipes, the shell stays to report a status of 128 + N when
+    // the terminal's keys kill the program (ssh itself would say 255).
+    let remote = format!(
+        "trap : INT QUIT; exec 3>&2 2>/dev/null; {} 2>&3 3>&-; exit $?",
+        ssh::remote_command(&spec.argv)
+    );
     let log = SshLog::new(&g.t);
     let args = g.args(&log, &["-tt", "-e", "none"], remote);
     let io_err = |source: io::Error| {
