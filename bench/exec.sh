@@ -119,7 +119,7 @@ stats() {
 import statistics, sys
 col = int(sys.argv[1])
 v = sorted(float(l.split()[col]) for l in open(sys.argv[2]) if l.strip())
-fmt = (lambda x: f"{x * 1000:.0f} ms") if v[-1] < 10 else (lambda x: f"{x:.1f} s")
+fmt = (lambda x: f"{x * 1000:.0f} ms") if v[-1] < 1 else (lambda x: f"{x:.2f} s")
 print(f"{fmt(statistics.median(v))} ({fmt(v[0])}-{fmt(v[-1])})")
 PY
 }
