@@ -353,6 +353,11 @@ pub struct DaemonArgs {
     /// Base root file system every VM's disk is copied from (default <state>/base-rootfs.img).
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
+    /// The guest agent, a static fcm-agent (default <state>/fcm-agent;
+    /// scripts/build-agent.sh puts it there). Without it, VMs are reached
+    /// over SSH only.
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
     /// The firecracker binary (default: firecracker on PATH).
     #[arg(long)]
     pub firecracker_bin: Option<PathBuf>,
@@ -389,6 +394,7 @@ impl DaemonArgs {
             kernel,
             initrd,
             rootfs,
+            agent,
             firecracker_bin,
             qemu_bin
         );

@@ -117,6 +117,9 @@ pub struct DaemonConfig {
     /// Optional initramfs; used when the file exists.
     pub initrd: PathBuf,
     pub rootfs: PathBuf,
+    /// The guest agent (a static `fcm-agent`); relative to the state dir.
+    /// Missing: VMs are reached over SSH only.
+    pub agent: PathBuf,
     pub firecracker_bin: PathBuf,
     pub qemu_bin: PathBuf,
     pub backend: BackendChoice,
@@ -163,6 +166,7 @@ impl Default for DaemonConfig {
             network_policy: NetworkPolicy::default(),
             dns: Ipv4Addr::new(1, 1, 1, 1),
             kernel: PathBuf::from("vmlinux.bin"),
+            agent: PathBuf::from("fcm-agent"),
             initrd: PathBuf::from("initrd.img"),
             rootfs: PathBuf::from("base-rootfs.img"),
             firecracker_bin: PathBuf::from("firecracker"),

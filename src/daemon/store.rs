@@ -69,6 +69,10 @@ pub struct VmRecord {
     /// a use of the VM wakes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub idle_paused: bool,
+    /// The agent drive this boot of the VM has (`host::agent_drive`), and
+    /// with it the agent's channel; none: the VM is reached over SSH only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_drive: Option<String>,
 }
 
 impl VmRecord {
@@ -190,6 +194,7 @@ mod tests {
             disk_bytes: Some(10 << 30),
             idle_pause_secs: None,
             idle_paused: false,
+            agent_drive: None,
         }
     }
 

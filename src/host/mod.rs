@@ -12,6 +12,7 @@
 //! | `network` | the bridge, `tap_<id>` devices with their policy rules, addresses |
 //! | `tap` | tap devices in process: TUN ioctls, rtnetlink link changes |
 //! | `disk` | per-VM rootfs copies, growing them |
+//! | `agent_drive` | the read-only drive with the guest agent, one per agent build |
 //! | `config_drive` | the read-only drive with a guest's identity (host key, authorized keys) |
 //! | `disk_lock` | one VMM per disk: a kernel lock the VMM itself holds |
 //! | `cgroup` | one cgroup per VMM with the VM's CPU and memory limits |
@@ -19,6 +20,7 @@
 //! | `caddy` | the public URLs: one Caddy site file per VM |
 //! | `ssh` | the daemon's key, guests' host keys, SSH readiness |
 
+pub mod agent_drive;
 pub mod caddy;
 pub mod cgroup;
 pub mod child;

@@ -28,6 +28,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::host::HostError;
+use crate::host::vmm::AgentChannel;
 use crate::names::{VmId, VmName};
 
 /// Longest guest path accepted.
@@ -45,6 +46,8 @@ pub struct Target {
     pub ip: Ipv4Addr,
     /// The VM's directory on the host (its pinned host key, runtime files).
     pub dir: PathBuf,
+    /// Where its agent is reached; none for a VM without one.
+    pub agent: Option<AgentChannel>,
 }
 
 #[derive(Debug, Error)]

@@ -32,6 +32,9 @@ struct CheckpointMeta {
     memory_mib: u32,
     #[serde(default)]
     disk_bytes: Option<u64>,
+    /// The agent drive the VM had (its saved devices include it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent_drive: Option<String>,
 }
 
 const META: &str = "checkpoint.json";
@@ -106,6 +109,14 @@ impl Manager {
                 vm: r.name.to_string(),
                 checkpoint: cp.chars().take(64).collect(),
             })
+    }
+
+    /// The agent drives a VM's checkpoints need.
+    pub(super) fn checkpoint_agent_drives(&self, r: &VmRecord) -> Vec<String> {
+        self.checkpoints_of(r)
+            .into_iter()
+            .filter_map(|(_, m)| m.agent_drive)
+            .collect()
     }
 
     pub fn checkpoints(&self, vm: &str) -> Result<Vec<CheckpointView>, ManagerError> {
@@ -193,6 +204,7 @@ impl Manager {
                 cpus: r.cpus,
                 memory_mib: r.memory_mib,
                 disk_bytes: r.disk_bytes,
+                agent_drive: r.agent_drive.clone(),
                 disk_copy: match method {
                     disk::CopyMethod::Reflink => "reflink".into(),
                     disk::CopyMethod::Sparse => "sparse".into(),
@@ -255,8 +267,10 @@ impl Manager {
         let was_paused = r.state == VmState::Paused;
         let resized =
             (r.cpus, r.memory_mib, r.disk_bytes) != (meta.cpus, meta.memory_mib, meta.disk_bytes);
-        // Back to the checkpoint's shape too (a resize since is undone).
+        // Back to the checkpoint's shape too (a resize since is undone),
+        // its devices included.
         (r.cpus, r.memory_mib, r.disk_bytes) = (meta.cpus, meta.memory_mib, meta.disk_bytes);
+        r.agent_drive = meta.agent_drive.clone();
         self.record(&e, &mut r, VmState::Restoring, "restore")?;
         fault::crash_point("restore:after-record");
         self.forget_guest(&r);

@@ -118,6 +118,7 @@ impl Manager {
                 disk_bytes: Some(disk_bytes),
                 idle_pause_secs,
                 idle_paused: false,
+                agent_drive: self.agent_drive.clone(),
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)

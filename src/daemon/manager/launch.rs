@@ -45,6 +45,11 @@ impl Manager {
         let rootfs = dir.join("rootfs.img");
         let config = dir.join(host::config_drive::FILE);
         let config_drive = config.is_file().then_some(config.as_path());
+        let agent = rec
+            .agent_drive
+            .as_deref()
+            .map(|n| host::agent_drive::path(&self.cfg.state_dir, n))
+            .filter(|p| p.is_file());
         // One VMM per disk: the lock is taken here and lives in the VMM. A
         // VMM that is exiting (none is found running) gets a moment to let go.
         let acquire = || match DiskLock::acquire(&rootfs) {
@@ -92,6 +97,7 @@ impl Manager {
             initrd: initrd.as_deref(),
             rootfs: &rootfs,
             config_drive,
+            agent_drive: agent.as_deref(),
             cmdline: self.cmdline(rec),
             tap: &rec.tap,
             mac: &rec.mac,

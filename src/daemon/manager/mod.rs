@@ -212,6 +212,9 @@ pub struct Manager {
     wake_hook: Option<WakeHook>,
     /// The way into guests (`daemon::guest`).
     guests: Arc<dyn Guests>,
+    /// The agent drive a VM booting now gets (`host::agent_drive`); none
+    /// without an agent binary.
+    agent_drive: Option<String>,
 }
 
 impl Manager {
@@ -243,7 +246,9 @@ impl Manager {
                 name: "daemon".into(),
                 message: chain(&e),
             })?;
+        let agent_drive = Self::current_agent_drive(&cfg);
         let m = Self {
+            agent_drive,
             backend: vmm::choose(&cfg),
             cfg,
             vms: Mutex::new(BTreeMap::new()),
@@ -258,7 +263,45 @@ impl Manager {
             guests,
         };
         m.recover();
+        m.sweep_agent_drives();
         Ok(m)
+    }
+
+    /// The drive of the configured agent binary, made if needed; none
+    /// (with a line in the log) without one.
+    fn current_agent_drive(cfg: &DaemonConfig) -> Option<String> {
+        let bin = cfg.asset(&cfg.agent);
+        if !bin.is_file() {
+            eprintln!(
+                "fcm daemon: no guest agent at {} (build it with scripts/build-agent.sh): VMs are reached over SSH only",
+                bin.display()
+            );
+            return None;
+        }
+        match host::agent_drive::ensure(&cfg.state_dir, &bin) {
+            Ok(name) => Some(name),
+            Err(e) => {
+                eprintln!(
+                    "fcm daemon: warning: {}; VMs are reached over SSH only",
+                    chain(&e)
+                );
+                None
+            }
+        }
+    }
+
+    /// Removes the agent drives that no VM and no checkpoint uses.
+    fn sweep_agent_drives(&self) {
+        let mut keep: std::collections::BTreeSet<String> =
+            self.agent_drive.iter().cloned().collect();
+        for e in lock(&self.vms).values() {
+            let r = lock(&e.rec).clone();
+            keep.extend(r.agent_drive.clone());
+            keep.extend(self.checkpoint_agent_drives(&r));
+        }
+        for name in host::agent_drive::sweep(&self.cfg.state_dir, &keep) {
+            eprintln!("fcm daemon: removed the agent drive {name}, which no VM uses any more");
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -433,11 +476,16 @@ impl Manager {
 
     /// What the guest seam needs to reach a VM.
     pub fn target(&self, r: &VmRecord) -> Target {
+        let dir = self.dir(&r.id);
         Target {
             id: r.id.clone(),
             name: r.name.clone(),
             ip: r.ip,
-            dir: self.dir(&r.id),
+            agent: r.agent_drive.as_ref().map(|_| {
+                self.vmm_for(r.backend)
+                    .agent_channel(&dir, fcm_proto::VSOCK_PORT)
+            }),
+            dir,
         }
     }
 

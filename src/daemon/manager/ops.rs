@@ -128,6 +128,8 @@ impl Manager {
         let mut r = lock(&e.rec).clone();
         check(&r, Transition::Start)?;
         self.check_prerequisites(r.backend)?;
+        // A cold boot takes the current agent (docs/agent.md).
+        r.agent_drive = self.agent_drive.clone();
         self.record(&e, &mut r, VmState::Starting, "start")?;
         fault::crash_point("start:after-record");
         let launched = network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))

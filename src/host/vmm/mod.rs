@@ -87,6 +87,11 @@ pub struct LaunchSpec<'a> {
     /// The config drive (`host::config_drive`), attached read-only after
     /// the disk; `None` for a VM made before there were config drives.
     pub config_drive: Option<&'a Path>,
+    /// The agent drive (`host::agent_drive`), read-only after the config
+    /// drive, and the agent's channel (QEMU: a virtio-serial port on
+    /// [`AGENT_SOCKET`]; Firecracker: vsock on [`FC_VSOCK`]); `None` for a
+    /// VM whose guest has no agent.
+    pub agent_drive: Option<&'a Path>,
     /// Kernel command line shared by both backends; they may append to it.
     pub cmdline: String,
     pub tap: &'a str,
@@ -109,6 +114,21 @@ impl LaunchSpec<'_> {
     pub fn console_log(&self) -> PathBuf {
         console_log_path(self.dir)
     }
+}
+
+/// The host end of the agent's virtio-serial port (QEMU), in the VM dir:
+/// a socket the daemon binds and hands to QEMU, and connects to.
+pub const AGENT_SOCKET: &str = "agent.sock";
+/// Firecracker's vsock Unix socket, in its chroot (jailed) or the VM dir.
+pub const FC_VSOCK: &str = "v.sock";
+
+/// How the daemon reaches a VM's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentChannel {
+    /// Connect to this socket: the stream is the virtio-serial port.
+    Serial(PathBuf),
+    /// Connect to Firecracker's vsock socket and ask for `port`.
+    Vsock { socket: PathBuf, port: u32 },
 }
 
 pub fn console_log_path(dir: &Path) -> PathBuf {
@@ -151,6 +171,9 @@ pub trait Vmm: Send + Sync {
     fn cpu_overhead_percent(&self) -> u32 {
         0
     }
+    /// Where the agent of the VM whose directory is `dir` is reached (for a
+    /// VM launched with an agent drive).
+    fn agent_channel(&self, dir: &Path, port: u32) -> AgentChannel;
 }
 
 /// Fsyncs a file written by another process.

@@ -42,6 +42,7 @@ pub(super) const JAIL_KERNEL: &str = "/vmlinux";
 pub(super) const JAIL_INITRD: &str = "/initrd";
 pub(super) const JAIL_ROOTFS: &str = "/rootfs.img";
 pub(super) const JAIL_CONFIG: &str = "/config.img";
+pub(super) const JAIL_AGENT: &str = "/agent.img";
 
 /// The jails' base directory in the VM dir: the jailer builds the chroot
 /// at `jail/<exec file name>/<id>/root`.
@@ -126,6 +127,12 @@ pub(super) fn build_jail(bin: &Path, spec: &LaunchSpec<'_>) -> Result<PathBuf, V
         std::os::unix::fs::chown(config, Some(0), Some(gid)).map_err(err(config))?;
         host::set_mode(config, 0o440).map_err(err(config))?;
         fs::hard_link(config, &dst).map_err(err(&dst))?;
+    }
+    // The agent drive: shared by VMs (root's, world-readable: it holds
+    // only the agent's binary), linked (the state dir is one file system).
+    if let Some(agent) = spec.agent_drive {
+        let dst = root.join(JAIL_AGENT.trim_start_matches('/'));
+        fs::hard_link(agent, &dst).map_err(err(&dst))?;
     }
     Ok(root)
 }

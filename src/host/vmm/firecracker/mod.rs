@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::Backend;
-use super::{LaunchSpec, Vmm, VmmError};
+use super::{AgentChannel, FC_VSOCK, LaunchSpec, Vmm, VmmError};
 use crate::host;
 
 mod api;
@@ -36,7 +36,8 @@ pub use api::{api_call, api_call_within};
 use api::{call, connect, put};
 pub use jail::{JAIL, api_socket, chroots, find_jailed, is_jailed_in};
 use jail::{
-    JAIL_CONFIG, JAIL_INITRD, JAIL_KERNEL, JAIL_ROOTFS, build_jail, link_into_jail, open_saved,
+    JAIL_AGENT, JAIL_CONFIG, JAIL_INITRD, JAIL_KERNEL, JAIL_ROOTFS, build_jail, link_into_jail,
+    open_saved,
 };
 
 pub const SOCKET: &str = "firecracker.socket";
@@ -69,7 +70,17 @@ impl Vmm for Firecracker {
     }
 
     fn runtime_files(&self) -> &'static [&'static str] {
-        &[SOCKET, PIDFILE]
+        &[SOCKET, PIDFILE, FC_VSOCK]
+    }
+
+    fn agent_channel(&self, dir: &Path, port: u32) -> AgentChannel {
+        // Jailed, the socket is in the chroot, beside the API socket.
+        let api = api_socket(dir);
+        let socket = match api.parent() {
+            Some(p) if api != dir.join(SOCKET) => p.join(FC_VSOCK),
+            _ => dir.join(FC_VSOCK),
+        };
+        AgentChannel::Vsock { socket, port }
     }
 
     fn runtime_dirs(&self) -> &'static [&'static str] {
@@ -250,6 +261,12 @@ impl Firecracker {
                     initrd: spec.initrd.map(|_| PathBuf::from(JAIL_INITRD)),
                     rootfs: PathBuf::from(JAIL_ROOTFS),
                     config: spec.config_drive.map(|_| PathBuf::from(JAIL_CONFIG)),
+                    agent: spec.agent_drive.map(|_| {
+                        (
+                            PathBuf::from(JAIL_AGENT),
+                            PathBuf::from(format!("/{FC_VSOCK}")),
+                        )
+                    }),
                 };
                 (cmd, root.join(SOCKET), files)
             }
@@ -264,7 +281,13 @@ impl Firecracker {
                     initrd: spec.initrd.map(Path::to_owned),
                     rootfs: spec.rootfs.to_owned(),
                     config: spec.config_drive.map(Path::to_owned),
+                    agent: spec
+                        .agent_drive
+                        .map(|d| (d.to_owned(), spec.dir.join(FC_VSOCK))),
                 };
+                if files.agent.is_some() {
+                    let _ = fs::remove_file(spec.dir.join(FC_VSOCK));
+                }
                 (cmd, socket, files)
             }
         };
@@ -339,6 +362,20 @@ impl Firecracker {
                 json!({"drive_id": "config", "path_on_host": config, "is_root_device": false, "is_read_only": true}),
             )?;
         }
+        if let Some((drive, vsock)) = &files.agent {
+            put(
+                socket,
+                "drives",
+                "/drives/agent",
+                json!({"drive_id": "agent", "path_on_host": drive, "is_root_device": false, "is_read_only": true}),
+            )?;
+            put(
+                socket,
+                "vsock",
+                "/vsock",
+                json!({"guest_cid": 3, "uds_path": vsock}),
+            )?;
+        }
         if self.jailer.is_some() {
             // The jailer closed the inherited lock; Firecracker has now
             // opened the disk itself: the lock moves into its descriptor.
@@ -374,4 +411,6 @@ struct GuestFiles {
     initrd: Option<PathBuf>,
     rootfs: PathBuf,
     config: Option<PathBuf>,
+    /// The agent drive, and where Firecracker puts its vsock socket.
+    agent: Option<(PathBuf, PathBuf)>,
 }

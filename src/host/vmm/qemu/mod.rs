@@ -30,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::Backend;
-use super::{LaunchSpec, Vmm, VmmError};
+use super::{AGENT_SOCKET, AgentChannel, LaunchSpec, Vmm, VmmError};
 use crate::host;
 
 mod qmp;
@@ -74,6 +74,9 @@ pub struct Fds {
     pub tap: RawFd,
     /// The QMP socket, bound and listening.
     pub qmp: RawFd,
+    /// The agent drive, read-only, and the agent port's socket, bound and
+    /// listening, when the VM has an agent.
+    pub agent: Option<(RawFd, RawFd)>,
     /// A saved guest's migration stream, read-only, to load instead of booting.
     pub incoming: Option<RawFd>,
 }
@@ -161,6 +164,24 @@ impl Qemu {
                 "virtio-blk-device,drive=config".into(),
             ]);
         }
+        // The agent: its drive (read-only, fd set 4) and its channel, a
+        // virtio-serial port the guest finds by name (docs/agent.md).
+        if let (Some((drive, sock)), Some(path)) = (fds.agent, spec.agent_drive) {
+            a.extend([
+                "-add-fd".into(),
+                format!("fd={drive},set=4,opaque={}:ro", d(path)),
+                "-drive".into(),
+                "id=agent,file=/dev/fdset/4,format=raw,if=none,readonly=on,file.locking=off".into(),
+                "-device".into(),
+                "virtio-blk-device,drive=agent".into(),
+                "-device".into(),
+                "virtio-serial-device".into(),
+                "-chardev".into(),
+                format!("socket,id=agent,fd={sock},server=on,wait=off"),
+                "-device".into(),
+                format!("virtserialport,chardev=agent,name={}", fcm_proto::PORT_NAME),
+            ]);
+        }
         a.extend(
             [
                 "-netdev",
@@ -230,7 +251,11 @@ impl Vmm for Qemu {
     }
 
     fn runtime_files(&self) -> &'static [&'static str] {
-        &[PIDFILE, QMP]
+        &[PIDFILE, QMP, AGENT_SOCKET]
+    }
+
+    fn agent_channel(&self, dir: &Path, _port: u32) -> AgentChannel {
+        AgentChannel::Serial(dir.join(AGENT_SOCKET))
     }
 
     fn memory_overhead_mib(&self) -> u32 {
@@ -396,6 +421,18 @@ impl Qemu {
         let _ = fs::remove_file(&qmp_path);
         let qmp_listener = UnixListener::bind(&qmp_path).map_err(VmmError::Io)?;
         host::set_mode(&qmp_path, 0o600).map_err(VmmError::Io)?;
+        // The agent's port: a socket in the VM dir (0700, root's) that
+        // QEMU only holds as a descriptor, and its drive.
+        let agent = match spec.agent_drive {
+            Some(drive) => {
+                let path = spec.dir.join(AGENT_SOCKET);
+                let _ = fs::remove_file(&path);
+                let listener = UnixListener::bind(&path).map_err(VmmError::Io)?;
+                host::set_mode(&path, 0o600).map_err(VmmError::Io)?;
+                Some((File::open(drive).map_err(VmmError::Io)?, listener))
+            }
+            None => None,
+        };
         let fds = Fds {
             disk: spec.disk_lock.file().as_raw_fd(),
             disk_ro: disk_ro.as_raw_fd(),
@@ -405,6 +442,9 @@ impl Qemu {
             initrd: initrd.as_ref().map(AsRawFd::as_raw_fd),
             tap: tap.as_raw_fd(),
             qmp: qmp_listener.as_raw_fd(),
+            agent: agent
+                .as_ref()
+                .map(|(drive, sock)| (drive.as_raw_fd(), sock.as_raw_fd())),
             incoming: incoming.as_ref().map(AsRawFd::as_raw_fd),
         };
         let args = Self::args(spec, &fds, self.sandbox);
@@ -425,6 +465,7 @@ impl Qemu {
             .chain(fds.initrd)
             .chain(fds.config)
             .chain(fds.incoming)
+            .chain(fds.agent.into_iter().flat_map(|(a, b)| [a, b]))
             .collect();
         let user = self.sandbox.then_some(spec.user);
         // SAFETY: between fork and exec the closure only calls fcntl,
@@ -469,6 +510,7 @@ impl Qemu {
             qmp_listener,
             console,
             incoming,
+            agent,
         ));
         // Reap the child whenever it exits, so it never lingers as a zombie.
         std::thread::spawn(move || {
