@@ -212,7 +212,13 @@ pub struct Manager {
     wake_hook: Option<WakeHook>,
     /// The way into guests (`daemon::guest`).
     guests: Arc<dyn Guests>,
+    /// Makes the VMM of a backend (`vmm::make`; a fake in tests).
+    vmms: Vmms,
 }
+
+/// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
+/// daemon, a fake in the manager's unit tests.
+pub type Vmms = Arc<dyn Fn(Backend, &DaemonConfig) -> Box<dyn Vmm> + Send + Sync>;
 
 impl Manager {
     /// Sets up what the daemon owns (key, recovered VMs); the network and
@@ -236,6 +242,18 @@ impl Manager {
         wake_hook: Option<WakeHook>,
         guests: Arc<dyn Guests>,
     ) -> Result<Self, ManagerError> {
+        Self::with_seams(cfg, caddy, wake_hook, guests, Arc::new(vmm::make))
+    }
+
+    /// [`Self::new`] with the given ways into guests and to VMMs (the
+    /// manager's unit tests give fakes of both).
+    pub fn with_seams(
+        cfg: Arc<DaemonConfig>,
+        caddy: Option<Caddy>,
+        wake_hook: Option<WakeHook>,
+        guests: Arc<dyn Guests>,
+        vmms: Vmms,
+    ) -> Result<Self, ManagerError> {
         let key = ssh::daemon_key(&cfg.state_dir);
         let key_pub =
             ssh::ensure_keypair(&key, "fcm-daemon").map_err(|e| ManagerError::Operation {
@@ -256,6 +274,7 @@ impl Manager {
             wake: (Mutex::new(false), Condvar::new()),
             wake_hook,
             guests,
+            vmms,
         };
         m.recover();
         Ok(m)
@@ -363,7 +382,7 @@ impl Manager {
     }
 
     fn vmm_for(&self, backend: Backend) -> Box<dyn Vmm> {
-        vmm::make(backend, &self.cfg)
+        (self.vmms)(backend, &self.cfg)
     }
 
     /// Fails with 503-style errors when an asset or binary is missing.
