@@ -15,6 +15,7 @@
 //! | `logs.rs` | reading the console log |
 //! | `idle.rs` | idle sleep: use, pausing idle VMs, waking them |
 //! | `views.rs` | the list, one VM, ssh info, the running record; the URL |
+//! | `tests/` | unit tests of every operation through a fake guest and a fake VMM |
 //!
 //! Locking: `vms` is held only briefly (lookups, reserving names and
 //! addresses); each VM has its own operation lock, so a slow create or stop
@@ -30,6 +31,8 @@ mod ops;
 mod recover;
 mod resize;
 mod snapshots;
+#[cfg(test)]
+mod tests;
 mod views;
 
 use views::broken_view;
