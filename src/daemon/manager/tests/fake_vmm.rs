@@ -52,6 +52,9 @@ pub(super) enum Shutdown {
 
 type VmmHook = dyn Fn(&str, &Path) + Send + Sync;
 
+/// A change of the script, e.g. one fault.
+pub(super) type Change = fn(&mut FakeVmmScript);
+
 pub(super) struct FakeVmmScript {
     pub launch: Launch,
     pub launch_saved: Launch,

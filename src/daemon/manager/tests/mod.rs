@@ -15,11 +15,13 @@
 //! |---|---|
 //! | `create.rs` | create: journal, undo, bad requests, prerequisites, readiness |
 //! | `ops.rs` | stop, start, destroy; a VMM that dies; recovery |
+//! | `snapshots.rs` | pause, resume |
 //! | `fake_vmm.rs` | the fake VMM |
 
 mod create;
 mod fake_vmm;
 mod ops;
+mod snapshots;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
