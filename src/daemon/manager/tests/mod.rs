@@ -16,8 +16,10 @@
 //! | `create.rs` | create: journal, undo, bad requests, prerequisites, readiness |
 //! | `ops.rs` | stop, start, destroy; a VMM that dies; recovery |
 //! | `snapshots.rs` | pause, resume |
+//! | `checkpoints.rs` | checkpoint, restore, checkpoint rm |
 //! | `fake_vmm.rs` | the fake VMM |
 
+mod checkpoints;
 mod create;
 mod fake_vmm;
 mod ops;
