@@ -17,11 +17,15 @@
 //! | `ops.rs` | stop, start, destroy; a VMM that dies; recovery |
 //! | `snapshots.rs` | pause, resume |
 //! | `checkpoints.rs` | checkpoint, restore, checkpoint rm |
+//! | `idle.rs` | idle sleep and waking |
+//! | `exec.rs` | exec and cp through the manager |
 //! | `fake_vmm.rs` | the fake VMM |
 
 mod checkpoints;
 mod create;
+mod exec;
 mod fake_vmm;
+mod idle;
 mod ops;
 mod snapshots;
 
