@@ -258,12 +258,16 @@ fn a_vmm_that_dies_is_found_stopped_and_cleaned_up() {
         // The guest powers off by itself.
         h.vmms.power_off(&h.dir(&v));
         h.wait_gone(&v);
+        h.take_journal();
         let g = h.m.get("web").expect("get");
         assert_eq!((g.state.as_str(), g.pid), ("stopped", None));
         assert_eq!(h.state(&v), "stopped");
-        // Housekeeping releases its tap and runtime files.
+        // A lookup never waits for the host: housekeeping releases its
+        // tap and runtime files, and drops the connection kept to its guest.
+        assert!(h.take_journal().is_empty());
         h.m.tick();
         h.assert_down(&v);
+        assert_eq!(h.take_journal(), ["forget web: stopped"]);
         h.m.start("web").expect("start again");
         h.assert_running(&v);
     });
