@@ -2,7 +2,7 @@
 //! on its own; a daemon restart with VMMs running on.
 
 use super::fake_vmm::{Launch, Shutdown};
-use super::{assert_wrong_state, run, status};
+use super::{assert_wrong_state, run, run_with, status};
 use crate::daemon::lifecycle::VmState;
 use crate::daemon::manager::ManagerError;
 use crate::daemon::store;
@@ -47,6 +47,31 @@ fn stop_asks_the_guest_when_the_vmm_cannot() {
         assert_eq!(h.state(&v), "stopped");
         h.assert_down(&v);
     });
+}
+
+#[test]
+fn a_guest_that_ignores_ctrl_alt_del_gets_time_to_shut_down_when_asked() {
+    // A short stop timeout: the guest's own shutdown still gets its share.
+    run_with(
+        |cfg| cfg.stop_timeout_secs = 2,
+        |h| {
+            let v = h.create("web");
+            h.take_journal();
+            h.vmms.set(|s| s.shutdown = Shutdown::Ignored);
+            h.guest_powers_off(true);
+            let s = h.m.stop("web").expect("stop");
+            assert!(s.warnings.is_empty(), "a clean stop: {:?}", s.warnings);
+            assert_eq!(
+                h.take_journal(),
+                [
+                    "vmm request_shutdown web: stopping",
+                    "shutdown web: stopping",
+                    "forget web: stopping"
+                ]
+            );
+            h.assert_down(&v);
+        },
+    );
 }
 
 #[test]
