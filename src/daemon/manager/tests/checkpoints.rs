@@ -277,8 +277,16 @@ fn restore_of_a_paused_or_stopped_vm() {
 
         h.m.stop("web").expect("stop");
         h.take_journal();
+        h.guests
+            .set(|s| s.clock_unreachable = Some("connection refused".into()));
         let r = h.m.restore("web", "first").expect("restore a stopped VM");
-        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].starts_with("the guest's clock was not corrected (")
+                && r.warnings[0].contains("connection refused"),
+            "{:?}",
+            r.warnings
+        );
         assert_eq!(h.take_journal()[0], "forget web: restoring");
         h.assert_running(&v);
     });

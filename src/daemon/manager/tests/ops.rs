@@ -1,12 +1,15 @@
-//! Stop, start and destroy; requests in the wrong state; a VMM that dies
-//! on its own; a daemon restart with VMMs running on.
+//! Stop, start and destroy; requests in the wrong state or while the
+//! daemon shuts down; a VMM that dies on its own; a daemon restart with
+//! VMMs running on.
+
+use std::time::Duration;
 
 use super::fake_vmm::{Launch, Shutdown};
 use super::{assert_wrong_state, run, run_with, status};
 use crate::daemon::lifecycle::VmState;
 use crate::daemon::manager::ManagerError;
 use crate::daemon::store;
-use crate::wire::api::{CheckpointRequest, ExecRequest, ResizeRequest};
+use crate::wire::api::{CheckpointRequest, CreateRequest, DiskSize, ExecRequest, ResizeRequest};
 
 #[test]
 fn stop_records_stopping_while_the_guest_shuts_down() {
@@ -194,9 +197,45 @@ fn requests_in_the_wrong_state_are_refused_and_change_nothing() {
         assert_eq!(h.record(&v), before);
         assert!(h.take_journal().is_empty(), "something was asked");
         h.assert_down(&v);
-        // A stopped VM may be resized.
+        // A stopped VM may be resized, within bounds; its disk only grows.
+        let bad = [
+            ResizeRequest::default(),
+            ResizeRequest {
+                cpus: Some(0),
+                ..Default::default()
+            },
+            ResizeRequest {
+                disk: Some(DiskSize(1 << 30)),
+                ..Default::default()
+            },
+        ];
+        for req in bad {
+            let e = h.m.resize("web", req.clone()).expect_err("bad resize");
+            assert!(matches!(e, ManagerError::BadRequest(_)), "{req:?}: {e:?}");
+        }
+        assert_eq!(h.record(&v), before);
         let r = h.m.resize("web", resize).expect("resize");
         assert_eq!((r.cpus, h.record(&v).cpus), (2, 2));
+    });
+}
+
+#[test]
+fn a_daemon_shutting_down_takes_no_new_operations() {
+    run(|h| {
+        let v = h.create("web");
+        h.take_journal();
+        assert!(h.m.shut_down(Duration::ZERO), "nothing was under way");
+        for e in [
+            h.m.stop("web").expect_err("stop"),
+            h.m.pause("web").expect_err("pause"),
+            h.m.destroy("web").expect_err("destroy"),
+            h.m.create(CreateRequest::default()).expect_err("create"),
+        ] {
+            assert!(matches!(e, ManagerError::ShuttingDown), "{e:?}");
+            assert_eq!(status(&e), 503);
+        }
+        assert!(h.take_journal().is_empty());
+        h.assert_running(&v);
     });
 }
 
