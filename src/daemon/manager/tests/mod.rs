@@ -14,7 +14,7 @@
 //! | file | what |
 //! |---|---|
 //! | `create.rs` | create: journal, undo, bad requests, prerequisites, readiness |
-//! | `ops.rs` | stop, start, destroy; a VMM that dies; recovery |
+//! | `ops.rs` | stop, start, destroy, resize; wrong states; shutting down; a VMM that dies; a restart |
 //! | `snapshots.rs` | pause, resume |
 //! | `checkpoints.rs` | checkpoint, restore, checkpoint rm |
 //! | `idle.rs` | idle sleep and waking |
