@@ -30,13 +30,16 @@ pub struct FakeScript {
     /// `freeze`: `Ok(true)` frozen, `Ok(false)` only synced, `Err` fails.
     pub freeze: Result<bool, String>,
     pub thaw_fails: bool,
-    /// `after_restore` fails with this error text.
+    /// `after_restore` fails with this error text (the clock could not be set).
     pub clock_fails: Option<String>,
+    /// `after_restore` cannot reach the guest (this error text).
+    pub clock_unreachable: Option<String>,
     pub shutdown_fails: bool,
     /// What `exec` runs; by default every program prints nothing, exits 0.
     pub exec: Arc<ExecFn>,
-    /// Called at each operation with its name, before it answers: a test
-    /// looks at the host (e.g. the VM's record) at that very moment.
+    /// Called at each operation with its name (`thaw` of a frozen guest and
+    /// `forget` too), before it answers: a test looks at the host (e.g. the
+    /// VM's record) at that very moment.
     pub hook: Option<Arc<HookFn>>,
 }
 
@@ -47,6 +50,7 @@ impl Default for FakeScript {
             freeze: Ok(true),
             thaw_fails: false,
             clock_fails: None,
+            clock_unreachable: None,
             shutdown_fails: false,
             exec: Arc::new(|_| Ok(FakeRun::default())),
             hook: None,
@@ -60,11 +64,22 @@ impl Default for FakeScript {
 pub struct FakeGuests {
     pub script: Arc<Mutex<FakeScript>>,
     pub calls: Arc<Mutex<Vec<String>>>,
+    /// Everything programs were fed on their stdin, in order.
+    pub stdin: Arc<Mutex<Vec<u8>>>,
 }
 
 impl FakeGuests {
     pub fn calls(&self) -> Vec<String> {
         lock(&self.calls).clone()
+    }
+
+    /// Logs a call and runs the hook (outside the script's lock).
+    fn log(&self, op: &str, t: &Target) {
+        lock(&self.calls).push(format!("{op} {}", t.name));
+        let hook = lock(&self.script).hook.clone();
+        if let Some(h) = hook {
+            h(op, t);
+        }
     }
 
     pub fn set(&self, f: impl FnOnce(&mut FakeScript)) {
@@ -81,7 +96,7 @@ impl Guests for FakeGuests {
     }
 
     fn forget(&self, target: &Target) {
-        lock(&self.calls).push(format!("forget {}", target.name));
+        self.log("forget", target);
     }
 }
 
@@ -93,11 +108,7 @@ struct FakeGuest {
 impl FakeGuest {
     /// Logs the call, runs the hook; the script as it is now.
     fn call(&self, op: &str) -> std::sync::MutexGuard<'_, FakeScript> {
-        lock(&self.g.calls).push(format!("{op} {}", self.t.name));
-        let hook = lock(&self.g.script).hook.clone();
-        if let Some(h) = hook {
-            h(op, &self.t);
-        }
+        self.g.log(op, &self.t);
         lock(&self.g.script)
     }
 
@@ -114,8 +125,8 @@ impl FakeGuest {
 struct FakeFrozen {
     frozen: bool,
     fails: bool,
-    calls: Arc<Mutex<Vec<String>>>,
-    vm: String,
+    g: FakeGuests,
+    t: Target,
 }
 
 impl Frozen for FakeFrozen {
@@ -124,15 +135,29 @@ impl Frozen for FakeFrozen {
     }
 
     fn thaw(self: Box<Self>) -> Result<(), GuestError> {
-        lock(&self.calls).push(format!("thaw {}", self.vm));
+        self.g.log("thaw", &self.t);
         if self.fails {
             return Err(GuestError::Failed {
-                vm: self.vm.clone(),
+                vm: self.t.name.to_string(),
                 action: "thawing",
                 path: "/".into(),
                 detail: "fake guest: thaw fails".into(),
             });
         }
+        Ok(())
+    }
+}
+
+/// A program's stdin: kept in [`FakeGuests::stdin`].
+struct FakeStdin(Arc<Mutex<Vec<u8>>>);
+
+impl Write for FakeStdin {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
@@ -195,7 +220,7 @@ impl Guest for FakeGuest {
         };
         Ok(Box::new(FakeProcess {
             run: run(spec)?,
-            stdin: Some(Box::new(io::sink())),
+            stdin: Some(Box::new(FakeStdin(Arc::clone(&self.g.stdin)))),
         }))
     }
 
@@ -233,8 +258,8 @@ impl Guest for FakeGuest {
             Ok(frozen) => Ok(Box::new(FakeFrozen {
                 frozen: *frozen,
                 fails: s.thaw_fails,
-                calls: Arc::clone(&self.g.calls),
-                vm: self.t.name.to_string(),
+                g: self.g.clone(),
+                t: self.t.clone(),
             })),
             Err(why) => Err(GuestError::Unreachable {
                 vm: self.t.name.to_string(),
@@ -246,6 +271,13 @@ impl Guest for FakeGuest {
 
     fn after_restore(&self, _entropy: &[u8; 64]) -> Result<ClockSet, GuestError> {
         let s = self.call("after_restore");
+        if let Some(why) = &s.clock_unreachable {
+            return Err(GuestError::Unreachable {
+                vm: self.t.name.to_string(),
+                transport: "fake",
+                detail: why.clone(),
+            });
+        }
         match &s.clock_fails {
             Some(why) => Err(self.failed("setting the clock of", why)),
             None => Ok(ClockSet { offset: Some(0.0) }),

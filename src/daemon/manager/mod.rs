@@ -15,6 +15,7 @@
 //! | `logs.rs` | reading the console log |
 //! | `idle.rs` | idle sleep: use, pausing idle VMs, waking them |
 //! | `views.rs` | the list, one VM, ssh info, the running record; the URL |
+//! | `tests/` | unit tests of every operation through a fake guest and a fake VMM |
 //!
 //! Locking: `vms` is held only briefly (lookups, reserving names and
 //! addresses); each VM has its own operation lock, so a slow create or stop
@@ -30,6 +31,8 @@ mod ops;
 mod recover;
 mod resize;
 mod snapshots;
+#[cfg(test)]
+mod tests;
 mod views;
 
 use views::broken_view;
@@ -215,7 +218,13 @@ pub struct Manager {
     /// The agent drive a VM booting now gets (`host::agent_drive`); none
     /// without an agent binary.
     agent_drive: Option<String>,
+    /// Makes the VMM of a backend (`vmm::make`; a fake in tests).
+    vmms: Vmms,
 }
+
+/// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
+/// daemon, a fake in the manager's unit tests.
+pub type Vmms = Arc<dyn Fn(Backend, &DaemonConfig) -> Box<dyn Vmm> + Send + Sync>;
 
 impl Manager {
     /// Sets up what the daemon owns (key, recovered VMs); the network and
@@ -239,6 +248,18 @@ impl Manager {
         wake_hook: Option<WakeHook>,
         guests: Arc<dyn Guests>,
     ) -> Result<Self, ManagerError> {
+        Self::with_seams(cfg, caddy, wake_hook, guests, Arc::new(vmm::make))
+    }
+
+    /// [`Self::new`] with the given ways into guests and to VMMs (the
+    /// manager's unit tests give fakes of both).
+    pub fn with_seams(
+        cfg: Arc<DaemonConfig>,
+        caddy: Option<Caddy>,
+        wake_hook: Option<WakeHook>,
+        guests: Arc<dyn Guests>,
+        vmms: Vmms,
+    ) -> Result<Self, ManagerError> {
         let key = ssh::daemon_key(&cfg.state_dir);
         let key_pub =
             ssh::ensure_keypair(&key, "fcm-daemon").map_err(|e| ManagerError::Operation {
@@ -261,6 +282,7 @@ impl Manager {
             wake: (Mutex::new(false), Condvar::new()),
             wake_hook,
             guests,
+            vmms,
         };
         m.recover();
         m.sweep_agent_drives();
@@ -406,7 +428,7 @@ impl Manager {
     }
 
     fn vmm_for(&self, backend: Backend) -> Box<dyn Vmm> {
-        vmm::make(backend, &self.cfg)
+        (self.vmms)(backend, &self.cfg)
     }
 
     /// Fails with 503-style errors when an asset or binary is missing.

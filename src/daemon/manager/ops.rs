@@ -27,11 +27,12 @@ impl Manager {
         let deadline = Duration::from_secs(self.cfg.stop_timeout_secs);
         let started = std::time::Instant::now();
         // Ctrl-Alt-Del through the VMM first; if the guest does not react
-        // within a few seconds (or the VMM cannot send it), `reboot` over SSH.
+        // within a few seconds (or the VMM cannot send it), `reboot` over SSH,
+        // which gets at least half the deadline.
         let asked = self.vmm_for(r.backend).request_shutdown(&dir).is_ok();
         let mut clean = asked
             && host::wait_until(
-                deadline.min(Duration::from_secs(8)),
+                (deadline / 2).min(Duration::from_secs(8)),
                 Duration::from_millis(50),
                 gone,
             )

@@ -99,12 +99,17 @@ impl Manager {
         }
     }
 
-    /// The slow work a refresh deferred: release a dead VM's tap, bring its
-    /// URL in line with its state. Skipped while an operation holds the VM.
+    /// The slow work a refresh deferred: release a dead VM's tap and its
+    /// guest connection, bring its URL in line with its state. Skipped
+    /// while an operation holds the VM.
     fn converge(&self, e: &Entry) {
         let Ok(_op) = e.op.try_lock() else { return };
         let r = lock(&e.rec).clone();
         if e.cleanup_pending.swap(false, Ordering::AcqRel) && !lifecycle::has_vmm(r.state) {
+            // The VM left `running` when its VMM died: a connection kept
+            // open to its guest goes too (a restart would otherwise
+            // find it, stale, serving the new guest's address).
+            self.forget_guest(&r);
             for err in self.release_runtime(&r) {
                 eprintln!("fcm: warning: {err}");
             }
