@@ -110,7 +110,7 @@ KERNEL_META=${FCM_KERNEL_META:-linux-image-cloud-amd64}
 GUEST_DIR=$(cd "$SCRIPT_DIR/../guest" && pwd)
 
 # Modules the initramfs loads (dependencies are added from modules.dep).
-INITRD_MODULES=(virtio_mmio virtio_blk virtio_net virtio_rng vmw_vsock_virtio_transport)
+INITRD_MODULES=(virtio_mmio virtio_blk virtio_net virtio_rng virtio_console vmw_vsock_virtio_transport)
 
 # Packages in the guest, on top of minbase. systemd-standalone-sysusers keeps
 # openssh-server from pulling in all of systemd (the guest uses busybox init).

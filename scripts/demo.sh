@@ -46,6 +46,7 @@ fi
 bash scripts/setup.sh
 echo "== building fcm" >&2
 cargo build --release --locked
+bash scripts/build-agent.sh
 [ -d "$RUN" ] && down
 mkdir -p "$RUN/home/.ssh" "$RUN/caddy/fcm.d"
 ip netns add "$NS"
@@ -80,6 +81,7 @@ cat >"$RUN/fcm.json" <<CONFIG
   "kernel": "/var/lib/firecracker/vmlinux.bin",
   "initrd": "/var/lib/firecracker/initrd.img",
   "rootfs": "/var/lib/firecracker/base-rootfs.img",
+  "agent": "/var/lib/firecracker/fcm-agent",
   "caddy": {
     "caddyfile": "$RUN/caddy/Caddyfile",
     "sites_dir": "$RUN/caddy/fcm.d",

@@ -16,6 +16,8 @@ if ! command -v cargo >/dev/null; then
 fi
 
 bash scripts/setup.sh
+# The guest agent, a static binary, into the guest assets.
+bash scripts/build-agent.sh
 
 # Test tools from PyPI, pinned, in their own venv (not the system's Python).
 TOOLS=/var/lib/fcm-test-tools
@@ -28,9 +30,9 @@ fi
 
 echo "== lints" >&2
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests" >&2
 # Two test threads: each end-to-end test boots QEMU/TCG guests, and the
 # machines this runs on have two cores.
-cargo test --locked -- --test-threads=2
+cargo test --workspace --locked -- --test-threads=2

@@ -31,7 +31,7 @@ pub fn e2e_ready() -> bool {
     if unsafe { libc::geteuid() } != 0 {
         missing.push("root".to_string());
     }
-    for f in ["vmlinux.bin", "initrd.img", "base-rootfs.img"] {
+    for f in ["vmlinux.bin", "initrd.img", "base-rootfs.img", "fcm-agent"] {
         if !assets().join(f).is_file() {
             missing.push(assets().join(f).display().to_string());
         }
@@ -40,7 +40,7 @@ pub fn e2e_ready() -> bool {
         return true;
     }
     let msg = format!(
-        "end-to-end test needs {} (run scripts/setup.sh as root)",
+        "end-to-end test needs {} (run scripts/setup.sh, then scripts/build-agent.sh, as root)",
         missing.join(", ")
     );
     if std::env::var("FCM_E2E_OPTIONAL").as_deref() == Ok("1") {
@@ -207,6 +207,7 @@ impl Fcm {
             ("--kernel", "vmlinux.bin"),
             ("--initrd", "initrd.img"),
             ("--rootfs", "base-rootfs.img"),
+            ("--agent", "fcm-agent"),
         ] {
             if !self.extra_args.iter().any(|x| x == flag) {
                 v.extend([flag.into(), a.join(file).display().to_string()]);

@@ -7,12 +7,16 @@
 //!
 //! | module | transport |
 //! |---|---|
+//! | `agent` | fcm-agent in the guest (docs/agent.md): one multiplexed connection per VM |
 //! | `ssh` | the daemon's own SSH key and the guest's pinned host key, one multiplexed connection per VM |
+//! | `pick` | the daemon's choice per VM: its agent where it has one and it answers, else SSH |
 //! | `fake` | (tests) a guest in memory whose answers and faults a test sets |
 //!
 //! The daemon gets a [`Guest`] for a VM from its [`Guests`]. Nothing here
 //! knows the VM table; whatever comes back from a guest is untrusted.
 
+pub mod agent;
+pub mod pick;
 pub mod ssh;
 
 #[cfg(test)]

@@ -237,7 +237,7 @@ impl Manager {
         wake_hook: Option<WakeHook>,
     ) -> Result<Self, ManagerError> {
         let key = ssh::daemon_key(&cfg.state_dir);
-        let guests = Arc::new(super::guest::ssh::SshGuests::new(key.clone()));
+        let guests = Arc::new(super::guest::pick::PickGuests::new(key.clone()));
         Self::with_guests(cfg, caddy, wake_hook, guests)
     }
 

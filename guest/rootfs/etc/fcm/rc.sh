@@ -218,7 +218,7 @@ config_drive() {
 		rm -rf "$cfg" && mkdir -m 0700 "$cfg" || return 1
 		if ! tar -x -f "$dev" -C "$cfg" fcm-config ssh_host_ed25519_key \
 			ssh_host_ed25519_key.pub authorized_keys 2>/dev/null; then
-			log "warning: $dev is read-only but not an fcm config drive"
+			# The agent drive is read-only too (agent_drive below).
 			continue
 		fi
 		magic=
@@ -245,6 +245,39 @@ config_drive() {
 	return 1
 }
 config_drive
+
+# --- the agent ---------------------------------------------------------------
+# fcm attaches a third read-only drive holding its agent (docs/agent.md): a
+# tar archive whose first member, fcm-agent-drive, says "fcm-agent-drive 1",
+# then the static fcm-agent. It is copied to /run/fcm, where
+# /etc/fcm/agent.sh (respawned by init) runs it. The host brings this
+# program as it brings the kernel; a newer fcm brings a newer one at the
+# next boot.
+agent_drive() {
+	for ro in /sys/block/vd*/ro; do
+		flag=
+		read -r flag <"$ro" 2>/dev/null
+		[ "$flag" = 1 ] || continue
+		dev=${ro%/ro}
+		dev=/dev/${dev##*/}
+		[ "$dev" != "$root_dev" ] || continue
+		d=/run/fcm/agent-drive
+		rm -rf "$d" && mkdir -m 0700 "$d" || return 1
+		tar -x -f "$dev" -C "$d" fcm-agent-drive fcm-agent 2>/dev/null || continue
+		magic=
+		read -r magic <"$d/fcm-agent-drive"
+		if [ "$magic" = "fcm-agent-drive 1" ] && [ -f "$d/fcm-agent" ] && [ ! -L "$d/fcm-agent" ]; then
+			cat "$d/fcm-agent" >/run/fcm/fcm-agent.new && chmod 0700 /run/fcm/fcm-agent.new &&
+				mv -f /run/fcm/fcm-agent.new /run/fcm/fcm-agent
+			rm -rf "$d"
+			log "fcm-agent from the agent drive $dev"
+			return 0
+		fi
+		rm -rf "$d"
+	done
+	return 1
+}
+agent_drive
 
 # --- SSH host key ------------------------------------------------------------
 # The config drive brings one; an image booted without one may have its own.
