@@ -110,6 +110,7 @@ impl VmRecord {
             ssh_ready: None,
             idle_pause_secs: self.idle_pause_secs,
             idle_paused: self.idle_paused,
+            agent: self.agent_drive.is_some(),
         }
     }
 }

@@ -123,6 +123,10 @@ pub struct VmView {
     /// its URL resume it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub idle_paused: bool,
+    /// The VM runs with fcm-agent (exec, cp, consoles go through it);
+    /// false: over SSH.
+    #[serde(default)]
+    pub agent: bool,
 }
 
 impl VmView {

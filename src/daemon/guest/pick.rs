@@ -2,7 +2,7 @@
 //! else SSH (a VM made before fcm-agent, a daemon without the agent's
 //! binary, an image whose init does not start it). The choice is made per
 //! VM and said once in the daemon's log; a VM reached over SSH is offered
-//! its agent again a minute later, and at its next boot.
+//! its agent again 15 s later, and at its next boot.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -22,7 +22,7 @@ const FIRST_TRY: Duration = Duration::from_secs(3);
 /// reached over SSH.
 const SSH_AFTER: Duration = Duration::from_secs(10);
 /// How long a VM reached over SSH stays so before its agent is tried again.
-const SSH_FOR: Duration = Duration::from_secs(60);
+const SSH_FOR: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -100,6 +100,10 @@ impl Picked {
 
     /// The guest to use for an operation.
     fn choose(&self) -> Result<Box<dyn Guest>, GuestError> {
+        if self.inner.agent.has_healthy(&self.t.id) {
+            lock(&self.inner.modes).insert(self.t.id.clone(), Mode::Agent);
+            return Ok(Box::new(self.agent()));
+        }
         let mode = lock(&self.inner.modes).get(&self.t.id).copied();
         match mode {
             Some(Mode::Agent) => return Ok(Box::new(self.agent())),

@@ -135,5 +135,6 @@ pub(super) fn broken_view(id: &VmId, reason: &str) -> VmView {
         ssh_ready: None,
         idle_pause_secs: None,
         idle_paused: false,
+        agent: false,
     }
 }

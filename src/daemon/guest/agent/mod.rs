@@ -76,6 +76,11 @@ impl AgentGuests {
         Ok(c)
     }
 
+    /// Whether the VM has a live connection to its agent now.
+    pub fn has_healthy(&self, id: &VmId) -> bool {
+        lock(&self.conns).get(id).is_some_and(|c| c.healthy())
+    }
+
     /// Waits until the VM's agent answers, or `timeout` passes.
     pub fn wait_ready(&self, t: &Target, timeout: Duration) -> Result<(), GuestError> {
         let deadline = Instant::now() + timeout;
