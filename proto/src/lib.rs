@@ -611,7 +611,10 @@ mod tests {
         let mut d = Decoder::new();
         d.push(&wire);
         assert_eq!(d.decode::<ToAgent>(), Next::Unknown);
-        assert_eq!(d.decode::<ToAgent>(), Next::Message(ToAgent::Ping { id: 9 }));
+        assert_eq!(
+            d.decode::<ToAgent>(),
+            Next::Message(ToAgent::Ping { id: 9 })
+        );
     }
 
     #[test]
