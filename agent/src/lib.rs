@@ -36,6 +36,7 @@ macro_rules! log {
 mod error;
 mod flow;
 mod outbox;
+pub mod users;
 
 pub use error::OpError;
 
