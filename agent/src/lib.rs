@@ -8,7 +8,7 @@
 //!
 //! The tree shows the design:
 //!
-//! - [`channel`]: where a connection comes from: the virtio-serial port
+//! - `channel`: where a connection comes from: the virtio-serial port
 //!   named `fcm.agent.0` (QEMU), else vsock port 10789 (Firecracker), or a
 //!   Unix socket (`--unix`, for development).
 //! - `session`: one connection's frames in, the session a `Hello` opens and
@@ -34,11 +34,19 @@ macro_rules! log {
 }
 
 mod error;
+mod exec;
+mod files;
 mod flow;
+mod op;
 mod outbox;
+mod process;
+mod session;
+pub mod system;
+mod tree;
 pub mod users;
 
 pub use error::OpError;
+pub use session::{Agent, Config};
 
 /// The agent's name and build, as `Hello` reports it.
 pub const AGENT: &str = concat!("fcm-agent ", env!("CARGO_PKG_VERSION"));
