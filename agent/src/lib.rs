@@ -8,7 +8,7 @@
 //!
 //! The tree shows the design:
 //!
-//! - `channel`: where a connection comes from: the virtio-serial port
+//! - [`channel`]: where a connection comes from: the virtio-serial port
 //!   named `fcm.agent.0` (QEMU), else vsock port 10789 (Firecracker), or a
 //!   Unix socket (`--unix`, for development).
 //! - `session`: one connection's frames in, the session a `Hello` opens and
@@ -33,6 +33,7 @@ macro_rules! log {
     ($($t:tt)*) => { eprintln!("fcm-agent: {}", format_args!($($t)*)) };
 }
 
+pub mod channel;
 mod error;
 mod exec;
 mod files;
