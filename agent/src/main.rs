@@ -1,4 +1,71 @@
-//! fcm-agent: placeholder, replaced by the real agent.
-fn main() {
-    println!("fcm-agent {}", fcm_proto::VERSION);
+//! `fcm-agent`: parses its command line and serves the daemon's channel;
+//! everything else is the library (`fcm_agent`).
+
+use fcm_agent::channel::{self, Channel};
+use fcm_agent::system::Linux;
+use fcm_agent::{AGENT, Agent, Config};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+const USAGE: &str = "\
+usage: fcm-agent [--unix PATH]
+
+fcm's agent, run by the guest's init (and restarted by it). It serves the
+fcm daemon over one channel and never exits on its own.
+
+With no option: the virtio-serial port named fcm.agent.0 (QEMU), found in
+/sys/class/virtio-ports, else vsock port 10789 (Firecracker).
+
+Options:
+  --unix PATH   listen on a Unix socket at PATH instead (for development and
+                tests; a socket left there is replaced). Each connection
+                replaces the one before, as with vsock.
+  --help        this text
+  --version     the agent's version and protocol version
+
+Exit status: 2 for a bad command line; otherwise it runs until killed.";
+
+fn parse(args: &[String]) -> Result<Option<Channel>, String> {
+    match args {
+        [] => Ok(Some(Channel::Auto)),
+        [flag] if flag == "--help" || flag == "-h" => {
+            println!("{USAGE}");
+            Ok(None)
+        }
+        [flag] if flag == "--version" => {
+            println!("{AGENT} (protocol {})", fcm_proto::VERSION);
+            Ok(None)
+        }
+        [flag, path] if flag == "--unix" && !path.is_empty() => {
+            Ok(Some(Channel::Unix(path.into())))
+        }
+        _ => Err(format!("unexpected arguments: {}", args.join(" "))),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let channel = match parse(&args) {
+        Ok(Some(c)) => c,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fcm-agent: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    // Files the agent makes get 0644/0755 unless asked otherwise, and no
+    // program inherits the directory init started it in.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let _ = rustix::process::chdir("/");
+    let agent = Agent::new(Config::default(), Arc::new(Linux::default()));
+    eprintln!(
+        "fcm-agent: {AGENT} (protocol {}) starting",
+        fcm_proto::VERSION
+    );
+    loop {
+        let e = channel::run(&agent, &channel);
+        eprintln!("fcm-agent: {e}; trying again");
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

@@ -62,7 +62,8 @@ pub struct Exec {
     /// The program (looked up on `PATH` when it has no `/`) and its
     /// arguments, each as it is.
     pub argv: Vec<String>,
-    /// Added to (or replacing in) the agent's own environment.
+    /// Added to (or replacing in) a default environment: `PATH`, `HOME`,
+    /// `USER`, `LOGNAME`, `SHELL` (of the user), and `TERM` on a terminal.
     pub env: Vec<(String, String)>,
     /// The working directory (default: the user's home, else `/`).
     pub cwd: Option<String>,
