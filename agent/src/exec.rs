@@ -97,6 +97,8 @@ pub(crate) fn run(ctx: Ctx, exec: Exec) {
     });
     let started = Instant::now();
     let raw_pid = pid.as_raw_nonzero().get() as u32;
+    let programs = config.programs_dir.as_deref();
+    process::note(programs, pid);
     ctx.send(FromAgent::Started {
         id: ctx.id(),
         pid: raw_pid,
@@ -133,6 +135,9 @@ pub(crate) fn run(ctx: Ctx, exec: Exec) {
         None
     };
     let (code, signal) = status.unwrap_or((None, Some(Signal::KILL.as_raw())));
+    if end.exited {
+        process::unnote(programs, pid);
+    }
     ctx.finish(FromAgent::Exited {
         id: ctx.id(),
         code,
@@ -147,6 +152,7 @@ pub(crate) fn run(ctx: Ctx, exec: Exec) {
         if let Some(p) = lock(&ctx.op.process).as_mut() {
             p.reaped = true;
         }
+        process::unnote(programs, pid);
     }
 }
 

@@ -47,6 +47,7 @@ mod tree;
 pub mod users;
 
 pub use error::OpError;
+pub use process::end_leftovers;
 pub use session::{Agent, Config};
 
 /// The agent's name and build, as `Hello` reports it.

@@ -44,6 +44,9 @@ fn parse(args: &[String]) -> Result<Option<Channel>, String> {
     }
 }
 
+/// The agent's notes of the programs it runs (`Config::programs_dir`).
+const PROGRAMS: &str = "/run/fcm/agent-programs";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let channel = match parse(&args) {
@@ -58,7 +61,16 @@ fn main() -> ExitCode {
     // program inherits the directory init started it in.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let _ = rustix::process::chdir("/");
-    let agent = Agent::new(Config::default(), Arc::new(Linux::default()));
+    let config = Config {
+        programs_dir: Some(PROGRAMS.into()),
+        ..Config::default()
+    };
+    // An agent that died left its programs running: they end now (their
+    // operations ended with its connection).
+    for leftover in fcm_agent::end_leftovers(&config) {
+        eprintln!("fcm-agent: ended the programs of session {leftover}, left by an earlier agent");
+    }
+    let agent = Agent::new(config, Arc::new(Linux::default()));
     eprintln!(
         "fcm-agent: {AGENT} (protocol {}) starting",
         fcm_proto::VERSION

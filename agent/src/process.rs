@@ -233,6 +233,7 @@ pub(crate) fn spawn(p: &Prepared) -> Result<Child, OpError> {
     let uid = rustix::process::Uid::from_raw(p.user.uid);
     let cwd = p.cwd.clone();
     let fallback = p.fallback;
+    let agent = rustix::process::getpid();
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe work is allowed: it makes raw system calls on
     // data prepared before the fork and allocates nothing. Fd 0 is the
@@ -248,6 +249,12 @@ pub(crate) fn spawn(p: &Prepared) -> Result<Child, OpError> {
             rustix::thread::set_thread_groups(&groups)?;
             rustix::thread::set_thread_res_gid(gid, gid, gid)?;
             rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+            // Dies with the agent (set after the credentials, which clear
+            // it); an agent already gone by now is checked for.
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            if rustix::process::getppid() != Some(agent) {
+                return Err(std::io::Error::other("the agent is gone"));
+            }
             if let Err(e) = rustix::process::chdir(cwd.as_c_str()) {
                 if !fallback {
                     return Err(e.into());
@@ -313,6 +320,52 @@ fn session_members(proc_dir: &Path, sid: Pid) -> Vec<Pid> {
             .flatten()
     })
     .collect()
+}
+
+/// Notes a started program (its session: the program's pid) in
+/// `Config::programs_dir`.
+pub(crate) fn note(dir: Option<&Path>, leader: Pid) {
+    if let Some(dir) = dir {
+        let _ = fs::create_dir_all(dir);
+        let _ = fs::write(dir.join(leader.as_raw_nonzero().get().to_string()), b"");
+    }
+}
+
+/// Forgets a program noted by [`note`] (it was reaped).
+pub(crate) fn unnote(dir: Option<&Path>, leader: Pid) {
+    if let Some(dir) = dir {
+        let _ = fs::remove_file(dir.join(leader.as_raw_nonzero().get().to_string()));
+    }
+}
+
+/// Ends what the programs noted by an earlier agent left running: every
+/// process still in one of their sessions (their leaders are gone, so
+/// their numbers are only killed as sessions, never as pids). Returns the
+/// sessions ended.
+pub fn end_leftovers(config: &crate::Config) -> Vec<i32> {
+    let Some(dir) = config.programs_dir.as_deref() else {
+        return Vec::new();
+    };
+    let mut ended = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Some(sid) = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(Pid::from_raw)
+        else {
+            continue;
+        };
+        let members = session_members(&config.proc_dir, sid);
+        for pid in &members {
+            let _ = rustix::process::kill_process(*pid, Signal::KILL);
+        }
+        if !members.is_empty() {
+            ended.push(sid.as_raw_nonzero().get());
+        }
+        let _ = fs::remove_file(e.path());
+    }
+    ended
 }
 
 /// SIGKILLs the program `leader` started: its process group, and every
@@ -429,5 +482,38 @@ mod tests {
         assert!(p.env.contains(&("PATH".into(), "/bin".into())));
         assert!(p.env.contains(&("X".into(), "1".into())));
         assert!(p.env.contains(&("USER".into(), "root".into())));
+    }
+
+    #[test]
+    fn what_a_dead_agent_left_running_is_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Config {
+            programs_dir: Some(dir.path().join("programs")),
+            ..Config::default()
+        };
+        // A program in a session of its own, its leader gone, a child left.
+        let out = Command::new("setsid")
+            .args(["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $$ $!"])
+            .output()
+            .expect("setsid");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut it = text
+            .split_whitespace()
+            .map(|n| n.parse::<i32>().expect("pid"));
+        let (sid, left) = (it.next().expect("sid"), it.next().expect("pid"));
+        let alive = |pid: i32| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z"))
+                .unwrap_or(false)
+        };
+        assert!(alive(left));
+        note(c.programs_dir.as_deref(), Pid::from_raw(sid).expect("pid"));
+        assert_eq!(end_leftovers(&c), vec![sid]);
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !alive(left)
+        });
+        assert!(gone, "the leftover {left} still runs");
+        assert!(end_leftovers(&c).is_empty(), "noted twice");
     }
 }

@@ -37,6 +37,10 @@ pub struct Config {
     pub group: PathBuf,
     /// Where processes are listed (to kill a program's whole session).
     pub proc_dir: PathBuf,
+    /// Where the agent notes the programs it runs (one file per program,
+    /// named by its session), so that an agent started again ends what a
+    /// dead one left running; none: not noted (tests).
+    pub programs_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             passwd: "/etc/passwd".into(),
             group: "/etc/group".into(),
             proc_dir: "/proc".into(),
+            programs_dir: None,
         }
     }
 }

@@ -177,7 +177,21 @@ impl Conn {
         // Everything before the answer is an earlier session's, or garbage.
         let mut dec = proto::Decoder::new();
         let mut buf = vec![0u8; 64 * 1024];
+        // An agent whose decoder waits for the rest of a frame cut short
+        // (stale bytes of an earlier connection) would swallow the hello:
+        // if it is not answered soon, bytes that fill any such frame go
+        // first, then the hello again.
+        let mut flush_at = Some(Instant::now() + Duration::from_secs(1));
         let (version, agent) = loop {
+            if flush_at.is_some_and(|t| Instant::now() >= t) {
+                flush_at = None;
+                let mut again = vec![0u8; proto::MAX_PAYLOAD + 16];
+                again.extend_from_slice(&hello);
+                let left = deadline.saturating_duration_since(Instant::now());
+                sock.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
+                (&sock).write_all(&again)?;
+                sock.set_write_timeout(Some(WRITE_TIMEOUT))?;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(
@@ -185,7 +199,11 @@ impl Conn {
                     "the agent did not answer",
                 ));
             }
-            sock.set_read_timeout(Some(left))?;
+            let step = match flush_at {
+                Some(t) => left.min(t.saturating_duration_since(Instant::now())),
+                None => left,
+            };
+            sock.set_read_timeout(Some(step.max(Duration::from_millis(1))))?;
             let n = match (&sock).read(&mut buf[..dec.room().min(64 * 1024)]) {
                 Ok(0) => {
                     return Err(io::Error::new(
