@@ -284,6 +284,15 @@ pub struct ExecArgs {
     /// with -i or -t, none unless given; 0 for none).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Set an environment variable for the command (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// The command's working directory in the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run the command as this guest user (a name or a number; default root).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
     /// Wait for the end and print {exit_code, stdout, stderr, encoding,
     /// truncated, timed_out} as JSON (each stream cut at 1 MiB).
     #[arg(long)]

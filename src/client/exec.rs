@@ -43,11 +43,28 @@ pub(super) fn exec(a: ExecArgs) -> Result<i32, Failure> {
     streamed(a)
 }
 
+/// `-e NAME=VALUE` arguments as a map.
+fn env_of(a: &ExecArgs) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+    a.env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(Failure::usage(
+                format!("-e takes NAME=VALUE, not {kv:?}"),
+                Some("e.g. fcm exec -e RUST_LOG=debug vm -- cmd".into()),
+            )),
+        })
+        .collect()
+}
+
 /// The buffered form: one JSON answer once the command has ended.
 fn buffered(a: ExecArgs) -> Result<i32, Failure> {
     let c = Client::from_env()?;
     let stdin = read_stdin()?;
     let mut req = ExecRequest {
+        env: env_of(&a)?,
+        cwd: a.workdir.clone(),
+        user: a.user.clone(),
         cmd: a.command,
         timeout_secs: a.timeout,
         ..Default::default()
@@ -276,6 +293,9 @@ fn streamed(a: ExecArgs) -> Result<i32, Failure> {
     let interactive = a.interactive || a.tty;
     let (cols, rows) = term_size();
     let req = ExecRequest {
+        env: env_of(&a)?,
+        cwd: a.workdir.clone(),
+        user: a.user.clone(),
         cmd: a.command.clone(),
         // An interactive command has no deadline unless one is given.
         timeout_secs: a.timeout.or(interactive.then_some(0)),

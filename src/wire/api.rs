@@ -191,6 +191,16 @@ pub struct ExecRequest {
     /// in the streamed form, 0 for no deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Environment variables for the command (names: letters, digits, `_`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Its working directory in the guest (default: the user's home).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Run it as this guest user, a name or a number (default root; another
+    /// user needs fcm-agent in the guest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Streamed form only: run the command on a terminal (stdout and
     /// stderr are then one stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]

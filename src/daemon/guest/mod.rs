@@ -133,6 +133,12 @@ pub struct ExecSpec {
     /// Killed (its whole process group) once this much time has passed;
     /// `None`: it runs until it ends or is killed.
     pub timeout: Option<Duration>,
+    /// Environment variables added for it (names checked).
+    pub env: Vec<(String, String)>,
+    /// Its working directory (default: the user's home, else `/`).
+    pub cwd: Option<String>,
+    /// Run as this user, a name or a number (default root).
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,8 +299,8 @@ pub fn output(
 pub fn script(g: &dyn Guest, text: &str, timeout: Duration) -> Result<(i32, String), GuestError> {
     let spec = ExecSpec {
         argv: vec!["sh".into(), "-c".into(), text.into()],
-        tty: None,
         timeout: Some(timeout),
+        ..ExecSpec::default()
     };
     let o = output(g, &spec, b"", 1 << 20)?;
     Ok((o.exit.code, String::from_utf8_lossy(&o.stdout).into_owned()))

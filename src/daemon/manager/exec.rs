@@ -88,10 +88,44 @@ pub fn exec_spec(req: &ExecRequest, streamed: bool) -> Result<ExecSpec, ManagerE
             "the streamed form takes stdin as frames, not in the request",
         ));
     }
+    for (k, v) in &req.env {
+        let name_ok = !k.is_empty()
+            && k.len() <= 256
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            return Err(bad(format!(
+                "env: {:?} is not a variable name (letters, digits and _, not starting with a digit)",
+                k.chars().take(64).collect::<String>()
+            )));
+        }
+        if v.contains('\0') {
+            return Err(bad("env: a value must not contain a NUL byte"));
+        }
+    }
+    if let Some(cwd) = &req.cwd {
+        check_path(cwd).map_err(|_| bad("cwd must be 1 to 4096 bytes, no NUL"))?;
+    }
+    if let Some(u) = &req.user {
+        let ok = !u.is_empty()
+            && u.len() <= 32
+            && u.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !ok {
+            return Err(bad("user must be a user name or number"));
+        }
+    }
     Ok(ExecSpec {
         argv: req.cmd.clone(),
         tty,
         timeout,
+        env: req
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        cwd: req.cwd.clone(),
+        user: req.user.clone(),
     })
 }
 

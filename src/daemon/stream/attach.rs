@@ -49,7 +49,7 @@ pub(super) fn spec(session: &SessionId, create: bool, tty: Tty) -> ExecSpec {
     ExecSpec {
         argv: vec!["sh".into(), "-c".into(), script],
         tty: Some(tty),
-        timeout: None,
+        ..ExecSpec::default()
     }
 }
 

@@ -356,9 +356,9 @@ pub(super) fn exec(
     conn.send(&ToAgent::Exec(proto::Exec {
         id,
         argv: spec.argv.clone(),
-        env: Vec::new(),
-        cwd: None,
-        user: None,
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        user: spec.user.clone(),
         tty,
         timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
     }))

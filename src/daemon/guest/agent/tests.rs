@@ -174,8 +174,8 @@ fn hello_then(s: &mut UnixStream) -> Option<ToAgent> {
 fn exec_spec(argv: &[&str]) -> ExecSpec {
     ExecSpec {
         argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-        tty: None,
         timeout: Some(Duration::from_secs(30)),
+        ..ExecSpec::default()
     }
 }
 

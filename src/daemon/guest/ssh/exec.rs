@@ -38,6 +38,15 @@ pub(super) fn start(g: &SshGuest, spec: &ExecSpec) -> Result<Box<dyn Process>, G
     if spec.argv.is_empty() {
         return Err(GuestError::BadRequest("no program to run".into()));
     }
+    if spec
+        .user
+        .as_deref()
+        .is_some_and(|u| u != "root" && u != "0")
+    {
+        return Err(GuestError::BadRequest(
+            "running as another user needs fcm-agent in the guest; this VM is reached over SSH (as root)".into(),
+        ));
+    }
     match &spec.tty {
         None => piped(g, spec),
         Some(t) => on_tty(g, spec, t),
@@ -246,8 +255,25 @@ struct Piped {
     stderr: Option<Box<dyn Read + Send>>,
 }
 
+/// The program with its directory and environment, for the remote shell.
+fn command_line(spec: &ExecSpec) -> String {
+    let mut line = String::new();
+    if let Some(cwd) = &spec.cwd {
+        line.push_str(&format!("cd {} && ", ssh::shell_quote(cwd)));
+    }
+    if !spec.env.is_empty() {
+        line.push_str("env ");
+        for (k, v) in &spec.env {
+            line.push_str(&ssh::shell_quote(&format!("{k}={v}")));
+            line.push(' ');
+        }
+    }
+    line.push_str(&ssh::remote_command(&spec.argv));
+    line
+}
+
 fn piped(g: &SshGuest, spec: &ExecSpec) -> Result<Box<dyn Process>, GuestError> {
-    let argv = ssh::remote_command(&spec.argv);
+    let argv = command_line(spec);
     // The shell stays to report the program's status, whatever signal the
     // group gets (a trapped signal is the default again in the program);
     // its own messages ("Killed") go nowhere, the program's stderr on.
@@ -417,7 +443,7 @@ fn on_tty(g: &SshGuest, spec: &ExecSpec, tty: &Tty) -> Result<Box<dyn Process>, 
     // the terminal's keys kill the program (ssh itself would say 255).
     let remote = format!(
         "trap : INT QUIT; exec 3>&2 2>/dev/null; {} 2>&3 3>&-; exit $?",
-        ssh::remote_command(&spec.argv)
+        command_line(spec)
     );
     let log = SshLog::new(&g.t);
     let args = g.args(&log, &["-tt", "-e", "none"], remote);
