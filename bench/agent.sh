@@ -65,9 +65,7 @@ trap 'exit 130' INT TERM
 log "building this tree and $BASE (release)"
 cargo build --release --quiet
 NEW_BIN=$TARGET/release/fcm
-git -C "$ROOT" worktree add --detach --quiet "$WT" "$BASE"
-CARGO_TARGET_DIR=$TMP/target-base cargo build --release --quiet --manifest-path "$WT/Cargo.toml"
-BASE_BIN=$TMP/target-base/release/fcm
+BASE_BIN=$(build_base "$BASE" "$WT")
 
 bin_of() { [ "$1" = new ] && echo "$NEW_BIN" || echo "$BASE_BIN"; }
 ns_of() { echo "fcmag-$1-$TAG"; }
@@ -87,11 +85,7 @@ start_daemon() {
 		--rootfs "$ASSETS/base-rootfs.img" --backend qemu --no-caddy "${extra[@]}" \
 		>"$TMP/$k/daemon.log" 2>&1 &
 	DAEMON_PID[$k]=$!
-	for _ in $(seq 100); do
-		ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/7777' 2>/dev/null && return 0
-		sleep 0.1
-	done
-	die "the $k daemon did not come up: $(tail -5 "$TMP/$k/daemon.log")"
+	wait_api "$ns" "$TMP/$k/daemon.log" "the $k daemon"
 }
 
 cli() {

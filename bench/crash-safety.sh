@@ -88,11 +88,7 @@ start_daemon() {
 		--rootfs "$ASSETS/base-rootfs.img" --backend qemu --no-caddy \
 		>"$TMP/$kind/daemon.log" 2>&1 &
 	DAEMON_PID[$kind]=$!
-	for _ in $(seq 100); do
-		ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/7777' 2>/dev/null && return 0
-		sleep 0.1
-	done
-	die "the $kind daemon did not come up: $(tail -5 "$TMP/$kind/daemon.log")"
+	wait_api "$ns" "$TMP/$kind/daemon.log" "the $kind daemon"
 }
 
 # cli KIND ARGS...: the kind's fcm CLI in its namespace.

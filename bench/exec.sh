@@ -62,9 +62,7 @@ trap 'exit 130' INT TERM
 log "building this tree and $BASE (release)"
 cargo build --release --quiet
 NEW_BIN=$TARGET/release/fcm
-git -C "$ROOT" worktree add --detach --quiet "$WT" "$BASE"
-CARGO_TARGET_DIR=$TMP/target-base cargo build --release --quiet --manifest-path "$WT/Cargo.toml"
-BASE_BIN=$TMP/target-base/release/fcm
+BASE_BIN=$(build_base "$BASE" "$WT")
 
 STATE=$TMP/state
 ip netns add "$NS"
@@ -78,11 +76,7 @@ start_daemon() {
 		--rootfs "$ASSETS/base-rootfs.img" --backend qemu --no-caddy \
 		>>"$TMP/daemon.log" 2>&1 &
 	DAEMON_PID=$!
-	for _ in $(seq 100); do
-		ip netns exec "$NS" bash -c 'exec 3<>/dev/tcp/127.0.0.1/7777' 2>/dev/null && return 0
-		sleep 0.1
-	done
-	die "the daemon did not come up"
+	wait_api "$NS" "$TMP/daemon.log" "the daemon"
 }
 
 stop_daemon() {

@@ -62,3 +62,23 @@ PY
 		printf '\n%s\n' "$section" >>"$doc"
 	fi
 }
+
+# wait_api NS LOG WHAT: waits (10 s) until the API answers on 127.0.0.1:7777
+# in namespace NS, else dies with the tail of LOG, naming WHAT.
+wait_api() {
+	local ns=$1 logf=$2 what=$3
+	for _ in $(seq 100); do
+		ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/7777' 2>/dev/null && return 0
+		sleep 0.1
+	done
+	die "$what did not come up: $(tail -5 "$logf")"
+}
+
+# build_base REV WT: builds fcm at REV (release) in the worktree WT with
+# its own target dir under $TMP; prints the binary's path.
+build_base() {
+	local rev=$1 wt=$2
+	git -C "$ROOT" worktree add --detach --quiet "$wt" "$rev"
+	CARGO_TARGET_DIR=$TMP/target-base cargo build --release --quiet --manifest-path "$wt/Cargo.toml" >&2
+	echo "$TMP/target-base/release/fcm"
+}

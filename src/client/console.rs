@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::api::{ClientError, stream_addr};
-use super::terminal::{RawMode, connect, term_size};
+use super::terminal::{RawMode, connect, follow_size, term_size};
 use crate::wire::stream::{FRAME_INPUT, Handshake, HandshakeReply, frame, keepalive, resize_frame};
 use crate::wire::tls::Link;
 
@@ -179,21 +179,8 @@ pub fn attach(
         });
     }
     {
-        // Window size: polled, so no signal handler is needed.
         let up = Arc::clone(&up);
-        thread::spawn(move || {
-            let mut last = (cols, rows);
-            loop {
-                thread::sleep(Duration::from_millis(200));
-                let now = term_size();
-                if now != last {
-                    last = now;
-                    if !send(&up, &resize_frame(now.0, now.1)) {
-                        break;
-                    }
-                }
-            }
-        });
+        follow_size((cols, rows), move |c, r| send(&up, &resize_frame(c, r)));
     }
     let mut out = io::stdout().lock();
     // The tail of the output tells a detach from a session's end.

@@ -19,7 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::api::{Client, ClientError, admitted, daemon_authority, seg};
-use super::terminal::{RawMode, connect, term_size};
+use super::terminal::{RawMode, connect, follow_size, term_size};
 use super::{Failure, out_json};
 use crate::cli::ExecArgs;
 use crate::wire::api::{ErrorBody, ExecRequest, ExecResponse};
@@ -341,20 +341,9 @@ fn streamed(a: ExecArgs) -> Result<i32, Failure> {
         send(&up, proto::STDIN_EOF, b"");
     }
     if a.tty {
-        // The window's size, polled (no signal handler needed).
         let up = Arc::clone(&up);
-        thread::spawn(move || {
-            let mut last = (cols, rows);
-            loop {
-                thread::sleep(Duration::from_millis(200));
-                let now = term_size();
-                if now != last {
-                    last = now;
-                    if !send(&up, proto::RESIZE, &proto::resize_payload(now.0, now.1)) {
-                        return;
-                    }
-                }
-            }
+        follow_size((cols, rows), move |c, r| {
+            send(&up, proto::RESIZE, &proto::resize_payload(c, r))
         });
     }
     if raw.is_none() {

@@ -91,6 +91,28 @@ extern "C" fn restore_and_die(sig: libc::c_int) {
     }
 }
 
+/// Follows the window's size (polled every 200 ms, so no signal handler
+/// is needed), from `(cols, rows)`: `changed` gets each new size, and the
+/// thread ends once it returns false.
+pub fn follow_size(
+    (cols, rows): (u16, u16),
+    mut changed: impl FnMut(u16, u16) -> bool + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        let mut last = (cols, rows);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = term_size();
+            if now != last {
+                last = now;
+                if !changed(now.0, now.1) {
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// The terminal's size, or $COLUMNS/$LINES, or 80x24.
 pub fn term_size() -> (u16, u16) {
     if let Ok(ws) = rustix::termios::tcgetwinsize(io::stdout())

@@ -23,7 +23,6 @@ pub const DIR: &str = "agent";
 pub const MAGIC: (&str, &str) = ("fcm-agent-drive", "fcm-agent-drive 1\n");
 /// The agent's member.
 pub const BINARY: &str = "fcm-agent";
-const ALIGN: usize = 4096;
 /// Larger agents are refused (a static agent is a few MiB).
 const MAX_BINARY: u64 = 64 << 20;
 
@@ -52,26 +51,10 @@ pub fn path(state_dir: &Path, name: &str) -> PathBuf {
 
 /// The drive's bytes for an agent binary.
 fn image(binary: &[u8]) -> io::Result<Vec<u8>> {
-    let members: [(&str, &[u8], u32); 2] = [
+    super::config_drive::padded_tar(&[
         (MAGIC.0, MAGIC.1.as_bytes(), 0o644),
         (BINARY, binary, 0o755),
-    ];
-    let mut tar = tar::Builder::new(Vec::with_capacity(binary.len() + ALIGN * 2));
-    for (name, data, mode) in members {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name)?;
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
-        tar.append(&h, data)?;
-    }
-    let mut bytes = tar.into_inner()?;
-    bytes.resize(bytes.len().div_ceil(ALIGN) * ALIGN, 0);
-    Ok(bytes)
+    ])
 }
 
 /// The drive of the agent at `bin`, made once: its name.
@@ -156,7 +139,7 @@ mod tests {
         assert_eq!(ensure(&state, &bin).expect("again"), name);
         let img = path(&state, &name);
         let meta = fs::metadata(&img).expect("img");
-        assert_eq!(meta.len() % ALIGN as u64, 0);
+        assert_eq!(meta.len() % 4096, 0);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(meta.permissions().mode() & 0o777, 0o444);
         let mut a = tar::Archive::new(fs::File::open(&img).expect("open"));

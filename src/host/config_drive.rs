@@ -93,24 +93,34 @@ pub fn image(id: &Identity<'_>) -> io::Result<Vec<u8>> {
         authorized.push('\n');
     }
     let public = format!("{}\n", id.host_key.public);
-    let members: [(&str, &[u8]); 4] = [
-        (MAGIC.0, MAGIC.1.as_bytes()),
-        ("ssh_host_ed25519_key", id.host_key.private.as_bytes()),
-        ("ssh_host_ed25519_key.pub", public.as_bytes()),
-        ("authorized_keys", authorized.as_bytes()),
-    ];
-    let mut tar = tar::Builder::new(Vec::with_capacity(ALIGN * 2));
-    for (name, data) in members {
+    padded_tar(&[
+        (MAGIC.0, MAGIC.1.as_bytes(), 0o600),
+        (
+            "ssh_host_ed25519_key",
+            id.host_key.private.as_bytes(),
+            0o600,
+        ),
+        ("ssh_host_ed25519_key.pub", public.as_bytes(), 0o600),
+        ("authorized_keys", authorized.as_bytes(), 0o600),
+    ])
+}
+
+/// A ustar archive of regular files (name, content, mode), owned by
+/// root, time 0, zero-padded to whole 4 KiB blocks: what fcm's drives are.
+pub fn padded_tar(members: &[(&str, &[u8], u32)]) -> io::Result<Vec<u8>> {
+    let size: usize = members.iter().map(|m| m.1.len() + 1024).sum();
+    let mut tar = tar::Builder::new(Vec::with_capacity(size + ALIGN * 2));
+    for (name, data, mode) in members {
         let mut h = tar::Header::new_ustar();
         h.set_path(name)?;
         h.set_size(data.len() as u64);
-        h.set_mode(0o600);
+        h.set_mode(*mode);
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
-        tar.append(&h, data)?;
+        tar.append(&h, *data)?;
     }
     let mut bytes = tar.into_inner()?;
     bytes.resize(bytes.len().div_ceil(ALIGN) * ALIGN, 0);

@@ -14,21 +14,11 @@ use rustix::termios::{OptionalActions, Winsize, tcgetattr, tcsetattr, tcsetwinsi
 /// (another thread's fork can never inherit them), the slave in raw mode
 /// so early input is not cooked before the program takes the terminal over.
 pub fn open(cols: u16, rows: u16) -> io::Result<(File, OwnedFd)> {
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
-    grantpt(&master)?;
-    unlockpt(&master)?;
-    let name = ptsname(&master, Vec::new())?;
-    let slave = rustix::fs::open(
-        name.as_c_str(),
-        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )?;
+    let (master, slave) = open_cooked(cols, rows)?;
     if let Ok(mut t) = tcgetattr(&slave) {
         t.make_raw();
         tcsetattr(&slave, OptionalActions::Now, &t)?;
     }
-    let master = File::from(master);
-    set_size(&master, cols, rows)?;
     Ok((master, slave))
 }
 

@@ -198,21 +198,40 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
 
 fn run(job: Job, m: &Manager, s: &Sessions) {
     let Job {
-        mut io,
+        io,
         route,
         body,
         method,
         target,
         _slot,
     } = job;
-    let result = guarded(|| api::handle(m, s, route, &body));
+    let result = guarded(|| api::handle(m, s, route, &body)).map(Answer::Json);
+    finish(io, &method, &target, result);
+}
+
+/// Writes a handler's answer (JSON, a byte stream, or an error), then
+/// ends the connection.
+fn finish(
+    mut io: Box<dyn Transport>,
+    method: &str,
+    target: &str,
+    result: Result<Answer, ApiError>,
+) {
     match result {
-        Ok(r) => {
+        Ok(Answer::Json(r)) => {
             let mut data = r.body.to_string().into_bytes();
             data.push(b'\n');
             io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
             // The client may have gone away; nothing to do about it.
             let _ = io.write_all(&response(r.status, &data, None));
+        }
+        Ok(Answer::Bytes {
+            content_type,
+            length,
+            mut body,
+        }) => {
+            // A client that goes away mid-transfer ends it; nothing to report.
+            let _ = write_stream(&mut io, content_type, length, &mut *body);
         }
         Err(e) => {
             if e.status >= 500 {
@@ -247,31 +266,7 @@ fn transfer(mut io: Box<dyn Transport>, m: &Manager, route: Route, head: &Head, 
             answer
         }
     };
-    match result {
-        Ok(Answer::Json(r)) => {
-            let mut data = r.body.to_string().into_bytes();
-            data.push(b'\n');
-            io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
-            let _ = io.write_all(&response(r.status, &data, None));
-        }
-        Ok(Answer::Bytes {
-            content_type,
-            length,
-            mut body,
-        }) => {
-            // A client that goes away mid-transfer ends it; nothing to report.
-            let _ = write_stream(&mut io, content_type, length, &mut *body);
-        }
-        Err(e) => {
-            if e.status >= 500 {
-                eprintln!("fcm daemon: {method} {target}: {}", e.message);
-            }
-            io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
-            let _ = io.write_all(&error_response(&e));
-        }
-    }
-    io.close_tls();
-    let _ = io.socket().shutdown(Shutdown::Both);
+    finish(io, &method, &target, result);
 }
 
 /// A streamed exec, on its connection's thread: its JSON body, then the

@@ -192,18 +192,27 @@ impl Manager {
         Ok((rec, p))
     }
 
-    /// `GET /vms/{vm}/files?path=P`: a regular file of the guest.
-    pub fn read_file(&self, vm: &str, path: &str) -> Result<Download, ManagerError> {
+    /// Runs `f` on the guest of a running VM (woken if asleep), with a
+    /// checked guest path.
+    fn at_path<T>(
+        &self,
+        vm: &str,
+        path: &str,
+        f: impl FnOnce(&dyn guest::Guest) -> Result<T, GuestError>,
+    ) -> Result<T, ManagerError> {
         let rec = self.running(vm)?;
         check_path(path)?;
-        Ok(self.guest(&rec).read_file(path)?)
+        Ok(f(&*self.guest(&rec))?)
+    }
+
+    /// `GET /vms/{vm}/files?path=P`: a regular file of the guest.
+    pub fn read_file(&self, vm: &str, path: &str) -> Result<Download, ManagerError> {
+        self.at_path(vm, path, |g| g.read_file(path))
     }
 
     /// `GET /vms/{vm}/archive?path=DIR`: a guest directory as tar.
     pub fn read_archive(&self, vm: &str, path: &str) -> Result<Download, ManagerError> {
-        let rec = self.running(vm)?;
-        check_path(path)?;
-        Ok(self.guest(&rec).read_tree(path)?)
+        self.at_path(vm, path, |g| g.read_tree(path))
     }
 
     /// `PUT /vms/{vm}/files?path=P`.
@@ -213,9 +222,7 @@ impl Manager {
         path: &str,
         body: &mut dyn Read,
     ) -> Result<Written, ManagerError> {
-        let rec = self.running(vm)?;
-        check_path(path)?;
-        let bytes = self.guest(&rec).write_file(path, body)?;
+        let bytes = self.at_path(vm, path, |g| g.write_file(path, body))?;
         Ok(Written {
             path: path.to_owned(),
             bytes,
@@ -229,9 +236,7 @@ impl Manager {
         path: &str,
         body: &mut dyn Read,
     ) -> Result<Written, ManagerError> {
-        let rec = self.running(vm)?;
-        check_path(path)?;
-        let bytes = self.guest(&rec).write_tree(path, body)?;
+        let bytes = self.at_path(vm, path, |g| g.write_tree(path, body))?;
         Ok(Written {
             path: path.to_owned(),
             bytes,

@@ -206,14 +206,19 @@ echo "$resolv" >/etc/resolv.conf
 # ~/.ssh/authorized_keys (sshd_config.d/fcm.conf), so the user's own edits to
 # the latter survive. Without a drive (a VM made before config drives) the
 # image's own keys stay in use.
+# The read-only virtio disks but /: fcm's drives (found once: no fork).
+ro_drives=
+for ro in /sys/block/vd*/ro; do
+	flag=
+	read -r flag <"$ro" 2>/dev/null
+	[ "$flag" = 1 ] || continue
+	dev=${ro%/ro}
+	dev=/dev/${dev##*/}
+	[ "$dev" != "$root_dev" ] && ro_drives="$ro_drives $dev"
+done
+
 config_drive() {
-	for ro in /sys/block/vd*/ro; do
-		flag=
-		read -r flag <"$ro" 2>/dev/null
-		[ "$flag" = 1 ] || continue
-		dev=${ro%/ro}
-		dev=/dev/${dev##*/}
-		[ "$dev" != "$root_dev" ] || continue
+	for dev in $ro_drives; do
 		cfg=/run/fcm/config
 		rm -rf "$cfg" && mkdir -m 0700 "$cfg" || return 1
 		if ! tar -x -f "$dev" -C "$cfg" fcm-config ssh_host_ed25519_key \
@@ -254,13 +259,7 @@ config_drive
 # program as it brings the kernel; a newer fcm brings a newer one at the
 # next boot.
 agent_drive() {
-	for ro in /sys/block/vd*/ro; do
-		flag=
-		read -r flag <"$ro" 2>/dev/null
-		[ "$flag" = 1 ] || continue
-		dev=${ro%/ro}
-		dev=/dev/${dev##*/}
-		[ "$dev" != "$root_dev" ] || continue
+	for dev in $ro_drives; do
 		d=/run/fcm/agent-drive
 		rm -rf "$d" && mkdir -m 0700 "$d" || return 1
 		tar -x -f "$dev" -C "$d" fcm-agent-drive fcm-agent 2>/dev/null || continue

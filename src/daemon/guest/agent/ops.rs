@@ -29,7 +29,7 @@ pub(super) fn unreachable(conn: &Conn, detail: String) -> GuestError {
 }
 
 /// The agent's failure as the seam's error.
-pub(super) fn failure(
+pub(super) fn guest_failure(
     conn: &Conn,
     action: &'static str,
     what: &'static str,
@@ -75,6 +75,32 @@ impl Drop for OpGuard {
         }
         self.conn.unregister(self.id);
     }
+}
+
+/// Registers an operation and sends its first message.
+fn start(
+    conn: &Arc<Conn>,
+    streams: bool,
+    msg: impl FnOnce(Id) -> ToAgent,
+) -> Result<(Id, super::conn::Channels, Arc<OpGuard>), GuestError> {
+    let (id, ch) = conn
+        .register(streams)
+        .map_err(|e| unreachable(conn, e.to_string()))?;
+    let guard = Arc::new(OpGuard {
+        conn: Arc::clone(conn),
+        id,
+        done: AtomicBool::new(false),
+    });
+    conn.send(&msg(id))
+        .map_err(|e| unreachable(conn, e.to_string()))?;
+    Ok((id, ch, guard))
+}
+
+/// An answer out of turn: the agent broke the protocol, and its
+/// connection is ended.
+fn out_of_turn(conn: &Conn, what: &str, other: &FromAgent) -> GuestError {
+    conn.fail(&format!("the agent answered {what} out of turn"));
+    unreachable(conn, format!("the agent broke the protocol ({other:?})"))
 }
 
 /// Waits for an operation's next event, seeing a broken connection.
@@ -340,29 +366,22 @@ pub(super) fn exec(
     conn: &Arc<Conn>,
     spec: &super::super::ExecSpec,
 ) -> Result<Box<dyn Process>, GuestError> {
-    let (id, ch) = conn
-        .register(true)
-        .map_err(|e| unreachable(conn, e.to_string()))?;
-    let guard = Arc::new(OpGuard {
-        conn: Arc::clone(conn),
-        id,
-        done: AtomicBool::new(false),
-    });
     let tty = spec.tty.as_ref().map(|t| proto::Tty {
         cols: t.cols,
         rows: t.rows,
         term: t.term.clone(),
     });
-    conn.send(&ToAgent::Exec(proto::Exec {
-        id,
-        argv: spec.argv.clone(),
-        env: spec.env.clone(),
-        cwd: spec.cwd.clone(),
-        user: spec.user.clone(),
-        tty,
-        timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
-    }))
-    .map_err(|e| unreachable(conn, e.to_string()))?;
+    let (id, ch, guard) = start(conn, true, |id| {
+        ToAgent::Exec(proto::Exec {
+            id,
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            user: spec.user.clone(),
+            tty,
+            timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
+        })
+    })?;
     match next_event(conn, &ch.events, Some(Instant::now() + FIRST_ANSWER))? {
         FromAgent::Started { .. } => {}
         FromAgent::Failed { failure, .. } => {
@@ -378,13 +397,7 @@ pub(super) fn exec(
                 code,
             }));
         }
-        other => {
-            conn.fail("the agent answered an exec out of turn");
-            return Err(unreachable(
-                conn,
-                format!("the agent broke the protocol ({other:?})"),
-            ));
-        }
+        other => return Err(out_of_turn(conn, "an exec", &other)),
     }
     let reader = |rx| OpReader {
         rx,
@@ -497,29 +510,14 @@ pub(super) fn read(
     path: &str,
     timeout: Duration,
 ) -> Result<Download, GuestError> {
-    let (id, ch) = conn
-        .register(true)
-        .map_err(|e| unreachable(conn, e.to_string()))?;
-    let guard = Arc::new(OpGuard {
-        conn: Arc::clone(conn),
-        id,
-        done: AtomicBool::new(false),
-    });
-    conn.send(&msg(id))
-        .map_err(|e| unreachable(conn, e.to_string()))?;
+    let (id, ch, guard) = start(conn, true, msg)?;
     let length = match next_event(conn, &ch.events, Some(Instant::now() + FIRST_ANSWER))? {
         FromAgent::Opened { size, .. } => size,
         FromAgent::Failed { failure, .. } => {
             guard.done.store(true, Ordering::Release);
-            return Err(failure_of(conn, "reading", what, path, failure));
+            return Err(guest_failure(conn, "reading", what, path, failure));
         }
-        other => {
-            conn.fail("the agent answered a read out of turn");
-            return Err(unreachable(
-                conn,
-                format!("the agent broke the protocol ({other:?})"),
-            ));
-        }
+        other => return Err(out_of_turn(conn, "a read", &other)),
     };
     if length.is_some_and(|l| l > TRANSFER_MAX) {
         return Err(GuestError::TooLarge {
@@ -545,16 +543,6 @@ pub(super) fn read(
     })
 }
 
-fn failure_of(
-    conn: &Conn,
-    action: &'static str,
-    what: &'static str,
-    path: &str,
-    f: Failure,
-) -> GuestError {
-    failure(conn, action, what, path, f)
-}
-
 /// A write: `WriteFile` or `WriteTree`, the body as `Data` while the
 /// agent's credit lasts, `End`, then `Done(Written)`.
 pub(super) fn write(
@@ -564,16 +552,7 @@ pub(super) fn write(
     path: &str,
     body: &mut dyn Read,
 ) -> Result<u64, GuestError> {
-    let (id, ch) = conn
-        .register(false)
-        .map_err(|e| unreachable(conn, e.to_string()))?;
-    let guard = Arc::new(OpGuard {
-        conn: Arc::clone(conn),
-        id,
-        done: AtomicBool::new(false),
-    });
-    conn.send(&msg(id))
-        .map_err(|e| unreachable(conn, e.to_string()))?;
+    let (id, ch, guard) = start(conn, false, msg)?;
     let mut w = OpWriter {
         conn: Arc::clone(conn),
         id,
@@ -635,15 +614,9 @@ pub(super) fn write(
             // the answer instead of a reset connection.
             let left = (TRANSFER_MAX + 1).saturating_sub(sent);
             let _ = io::copy(&mut body.take(left), &mut io::sink());
-            Err(failure_of(conn, "writing", what, path, failure))
+            Err(guest_failure(conn, "writing", what, path, failure))
         }
-        other => {
-            conn.fail("the agent answered a write out of turn");
-            Err(unreachable(
-                conn,
-                format!("the agent broke the protocol ({other:?})"),
-            ))
-        }
+        other => Err(out_of_turn(conn, "a write", &other)),
     }
 }
 
@@ -654,16 +627,7 @@ pub(super) fn call(
     action: &'static str,
     timeout: Duration,
 ) -> Result<Done, GuestError> {
-    let (id, ch) = conn
-        .register(false)
-        .map_err(|e| unreachable(conn, e.to_string()))?;
-    let guard = OpGuard {
-        conn: Arc::clone(conn),
-        id,
-        done: AtomicBool::new(false),
-    };
-    conn.send(&msg(id))
-        .map_err(|e| unreachable(conn, e.to_string()))?;
+    let (_, ch, guard) = start(conn, false, msg)?;
     let answer = next_event(conn, &ch.events, Some(Instant::now() + timeout))?;
     guard.done.store(true, Ordering::Release);
     match answer {
@@ -674,12 +638,6 @@ pub(super) fn call(
             path: "the guest".into(),
             detail: crate::wire::text::printable(&failure.message),
         }),
-        other => {
-            conn.fail("the agent answered out of turn");
-            Err(unreachable(
-                conn,
-                format!("the agent broke the protocol ({other:?})"),
-            ))
-        }
+        other => Err(out_of_turn(conn, "a request", &other)),
     }
 }
