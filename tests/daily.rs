@@ -7,10 +7,10 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Output, Stdio};
+
 use std::time::{Duration, Instant};
 
 use common::{Fcm, e2e_ready};
@@ -19,25 +19,6 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// `fcm args...` with `stdin` fed to it.
-fn run_with_stdin(f: &Fcm, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = f
-        .cli()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fcm");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
-    child.wait_with_output().expect("fcm")
 }
 
 /// The size of the guest's root file system in bytes, as `df` sees it.
@@ -254,7 +235,7 @@ fn one_guest_disk_exec_cp_logs_and_resize() {
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "to-out\n");
     assert_eq!(text(&out.stderr), "to-err\n");
-    let out = run_with_stdin(&f, &["exec", &vm, "--", "tr", "a-z", "A-Z"], b"piped in\n");
+    let out = f.run_with_stdin(&["exec", &vm, "--", "tr", "a-z", "A-Z"], b"piped in\n");
     assert_eq!(
         (out.status.code(), text(&out.stdout).as_str()),
         (Some(0), "PIPED IN\n")

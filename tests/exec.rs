@@ -10,7 +10,7 @@ mod common;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -20,25 +20,6 @@ use common::{Fcm, e2e_ready, kill_pid, wait_for};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// `fcm args...` with `stdin` fed to it (from a thread).
-fn run_with_stdin(f: &Fcm, args: &[&str], stdin: Vec<u8>) -> Output {
-    let mut child = f
-        .cli()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fcm");
-    let mut w = child.stdin.take().expect("stdin");
-    let feeder = thread::spawn(move || {
-        let _ = w.write_all(&stdin);
-    });
-    let out = child.wait_with_output().expect("fcm");
-    let _ = feeder.join();
-    out
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -345,13 +326,13 @@ fn streamed_exec_end_to_end() {
 
     // Exact bytes both ways: random data through the guest's cat.
     let data = random(3 << 20);
-    let out = run_with_stdin(&f, &["exec", vm, "--", "cat"], data.clone());
+    let out = f.run_with_stdin(&["exec", vm, "--", "cat"], &data);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(out.stdout == data, "bytes changed on the way through cat");
 
     // -i: 10 MiB of stdin, end of file included.
     let data = random(10 << 20);
-    let out = run_with_stdin(&f, &["exec", "-i", vm, "--", "sha256sum"], data.clone());
+    let out = f.run_with_stdin(&["exec", "-i", vm, "--", "sha256sum"], &data);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).split_whitespace().next(),

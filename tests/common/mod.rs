@@ -364,6 +364,28 @@ impl Fcm {
             .expect("run fcm")
     }
 
+    /// `fcm args...` with `stdin` fed to it (from a thread, so a command
+    /// that writes much before it reads cannot block on it).
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cli()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fcm");
+        let mut w = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("fcm");
+        let _ = feeder.join();
+        out
+    }
+
     /// Runs fcm and panics with its output unless it succeeds.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
