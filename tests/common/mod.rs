@@ -323,6 +323,11 @@ impl Fcm {
         let mut v = Vec::new();
         for e in fs::read_dir(self.state()).into_iter().flatten().flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
+            // The daemon's own directories: its SSH key, the agent drives
+            // (whose path is in every VMM's command line).
+            if id.starts_with('.') || id == "ssh" || id == "agent" {
+                continue;
+            }
             for pid in self.vmms_of(&id) {
                 v.push((id.clone(), pid));
             }

@@ -376,7 +376,7 @@ pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply,
         }
         Route::CreateVm => vms::create(m, parse_body(body)?),
         Route::GetVm(v) => ok(200, m.get(&v)?),
-        Route::VmSsh(v) => ok(200, m.ssh_info(&v)?),
+        Route::VmSsh(v) => vms::ssh_info(m, &v),
         Route::StopVm(v) => vms::stop(m, s, &v, parse_body(body)?),
         Route::StartVm(v) => vms::start(m, &v, parse_body(body)?),
         Route::DestroyVm(v) => vms::destroy(m, s, &v),

@@ -16,6 +16,21 @@ pub(super) fn health(m: &Manager) -> Result<Reply, ApiError> {
     )
 }
 
+/// What `fcm ssh` needs. A running VM is ready for operations once its
+/// agent answers, which can be a moment before its sshd listens: the
+/// answer waits (a little) for the SSH banner, so that `fcm create` then
+/// `fcm ssh` works.
+pub(super) fn ssh_info(m: &Manager, vm: &str) -> Result<Reply, ApiError> {
+    let info = m.ssh_info(vm)?;
+    if info.state == "running" {
+        crate::host::ssh::wait_ready(info.ip, SSH_WAIT);
+    }
+    ok(200, info)
+}
+
+/// How long `GET /vms/{vm}/ssh` waits for the guest's SSH banner.
+const SSH_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub(super) fn create(m: &Manager, req: CreateRequest) -> Result<Reply, ApiError> {
     let wait = req.wait_ready.unwrap_or(true);
     let mut view = m.create(req)?;
