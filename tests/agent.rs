@@ -1,5 +1,6 @@
 //! fcm-agent end to end, with real QEMU guests (TCG) in a namespace: a VM
-//! made before the agent keeps working over SSH (and says so once), new
+//! made before the agent keeps working over SSH (and says so once; the
+//! streamed exec's essentials are checked over SSH on it), new
 //! VMs are reached through their agent (also with sshd gone), many execs
 //! share its one channel, the agent killed in the guest costs only the
 //! operation under way, hostile programs on the agent's port cost the
@@ -13,6 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::pty::OnPty;
 use common::{Fcm, e2e_ready, wait_for};
 
 fn text(b: &[u8]) -> String {
@@ -140,7 +142,7 @@ fn the_agent_end_to_end() {
     let mut f = Fcm::start("agent", &["--agent", "/nonexistent/fcm-agent"]);
     let old = f.create(&["--name", "old"]);
     assert_eq!(old["agent"], false, "{old}");
-    f.ok(&["exec", "old", "--", "true"]);
+    exec_over_ssh(&f, "old");
 
     // The daemon again, with the agent.
     f.kill_daemon();
@@ -323,6 +325,46 @@ fn through_agent(f: &Fcm, vm: &str) -> bool {
         (text(&o.stdout).trim() == "fcm-agent").then_some(())
     })
     .is_some()
+}
+
+/// The streamed exec's essentials over the SSH implementation (a VM
+/// without an agent): output as it comes, exit codes and signals, the
+/// deadline, stdin, a terminal, Ctrl-C.
+fn exec_over_ssh(f: &Fcm, vm: &str) {
+    let mut c = running(f, vm, "echo up; sleep 3; echo down");
+    assert!(c.try_wait().expect("try_wait").is_none(), "not streamed");
+    let out = c.wait_with_output().expect("exec");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "down\n".into())
+    );
+    let out = f.run(&["exec", vm, "--", "sh", "-c", "echo o; echo e >&2; exit 7"]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout), text(&out.stderr)),
+        (Some(7), "o\n".into(), "e\n".into())
+    );
+    let out = f.run(&["exec", vm, "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(
+        (out.status.code(), text(&out.stderr)),
+        (Some(137), String::new())
+    );
+    let out = f.run(&["exec", vm, "--timeout", "2", "--", "sleep", "60"]);
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    let out = f.run_with_stdin(&["exec", "-i", vm, "--", "wc", "-c"], &vec![b'x'; 3 << 20]);
+    assert_eq!(text(&out.stdout).trim(), (3 << 20).to_string());
+    let mut p = OnPty::start(f, &["exec", "-it", vm, "--", "sh"], 90, 33);
+    thread_sleep(2);
+    p.type_keys(b"stty size\n");
+    p.wait_for("33 90", 30);
+    p.resize(101, 44);
+    thread_sleep(1);
+    p.type_keys(b"stty size\n");
+    p.wait_for("44 101", 30);
+    p.type_keys(b"sleep 60\n");
+    thread_sleep(1);
+    p.type_keys(b"\x03");
+    p.type_keys(b"exit 3\n");
+    assert_eq!(p.wait_exit(30), Some(3), "{:?}", p.screen());
 }
 
 fn thread_sleep(secs: u64) {

@@ -9,13 +9,14 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsFd;
+
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::pty::OnPty;
 use common::{Fcm, e2e_ready, kill_pid, wait_for};
 
 fn text(b: &[u8]) -> String {
@@ -106,75 +107,6 @@ fn ls_seconds(f: &Fcm, token: &str) -> f64 {
     let mut it = s.split_whitespace();
     assert_eq!(it.next(), Some("200"), "GET /vms: {s}");
     it.next().and_then(|t| t.parse().ok()).expect("time_total")
-}
-
-/// `fcm` on a terminal of the test's: what it prints, keys typed into it,
-/// window size changes.
-struct OnPty {
-    master: File,
-    child: Child,
-    seen: Arc<Mutex<Vec<u8>>>,
-}
-
-impl OnPty {
-    fn start(f: &Fcm, args: &[&str], cols: u16, rows: u16) -> Self {
-        let (master, slave) = fcm::host::pty::open_cooked(cols, rows).expect("pty");
-        let mut cmd = f.cli();
-        cmd.args(args).env("TERM", "xterm-256color");
-        let child = fcm::host::pty::spawn_on(cmd, slave).expect("spawn on pty");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().expect("clone");
-        let s = Arc::clone(&seen);
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                s.lock().expect("seen").extend_from_slice(&buf[..n]);
-            }
-        });
-        Self {
-            master,
-            child,
-            seen,
-        }
-    }
-
-    fn screen(&self) -> String {
-        text(&self.seen.lock().expect("seen"))
-    }
-
-    fn wait_for(&self, what: &str, secs: u64) -> String {
-        let ok = wait_for(Duration::from_secs(secs), || {
-            self.screen().contains(what).then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "never saw {what:?}; screen: {:?}",
-            self.screen()
-        );
-        self.screen()
-    }
-
-    fn type_keys(&mut self, keys: &[u8]) {
-        self.master.write_all(keys).expect("type");
-    }
-
-    fn resize(&self, cols: u16, rows: u16) {
-        fcm::host::pty::set_size(&self.master.as_fd(), cols, rows).expect("resize");
-    }
-
-    fn wait_exit(&mut self, secs: u64) -> Option<i32> {
-        let st = wait_for(Duration::from_secs(secs), || {
-            self.child.try_wait().ok().flatten()
-        });
-        if st.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        st.and_then(|s| s.code())
-    }
 }
 
 /// Processes in the guest whose command line holds `marker`.

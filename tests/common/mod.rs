@@ -6,6 +6,7 @@
 
 pub mod caddy;
 pub mod outer;
+pub mod pty;
 
 use std::fs;
 use std::path::{Path, PathBuf};
