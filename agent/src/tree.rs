@@ -17,9 +17,15 @@ fn vanished(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-/// Appends the tree under `root` to `b` as `.` and the paths below it.
+/// Appends the tree under `root` to `b` as `.` and the paths below it,
+/// as tar(1) does: a file linked more than once inside the tree once, its
+/// other names as hard links; FIFOs and devices as headers (their
+/// contents are never read).
 fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path) -> io::Result<()> {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
     b.append_dir(".", root)?;
+    let mut linked: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut dirs = vec![PathBuf::new()];
     while let Some(rel) = dirs.pop() {
         let entries = match fs::read_dir(root.join(&rel)) {
@@ -30,12 +36,33 @@ fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path) -> io::Result<()>
         let mut entries: Vec<_> = entries.collect::<io::Result<_>>()?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            let Ok(ft) = entry.file_type() else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            let ft = meta.file_type();
             if ft.is_socket() {
                 continue;
             }
             let name = rel.join(entry.file_name());
-            match b.append_path_with_name(entry.path(), &name) {
+            let special = ft.is_fifo() || ft.is_char_device() || ft.is_block_device();
+            let added = if ft.is_file() && meta.nlink() > 1 {
+                match linked.get(&(meta.dev(), meta.ino())) {
+                    Some(first) => {
+                        let mut h = tar::Header::new_gnu();
+                        h.set_metadata(&meta);
+                        h.set_entry_type(tar::EntryType::Link);
+                        h.set_size(0);
+                        b.append_link(&mut h, &name, first)
+                    }
+                    None => {
+                        linked.insert((meta.dev(), meta.ino()), name.clone());
+                        b.append_path_with_name(entry.path(), &name)
+                    }
+                }
+            } else if special {
+                append_special(b, &name, &meta)
+            } else {
+                b.append_path_with_name(entry.path(), &name)
+            };
+            match added {
                 Ok(()) => {}
                 Err(e) if vanished(&e) => continue,
                 Err(e) => return Err(e),
@@ -46,6 +73,32 @@ fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path) -> io::Result<()>
         }
     }
     Ok(())
+}
+
+/// A FIFO or a device node: its header (kind, numbers), named `name`.
+fn append_special<W: Write>(
+    b: &mut tar::Builder<W>,
+    name: &Path,
+    meta: &fs::Metadata,
+) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ft = meta.file_type();
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata(meta);
+    h.set_size(0);
+    h.set_entry_type(if ft.is_fifo() {
+        tar::EntryType::Fifo
+    } else if ft.is_char_device() {
+        tar::EntryType::Char
+    } else {
+        tar::EntryType::Block
+    });
+    let dev = meta.rdev();
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
+    h.set_device_major(major as u32)?;
+    h.set_device_minor(minor as u32)?;
+    b.append_data(&mut h, name, io::empty())
 }
 
 /// `ReadTree`: `Opened { size: None }`, the tar as `Data`, `End`.

@@ -416,3 +416,58 @@ fn a_tree_round_trips_with_its_symlinks() {
     });
     assert!(r.is_err(), "{r:?}");
 }
+
+#[test]
+fn fifos_devices_and_hard_links_are_stored_as_tar_does() {
+    let mut d = Daemon::start();
+    let src = tempfile::tempdir().expect("tempdir");
+    let sp = src.path();
+    fs::write(sp.join("a"), b"one file").expect("write");
+    fs::hard_link(sp.join("a"), sp.join("b")).expect("link");
+    let made = std::process::Command::new("mkfifo")
+        .arg(sp.join("fifo"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(made, "mkfifo");
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        let made = std::process::Command::new("mknod")
+            .arg(sp.join("null"))
+            .args(["c", "1", "3"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(made, "mknod");
+    } else {
+        eprintln!("not root: no device node in this tree");
+    }
+    // A FIFO is never opened: reading it would wait for ever.
+    let (_, tar) = read(&mut d, |id| ToAgent::ReadTree { id, path: s(sp) }).expect("read tree");
+    let mut kinds = std::collections::BTreeMap::new();
+    let mut ar = tar::Archive::new(&tar[..]);
+    for e in ar.entries().expect("entries") {
+        let e = e.expect("entry");
+        let name = e.path().expect("path").display().to_string();
+        let link = e
+            .link_name()
+            .expect("link")
+            .map(|l| l.display().to_string());
+        kinds.insert(
+            name,
+            (
+                e.header().entry_type(),
+                link,
+                e.header().device_major().ok().flatten(),
+            ),
+        );
+    }
+    assert_eq!(kinds["a"].0, tar::EntryType::Regular);
+    assert_eq!(kinds["b"].0, tar::EntryType::Link);
+    assert_eq!(kinds["b"].1.as_deref(), Some("a"));
+    assert_eq!(kinds["fifo"].0, tar::EntryType::Fifo);
+    if root {
+        assert_eq!(kinds["null"].0, tar::EntryType::Char);
+        assert_eq!(kinds["null"].2, Some(1));
+    }
+}
