@@ -124,6 +124,13 @@ fn admitted_upgrade(c: &Client, path: &str, req: &ExecRequest) -> Result<Link, F
     let r = admitted(|| match upgrade(c, path, req) {
         Ok(l) => Ok(Some(l)),
         Err(Refusal::Api(e)) => Err(e),
+        // Cut before any answer: the daemon turned it away at the door
+        // while it was still being sent; tried again like a 503.
+        Err(Refusal::Cut(why)) => Err(ClientError::Api {
+            status: 503,
+            message: format!("too many connections at once ({why})"),
+            hint: Some("try again in a moment".into()),
+        }),
         Err(Refusal::Other(f)) => {
             other = Some(f);
             Ok(None)
@@ -137,9 +144,11 @@ fn admitted_upgrade(c: &Client, path: &str, req: &ExecRequest) -> Result<Link, F
     }
 }
 
-/// Why [`upgrade`] failed: the daemon's answer, or anything else.
+/// Why [`upgrade`] failed: the daemon's answer, a connection cut before
+/// any answer, or anything else.
 enum Refusal {
     Api(ClientError),
+    Cut(String),
     Other(Failure),
 }
 
@@ -166,15 +175,10 @@ fn upgrade(c: &Client, path: &str, req: &ExecRequest) -> Result<Link, Refusal> {
     sock.set_write_timeout(Some(Duration::from_secs(60)))
         .and_then(|_| sock.set_read_timeout(Some(Duration::from_secs(120))))
         .map_err(|e| Failure::new(format!("socket: {e}"), None))?;
-    let broke = |e: io::Error| {
-        Failure::from(ClientError::Connect {
-            url: daemon_authority(),
-            message: e.to_string(),
-        })
-    };
+    let cut = |e: io::Error| Refusal::Cut(e.to_string());
     let mut w = link.clone();
-    w.write_all(head.as_bytes()).map_err(broke)?;
-    w.write_all(&body).map_err(broke)?;
+    w.write_all(head.as_bytes()).map_err(cut)?;
+    w.write_all(&body).map_err(cut)?;
     // The answer's head, a byte at a time: nothing past it is taken.
     let mut r = link.clone();
     let mut answer = Vec::with_capacity(256);
@@ -186,14 +190,13 @@ fn upgrade(c: &Client, path: &str, req: &ExecRequest) -> Result<Link, Refusal> {
         }
         match r.read(&mut b) {
             Ok(0) => {
-                let e = ClientError::Protocol(
+                return Err(Refusal::Cut(
                     "the daemon closed the connection without an answer".into(),
-                );
-                return Err(Refusal::Other(e.into()));
+                ));
             }
             Ok(_) => answer.push(b[0]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(broke(e).into()),
+            Err(e) => return Err(cut(e)),
         }
     }
     let text = String::from_utf8_lossy(&answer).into_owned();

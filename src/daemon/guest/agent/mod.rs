@@ -6,10 +6,12 @@
 //! |---|---|
 //! | `mod.rs` | the connector, the `Guest` implementation |
 //! | `conn.rs` | one connection: hello, reader, writer, ping, protocol checks |
-//! | `ops.rs` | programs, reads, writes, one-answer requests; credits |
+//! | `ops.rs` | an operation's start, events, streams and credits; reads, writes, one-answer requests |
+//! | `program.rs` | a program: the seam's `Process` |
 
 mod conn;
 mod ops;
+mod program;
 #[cfg(test)]
 mod tests;
 
@@ -166,7 +168,7 @@ impl Guest for AgentGuest {
         if spec.argv.is_empty() {
             return Err(GuestError::BadRequest("no program to run".into()));
         }
-        ops::exec(&self.conn()?, spec)
+        program::exec(&self.conn()?, spec)
     }
 
     fn read_file(&self, path: &str) -> Result<Download, GuestError> {
