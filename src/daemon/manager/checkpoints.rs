@@ -1,12 +1,12 @@
 //! Checkpoints and restore: a running VM's disk and memory saved while it
-//! keeps running, and a VM returned to one (see `snapshots.rs` for the files).
+//! keeps running, and a VM returned to one (see `pause.rs` for the files).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshots::{commit_dir, now_secs};
+use super::pause::{commit_dir, now_secs};
 use super::{Manager, ManagerError, check};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
@@ -53,6 +53,10 @@ fn allocated(dir: &Path) -> u64 {
 }
 
 impl Manager {
+    pub(super) fn checkpoints_dir(&self, id: &crate::names::VmId) -> PathBuf {
+        self.dir(id).join("checkpoints")
+    }
+
     fn read_checkpoint(&self, dir: &Path) -> Option<CheckpointMeta> {
         let text = fs::read_to_string(dir.join(META)).ok()?;
         serde_json::from_str(&text).ok()

@@ -9,7 +9,7 @@
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
 //! | `ops.rs` | stop, start, destroy |
 //! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
-//! | `snapshots.rs` | pause, resume; the saved-state files, the guest's clock |
+//! | `pause.rs` | pause, resume; the saved-state files, the guest's clock after a load |
 //! | `checkpoints.rs` | checkpoints and restore |
 //! | `resize.rs` | resize a stopped VM (disk, vCPUs, memory); disk size rules |
 //! | `logs.rs` | reading the console log |
@@ -28,9 +28,9 @@ mod idle;
 mod launch;
 mod logs;
 mod ops;
+mod pause;
 mod recover;
 mod resize;
-mod snapshots;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -210,7 +210,7 @@ pub struct Manager {
     shutting_down: AtomicBool,
     in_flight: AtomicUsize,
     /// Wakes the housekeeping thread early (deferred cleanup, URLs).
-    wake: (Mutex<bool>, Condvar),
+    housekeeping_signal: (Mutex<bool>, Condvar),
     /// Where Caddy asks the daemon to wake a VM with idle sleep.
     wake_hook: Option<WakeHook>,
     /// The way into guests (`daemon::guest`).
@@ -279,7 +279,7 @@ impl Manager {
             key_pub,
             shutting_down: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            wake: (Mutex::new(false), Condvar::new()),
+            housekeeping_signal: (Mutex::new(false), Condvar::new()),
             wake_hook,
             guests,
             vmms,
@@ -409,14 +409,14 @@ impl Manager {
 
     /// Asks the housekeeping thread to run now.
     fn wake_housekeeping(&self) {
-        let (flag, cv) = &self.wake;
+        let (flag, cv) = &self.housekeeping_signal;
         *lock(flag) = true;
         cv.notify_one();
     }
 
     /// Waits up to `timeout` for [`Self::wake_housekeeping`].
     pub fn wait_for_work(&self, timeout: Duration) {
-        let (flag, cv) = &self.wake;
+        let (flag, cv) = &self.housekeeping_signal;
         let mut woken = lock(flag);
         if !*woken {
             woken = cv

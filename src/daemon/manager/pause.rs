@@ -1,5 +1,6 @@
 //! Pause and resume, and what they share with checkpoints and restore
-//! (`checkpoints.rs`): the files, the sweep, the guest's clock.
+//! (`checkpoints.rs`): the saved-state files, their sweep, the guest's
+//! clock after a load.
 //!
 //! Files, in the VM's directory:
 //!
@@ -48,10 +49,6 @@ impl Manager {
     /// A paused VM's saved state.
     pub(super) fn saved_dir(&self, id: &crate::names::VmId) -> PathBuf {
         self.dir(id).join("paused")
-    }
-
-    pub(super) fn checkpoints_dir(&self, id: &crate::names::VmId) -> PathBuf {
-        self.dir(id).join("checkpoints")
     }
 
     /// Removes what an interrupted pause, checkpoint or restore left, and a
