@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::pause::{commit_dir, now_secs};
-use super::{Manager, ManagerError, check};
+use super::{Cause, Manager, ManagerError, check};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
@@ -160,7 +160,7 @@ impl Manager {
         }
         let cps = self.checkpoints_dir(&r.id);
         fs::create_dir_all(&cps)
-            .map_err(|err| Self::failed(&r, "checkpoint", format!("{}: {err}", cps.display())))?;
+            .map_err(|err| Self::failed(&r, "checkpoint", Cause::file(&cps)(err)))?;
         let mut id = CheckpointId::random();
         while cps.join(id.as_str()).exists() {
             id = CheckpointId::random();
@@ -190,15 +190,13 @@ impl Manager {
         fault::crash_point("checkpoint:after-freeze");
         let dir = self.dir(&r.id);
         let vmm = self.vmm_for(r.backend);
-        let made = (|| -> Result<CheckpointMeta, String> {
-            let io = |p: &Path, err: std::io::Error| format!("{}: {err}", p.display());
-            fs::create_dir(&tmp).map_err(|err| io(&tmp, err))?;
-            vmm.save_state(&dir, &tmp).map_err(|err| chain(&err))?;
+        let made = (|| -> Result<CheckpointMeta, Cause> {
+            fs::create_dir(&tmp).map_err(Cause::file(&tmp))?;
+            vmm.save_state(&dir, &tmp)?;
             fault::crash_point("checkpoint:after-memory");
             let disk_copy = tmp.join("rootfs.img");
-            let method = disk::copy_rootfs(&dir.join("rootfs.img"), &disk_copy)
-                .map_err(|err| chain(&err))?;
-            crate::host::vmm::sync_file(&disk_copy).map_err(|err| io(&disk_copy, err))?;
+            let method = disk::copy_rootfs(&dir.join("rootfs.img"), &disk_copy)?;
+            crate::host::vmm::sync_file(&disk_copy).map_err(Cause::file(&disk_copy))?;
             fault::crash_point("checkpoint:after-disk");
             let meta = CheckpointMeta {
                 id: id.clone(),
@@ -214,10 +212,11 @@ impl Manager {
                     disk::CopyMethod::Sparse => "sparse".into(),
                 },
             };
-            let json = serde_json::to_vec_pretty(&meta).map_err(|err| err.to_string())?;
-            host::write_atomic(&tmp.join(META), &json, 0o600)
-                .map_err(|err| io(&tmp.join(META), err))?;
-            commit_dir(&tmp, &cps.join(id.as_str())).map_err(|err| io(&tmp, err))?;
+            let meta_file = tmp.join(META);
+            let json = serde_json::to_vec_pretty(&meta)
+                .map_err(|err| Cause::file(&meta_file)(err.into()))?;
+            host::write_atomic(&meta_file, &json, 0o600).map_err(Cause::file(&meta_file))?;
+            commit_dir(&tmp, &cps.join(id.as_str())).map_err(Cause::file(&tmp))?;
             Ok(meta)
         })();
         if made.is_ok() {
@@ -236,12 +235,12 @@ impl Manager {
         }
         let meta = match made {
             Ok(m) => m,
-            Err(mut message) => {
+            Err(mut cause) => {
                 let _ = fs::remove_dir_all(&tmp);
                 if continued.is_err() {
-                    message.push_str("; the guest could not continue");
+                    cause = cause.also("; the guest could not continue");
                 }
-                return Err(Self::failed(&r, "checkpoint", message));
+                return Err(Self::failed(&r, "checkpoint", cause));
             }
         };
         warnings.extend(self.guest_after_load(&r));
@@ -287,31 +286,26 @@ impl Manager {
         let _ = fs::remove_file(&staged);
         let vmm = self.vmm_for(r.backend);
         let restored = disk::copy_rootfs(&cp_dir.join("rootfs.img"), &staged)
-            .map_err(|err| chain(&err))
+            .map_err(Cause::from)
             .and_then(|_| {
                 crate::host::vmm::sync_file(&staged)
                     .and_then(|_| fs::rename(&staged, &rootfs))
                     .and_then(|_| host::fs::sync_dir(&dir))
-                    .map_err(|err| format!("{}: {err}", staged.display()))
+                    .map_err(Cause::file(&staged))
             })
             .and_then(|_| {
                 fault::crash_point("restore:after-disk");
                 network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
-                    .map_err(|err| chain(&err))
+                    .map_err(Cause::from)
             })
-            .and_then(|_| {
-                self.launch_from(&r, Some(&cp_dir))
-                    .map_err(|err| chain(&err))
-            })
+            .and_then(|_| self.launch_from(&r, Some(&cp_dir)))
             .and_then(|pid| {
                 fault::crash_point("restore:after-launch");
-                vmm.continue_guest(&dir)
-                    .map(|_| pid)
-                    .map_err(|err| chain(&err))
+                vmm.continue_guest(&dir).map(|_| pid).map_err(Cause::from)
             });
         let pid = match restored {
             Ok(pid) => pid,
-            Err(message) => {
+            Err(cause) => {
                 let _ = fs::remove_file(&staged);
                 self.kill_vmms(&r);
                 self.release_runtime(&r);
@@ -320,7 +314,7 @@ impl Manager {
                 return Err(Self::failed(
                     &r,
                     "restore",
-                    format!("{message} (the VM is stopped; the checkpoint is intact: try again)"),
+                    cause.also(" (the VM is stopped; the checkpoint is intact: try again)"),
                 ));
             }
         };
@@ -357,9 +351,7 @@ impl Manager {
             .join(format!(".tmp-{}", meta.id));
         fs::rename(&cp_dir, &trash)
             .and_then(|_| fs::remove_dir_all(&trash))
-            .map_err(|err| {
-                Self::failed(&r, "checkpoint rm", format!("{}: {err}", cp_dir.display()))
-            })?;
+            .map_err(|err| Self::failed(&r, "checkpoint rm", Cause::file(&cp_dir)(err)))?;
         Ok(view)
     }
 }

@@ -4,6 +4,7 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the table, name resolution, queries, launch and URL helpers |
+//! | `cause.rs` | why an operation failed, typed: its kind (conflict, missing, full) and hint |
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
 //! | `exec.rs` | exec (buffered, or the start of a streamed one) and cp, through the guest seam |
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
@@ -21,6 +22,7 @@
 //! addresses); each VM has its own operation lock, so a slow create or stop
 //! never blocks listing or operating on other VMs.
 
+mod cause;
 mod checkpoints;
 mod create;
 pub mod exec;
@@ -37,6 +39,7 @@ mod views;
 
 use views::broken_view;
 
+pub use cause::{Cause, Kind};
 pub use logs::LOG_CHUNK_MAX;
 
 use std::collections::BTreeMap;
@@ -88,13 +91,21 @@ pub enum ManagerError {
     },
     #[error("no free IP address in the pool {0}")]
     PoolExhausted(String),
-    #[error("create failed at step \"{step}\": {message}")]
-    CreateStep { step: &'static str, message: String },
-    #[error("{action} of VM {name} failed: {message}")]
+    /// A step of a create failed (and the create was undone).
+    #[error("create failed at step \"{step}\"")]
+    CreateStep {
+        step: &'static str,
+        #[source]
+        cause: Box<Cause>,
+    },
+    /// An operation on a VM failed; the VM is left as its transition says
+    /// (`Transition::failed`).
+    #[error("{action} of VM {name} failed")]
     Operation {
         action: &'static str,
         name: String,
-        message: String,
+        #[source]
+        cause: Box<Cause>,
     },
     #[error("VM directory {id} has no valid record ({reason})")]
     Broken { id: String, reason: String },
@@ -137,6 +148,7 @@ impl ManagerError {
             )),
             Self::ShuttingDown => Some("try again once the daemon is back".into()),
             Self::Guest(e) => e.hint(),
+            Self::CreateStep { cause, .. } | Self::Operation { cause, .. } => cause.hint(),
             Self::TooManyVms(_) => Some(
                 "destroy a VM (fcm ls, fcm destroy <vm>), or raise max_vms in the daemon config"
                     .into(),
@@ -265,7 +277,7 @@ impl Manager {
             ssh::ensure_keypair(&key, "fcm-daemon").map_err(|e| ManagerError::Operation {
                 action: "key generation",
                 name: "daemon".into(),
-                message: chain(&e),
+                cause: Box::new(e.into()),
             })?;
         let agent_drive = Self::current_agent_drive(&cfg);
         let m = Self {

@@ -3,7 +3,7 @@
 use std::fs;
 use std::time::Duration;
 
-use super::{Entry, Manager, ManagerError, check};
+use super::{Cause, Entry, Manager, ManagerError, check};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
@@ -68,7 +68,7 @@ impl Manager {
         self.save(e, rec).map_err(|err| ManagerError::Operation {
             action,
             name: rec.name.to_string(),
-            message: chain(&err),
+            cause: Box::new(err.into()),
         })
     }
 
@@ -134,20 +134,20 @@ impl Manager {
         self.record(&e, &mut r, VmState::Starting, "start")?;
         fault::crash_point("start:after-record");
         let launched = network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
-            .map_err(|err| chain(&err))
+            .map_err(Cause::from)
             .and_then(|_| {
                 fault::crash_point("start:after-tap");
-                self.launch_from(&r, None).map_err(|err| chain(&err))
+                self.launch_from(&r, None)
             });
         let pid = match launched {
             Ok(pid) => pid,
-            Err(message) => {
+            Err(cause) => {
                 self.release_runtime(&r);
                 self.record(&e, &mut r, VmState::Stopped, "start")?;
                 return Err(ManagerError::Operation {
                     action: "start",
                     name: r.name.to_string(),
-                    message,
+                    cause: Box::new(cause),
                 });
             }
         };
@@ -175,7 +175,7 @@ impl Manager {
             return Err(ManagerError::Operation {
                 action: "destroy",
                 name: r.name.to_string(),
-                message: errors.join("; "),
+                cause: Box::new(Cause::Several(errors)),
             });
         }
         lock(&self.vms).remove(&id);
@@ -238,7 +238,7 @@ impl Manager {
             return Err(ManagerError::Operation {
                 action: "destroy",
                 name: id.to_string(),
-                message: errors.join("; "),
+                cause: Box::new(Cause::Several(errors)),
             });
         }
         let reason = lock(&self.broken).remove(&id).unwrap_or_default();

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::daemon::guest::GuestError;
 
-use super::{Entry, Manager, ManagerError, check};
+use super::{Cause, Entry, Manager, ManagerError, check};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{self, Transition, VmState};
 use crate::daemon::lock;
@@ -93,11 +93,11 @@ impl Manager {
         Ok(e)
     }
 
-    pub(super) fn failed(r: &VmRecord, action: &'static str, message: String) -> ManagerError {
+    pub(super) fn failed(r: &VmRecord, action: &'static str, cause: Cause) -> ManagerError {
         ManagerError::Operation {
             action,
             name: r.name.to_string(),
-            message,
+            cause: Box::new(cause),
         }
     }
 
@@ -126,22 +126,19 @@ impl Manager {
         let vmm = self.vmm_for(r.backend);
         let _ = fs::remove_dir_all(&tmp);
         let saved = fs::create_dir(&tmp)
-            .map_err(|err| format!("{}: {err}", tmp.display()))
-            .and_then(|_| vmm.save_state(&dir, &tmp).map_err(|err| chain(&err)))
-            .and_then(|_| {
-                commit_dir(&tmp, &self.saved_dir(&r.id))
-                    .map_err(|err| format!("{}: {err}", tmp.display()))
-            });
-        if let Err(mut message) = saved {
+            .map_err(Cause::file(&tmp))
+            .and_then(|_| vmm.save_state(&dir, &tmp).map_err(Cause::from))
+            .and_then(|_| commit_dir(&tmp, &self.saved_dir(&r.id)).map_err(Cause::file(&tmp)));
+        if let Err(mut cause) = saved {
             let _ = fs::remove_dir_all(&tmp);
             if let Err(err) = vmm.continue_guest(&dir) {
-                message.push_str(&format!(
+                cause = cause.also(format!(
                     "; and the guest could not continue: {}",
                     chain(&err)
                 ));
             }
             self.record(&e, &mut r, VmState::Running, "pause")?;
-            return Err(Self::failed(&r, "pause", message));
+            return Err(Self::failed(&r, "pause", cause));
         }
         fault::crash_point("pause:after-save");
         // The state is safe: the VMM (its guest stopped) may go.
@@ -175,37 +172,30 @@ impl Manager {
         self.check_prerequisites(r.backend)?;
         let saved = self.saved_dir(&r.id);
         if !saved.is_dir() {
-            return Err(Self::failed(
-                &r,
-                "resume",
-                format!("its saved state {} is missing", saved.display()),
-            ));
+            return Err(Self::failed(&r, "resume", Cause::SavedStateMissing(saved)));
         }
         self.record(&e, &mut r, VmState::Resuming, "resume")?;
         fault::crash_point("resume:after-record");
         let dir = self.dir(&r.id);
         let vmm = self.vmm_for(r.backend);
         let launched = network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
-            .map_err(|err| chain(&err))
+            .map_err(Cause::from)
             .and_then(|_| {
                 fault::crash_point("resume:after-tap");
                 self.launch_from(&r, Some(&saved))
-                    .map_err(|err| chain(&err))
             })
             .and_then(|pid| {
                 fault::crash_point("resume:after-launch");
-                vmm.continue_guest(&dir)
-                    .map(|_| pid)
-                    .map_err(|err| chain(&err))
+                vmm.continue_guest(&dir).map(|_| pid).map_err(Cause::from)
             });
         let pid = match launched {
             Ok(pid) => pid,
-            Err(message) => {
+            Err(cause) => {
                 // The saved state is untouched: the VM stays paused.
                 self.kill_vmms(&r);
                 self.release_runtime(&r);
                 self.record(&e, &mut r, VmState::Paused, "resume")?;
-                return Err(Self::failed(&r, "resume", message));
+                return Err(Self::failed(&r, "resume", cause));
             }
         };
         r.pid = Some(pid);

@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use super::create::{CPUS_MAX, MEMORY_RANGE};
-use super::{Manager, ManagerError, check};
+use super::{Cause, Manager, ManagerError, check};
 use crate::daemon::lifecycle::Transition;
 use crate::daemon::lock;
-use crate::error::chain;
 use crate::host::{self, disk, disk_lock};
 use crate::wire::api::{DiskSize, ResizeRequest, VmView};
 use crate::wire::size::human;
@@ -86,10 +85,10 @@ impl Manager {
         let _op = lock(&e.op);
         let mut r = lock(&e.rec).clone();
         check(&r, Transition::Resize)?;
-        let fail = |err: &dyn std::error::Error| ManagerError::Operation {
+        let fail = |cause: Cause| ManagerError::Operation {
             action: "resize",
             name: r.name.to_string(),
-            message: chain(err),
+            cause: Box::new(cause),
         };
         let image = self.dir(&r.id).join("rootfs.img");
         // Recorded stopped but a VMM still on the disk (one that is still
@@ -105,9 +104,9 @@ impl Manager {
             });
         }
         if let Some(d) = req.disk {
-            let current = disk::size(&image).map_err(|err| fail(&err))?;
+            let current = disk::size(&image).map_err(|err| fail(err.into()))?;
             let bytes = self.disk_size(Some(d), Some(current))?;
-            disk::grow(&image, bytes).map_err(|err| fail(&err))?;
+            disk::grow(&image, bytes).map_err(|err| fail(err.into()))?;
             r.disk_bytes = Some(bytes);
         }
         if let Some(c) = req.cpus {
@@ -116,7 +115,7 @@ impl Manager {
         if let Some(m) = req.memory_mib {
             r.memory_mib = m;
         }
-        self.save(&e, &r).map_err(|err| fail(&err))?;
+        self.save(&e, &r).map_err(|err| fail(err.into()))?;
         Ok(r.view())
     }
 }
