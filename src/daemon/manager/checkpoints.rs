@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::pause::{commit_dir, now_secs};
-use super::{Cause, Manager, ManagerError, check};
+use super::{Cause, Manager, ManagerError};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
@@ -142,31 +142,29 @@ impl Manager {
         req: CheckpointRequest,
     ) -> Result<CheckpointView, ManagerError> {
         let name = req.name.as_deref().map(CheckpointName::parse).transpose()?;
-        let _in_flight = self.begin()?;
-        let e = self.op_entry(vm)?;
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        check(&r, Transition::Checkpoint)?;
+        let mut op = self.operation(vm, Transition::Checkpoint)?;
         if let Some(n) = &name
             && self
-                .checkpoints_of(&r)
+                .checkpoints_of(&op.r)
                 .iter()
                 .any(|(_, m)| m.name.as_ref() == Some(n))
         {
             return Err(ManagerError::CheckpointExists {
-                vm: r.name.to_string(),
+                vm: op.r.name.to_string(),
                 name: n.to_string(),
             });
         }
-        let cps = self.checkpoints_dir(&r.id);
-        fs::create_dir_all(&cps)
-            .map_err(|err| Self::failed(&r, "checkpoint", Cause::file(&cps)(err)))?;
+        let cps = self.checkpoints_dir(&op.r.id);
+        if let Err(err) = fs::create_dir_all(&cps) {
+            return Err(op.fail(Cause::file(&cps)(err)));
+        }
         let mut id = CheckpointId::random();
         while cps.join(id.as_str()).exists() {
             id = CheckpointId::random();
         }
         let tmp = cps.join(format!(".tmp-{id}"));
-        self.record(&e, &mut r, VmState::Checkpointing, "checkpoint")?;
+        op.begin()?;
+        let r = op.r.clone();
         fault::crash_point("checkpoint:after-record");
         let mut warnings = Vec::new();
         let freeze = match self.guest(&r).freeze() {
@@ -229,22 +227,25 @@ impl Manager {
         {
             warnings.push(chain(&e));
         }
-        self.record(&e, &mut r, VmState::Running, "checkpoint")?;
-        if let Err(err) = &continued {
-            warnings.push(format!("the guest could not continue: {}", chain(err)));
-        }
         let meta = match made {
-            Ok(m) => m,
+            Ok(m) => {
+                op.done()?;
+                m
+            }
             Err(mut cause) => {
-                let _ = fs::remove_dir_all(&tmp);
                 if continued.is_err() {
                     cause = cause.also("; the guest could not continue");
                 }
-                return Err(Self::failed(&r, "checkpoint", cause));
+                let err = op.fail(cause);
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(err);
             }
         };
-        warnings.extend(self.guest_after_load(&r));
-        let mut view = Self::checkpoint_view(&r, &cps.join(id.as_str()), &meta);
+        if let Err(err) = &continued {
+            warnings.push(format!("the guest could not continue: {}", chain(err)));
+        }
+        warnings.extend(self.guest_after_load(&op.r));
+        let mut view = Self::checkpoint_view(&op.r, &cps.join(id.as_str()), &meta);
         view.warnings = warnings;
         Ok(view)
     }
@@ -252,12 +253,11 @@ impl Manager {
     /// `fcm restore`: the VMM (if any) ends, the disk becomes a copy of
     /// the checkpoint's, and a VMM loads the checkpoint's memory state.
     pub fn restore(&self, vm: &str, cp: &str) -> Result<VmView, ManagerError> {
-        let _in_flight = self.begin()?;
-        let e = self.op_entry(vm)?;
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        let (cp_dir, meta) = self.find_checkpoint(&r, cp)?;
-        check(&r, Transition::Restore)?;
+        // An unknown checkpoint is the first thing to say, in any state.
+        let held = self.hold(vm)?;
+        let (cp_dir, meta) = self.find_checkpoint(&held.record(), cp)?;
+        let mut op = held.check(Transition::Restore)?;
+        let r = &mut op.r;
         if meta.backend != r.backend {
             return Err(ManagerError::BadRequest(format!(
                 "checkpoint {} was taken with {}; the VM runs on {}",
@@ -274,7 +274,8 @@ impl Manager {
         // its devices included.
         (r.cpus, r.memory_mib, r.disk_bytes) = (meta.cpus, meta.memory_mib, meta.disk_bytes);
         r.agent_drive = meta.agent_drive.clone();
-        self.record(&e, &mut r, VmState::Restoring, "restore")?;
+        op.begin()?;
+        let r = op.r.clone();
         fault::crash_point("restore:after-record");
         self.forget_guest(&r);
         self.kill_vmms(&r);
@@ -309,17 +310,15 @@ impl Manager {
                 let _ = fs::remove_file(&staged);
                 self.kill_vmms(&r);
                 self.release_runtime(&r);
-                r.pid = None;
-                self.record(&e, &mut r, VmState::Stopped, "restore")?;
-                return Err(Self::failed(
-                    &r,
-                    "restore",
+                op.r.pid = None;
+                return Err(op.fail(
                     cause.also(" (the VM is stopped; the checkpoint is intact: try again)"),
                 ));
             }
         };
-        r.pid = Some(pid);
-        self.record(&e, &mut r, VmState::Running, "restore")?;
+        op.r.pid = Some(pid);
+        op.done()?;
+        let r = &op.r;
         let mut view = r.view();
         if resized {
             view.warnings.push(format!(
@@ -332,17 +331,16 @@ impl Manager {
                 "the VM was paused: that saved state was replaced by the checkpoint's".into(),
             );
         }
-        view.warnings.extend(self.guest_after_load(&r));
-        view.warnings.extend(self.apply_url(&e, true));
+        view.warnings.extend(self.guest_after_load(r));
+        view.warnings.extend(self.apply_url(op.entry(), true));
         Ok(view)
     }
 
     /// `fcm checkpoint rm`.
     pub fn delete_checkpoint(&self, vm: &str, cp: &str) -> Result<CheckpointView, ManagerError> {
-        let _in_flight = self.begin()?;
-        let (_, e) = self.resolve(vm)?;
-        let _op = lock(&e.op);
-        let r = lock(&e.rec).clone();
+        // A checkpoint changes no state of its VM: held, not checked.
+        let held = self.hold(vm)?;
+        let r = held.record();
         let (cp_dir, meta) = self.find_checkpoint(&r, cp)?;
         let view = Self::checkpoint_view(&r, &cp_dir, &meta);
         // Out of sight in one rename; recovery removes a `.tmp-*` left behind.
@@ -351,7 +349,11 @@ impl Manager {
             .join(format!(".tmp-{}", meta.id));
         fs::rename(&cp_dir, &trash)
             .and_then(|_| fs::remove_dir_all(&trash))
-            .map_err(|err| Self::failed(&r, "checkpoint rm", Cause::file(&cp_dir)(err)))?;
+            .map_err(|err| ManagerError::Operation {
+                action: "checkpoint rm",
+                name: r.name.to_string(),
+                cause: Box::new(Cause::file(&cp_dir)(err)),
+            })?;
         Ok(view)
     }
 }

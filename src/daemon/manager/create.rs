@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Cause, Entry, Manager, ManagerError, check};
+use super::operation::Op;
+use super::{Cause, Entry, Manager, ManagerError};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
@@ -32,7 +33,7 @@ impl Manager {
         if self.cfg.cgroup.enabled {
             crate::host::cgroup::warm_up(&self.cfg.cgroup);
         }
-        let _in_flight = self.begin()?;
+        let in_flight = self.begin()?;
         let cpus = req.cpus.unwrap_or(self.cfg.default_cpus);
         if cpus == 0 || cpus > CPUS_MAX {
             return Err(ManagerError::BadRequest(format!(
@@ -67,8 +68,7 @@ impl Manager {
         };
 
         // Reserve id, name and address while holding the table lock.
-        let entry;
-        let rec;
+        let held;
         {
             let mut vms = lock(&self.vms);
             if let Some(max) = self.cfg.max_vms
@@ -97,7 +97,9 @@ impl Manager {
                 port: self.cfg.caddy.guest_port,
                 domain: c.domain(&name),
             });
-            rec = VmRecord {
+            // A new VM's record starts `creating`, the state a create's
+            // launch (`Transition::Launched`) starts from.
+            let rec = VmRecord {
                 tap: id.tap_name(),
                 mac: network::mac_for(ip),
                 id: id.clone(),
@@ -121,18 +123,29 @@ impl Manager {
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)?;
-            entry = Entry::new(rec.clone());
+            let entry = Entry::new(rec);
             vms.insert(id, Arc::clone(&entry));
+            // Its operation lock is taken (a new lock: no wait) before the
+            // table's is let go, so no other operation finds it half-made.
+            held = self.held(entry, in_flight);
         }
         fault::crash_point("create:after-record");
-        let _op = lock(&entry.op);
-        match self.build(&entry, rec.clone(), user_key.as_deref(), timing) {
+        let abandon = |r: &VmRecord| {
+            self.undo_create(r);
+            lock(&self.vms).remove(&r.id);
+        };
+        let rec = held.record();
+        let mut op = match held.check(Transition::Launched) {
+            Ok(op) => op,
+            Err(e) => {
+                abandon(&rec);
+                return Err(e);
+            }
+        };
+        match self.build(&mut op, user_key.as_deref(), timing) {
             Ok(view) => Ok(view),
             Err(e) => {
-                let mut r = lock(&entry.rec).clone();
-                r.state = VmState::Creating;
-                self.undo_create(&r);
-                lock(&self.vms).remove(&r.id);
+                abandon(&op.r);
                 Err(e)
             }
         }
@@ -157,16 +170,16 @@ impl Manager {
         result.map_err(step("create VM directory"))
     }
 
-    /// The steps of create after reservation. An error names its step.
-    /// Logs where the host's time before the VMM went (`timing`, begun
-    /// when the request arrived).
+    /// The steps of create after reservation, the record `creating`
+    /// since. An error names its step. Logs where the host's time before
+    /// the VMM went (`timing`, begun when the request arrived).
     fn build(
         &self,
-        entry: &Entry,
-        mut rec: VmRecord,
+        op: &mut Op<'_>,
         user_key: Option<&str>,
         mut timing: Timing,
     ) -> Result<VmView, ManagerError> {
+        let rec = op.r.clone();
         let dir = self.dir(&rec.id);
         timing.lap("reserve");
         let rootfs = dir.join("rootfs.img");
@@ -201,9 +214,9 @@ impl Manager {
             0o644,
         )
         .map_err(|e| step("write known_hosts")(Cause::file(&known_hosts)(e)))?;
-        rec.host_key = Some(host_key.public);
+        op.r.host_key = Some(host_key.public);
         // Saved with the host key: a VM adopted after a crash is reachable.
-        self.save(entry, &rec).map_err(step("save record"))?;
+        op.save().map_err(step("save record"))?;
         timing.lap("record");
         fault::crash_point("create:after-inject");
         network::create_tap_for(&self.cfg, &rec.nic(), self.tap_owner(&rec))
@@ -220,13 +233,17 @@ impl Manager {
         let pid = launched.map_err(step("start VMM"))?;
         fault::crash_point("create:after-launch");
         sync_in_background(&dir);
-        check(&rec, Transition::Launched)?;
-        rec.pid = Some(pid);
-        rec.state = VmState::Running;
-        self.save(entry, &rec).map_err(step("save record"))?;
+        op.r.pid = Some(pid);
+        op.done().map_err(|e| match e {
+            ManagerError::Operation { cause, .. } => ManagerError::CreateStep {
+                step: "save record",
+                cause,
+            },
+            other => other,
+        })?;
         fault::crash_point("create:after-save");
-        let mut view = rec.view();
-        view.warnings.extend(self.apply_url(entry, true));
+        let mut view = op.r.view();
+        view.warnings.extend(self.apply_url(op.entry(), true));
         Ok(view)
     }
 

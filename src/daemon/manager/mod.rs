@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `mod.rs` | the table, name resolution, queries, launch and URL helpers |
 //! | `cause.rs` | why an operation failed, typed: its kind (conflict, missing, full) and hint |
+//! | `operation.rs` | the one guard every operation opens with: in flight, resolved, locked, refreshed, checked; its states recorded from the transition |
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
 //! | `exec.rs` | exec (buffered, or the start of a streamed one) and cp, through the guest seam |
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
@@ -20,7 +21,9 @@
 //!
 //! Locking: `vms` is held only briefly (lookups, reserving names and
 //! addresses); each VM has its own operation lock, so a slow create or stop
-//! never blocks listing or operating on other VMs.
+//! never blocks listing or operating on other VMs. Every operation takes it
+//! through one guard (`operation.rs`), which also records the states of
+//! its transition (`lifecycle::Transition`: `during`, `to`, `failed`).
 
 mod cause;
 mod checkpoints;
@@ -29,6 +32,7 @@ pub mod exec;
 mod idle;
 mod launch;
 mod logs;
+mod operation;
 mod ops;
 mod pause;
 mod recover;
@@ -37,6 +41,7 @@ mod resize;
 mod tests;
 mod views;
 
+use operation::OpLock;
 use views::broken_view;
 
 pub use cause::{Cause, Kind};
@@ -52,7 +57,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::guest::{Guest, GuestError, Guests, Target};
-use super::lifecycle::{self, Transition, VmState};
+use super::lifecycle::{self, VmState};
 use super::lock;
 use super::store::{self, VmRecord};
 use crate::config::DaemonConfig;
@@ -159,8 +164,8 @@ impl ManagerError {
 }
 
 struct Entry {
-    /// Serialises long operations on this VM.
-    op: Mutex<()>,
+    /// Serialises long operations on this VM (`operation.rs`).
+    op: OpLock,
     /// The record, behind a short lock: never held across a call to
     /// another process, so lookups never wait behind a slow operation.
     rec: Mutex<VmRecord>,
@@ -183,7 +188,7 @@ struct Entry {
 impl Entry {
     fn new(rec: VmRecord) -> Arc<Self> {
         Arc::new(Self {
-            op: Mutex::new(()),
+            op: OpLock::new(),
             name: rec.name.clone(),
             ip: rec.ip,
             rec: Mutex::new(rec),
@@ -198,15 +203,6 @@ impl Entry {
 impl Entry {
     fn rec_state(&self) -> VmState {
         lock(&self.rec).state
-    }
-}
-
-/// Counts an operation under way, for a graceful shutdown.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -390,17 +386,6 @@ impl Manager {
         }
     }
 
-    /// Admits an operation that changes a VM, unless the daemon is shutting
-    /// down; the guard counts it as under way until dropped.
-    fn begin(&self) -> Result<InFlight<'_>, ManagerError> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight(&self.in_flight);
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err(ManagerError::ShuttingDown);
-        }
-        Ok(guard)
-    }
-
     /// Refuses new operations from now on; returns once those under way
     /// have reached a recorded state, or `grace` has passed (false).
     pub fn shut_down(&self, grace: Duration) -> bool {
@@ -567,11 +552,6 @@ impl Manager {
             let _ = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone);
         }
     }
-}
-
-/// A wrong-state error unless `r` may take transition `t`.
-fn check(r: &VmRecord, t: Transition) -> Result<(), ManagerError> {
-    t.check(r.state).map_err(|w| wrong_state(r, w))
 }
 
 fn wrong_state(r: &VmRecord, w: lifecycle::WrongState) -> ManagerError {
