@@ -147,6 +147,9 @@ impl Cause {
 
     /// What the user should do next, for the kinds where fcm knows.
     pub fn hint(&self) -> Option<String> {
+        if let Self::Also { cause, .. } = self {
+            return cause.hint();
+        }
         match self.kind() {
             Kind::DiskInUse { disk, pids: "" } => Some(format!(
                 "a process other than a VMM of this VM holds the disk: find it with: \
