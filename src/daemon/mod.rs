@@ -5,7 +5,8 @@
 //! | module | owns |
 //! |---|---|
 //! | `http` | the HTTP transport: fcm's own bounded HTTP/1.1 server, token check |
-//! | `gate` | admission: pre-authentication caps per port and per peer |
+//! | `poller` | each port's pre-authentication phase: one thread, non-blocking (accept, TLS, request, token), kept-alive connections |
+//! | `gate` | slots of authenticated connections: requests, streams, consoles, kept-alive |
 //! | `tls` | the daemon's certificate (made on first run) and TLS settings |
 //! | `api` | `(method, path)` → typed route; handlers; error → status |
 //! | `auth` | the token file and constant-time comparison |
@@ -24,6 +25,7 @@ pub mod guest;
 pub mod http;
 pub mod lifecycle;
 pub mod manager;
+pub mod poller;
 pub mod sessions;
 pub mod store;
 pub mod stream;
@@ -303,6 +305,11 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     } else {
         None
     };
+    if cfg.limits.pre_auth_per_peer.is_some() {
+        eprintln!(
+            "fcm daemon: limits.pre_auth_per_peer is no longer used (ignored): strangers share one large budget per port, the oldest pushed out first"
+        );
+    }
     let api_listener = bind(cfg.listen)?;
     let stream_listener = bind(cfg.stream_listen)?;
     let scheme = if use_tls { "https" } else { "http" };
@@ -361,9 +368,15 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             server_tls.clone(),
             cfg.limits.clone(),
         );
-        thread::spawn(move || stream::serve(stream_listener, tls, &limits, m, s, t));
+        thread::spawn(move || {
+            let e = stream::serve(stream_listener, tls, &limits, m, s, t);
+            // The terminal port cannot serve any more: exit, so that a
+            // supervisor restarts the daemon (VMs keep running).
+            eprintln!("fcm daemon: the terminal port stopped serving: {e}");
+            std::process::exit(1);
+        });
     }
-    http::serve(
+    let e = http::serve(
         api_listener,
         server_tls,
         &cfg.limits,
@@ -372,7 +385,8 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         token,
         Some(Arc::new(wake_token)),
     );
-    // Workers only return when the server fails: the daemon cannot serve.
+    // The poller only returns when it fails: the daemon cannot serve.
+    eprintln!("fcm daemon: the API port stopped serving: {e}");
     Err(DaemonError::Stopped)
 }
 

@@ -42,6 +42,20 @@ impl Head {
         self.has_token("Expect", "100-continue")
     }
 
+    /// The length of the body when all of it came with the head (`after`
+    /// holds the bytes read past the head); `None` when more must be read
+    /// (or answered: chunked, a bad length).
+    pub fn body_in(&self, after: &[u8]) -> Option<usize> {
+        if self.header("Transfer-Encoding").is_some() {
+            return None;
+        }
+        match self.content_length() {
+            Ok(None) => Some(0),
+            Ok(Some(n)) if n <= after.len() => Some(n),
+            _ => None,
+        }
+    }
+
     /// The declared body length; `Err` if the header is not a number.
     pub fn content_length(&self) -> Result<Option<usize>, ()> {
         match self.header("Content-Length") {
@@ -60,14 +74,13 @@ pub enum HeadError {
     TooLarge,
     TooManyHeaders,
     Malformed(String),
-    Io,
 }
 
 impl HeadError {
     /// The status and message to answer with, if any answer is worth sending.
     pub fn answer(&self) -> Option<(u16, String)> {
         match self {
-            Self::Closed | Self::Io => None,
+            Self::Closed => None,
             Self::Timeout => Some((408, "the request headers did not arrive in time".into())),
             // 400 rather than 414/431: the API documents 400 for bad input.
             Self::TooLarge => Some((
@@ -87,8 +100,46 @@ fn timed_out(e: &io::Error) -> bool {
     )
 }
 
-/// Reads a request head. Returns it and the bytes read past it (the start
-/// of the body).
+/// Parses a request head from the bytes received so far: `Ok(None)` if it
+/// is not whole yet, else the head and its length (what follows is the
+/// start of the body, or of the next request).
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            if len > MAX_HEAD {
+                return Err(HeadError::TooLarge);
+            }
+            if req.version != Some(1) && req.version != Some(0) {
+                return Err(HeadError::Malformed("only HTTP/1.x is spoken here".into()));
+            }
+            let head = Head {
+                method: req.method.unwrap_or_default().to_owned(),
+                target: req.path.unwrap_or_default().to_owned(),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_owned(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+            };
+            Ok(Some((head, len)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
+/// Reads a request head from a blocking reader. Returns it and the bytes
+/// read past it (the start of the body).
+#[cfg(test)]
 pub fn read_head(r: &mut impl Read) -> Result<(Head, Vec<u8>), HeadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
@@ -99,42 +150,11 @@ pub fn read_head(r: &mut impl Read) -> Result<(Head, Vec<u8>), HeadError> {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if timed_out(&e) => return Err(HeadError::Timeout),
-            Err(_) => return Err(HeadError::Io),
+            Err(_) => return Err(HeadError::Closed),
         };
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                if len > MAX_HEAD {
-                    return Err(HeadError::TooLarge);
-                }
-                if req.version != Some(1) && req.version != Some(0) {
-                    return Err(HeadError::Malformed("only HTTP/1.x is spoken here".into()));
-                }
-                let head = Head {
-                    method: req.method.unwrap_or_default().to_owned(),
-                    target: req.path.unwrap_or_default().to_owned(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_owned(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                };
-                return Ok((head, buf.split_off(len)));
-            }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() > MAX_HEAD {
-                    return Err(HeadError::TooLarge);
-                }
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        if let Some((head, len)) = parse_head(&buf)? {
+            return Ok((head, buf.split_off(len)));
         }
     }
 }
@@ -366,6 +386,27 @@ pub(super) mod tests {
         assert_eq!(head.header("Authorization"), Some("Bearer t"));
         let body = read_body(&mut m, &head, early, 64).expect("body");
         assert_eq!(body, b"{\"a\":1}");
+    }
+
+    #[test]
+    fn a_head_split_in_many_packets_is_whole_only_at_its_end() {
+        let raw = b"POST /vms HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET";
+        let end = raw.len() - 5;
+        for i in 0..end {
+            assert!(matches!(parse_head(&raw[..i]), Ok(None)), "{i}");
+        }
+        let (head, len) = parse_head(raw).expect("parse").expect("whole");
+        assert_eq!((head.method.as_str(), len), ("POST", end));
+        // Its body came with it (and the start of another request).
+        assert_eq!(head.body_in(&raw[len..]), Some(2));
+        assert_eq!(head.body_in(b"{"), None);
+        let get = b"GET /vms HTTP/1.0\r\n\r\n";
+        let (head, len) = parse_head(get).expect("parse").expect("whole");
+        assert_eq!((head.body_in(b""), len), (Some(0), get.len()));
+        let (head, _) = parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .expect("parse")
+            .expect("whole");
+        assert_eq!(head.body_in(b"0\r\n\r\n"), None);
     }
 
     #[test]
