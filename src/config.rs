@@ -72,6 +72,10 @@ pub struct Limits {
     pub http_streams: usize,
     /// Attached terminal connections.
     pub stream_connections: usize,
+    /// Idle kept-alive API connections (waiting, threadless, for a next request); 0: off.
+    pub http_keepalive: usize,
+    /// Seconds a kept-alive API connection may wait for its next request.
+    pub http_idle_secs: u64,
 }
 
 impl Default for Limits {
@@ -83,6 +87,8 @@ impl Default for Limits {
             http_requests: 64,
             http_streams: 256,
             stream_connections: 256,
+            http_keepalive: 256,
+            http_idle_secs: 30,
         }
     }
 }
@@ -243,11 +249,14 @@ impl DaemonConfig {
             || l.http_requests == 0
             || l.stream_connections == 0
             || l.http_pre_auth_secs == 0
+            || l.http_idle_secs == 0
         {
-            return bad("every limit must be at least 1");
+            return bad("every limit must be at least 1 (but http_keepalive, which may be 0)");
         }
-        if l.pre_auth_connections > 1 << 20 {
-            return bad("limits.pre_auth_connections is at most 1048576");
+        if l.pre_auth_connections > 1 << 20 || l.http_keepalive > 1 << 20 {
+            return bad(
+                "limits.pre_auth_connections and limits.http_keepalive are at most 1048576",
+            );
         }
         if self.default_cpus == 0 || self.default_memory_mib < 64 {
             return bad("default_cpus must be at least 1 and default_memory_mib at least 64");

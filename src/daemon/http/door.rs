@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::message::{Head, HeadError, MAX_HEAD, parse_head};
 use super::streams::{exec_stream, transfer};
 use super::{
-    BODY_DEADLINE, Ctx, Job, Transport, answer_and_close, error_response, opened, transport,
+    BODY_DEADLINE, Ctx, Job, Keep, Transport, answer_and_close, error_response, opened, transport,
 };
 use crate::daemon::api::{self, ApiError, Route};
 use crate::daemon::auth::{TOKEN_HINT, bearer, token_matches};
@@ -185,8 +185,8 @@ fn dispatch(
         Kind::Json => match head.body_in(&early) {
             Some(n) => {
                 let mut body = early;
-                body.truncate(n);
-                let job = job(io, &head, route, body, slot);
+                let rest = body.split_off(n);
+                let job = job(ctx, io, &head, route, body, rest, slot);
                 if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
                     ctx.queue.try_send(job)
                 {
@@ -201,13 +201,13 @@ fn dispatch(
                 spawn("fcm-http-body", move || {
                     io.set_deadline(Some(Instant::now() + BODY_DEADLINE));
                     let read = super::message::read_body(&mut io, &head, early, route.body_limit());
-                    let body = match read {
+                    let (body, rest) = match read {
                         Ok(b) => b,
                         Err((status, message)) => {
                             return answer_and_close(io.as_mut(), &ApiError::new(status, message));
                         }
                     };
-                    let job = job(io, &head, route, body, slot);
+                    let job = job(&ctx, io, &head, route, body, rest, slot);
                     if let Err(TrySendError::Full(mut job) | TrySendError::Disconnected(mut job)) =
                         ctx.queue.try_send(job)
                     {
@@ -224,13 +224,25 @@ fn dispatch(
     Ok(())
 }
 
-fn job(io: Box<dyn Transport>, head: &Head, route: Route, body: Vec<u8>, slot: Slot) -> Job {
+fn job(
+    ctx: &Arc<Ctx>,
+    io: Box<dyn Transport>,
+    head: &Head,
+    route: Route,
+    body: Vec<u8>,
+    rest: Vec<u8>,
+    slot: Slot,
+) -> Job {
     Job {
         io,
         route,
         body,
         method: head.method.clone(),
         target: head.target.clone(),
+        keep: head.keeps_alive().then(|| Keep {
+            ctx: Arc::clone(ctx),
+            rest,
+        }),
         _slot: slot,
     }
 }

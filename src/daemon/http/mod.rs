@@ -19,7 +19,11 @@
 //!   (`limits.http_requests`, 503 above) and goes to a fixed pool of
 //!   [`WORKERS`] through a bounded queue (503 when full); its body is read
 //!   by the poller when it came with the head, else on a thread of its own;
-//! - one request per connection (`Connection: close`);
+//! - **keep-alive**: an HTTP/1.1 client's connection stays open after a
+//!   JSON answer, and goes back to the poller to wait, idle and threadless,
+//!   for the next request (at most `limits.http_keepalive` such
+//!   connections, each for `limits.http_idle_secs`; above, the answer says
+//!   `Connection: close`). Every request shows the token again;
 //! - **streams** (a streamed exec, file transfers) are not short requests:
 //!   they run on a thread of their own, with their own cap
 //!   (`limits.http_streams`), never on a worker, so a hundred open streams
@@ -50,7 +54,7 @@ use super::api::{self, Answer, ApiError, Route};
 use super::gate::{Gate, GateLimits, Slot};
 use super::lock;
 use super::manager::Manager;
-use super::poller::{self, Opened, Server, Settings};
+use super::poller::{self, Handback, Opened, Server, Settings};
 use super::sessions::Sessions;
 use crate::config::Limits;
 use crate::wire::tls::{DeadlineStream, Link, TlsLink};
@@ -143,6 +147,8 @@ struct Job {
     body: Vec<u8>,
     method: String,
     target: String,
+    /// Set when the client keeps its connection alive.
+    keep: Option<Keep>,
     _slot: Slot,
 }
 
@@ -153,6 +159,10 @@ struct Ctx {
     wake_token: Option<Arc<String>>,
     queue: SyncSender<Job>,
     gate: Arc<Gate>,
+    /// Where kept-alive connections wait for their next request.
+    handback: Handback,
+    /// Seconds a kept-alive connection may stay idle.
+    idle_secs: u64,
     /// For streams, which run on threads of their own.
     m: Arc<Manager>,
 }
@@ -171,9 +181,9 @@ pub fn serve(
     let gate = Gate::new(GateLimits {
         authed: limits.http_requests,
         streams: limits.http_streams,
-        kept: 0,
+        kept: limits.http_keepalive,
     });
-    let (_, returns) = match poller::handback(0) {
+    let (handback, returns) = match poller::handback(limits.http_keepalive) {
         Ok(h) => h,
         Err(e) => return e,
     };
@@ -193,13 +203,15 @@ pub fn serve(
         wake_token,
         queue,
         gate,
+        handback,
+        idle_secs: limits.http_idle_secs,
         m,
     });
     let settings = Settings {
         pre_auth: limits.pre_auth_connections,
         request: Duration::from_secs(limits.http_pre_auth_secs),
-        idle: Duration::from_secs(limits.http_pre_auth_secs),
-        kept: 0,
+        idle: Duration::from_secs(limits.http_idle_secs),
+        kept: limits.http_keepalive,
     };
     match Server::new(
         "API port",
@@ -234,6 +246,13 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
     })
 }
 
+/// A kept-alive connection's way back to the poller: the context, and
+/// what the client sent past the request.
+struct Keep {
+    ctx: Arc<Ctx>,
+    rest: Vec<u8>,
+}
+
 fn run(job: Job, m: &Manager, s: &Sessions) {
     let Job {
         io,
@@ -241,27 +260,28 @@ fn run(job: Job, m: &Manager, s: &Sessions) {
         body,
         method,
         target,
+        keep,
         _slot,
     } = job;
     let result = guarded(|| api::handle(m, s, route, &body)).map(Answer::Json);
-    finish(io, &method, &target, result);
+    finish(io, &method, &target, result, keep);
 }
 
-/// Writes a handler's answer (JSON, a byte stream, or an error), then
-/// ends the connection.
+/// Writes a handler's answer (JSON, a byte stream, or an error); then the
+/// connection goes back to the poller when the client keeps it alive and
+/// a kept-alive slot is free, else it ends.
 fn finish(
     mut io: Box<dyn Transport>,
     method: &str,
     target: &str,
     result: Result<Answer, ApiError>,
+    keep: Option<Keep>,
 ) {
-    match result {
+    let json = match result {
         Ok(Answer::Json(r)) => {
             let mut data = r.body.to_string().into_bytes();
             data.push(b'\n');
-            io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
-            // The client may have gone away; nothing to do about it.
-            let _ = io.write_all(&response(r.status, &data, None));
+            Some((r.status, data, None))
         }
         Ok(Answer::Bytes {
             content_type,
@@ -270,13 +290,29 @@ fn finish(
         }) => {
             // A client that goes away mid-transfer ends it; nothing to report.
             let _ = write_stream(&mut io, content_type, length, &mut *body);
+            None
         }
         Err(e) => {
             if e.status >= 500 {
                 eprintln!("fcm daemon: {method} {target}: {}", e.message);
             }
-            io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
-            let _ = io.write_all(&error_response(&e));
+            let mut data = e.body().to_string().into_bytes();
+            data.push(b'\n');
+            Some((e.status, data, e.allow.clone()))
+        }
+    };
+    if let Some((status, data, allow)) = json {
+        let kept = keep
+            .as_ref()
+            .and_then(|k| k.ctx.gate.keep_alive().map(|slot| (slot, k.ctx.idle_secs)));
+        io.set_deadline(Some(Instant::now() + WRITE_DEADLINE));
+        let answer = response(status, &data, allow.as_deref(), kept.as_ref().map(|k| k.1));
+        // The client may have gone away; nothing to do about it.
+        let written = io.write_all(&answer).and_then(|()| io.flush()).is_ok();
+        if let (true, Some((slot, _)), Some(k)) = (written, kept, keep) {
+            io.set_deadline(None);
+            k.ctx.handback.keep(opened(io, k.rest), slot);
+            return;
         }
     }
     io.close_tls();
@@ -286,7 +322,7 @@ fn finish(
 fn error_response(e: &ApiError) -> Vec<u8> {
     let mut data = e.body().to_string().into_bytes();
     data.push(b'\n');
-    response(e.status, &data, e.allow.as_deref())
+    response(e.status, &data, e.allow.as_deref(), None)
 }
 
 /// Answers early (an error before the request was whole), then closes

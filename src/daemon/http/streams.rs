@@ -53,7 +53,7 @@ pub(super) fn transfer(
             answer
         }
     };
-    finish(io, &method, &target, result);
+    finish(io, &method, &target, result, None);
 }
 
 /// A streamed exec, on its connection's thread: its JSON body, then the
@@ -72,7 +72,7 @@ pub(super) fn exec_stream(
         early,
         Route::Exec(String::new()).body_limit(),
     ) {
-        Ok(b) => b,
+        Ok((b, _)) => b,
         Err((status, message)) => {
             return answer_and_close(io.as_mut(), &ApiError::new(status, message));
         }
