@@ -26,7 +26,7 @@ const EXEC_GRACE: Duration = Duration::from_secs(60);
 /// How much of a refused upload is read (and dropped) before answering.
 const STREAM_DRAIN_MAX: u64 = 16 << 20;
 
-/// A file transfer, on its connection's thread: the body streamed in or
+/// A file transfer, on a thread of its own: the body streamed in or
 /// out, each read and write bounded by the transfer's deadline.
 pub(super) fn transfer(
     mut io: Box<dyn Transport>,
@@ -56,7 +56,7 @@ pub(super) fn transfer(
     finish(io, &method, &target, result, None);
 }
 
-/// A streamed exec, on its connection's thread: its JSON body, then the
+/// A streamed exec, on a thread of its own: its JSON body, then the
 /// upgrade (`exec::serve`).
 pub(super) fn exec_stream(
     mut io: Box<dyn Transport>,
