@@ -3,7 +3,8 @@
 //! 7778) from the user's own address, 127.0.0.1, more than the
 //! pre-authentication budget holds, renewed as the daemon cuts them, with
 //! TLS off and then on. Meanwhile the user's `fcm ls` is answered within
-//! 2 s and `fcm console` (to a booted guest, driven in a host-side tmux)
+//! 2 s (plus the slowest `ls` without the flood just before: the machine
+//! is shared) and `fcm console` (to a booted guest, driven in a host-side tmux)
 //! attaches within 2 s of its usual time; the daemon's threads, fds and
 //! memory stay bounded (figures printed), and go back down afterwards.
 //! Then the CLI's keep-alive: `fcm cp` does its checks and its transfer on
@@ -189,6 +190,25 @@ fn console(o: &Outer, env: &[(&str, &str)], name: &str, tag: &str) -> Duration {
     attached
 }
 
+/// `n` runs of `fcm ls --json`, 300 ms apart, each of which must list
+/// `name`: their times in ms.
+fn ls_times(f: &Fcm, env: &[(&str, &str)], name: &str, label: &str, n: usize) -> Vec<u128> {
+    let mut ms = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = fcm_with(f, env, &["ls", "--json"]);
+        ms.push(t.elapsed().as_millis());
+        assert!(
+            out.status.success(),
+            "{label}: fcm ls: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(name));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ms
+}
+
 /// One round: the flood of `kinds` against the running daemon, the user's
 /// `ls` and console through it, the daemon's use bounded and back down.
 fn round(f: &Fcm, env: &[(&str, &str)], name: &str, kinds: &str, label: &str) {
@@ -199,28 +219,21 @@ fn round(f: &Fcm, env: &[(&str, &str)], name: &str, kinds: &str, label: &str) {
     std::thread::sleep(Duration::from_secs(1));
     let before = Use::of(daemon);
 
+    // The usual `ls` on this machine now, without a flood: what other
+    // work on a shared machine costs it is allowed on top of the 2 s.
+    let quiet_ms = ls_times(f, env, name, label, 5);
+    let quiet_max = quiet_ms.iter().copied().max().unwrap_or(0);
+
     let flood = Flood::start(f, kinds);
     let sampler = Sampler::start(daemon);
-    let mut ls_ms = Vec::new();
-    for _ in 0..10 {
-        let t = Instant::now();
-        let out = fcm_with(f, env, &["ls", "--json"]);
-        ls_ms.push(t.elapsed().as_millis());
-        assert!(
-            out.status.success(),
-            "{label}: fcm ls during the flood: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains(name));
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let ls_ms = ls_times(f, env, name, label, 10);
     let during = console(o, env, name, &format!("{label}-during"));
     let now = Use::of(daemon);
     let figures = flood.end();
     let peak = sampler.peak();
     eprintln!("{label}: flood {figures}");
     eprintln!(
-        "{label}: daemon before {before:?}, during {now:?}, peak {peak:?}; fcm ls ms {ls_ms:?}; console attached in {} ms (usual {} ms)",
+        "{label}: daemon before {before:?}, during {now:?}, peak {peak:?}; fcm ls ms {ls_ms:?} (without the flood {quiet_ms:?}); console attached in {} ms (usual {} ms)",
         during.as_millis(),
         usual.as_millis()
     );
@@ -235,7 +248,10 @@ fn round(f: &Fcm, env: &[(&str, &str)], name: &str, kinds: &str, label: &str) {
     assert!(n("reopened") >= 1000 && n("cut") >= 1000, "{figures}");
     assert!(n("pushed_out") >= 100, "{figures}");
     // The user got through, promptly.
-    assert!(ls_ms.iter().all(|&ms| ms < 2000), "{label}: {ls_ms:?}");
+    assert!(
+        ls_ms.iter().all(|&ms| ms < 2000 + quiet_max),
+        "{label}: fcm ls took {ls_ms:?} ms during the flood, {quiet_ms:?} without"
+    );
     assert!(
         during <= usual + Duration::from_secs(2),
         "{label}: console attached in {during:?}, usually {usual:?}"
