@@ -275,7 +275,7 @@ out.append(
     "tests/common/flood.py, %s idle connections to the API port from 127.0.0.1, each one the "
     "daemon closes opened again 0.3 s later, measured from 5 s after it starts. Before, the "
     "daemon admits 8 unauthenticated connections per address and refuses the rest with a 503 "
-    "(the `fcm` CLI retries those for 15 s); after, it holds them all in one poller thread. "
+    "(the `fcm` CLI retries those for 15 s); after, it holds them all in one poller thread and cuts each at its 10 s deadline (so the flood opens each twice in 20 s). "
     "%s, %s, a shared 2-core machine. Measured %s." % (rounds, idle, cpu, platform.machine(), time.strftime("%Y-%m-%d")))
 print("\n".join(out))
 PY
