@@ -56,10 +56,12 @@ pub enum TlsMode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Connections per port that have not yet shown the token.
+    /// Connections per port that have not yet shown the token (they cost
+    /// no thread); when all are held, the oldest is pushed out for a new one.
     pub pre_auth_connections: usize,
-    /// Of those, from one peer address.
-    pub pre_auth_per_peer: usize,
+    /// Unused (a per-address cap locked out users sharing an address with a flood); still parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_auth_per_peer: Option<usize>,
     /// Seconds an HTTP client has from connecting to the end of its request
     /// headers, TLS handshake included.
     pub http_pre_auth_secs: u64,
@@ -70,17 +72,23 @@ pub struct Limits {
     pub http_streams: usize,
     /// Attached terminal connections.
     pub stream_connections: usize,
+    /// Idle kept-alive API connections (waiting, threadless, for a next request); 0: off.
+    pub http_keepalive: usize,
+    /// Seconds a kept-alive API connection may wait for its next request.
+    pub http_idle_secs: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            pre_auth_connections: 64,
-            pre_auth_per_peer: 8,
+            pre_auth_connections: 4096,
+            pre_auth_per_peer: None,
             http_pre_auth_secs: 10,
             http_requests: 64,
             http_streams: 256,
             stream_connections: 256,
+            http_keepalive: 256,
+            http_idle_secs: 30,
         }
     }
 }
@@ -238,12 +246,17 @@ impl DaemonConfig {
         }
         let l = &self.limits;
         if l.pre_auth_connections == 0
-            || l.pre_auth_per_peer == 0
             || l.http_requests == 0
             || l.stream_connections == 0
             || l.http_pre_auth_secs == 0
+            || l.http_idle_secs == 0
         {
-            return bad("every limit must be at least 1");
+            return bad("every limit must be at least 1 (but http_keepalive, which may be 0)");
+        }
+        if l.pre_auth_connections > 1 << 20 || l.http_keepalive > 1 << 20 {
+            return bad(
+                "limits.pre_auth_connections and limits.http_keepalive are at most 1048576",
+            );
         }
         if self.default_cpus == 0 || self.default_memory_mib < 64 {
             return bad("default_cpus must be at least 1 and default_memory_mib at least 64");

@@ -243,6 +243,10 @@ fn check_private(path: &std::path::Path) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// The daemon's API for one command. Its one `ureq` agent keeps the
+/// connection the daemon keeps alive (HTTP/1.1), so a command's requests
+/// (`fcm cp`'s checks and transfer, `fcm logs -f`'s polls) share one TCP
+/// connection and one TLS handshake.
 pub struct Client {
     base: String,
     token: String,

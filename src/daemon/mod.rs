@@ -5,7 +5,8 @@
 //! | module | owns |
 //! |---|---|
 //! | `http` | the HTTP transport: fcm's own bounded HTTP/1.1 server, token check |
-//! | `gate` | admission: pre-authentication caps per port and per peer |
+//! | `poller` | each port's pre-authentication phase: one thread, non-blocking (accept, TLS, request, token), kept-alive connections |
+//! | `gate` | slots of authenticated connections: requests, streams, consoles, kept-alive |
 //! | `tls` | the daemon's certificate (made on first run) and TLS settings |
 //! | `api` | `(method, path)` → typed route; handlers; error → status |
 //! | `auth` | the token file and constant-time comparison |
@@ -24,6 +25,7 @@ pub mod guest;
 pub mod http;
 pub mod lifecycle;
 pub mod manager;
+pub mod poller;
 pub mod sessions;
 pub mod store;
 pub mod stream;
@@ -248,11 +250,85 @@ fn wake_hook(cfg: &DaemonConfig, caddy: &Caddy, use_tls: bool, token: &str) -> O
     })
 }
 
+/// Pending connections the kernel may hold for a port before the poller
+/// accepts them (clamped by `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
 fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
-    std::net::TcpListener::bind(addr).map_err(|e| DaemonError::Listen {
+    use socket2::{Domain, Socket, Type};
+    let listen = || -> std::io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.bind(&addr.into())?;
+        s.listen(BACKLOG)?;
+        Ok(s.into())
+    };
+    listen().map_err(|e| DaemonError::Listen {
         addr: addr.to_string(),
         message: e.to_string(),
     })
+}
+
+/// Descriptors the connection limits may hold at once: every
+/// pre-authentication and kept-alive connection of both ports, every
+/// request and stream (a stream or console also holds pipes, a pty, an
+/// ssh), and room for the VMs' own (disk locks, logs, QMP, agents).
+fn descriptors_needed(l: &crate::config::Limits) -> u64 {
+    let n = |v: usize| v as u64;
+    2 * n(l.pre_auth_connections)
+        + n(l.http_keepalive)
+        + 2 * n(l.http_requests)
+        + 8 * (n(l.http_streams) + n(l.stream_connections))
+        + 1024
+}
+
+/// Raises the open-file limit to what the connection limits need (root
+/// may raise the hard limit too, up to `fs.nr_open`), and says so.
+fn raise_fd_limit(l: &crate::config::Limits) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let need = descriptors_needed(l);
+    let old = getrlimit(Resource::Nofile);
+    let cur = old.current.unwrap_or(u64::MAX);
+    if cur >= need {
+        eprintln!("fcm daemon: open files: limit {cur}, the connection limits need {need}");
+        return;
+    }
+    let nr_open = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(need);
+    let hard = old.maximum.unwrap_or(u64::MAX);
+    let set = |current: u64, maximum: u64| {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(current),
+                maximum: Some(maximum),
+            },
+        )
+        .map(|()| current)
+    };
+    // The hard limit too if it is lower (needs CAP_SYS_RESOURCE), else up
+    // to the hard limit.
+    let max = hard.max(need.min(nr_open));
+    let set = set(need.min(max), max).or_else(|e| {
+        if hard > cur {
+            set(need.min(hard), hard)
+        } else {
+            Err(e)
+        }
+    });
+    match set {
+        Ok(new) if new >= need => eprintln!(
+            "fcm daemon: open files: limit raised from {cur} to {new} for the connection limits (docs/config.md, limits)"
+        ),
+        Ok(new) => eprintln!(
+            "fcm daemon: warning: open files: limit raised from {cur} to {new} only, below the {need} the connection limits need; under a flood the daemon may run out of descriptors"
+        ),
+        Err(e) => eprintln!(
+            "fcm daemon: warning: open files: limit {cur} is below the {need} the connection limits need, and could not be raised ({e}); under a flood the daemon may run out of descriptors"
+        ),
+    }
 }
 
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
@@ -303,6 +379,12 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     } else {
         None
     };
+    raise_fd_limit(&cfg.limits);
+    if cfg.limits.pre_auth_per_peer.is_some() {
+        eprintln!(
+            "fcm daemon: limits.pre_auth_per_peer is no longer used (ignored): strangers share one large budget per port, the oldest pushed out first"
+        );
+    }
     let api_listener = bind(cfg.listen)?;
     let stream_listener = bind(cfg.stream_listen)?;
     let scheme = if use_tls { "https" } else { "http" };
@@ -361,9 +443,15 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             server_tls.clone(),
             cfg.limits.clone(),
         );
-        thread::spawn(move || stream::serve(stream_listener, tls, &limits, m, s, t));
+        thread::spawn(move || {
+            let e = stream::serve(stream_listener, tls, &limits, m, s, t);
+            // The terminal port cannot serve any more: exit, so that a
+            // supervisor restarts the daemon (VMs keep running).
+            eprintln!("fcm daemon: the terminal port stopped serving: {e}");
+            std::process::exit(1);
+        });
     }
-    http::serve(
+    let e = http::serve(
         api_listener,
         server_tls,
         &cfg.limits,
@@ -372,7 +460,8 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         token,
         Some(Arc::new(wake_token)),
     );
-    // Workers only return when the server fails: the daemon cannot serve.
+    // The poller only returns when it fails: the daemon cannot serve.
+    eprintln!("fcm daemon: the API port stopped serving: {e}");
     Err(DaemonError::Stopped)
 }
 

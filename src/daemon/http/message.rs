@@ -1,7 +1,8 @@
 //! HTTP/1.1 messages as the API needs them, with limits: the request head
 //! (parsed by `httparse`, at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`]
 //! headers), the body (`Content-Length` or chunked, at most a given size)
-//! and the response (JSON, `Connection: close`).
+//! and the response (JSON; `Connection: close`, or kept alive with the
+//! idle time the client may leave between requests).
 
 use std::io::{self, Read, Write};
 
@@ -14,6 +15,8 @@ pub const MAX_HEADERS: usize = 64;
 pub struct Head {
     pub method: String,
     pub target: String,
+    /// The minor version: HTTP/1.0 or HTTP/1.1.
+    pub version: u8,
     headers: Vec<(String, String)>,
 }
 
@@ -42,6 +45,27 @@ impl Head {
         self.has_token("Expect", "100-continue")
     }
 
+    /// Whether the client means to send more requests on this connection:
+    /// HTTP/1.1 without `Connection: close` (an HTTP/1.0 client gets one
+    /// answer per connection, as it expects by default).
+    pub fn keeps_alive(&self) -> bool {
+        self.version == 1 && !self.has_token("Connection", "close")
+    }
+
+    /// The length of the body when all of it came with the head (`after`
+    /// holds the bytes read past the head); `None` when more must be read
+    /// (or answered: chunked, a bad length).
+    pub fn body_in(&self, after: &[u8]) -> Option<usize> {
+        if self.header("Transfer-Encoding").is_some() {
+            return None;
+        }
+        match self.content_length() {
+            Ok(None) => Some(0),
+            Ok(Some(n)) if n <= after.len() => Some(n),
+            _ => None,
+        }
+    }
+
     /// The declared body length; `Err` if the header is not a number.
     pub fn content_length(&self) -> Result<Option<usize>, ()> {
         match self.header("Content-Length") {
@@ -60,14 +84,13 @@ pub enum HeadError {
     TooLarge,
     TooManyHeaders,
     Malformed(String),
-    Io,
 }
 
 impl HeadError {
     /// The status and message to answer with, if any answer is worth sending.
     pub fn answer(&self) -> Option<(u16, String)> {
         match self {
-            Self::Closed | Self::Io => None,
+            Self::Closed => None,
             Self::Timeout => Some((408, "the request headers did not arrive in time".into())),
             // 400 rather than 414/431: the API documents 400 for bad input.
             Self::TooLarge => Some((
@@ -87,8 +110,48 @@ fn timed_out(e: &io::Error) -> bool {
     )
 }
 
-/// Reads a request head. Returns it and the bytes read past it (the start
-/// of the body).
+/// Parses a request head from the bytes received so far: `Ok(None)` if it
+/// is not whole yet, else the head and its length (what follows is the
+/// start of the body, or of the next request).
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            if len > MAX_HEAD {
+                return Err(HeadError::TooLarge);
+            }
+            let version = match req.version {
+                Some(v @ (0 | 1)) => v,
+                _ => return Err(HeadError::Malformed("only HTTP/1.x is spoken here".into())),
+            };
+            let head = Head {
+                method: req.method.unwrap_or_default().to_owned(),
+                target: req.path.unwrap_or_default().to_owned(),
+                version,
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_owned(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+            };
+            Ok(Some((head, len)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
+/// Reads a request head from a blocking reader. Returns it and the bytes
+/// read past it (the start of the body).
+#[cfg(test)]
 pub fn read_head(r: &mut impl Read) -> Result<(Head, Vec<u8>), HeadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
@@ -99,42 +162,11 @@ pub fn read_head(r: &mut impl Read) -> Result<(Head, Vec<u8>), HeadError> {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if timed_out(&e) => return Err(HeadError::Timeout),
-            Err(_) => return Err(HeadError::Io),
+            Err(_) => return Err(HeadError::Closed),
         };
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                if len > MAX_HEAD {
-                    return Err(HeadError::TooLarge);
-                }
-                if req.version != Some(1) && req.version != Some(0) {
-                    return Err(HeadError::Malformed("only HTTP/1.x is spoken here".into()));
-                }
-                let head = Head {
-                    method: req.method.unwrap_or_default().to_owned(),
-                    target: req.path.unwrap_or_default().to_owned(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_owned(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                };
-                return Ok((head, buf.split_off(len)));
-            }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() > MAX_HEAD {
-                    return Err(HeadError::TooLarge);
-                }
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        if let Some((head, len)) = parse_head(&buf)? {
+            return Ok((head, buf.split_off(len)));
         }
     }
 }
@@ -142,8 +174,9 @@ pub fn read_head(r: &mut impl Read) -> Result<(Head, Vec<u8>), HeadError> {
 /// Why a body could not be read: the status and message to answer with.
 pub type BodyError = (u16, String);
 
-/// Reads the body the head announces, at most `max` bytes. `early` holds
-/// bytes already read past the head. A `Content-Length` above `max` is
+/// Reads the body the head announces, at most `max` bytes; returns it and
+/// the bytes read past it (a next request's). `early` holds bytes already
+/// read past the head. A `Content-Length` above `max` is
 /// refused (413) before anything is read; with `Expect: 100-continue` the
 /// client is told to go on only when the length is acceptable.
 pub fn read_body<S: Read + Write>(
@@ -151,7 +184,7 @@ pub fn read_body<S: Read + Write>(
     head: &Head,
     early: Vec<u8>,
     max: usize,
-) -> Result<Vec<u8>, BodyError> {
+) -> Result<(Vec<u8>, Vec<u8>), BodyError> {
     let too_big = || (413, format!("request body is larger than {max} bytes"));
     let io_err = |e: io::Error| {
         if timed_out(&e) {
@@ -175,7 +208,7 @@ pub fn read_body<S: Read + Write>(
         });
     }
     let Some(len) = length else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), early));
     };
     if len > max {
         return Err(too_big());
@@ -185,13 +218,15 @@ pub fn read_body<S: Read + Write>(
             .map_err(io_err)?;
     }
     let mut body = early;
-    if body.len() > len {
-        body.truncate(len);
-    }
+    let after = if body.len() > len {
+        body.split_off(len)
+    } else {
+        Vec::new()
+    };
     let mut rest = vec![0u8; len - body.len()];
     s.read_exact(&mut rest).map_err(io_err)?;
     body.extend_from_slice(&rest);
-    Ok(body)
+    Ok((body, after))
 }
 
 enum ChunkError {
@@ -252,8 +287,13 @@ impl<R: Read> Input<'_, R> {
     }
 }
 
-/// Decodes a chunked body (trailers are skipped), at most `max` bytes.
-fn read_chunked(r: &mut impl Read, early: Vec<u8>, max: usize) -> Result<Vec<u8>, ChunkError> {
+/// Decodes a chunked body (trailers are skipped), at most `max` bytes;
+/// returns it and the bytes read past it.
+fn read_chunked(
+    r: &mut impl Read,
+    early: Vec<u8>,
+    max: usize,
+) -> Result<(Vec<u8>, Vec<u8>), ChunkError> {
     let mut input = Input {
         r,
         buf: early,
@@ -269,7 +309,8 @@ fn read_chunked(r: &mut impl Read, early: Vec<u8>, max: usize) -> Result<Vec<u8>
             // Trailers, then an empty line; at most a few.
             for _ in 0..MAX_HEADERS {
                 if input.line()?.is_empty() {
-                    return Ok(body);
+                    let after = input.buf.split_off(input.pos);
+                    return Ok((body, after));
                 }
             }
             return Err(ChunkError::Bad("too many trailers"));
@@ -304,8 +345,10 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// A whole JSON response, `Connection: close`; `allow` is a 405's `Allow`.
-pub fn response(status: u16, json: &[u8], allow: Option<&str>) -> Vec<u8> {
+/// A whole JSON response; `allow` is a 405's `Allow`. `keep_alive`: the
+/// connection stays open for the next request for at most that many
+/// seconds, else `Connection: close`.
+pub fn response(status: u16, json: &[u8], allow: Option<&str>, keep_alive: Option<u64>) -> Vec<u8> {
     let allow = allow
         .filter(|a| {
             a.bytes()
@@ -313,8 +356,12 @@ pub fn response(status: u16, json: &[u8], allow: Option<&str>) -> Vec<u8> {
         })
         .map(|a| format!("Allow: {a}\r\n"))
         .unwrap_or_default();
+    let connection = match keep_alive {
+        Some(secs) => format!("Connection: keep-alive\r\nKeep-Alive: timeout={secs}"),
+        None => "Connection: close".to_owned(),
+    };
     let mut v = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{allow}{connection}\r\n\r\n",
         reason(status),
         json.len()
     )
@@ -365,8 +412,41 @@ pub(super) mod tests {
             ("POST", "/vms")
         );
         assert_eq!(head.header("Authorization"), Some("Bearer t"));
-        let body = read_body(&mut m, &head, early, 64).expect("body");
+        let (body, after) = read_body(&mut m, &head, early, 64).expect("body");
         assert_eq!(body, b"{\"a\":1}");
+        assert!(after.is_empty());
+    }
+
+    #[test]
+    fn a_head_split_in_many_packets_is_whole_only_at_its_end() {
+        let raw = b"POST /vms HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET";
+        let end = raw.len() - 5;
+        for i in 0..end {
+            assert!(matches!(parse_head(&raw[..i]), Ok(None)), "{i}");
+        }
+        let (head, len) = parse_head(raw).expect("parse").expect("whole");
+        assert_eq!((head.method.as_str(), head.version, len), ("POST", 1, end));
+        assert!(head.keeps_alive());
+        // Its body came with it (and the start of another request).
+        assert_eq!(head.body_in(&raw[len..]), Some(2));
+        assert_eq!(head.body_in(b"{"), None);
+        let get = b"GET /vms HTTP/1.0\r\n\r\n";
+        let (head, len) = parse_head(get).expect("parse").expect("whole");
+        assert_eq!(
+            (head.version, head.body_in(b""), len),
+            (0, Some(0), get.len())
+        );
+        // HTTP/1.0 gets one answer per connection; HTTP/1.1 keeps it
+        // unless it says close.
+        assert!(!head.keeps_alive());
+        let (head, _) = parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .expect("parse")
+            .expect("whole");
+        assert_eq!(head.body_in(b"0\r\n\r\n"), None);
+        let (head, _) = parse_head(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n")
+            .expect("parse")
+            .expect("whole");
+        assert!(!head.keeps_alive());
     }
 
     #[test]
@@ -398,11 +478,11 @@ pub(super) mod tests {
 
     #[test]
     fn chunked_bodies_decode_and_are_capped() {
-        let mut m = mem(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4;x=y\r\n\":1}\r\n0\r\n\r\n");
+        let mut m = mem(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4;x=y\r\n\":1}\r\n0\r\n\r\nGET /next");
         let (head, early) = read_head(&mut m).expect("head");
         assert_eq!(
             read_body(&mut m, &head, early, 64).expect("body"),
-            b"{\"a\":1}"
+            (b"{\"a\":1}".to_vec(), b"GET /next".to_vec())
         );
         let mut m = mem(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n");
         let (head, early) = read_head(&mut m).expect("head");
@@ -410,10 +490,15 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn responses_say_close() {
-        let r = String::from_utf8(response(405, b"{}", Some("GET, POST"))).expect("utf8");
+    fn responses_say_close_or_keep_alive() {
+        let r = String::from_utf8(response(405, b"{}", Some("GET, POST"), None)).expect("utf8");
         assert!(r.contains("\r\nAllow: GET, POST\r\n"), "{r}");
-        let r = String::from_utf8(response(404, b"{}", None)).expect("utf8");
+        let r = String::from_utf8(response(200, b"{}", None, Some(30))).expect("utf8");
+        assert!(
+            r.contains("\r\nConnection: keep-alive\r\nKeep-Alive: timeout=30\r\n\r\n{}"),
+            "{r}"
+        );
+        let r = String::from_utf8(response(404, b"{}", None, None)).expect("utf8");
         assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r}");
         assert!(
             r.contains("Content-Length: 2\r\nConnection: close\r\n\r\n{}"),
