@@ -110,6 +110,22 @@ pub enum Cmd {
     ///
     /// `fcm checkpoint rm <vm> <checkpoint>` removes one.
     Checkpoint(CheckpointArgs),
+    /// New running VMs from a running VM's present state: memory, processes,
+    /// sessions and disk. Each fork has its own name, IP, MAC, host key,
+    /// hostname and machine id; the VM pauses for a moment and runs on.
+    Fork {
+        #[arg(help = VM_HELP)]
+        vm: String,
+        /// How many forks (default 1).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// The fork's name (with --count above 1: NAME-1, NAME-2…).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the results as JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// List a VM's checkpoints: id, name, created, size.
     Checkpoints {
         #[arg(help = VM_HELP)]
