@@ -249,6 +249,11 @@ pub struct CreateArgs {
     /// Print the created VM as JSON for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Make it from a checkpoint instead of booting: VM:CHECKPOINT (id or
+    /// name). It runs on from the checkpoint's memory and disk, with its
+    /// own name, IP, MAC, host key, hostname and machine id.
+    #[arg(long, value_name = "VM:CHECKPOINT", conflicts_with_all = ["cpus", "memory", "disk"])]
+    pub from: Option<String>,
 }
 
 /// `--idle-pause`: a duration (`90s`, `10m`, `1h 30m`) in whole seconds,

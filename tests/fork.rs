@@ -295,3 +295,79 @@ fn bad_forks_make_nothing() {
     assert!(body.contains("fcm start lone"), "{body}");
     assert_eq!(f.vms().len(), 1);
 }
+
+#[test]
+fn vms_from_one_checkpoint_outlive_it_and_their_source() {
+    if !e2e_ready() {
+        return;
+    }
+    let f = Fcm::start("fromcp", &[]);
+    f.create(&["--name", "base"]);
+    let sleeper = guest(
+        &f,
+        "base",
+        "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!",
+    );
+    guest(&f, "base", "echo kept > /root/mine && sync");
+    f.ok(&["checkpoint", "base", "--name", "cp1"]);
+    // Written after the checkpoint: no VM made from it has it.
+    guest(&f, "base", "echo later > /root/mine && sync");
+
+    let token = f.token();
+    let (code, body) = f.api(
+        "POST",
+        "/vms",
+        Some(&token),
+        Some(br#"{"from": "base:nope"}"#),
+    );
+    assert_eq!(code, 404, "an unknown checkpoint: {body}");
+    let (code, body) = f.api(
+        "POST",
+        "/vms",
+        Some(&token),
+        Some(br#"{"from": "nosuchvm:cp1"}"#),
+    );
+    assert_eq!(code, 404, "an unknown VM: {body}");
+    assert_eq!(f.vms().len(), 1, "a refused create made something");
+
+    let a = f.create(&["--from", "base:cp1", "--name", "c1"]);
+    let b = f.create(&["--from", "base:cp1", "--name", "c2"]);
+    assert_ne!(a["ip"], b["ip"]);
+    assert_ne!(a["mac"], b["mac"]);
+    // Neither needs the checkpoint nor its VM any more.
+    f.ok(&["checkpoint", "rm", "base", "cp1"]);
+    f.ok(&["destroy", "base"]);
+
+    let check = format!(
+        "hostname; cat /root/mine; \
+         [ \"$(cat /proc/{sleeper}/comm)\" = sleep ] && echo sleeper-alive; \
+         ip -4 -o addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1"
+    );
+    for v in [&a, &b] {
+        let name = v["name"].as_str().expect("name");
+        assert_eq!(v["state"], "running");
+        assert_eq!(
+            guest(&f, name, &check),
+            format!(
+                "{name}\nkept\nsleeper-alive\n{}",
+                v["ip"].as_str().expect("ip")
+            ),
+            "{name}: its identity, the checkpoint's file and process"
+        );
+    }
+    let ids: BTreeSet<String> = [&a, &b]
+        .iter()
+        .map(|v| guest(&f, v["name"].as_str().expect("name"), "cat /etc/machine-id"))
+        .collect();
+    assert_eq!(ids.len(), 2, "machine ids repeat: {ids:?}");
+    for v in [&a, &b] {
+        let name = v["name"].as_str().expect("name");
+        f.ok(&["stop", name]);
+        f.ok(&["start", name]);
+        assert_eq!(
+            guest(&f, name, "hostname; cat /root/mine"),
+            format!("{name}\nkept"),
+            "{name} after a stop and start"
+        );
+    }
+}

@@ -20,6 +20,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         wait_ready: Some(!a.no_wait),
         disk: a.disk,
         idle_pause_secs: a.idle_pause,
+        from: a.from,
     };
     match user_ssh_key() {
         Some((_, public)) => req.ssh_public_key = Some(public),

@@ -30,6 +30,11 @@ pub struct CreateRequest {
     /// `idle_pause_secs` (off unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_pause_secs: Option<u64>,
+    /// `VM:CHECKPOINT`: a new VM from that checkpoint's saved state
+    /// (running on from it, with its own identity) instead of a boot; its
+    /// size is the checkpoint's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// Body of `POST /vms/{vm}/start`, `/resume` and `/checkpoints/{cp}/restore`.

@@ -24,6 +24,7 @@ use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::fs;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::create::step;
@@ -39,6 +40,33 @@ use crate::host::vmm::{self, Backend};
 use crate::host::{self, config_drive, disk, network, ssh};
 use crate::names::{VmId, VmName};
 use crate::wire::api::{Expose, ForkRequest, VmView};
+
+/// What a new VM is made from: its disk and the state its VMM loads.
+pub(super) enum Origin<'a> {
+    /// A running VM's devices and disk in `stage`, its RAM the image.
+    Fork {
+        stage: &'a Path,
+        image: &'a fs::File,
+    },
+    /// A checkpoint's directory: its whole saved state and its disk.
+    Checkpoint(&'a Path),
+}
+
+impl<'a> Origin<'a> {
+    fn disk(&self) -> PathBuf {
+        match self {
+            Self::Fork { stage, .. } => stage.join("rootfs.img"),
+            Self::Checkpoint(dir) => dir.join("rootfs.img"),
+        }
+    }
+
+    fn boot(&self) -> Boot<'a> {
+        match *self {
+            Self::Fork { stage, image } => Boot::Fork { from: stage, image },
+            Self::Checkpoint(dir) => Boot::Saved(dir),
+        }
+    }
+}
 
 /// The most forks one request makes.
 pub(super) const FORK_MAX: u32 = 64;
@@ -145,8 +173,12 @@ impl Manager {
                 let handles: Vec<_> = batch
                     .into_iter()
                     .map(|held| {
-                        let (image, stage, authorized) = (&image, &stage, &authorized);
-                        s.spawn(move || self.bring_up_fork(held, stage, image, authorized))
+                        let origin = Origin::Fork {
+                            stage: &stage,
+                            image: &image,
+                        };
+                        let authorized = &authorized;
+                        s.spawn(move || self.bring_up_fork(held, &origin, authorized))
                     })
                     .collect();
                 handles
@@ -180,7 +212,7 @@ impl Manager {
     /// Reserves `count` new VMs like `source` (names, addresses, ids,
     /// directories with their records `creating`, identity pending), their
     /// operation locks held; all or none.
-    fn reserve_forks(
+    pub(super) fn reserve_forks(
         &self,
         source: &VmRecord,
         count: u32,
@@ -235,7 +267,6 @@ impl Manager {
                 pid: None,
                 host_key: None,
                 idle_paused: false,
-                shared_ram: true,
                 identity_pending: true,
                 ..source.clone()
             });
@@ -267,11 +298,10 @@ impl Manager {
 
     /// One fork, from its reservation to running with its own identity;
     /// undone on failure.
-    fn bring_up_fork(
+    pub(super) fn bring_up_fork(
         &self,
         held: Held<'_>,
-        stage: &std::path::Path,
-        image: &fs::File,
+        origin: &Origin<'_>,
         authorized: &str,
     ) -> Result<VmView, ManagerError> {
         let rec = held.record();
@@ -282,7 +312,7 @@ impl Manager {
                 return Err(e);
             }
         };
-        match self.build_fork(&mut op, stage, image, authorized) {
+        match self.build_fork(&mut op, origin, authorized) {
             Ok(view) => Ok(view),
             Err(e) => {
                 self.abandon(&op.r);
@@ -294,13 +324,12 @@ impl Manager {
     fn build_fork(
         &self,
         op: &mut Op<'_>,
-        stage: &std::path::Path,
-        image: &fs::File,
+        origin: &Origin<'_>,
         authorized: &str,
     ) -> Result<VmView, ManagerError> {
         let rec = op.r.clone();
         let dir = self.dir(&rec.id);
-        disk::copy_rootfs(&stage.join("rootfs.img"), &dir.join("rootfs.img"))
+        disk::copy_rootfs(&origin.disk(), &dir.join("rootfs.img"))
             .map_err(step("copy the source's disk"))?;
         fault::crash_point("fork:after-copy");
         let host_key = config_drive::host_key(&format!("fcm-{}", rec.id))
@@ -331,7 +360,7 @@ impl Manager {
             .map_err(step("create quarantined tap"))?;
         fault::crash_point("fork:after-tap");
         let pid = self
-            .launch_with(&rec, Boot::Fork { from: stage, image }, &Cell::new(None))
+            .launch_with(&rec, origin.boot(), &Cell::new(None))
             .map_err(step("start VMM"))?;
         op.r.pid = Some(pid);
         op.save().map_err(step("save record"))?;

@@ -7,6 +7,7 @@
 //! | `cause.rs` | why an operation failed, typed: its kind (conflict, missing, full) and hint |
 //! | `operation.rs` | the one guard every operation opens with: in flight, resolved, locked, refreshed, checked; its states recorded from the transition |
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
+//! | `from_checkpoint.rs` | create --from: a new VM from a checkpoint, with a fork's identity rules |
 //! | `fork.rs` | fork: the running VM's memory, devices and disk copied into new VMs, each quarantined until it has its own identity |
 //! | `exec.rs` | exec (buffered, or the start of a streamed one) and cp, through the guest seam |
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
@@ -31,6 +32,7 @@ mod checkpoints;
 mod create;
 pub mod exec;
 mod fork;
+mod from_checkpoint;
 mod idle;
 mod launch;
 mod logs;
