@@ -371,3 +371,70 @@ fn vms_from_one_checkpoint_outlive_it_and_their_source() {
         );
     }
 }
+
+#[test]
+fn a_full_disk_midway_through_a_fork_is_a_clean_error_and_leaves_nothing() {
+    if !e2e_ready() {
+        return;
+    }
+    // A state dir on a tmpfs with room for the source's disk and the
+    // fork's staged copy of it, but not for the fork's own copy (tmpfs
+    // cannot reflink: the copies are sparse).
+    let tmp = tempfile::Builder::new()
+        .prefix("fcm-forkfull-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let small = tmp.path().join("small");
+    let used = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(common::assets().join("base-rootfs.img"))
+            .expect("rootfs")
+            .blocks()
+            * 512
+    };
+    let size_mib = 2 * used / (1 << 20) + 100;
+    let _unmount = common::SmallTmpfs::mount(&small, size_mib, "fcm-test-forkfull");
+    let f = Fcm::start(
+        "forkfull",
+        &["--state-dir", &small.join("state").display().to_string()],
+    );
+    let src = f.create(&["--name", "crowded", "--memory", "256"]);
+    let id = src["id"].as_str().expect("id").to_string();
+    let sleeper = guest(
+        &f,
+        "crowded",
+        "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!",
+    );
+    let listing = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(f.state())
+            .expect("state")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing();
+    let out = f.run(&["fork", "crowded", "--name", "spill"]);
+    assert_eq!(out.status.code(), Some(1), "the fork did not fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left"), "{err}");
+    assert!(!err.contains("panick"), "{err}");
+    // Nothing half-made: no fork listed, no directory, tap or staging left.
+    assert_eq!(f.vms().len(), 1, "{:?}", f.vms());
+    assert_eq!(listing(), before, "a failed fork left something");
+    assert!(!f.state().join(&id).join(".fork.tmp").exists());
+    assert_eq!(f.taps().len(), 1, "{:?}", f.taps());
+    assert_eq!(f.all_vmms().len(), 1, "{:?}", f.all_vmms());
+    // The source runs on, as it was.
+    assert_eq!(f.vm("crowded")["state"], "running");
+    assert_eq!(
+        guest(
+            &f,
+            "crowded",
+            &format!("cat /proc/{sleeper}/comm; echo still > /root/still && sync && echo ok")
+        ),
+        "sleep\nok"
+    );
+    f.ok(&["destroy", "crowded"]);
+}

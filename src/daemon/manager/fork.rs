@@ -157,7 +157,14 @@ impl Manager {
             }
         };
         fault::crash_point("fork:after-continue");
-        op.done()?;
+        if let Err(e) = op.done() {
+            // The source's record could not be saved: no fork goes on.
+            let _ = fs::remove_dir_all(&stage);
+            for f in forks {
+                self.abandon(&f.record());
+            }
+            return Err(e);
+        }
         let source = op.r.clone();
         drop(op);
         let authorized = config_drive::read_authorized_keys(&src_dir.join(config_drive::FILE))
