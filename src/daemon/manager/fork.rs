@@ -90,6 +90,9 @@ impl Manager {
                 "count must be between 1 and {FORK_MAX}"
             )));
         }
+        let started = std::time::Instant::now();
+        let mut op = self.operation(vm, Transition::Fork)?;
+        // After the VM: an unknown VM is the first thing to say.
         let names: Vec<VmName> = match &req.name {
             None => Vec::new(),
             Some(n) if count == 1 => vec![VmName::parse(n)?],
@@ -97,8 +100,6 @@ impl Manager {
                 .map(|i| VmName::parse(&format!("{n}-{i}")))
                 .collect::<Result<_, _>>()?,
         };
-        let started = std::time::Instant::now();
-        let mut op = self.operation(vm, Transition::Fork)?;
         let not = |why| ManagerError::NotForkable {
             name: op.r.name.to_string(),
             why,
