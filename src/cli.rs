@@ -110,6 +110,22 @@ pub enum Cmd {
     ///
     /// `fcm checkpoint rm <vm> <checkpoint>` removes one.
     Checkpoint(CheckpointArgs),
+    /// New running VMs from a running VM's present state: memory, processes,
+    /// sessions and disk. Each fork has its own name, IP, MAC, host key,
+    /// hostname and machine id; the VM pauses for a moment and runs on.
+    Fork {
+        #[arg(help = VM_HELP)]
+        vm: String,
+        /// How many forks (default 1).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// The fork's name (with --count above 1: NAME-1, NAME-2…).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the results as JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// List a VM's checkpoints: id, name, created, size.
     Checkpoints {
         #[arg(help = VM_HELP)]
@@ -233,6 +249,11 @@ pub struct CreateArgs {
     /// Print the created VM as JSON for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Make it from a checkpoint instead of booting: VM:CHECKPOINT (id or
+    /// name). It runs on from the checkpoint's memory and disk, with its
+    /// own name, IP, MAC, host key, hostname and machine id.
+    #[arg(long, value_name = "VM:CHECKPOINT", conflicts_with_all = ["cpus", "memory", "disk"])]
+    pub from: Option<String>,
 }
 
 /// `--idle-pause`: a duration (`90s`, `10m`, `1h 30m`) in whole seconds,

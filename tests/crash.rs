@@ -112,7 +112,7 @@ fn disagreements(f: &Fcm) -> Vec<String> {
                 dir.join("paused").is_dir()
             ));
         }
-        for leftover in [".paused.tmp", "rootfs.img.restore"] {
+        for leftover in [".paused.tmp", "rootfs.img.restore", ".fork.tmp"] {
             if dir.join(leftover).exists() {
                 bad.push(format!("VM {id} has a leftover {leftover}"));
             }
@@ -167,7 +167,8 @@ fn crash_points_of(ops: &[&str]) -> Vec<String> {
 
 /// The operations the two walks below cover; a crash point of any other
 /// operation fails this test, so a new one cannot go unwalked.
-const WALKED_OPS: [&str; 8] = [
+const WALKED_OPS: [&str; 9] = [
+    "fork",
     "create",
     "start",
     "stop",
@@ -504,6 +505,82 @@ fn a_crash_at_every_step_of_pause_resume_checkpoint_and_restore_loses_nothing() 
         walked,
         crash_points_of(&["pause", "resume", "checkpoint", "restore"]),
         "every crash point of pause, resume, checkpoint and restore must be walked"
+    );
+}
+
+#[test]
+fn a_crash_at_every_step_of_a_fork_leaves_the_source_whole_and_no_half_fork() {
+    if !e2e_ready() {
+        return;
+    }
+    let (_tmp, mut f) = start("forkcrash");
+    let mut walked: Vec<String> = Vec::new();
+    let mut matrix: Vec<(String, String)> = Vec::new();
+    f.create(&["--name", "parent"]);
+    let mark = "intact-before-crashes";
+    let w = f.ssh("parent", &format!("echo {mark} > /root/mark && sync"));
+    assert!(w.status.success(), "write the mark");
+    let out = f.ssh(
+        "parent",
+        "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!",
+    );
+    let sleeper = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(sleeper.parse::<u32>().is_ok(), "sleeper pid {sleeper:?}");
+    let steps = [
+        "after-record",
+        "after-devices",
+        "after-continue",
+        "after-copy",
+        "after-inject",
+        "after-tap",
+        "after-launch",
+        "after-identity",
+        "after-attach",
+        "after-commit",
+    ];
+    for step in steps {
+        let at = format!("fork:{step}");
+        let name = format!("f-{}", step.trim_start_matches("after-"));
+        crash_at(&mut f, &at, &["fork", "parent", "--name", &name]);
+        assert_agree(&f, &at);
+        // The source runs on (its guest continued), with its file and process.
+        assert_eq!(state_of(&f, "parent").as_deref(), Some("running"), "{at}");
+        assert_usable(&f, "parent", mark);
+        assert!(
+            sleeper_runs(&f, "parent", &sleeper),
+            "{at}: the sleeper died"
+        );
+        let outcome = match state_of(&f, &name).as_deref() {
+            // Only once it had its own identity and was on the bridge.
+            Some("running") => {
+                assert_eq!(
+                    step, "after-commit",
+                    "{at}: a fork adopted before its identity"
+                );
+                assert_usable(&f, &name, mark);
+                "done (it had its identity: adopted, usable)"
+            }
+            None => {
+                f.ok(&["fork", "parent", "--name", &name]);
+                assert_usable(&f, &name, mark);
+                "undone (no identity yet); retried fork succeeded"
+            }
+            Some(other) => panic!("{at}: {name} is {other}"),
+        };
+        f.ok(&["destroy", &name]);
+        assert_agree(&f, &format!("destroy after {at}"));
+        matrix.push((at.clone(), outcome.to_string()));
+        walked.push(at);
+    }
+    println!("crash matrix ({} steps):", matrix.len());
+    for (step, outcome) in &matrix {
+        println!("  {step:<24} {outcome}");
+    }
+    walked.sort();
+    assert_eq!(
+        walked,
+        crash_points_of(&["fork"]),
+        "every crash point of fork must be walked"
     );
 }
 

@@ -139,6 +139,12 @@ fn run_plain(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Pause { vm, json } => checkpoints::pause(&vm, json),
         Cmd::Resume { vm, no_wait, json } => checkpoints::resume(&vm, no_wait, json),
         Cmd::Checkpoint(a) => checkpoints::checkpoint(a),
+        Cmd::Fork {
+            vm,
+            count,
+            name,
+            json,
+        } => vms::fork(&vm, count, name, json),
         Cmd::Checkpoints { vm, json } => checkpoints::list(&vm, json),
         Cmd::Restore {
             vm,

@@ -4,7 +4,9 @@ use super::api::{Client, seg, user_ssh_key};
 use super::progress::spinner;
 use super::{Failure, or_dash, out, out_json, warnings};
 use crate::cli::{CreateArgs, ResizeArgs};
-use crate::wire::api::{CreateRequest, ResizeRequest, StartRequest, StopRequest, VmView};
+use crate::wire::api::{
+    CreateRequest, ForkRequest, ForkResponse, ResizeRequest, StartRequest, StopRequest, VmView,
+};
 use crate::wire::size::human;
 use crate::wire::text::visible;
 
@@ -18,6 +20,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         wait_ready: Some(!a.no_wait),
         disk: a.disk,
         idle_pause_secs: a.idle_pause,
+        from: a.from,
     };
     match user_ssh_key() {
         Some((_, public)) => req.ssh_public_key = Some(public),
@@ -50,6 +53,49 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         out(&format!("  url:   {u}"));
     }
     out(&format!("  ssh:   fcm ssh {}", v.name));
+    Ok(())
+}
+
+pub(super) fn fork(vm: &str, count: u32, name: Option<String>, json: bool) -> Result<(), Failure> {
+    let c = Client::from_env()?;
+    let req = ForkRequest {
+        count: Some(count),
+        name,
+    };
+    let r: ForkResponse = {
+        let _s = spinner(format!(
+            "forking {} into {count} (it pauses for a moment)",
+            visible(vm)
+        ));
+        c.post(&format!("/vms/{}/fork", seg(vm)), &req)?
+    };
+    let failed = r.forks.iter().filter(|f| f.vm.is_none()).count();
+    if json {
+        out_json(&r)?;
+    } else {
+        for f in &r.forks {
+            match (&f.vm, &f.error) {
+                (Some(v), _) => {
+                    warnings(&v.warnings);
+                    out(&format!(
+                        "forked {}  id {}  ip {}{}",
+                        v.name,
+                        v.id,
+                        v.ip,
+                        v.url.as_ref().map(|u| format!("  {u}")).unwrap_or_default()
+                    ));
+                }
+                (None, Some(e)) => eprintln!("error: a fork failed: {}", visible(&e.error)),
+                (None, None) => eprintln!("error: a fork failed"),
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Failure::new(
+            format!("{failed} of {} forks failed", r.forks.len()),
+            None,
+        ));
+    }
     Ok(())
 }
 

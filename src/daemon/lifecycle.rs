@@ -19,12 +19,13 @@
 //!   running ──pause──► pausing ──► paused ──resume/start──► resuming ──► running
 //!   paused ──stop──► stopping ──► stopped        (the memory state is discarded)
 //!   running ──checkpoint──► checkpointing ──► running
+//!   running ──fork──► forking ──► running          (new VMs: created)
 //!   running | paused | stopped ──restore──► restoring ──► running
 //!   resize:  stopped ─► stopped (disk, vCPUs, memory; no in-progress state:
 //!            growing the disk file is idempotent)
 //!
 //!   failed once under way (what it did undone):  start, restore ─► stopped
-//!   pause, checkpoint ─► running   resume ─► paused   resize ─► stopped
+//!   pause, checkpoint, fork ─► running   resume ─► paused   resize ─► stopped
 //!   destroy ─► destroying (try again)   create ─► undone (none)
 //! ```
 
@@ -53,10 +54,12 @@ pub enum VmState {
     Checkpointing,
     /// A restore to a checkpoint is in progress.
     Restoring,
+    /// Forks are being made of it (the guest is briefly stopped).
+    Forking,
 }
 
 impl VmState {
-    pub const ALL: [VmState; 11] = [
+    pub const ALL: [VmState; 12] = [
         Self::Creating,
         Self::Starting,
         Self::Running,
@@ -68,6 +71,7 @@ impl VmState {
         Self::Resuming,
         Self::Checkpointing,
         Self::Restoring,
+        Self::Forking,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +87,7 @@ impl VmState {
             Self::Resuming => "resuming",
             Self::Checkpointing => "checkpointing",
             Self::Restoring => "restoring",
+            Self::Forking => "forking",
         }
     }
 }
@@ -107,6 +112,9 @@ pub enum Transition {
     Restore,
     /// Disk, vCPUs or memory changed; only while stopped.
     Resize,
+    /// Copy the running VM's memory, devices and disk into new VMs; it
+    /// runs on.
+    Fork,
 }
 
 /// A transition asked of a VM in a state that does not allow it.
@@ -127,7 +135,7 @@ impl Transition {
             Self::Launched => &[Creating],
             Self::Start | Self::Resize => &[Stopped],
             Self::Stop => &[Running, Paused],
-            Self::Died | Self::Pause | Self::Checkpoint => &[Running],
+            Self::Died | Self::Pause | Self::Checkpoint | Self::Fork => &[Running],
             Self::Resume => &[Paused],
             Self::Restore => &[Running, Paused, Stopped],
             Self::Destroy => &VmState::ALL,
@@ -145,6 +153,7 @@ impl Transition {
             Self::Resume => Some(VmState::Resuming),
             Self::Checkpoint => Some(VmState::Checkpointing),
             Self::Restore => Some(VmState::Restoring),
+            Self::Fork => Some(VmState::Forking),
             Self::Launched | Self::Died | Self::Resize => None,
         }
     }
@@ -153,7 +162,7 @@ impl Transition {
     pub fn to(self) -> Option<VmState> {
         match self {
             Self::Launched | Self::Start | Self::Resume => Some(VmState::Running),
-            Self::Checkpoint | Self::Restore => Some(VmState::Running),
+            Self::Checkpoint | Self::Restore | Self::Fork => Some(VmState::Running),
             Self::Stop | Self::Died | Self::Resize => Some(VmState::Stopped),
             Self::Pause => Some(VmState::Paused),
             Self::Destroy => None,
@@ -171,7 +180,7 @@ impl Transition {
     pub fn failed(self) -> Option<VmState> {
         match self {
             Self::Start | Self::Restore | Self::Resize => Some(VmState::Stopped),
-            Self::Pause | Self::Checkpoint => Some(VmState::Running),
+            Self::Pause | Self::Checkpoint | Self::Fork => Some(VmState::Running),
             Self::Resume => Some(VmState::Paused),
             Self::Destroy => Some(VmState::Destroying),
             Self::Launched | Self::Stop | Self::Died => None,
@@ -192,6 +201,7 @@ impl Transition {
             Self::Checkpoint => "checkpoint",
             Self::Restore => "restore",
             Self::Resize => "resize",
+            Self::Fork => "fork",
         }
     }
 
@@ -207,6 +217,7 @@ impl Transition {
             Self::Checkpoint => "checkpoint it",
             Self::Restore => "restore it",
             Self::Resize => "resize it",
+            Self::Fork => "fork it",
         }
     }
 
@@ -296,8 +307,8 @@ pub fn recover(state: VmState, vmm_alive: bool, saved: bool) -> Recovery {
         (Creating, false) => UndoCreate,
         (Running, true) => Keep,
         (Creating | Starting | Stopping | Stopped, true) => Adopt,
-        (Pausing | Paused | Resuming | Checkpointing | Restoring, true) => AdoptContinue,
-        (Starting | Running | Stopping | Checkpointing | Restoring, false) => MarkStopped,
+        (Pausing | Paused | Resuming | Checkpointing | Restoring | Forking, true) => AdoptContinue,
+        (Starting | Running | Stopping | Checkpointing | Restoring | Forking, false) => MarkStopped,
         (Stopped, false) => Keep,
         (Paused, false) if saved => Keep,
         (Pausing | Resuming, false) if saved => MarkPaused,

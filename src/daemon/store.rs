@@ -73,6 +73,16 @@ pub struct VmRecord {
     /// with it the agent's channel; none: the VM is reached over SSH only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_drive: Option<String>,
+    /// The guest's RAM is a memfd its VMM maps shared (`vmm::Ram::Shared`):
+    /// the VM can be forked, and its saved states need that RAM model.
+    /// VMs made before forks (false) keep their VMM's own RAM.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_ram: bool,
+    /// A fork (or a VM restored from another's memory) that has not yet
+    /// taken its own identity: its guest still believes it is its source.
+    /// Recovery undoes it, never puts it on the bridge.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub identity_pending: bool,
 }
 
 impl VmRecord {
@@ -196,6 +206,8 @@ mod tests {
             idle_pause_secs: None,
             idle_paused: false,
             agent_drive: None,
+            shared_ram: false,
+            identity_pending: false,
         }
     }
 

@@ -127,6 +127,25 @@ pub fn padded_tar(members: &[(&str, &[u8], u32)]) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The `authorized_keys` member of the drive at `path` (a fork gets its
+/// source's), at most 64 KiB.
+pub fn read_authorized_keys(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(File::open(path)?);
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if entry.path()?.as_os_str() == "authorized_keys" {
+            let mut text = String::new();
+            entry.take(64 << 10).read_to_string(&mut text)?;
+            return Ok(text);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} has no authorized_keys", path.display()),
+    ))
+}
+
 /// Writes the drive to `path` (which must not exist), mode 0600. Not
 /// synced here: the caller syncs it with the disk, off the create's path.
 pub fn write(path: &Path, id: &Identity<'_>) -> Result<(), ConfigDriveError> {

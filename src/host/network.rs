@@ -191,6 +191,36 @@ pub fn create_tap_for(
     Ok(tap)
 }
 
+/// Makes the VM's tap **quarantined**: its rules (only its own MAC and
+/// address may send) are installed, but the tap is on no bridge and down,
+/// so a VMM on it reaches no one. For a VM made from another's memory,
+/// whose guest still has that VM's MAC and address until it takes its
+/// own; [`create_tap_for`] later puts it on the bridge and up.
+pub fn create_tap_quarantined(cfg: &DaemonConfig, vm: &VmNic) -> Result<String, NetworkError> {
+    let tap = vm.id.tap_name();
+    let params = policy_params(cfg)?;
+    firewall::add_vm(&params, &tap, &vm.mac, vm.ip).map_err(rules_err(&tap))?;
+    if link_exists(&tap) {
+        // Not one of ours to reuse: it could be on the bridge.
+        ip(&["link", "del", &tap]).map_err(|source| NetworkError::Tap {
+            tap: tap.clone(),
+            source,
+        })?;
+    }
+    host::tap::create(&tap, None).map_err(link_err(&tap, "create"))?;
+    Ok(tap)
+}
+
+/// Whether a tap is on a bridge or up (a quarantined one is neither).
+pub fn tap_reachable(tap: &str) -> bool {
+    let base = std::path::Path::new("/sys/class/net").join(tap);
+    let up = std::fs::read_to_string(base.join("flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & 1 != 0);
+    up || base.join("master").exists()
+}
+
 /// The uid that owns a tap (-1: none).
 fn tap_owner(tap: &str) -> Option<i64> {
     std::fs::read_to_string(format!("/sys/class/net/{tap}/owner"))

@@ -30,6 +30,11 @@ pub struct CreateRequest {
     /// `idle_pause_secs` (off unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_pause_secs: Option<u64>,
+    /// `VM:CHECKPOINT`: a new VM from that checkpoint's saved state
+    /// (running on from it, with its own identity) instead of a boot; its
+    /// size is the checkpoint's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// Body of `POST /vms/{vm}/start`, `/resume` and `/checkpoints/{cp}/restore`.
@@ -58,6 +63,34 @@ pub struct PauseRequest {}
 pub struct CheckpointRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// Body of `POST /vms/{vm}/fork`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    /// How many forks (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// The fork's name; with a count above 1, the forks are NAME-1,
+    /// NAME-2… (default: random names, as create gives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The answer of `POST /vms/{vm}/fork`: one entry per fork asked, in
+/// order, each the new VM or why that fork failed (the others stand).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForkResponse {
+    pub forks: Vec<ForkResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForkResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
 }
 
 /// A checkpoint as the API shows it.

@@ -42,6 +42,7 @@ pub enum Route {
     DeleteSession(String, String),
     PauseVm(String),
     ResumeVm(String),
+    ForkVm(String),
     WakeVm(String),
     ListCheckpoints(String),
     CreateCheckpoint(String),
@@ -200,6 +201,7 @@ fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
         ("POST", ["vms", v, "resume"]) => Route::ResumeVm(vm(v)),
         // GET too: Caddy's forward_auth asks with GET.
         ("GET" | "POST", ["vms", v, "wake"]) => Route::WakeVm(vm(v)),
+        ("POST", ["vms", v, "fork"]) => Route::ForkVm(vm(v)),
         ("GET", ["vms", v, "checkpoints"]) => Route::ListCheckpoints(vm(v)),
         ("POST", ["vms", v, "checkpoints"]) => Route::CreateCheckpoint(vm(v)),
         ("POST", ["vms", v, "checkpoints", c, "restore"]) => {
@@ -320,6 +322,7 @@ pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply,
         Route::PauseVm(v) => checkpoints::pause(m, s, &v, parse_body(body)?),
         Route::ResumeVm(v) => checkpoints::resume(m, &v, parse_body(body)?),
         Route::WakeVm(v) => ok(200, m.wake(&v)?),
+        Route::ForkVm(v) => vms::fork(m, &v, parse_body(body)?),
         Route::ListCheckpoints(v) => checkpoints::list(m, &v),
         Route::CreateCheckpoint(v) => checkpoints::create(m, &v, parse_body(body)?),
         Route::RestoreCheckpoint(v, c) => checkpoints::restore(m, s, &v, &c, parse_body(body)?),
@@ -366,6 +369,10 @@ mod tests {
         assert_eq!(
             route("DELETE", "/vms/x/checkpoints/c1").expect("route"),
             Route::DeleteCheckpoint("x".into(), "c1".into())
+        );
+        assert_eq!(
+            route("POST", "/vms/x/fork").expect("route"),
+            Route::ForkVm("x".into())
         );
         assert_eq!(
             route("POST", "/vms/x/pause").expect("route"),

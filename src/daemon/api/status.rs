@@ -17,7 +17,8 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::Ambiguous(_)
         | ManagerError::WrongState { .. }
         | ManagerError::NameTaken(_)
-        | ManagerError::TooManyVms(_) => 409,
+        | ManagerError::TooManyVms(_)
+        | ManagerError::NotForkable { .. } => 409,
         ManagerError::Broken { .. } => 409,
         ManagerError::Missing { .. }
         | ManagerError::PoolExhausted(_)

@@ -3,7 +3,10 @@
 use super::{ApiError, Reply, ok};
 use crate::daemon::manager::Manager;
 use crate::daemon::sessions::Sessions;
-use crate::wire::api::{CreateRequest, Health, StartRequest, StopRequest};
+use crate::wire::api::{
+    CreateRequest, ErrorBody, ForkRequest, ForkResponse, ForkResult, Health, StartRequest,
+    StopRequest,
+};
 
 pub(super) fn health(m: &Manager) -> Result<Reply, ApiError> {
     ok(
@@ -32,6 +35,10 @@ pub(super) fn ssh_info(m: &Manager, vm: &str) -> Result<Reply, ApiError> {
 const SSH_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub(super) fn create(m: &Manager, req: CreateRequest) -> Result<Reply, ApiError> {
+    if req.from.is_some() {
+        // Answered through its agent before it was let out: ready.
+        return ok(201, m.create_from(req)?);
+    }
     let wait = req.wait_ready.unwrap_or(true);
     let mut view = m.create(req)?;
     if wait {
@@ -47,6 +54,38 @@ pub(super) fn create(m: &Manager, req: CreateRequest) -> Result<Reply, ApiError>
         }
     }
     ok(201, view)
+}
+
+/// `POST /vms/{vm}/fork`: 201 with one result per fork (a VM, or why
+/// that fork failed); an error of the whole (the source cannot be
+/// forked, the pool is too small) is the answer's own status.
+pub(super) fn fork(m: &Manager, vm: &str, req: ForkRequest) -> Result<Reply, ApiError> {
+    let forks = m
+        .fork(vm, req)?
+        .into_iter()
+        .map(|r| match r {
+            Ok(mut view) => {
+                // Each answered through its agent before it was let out.
+                view.set_ready(true);
+                ForkResult {
+                    vm: Some(view),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                let a = ApiError::from(e);
+                ForkResult {
+                    vm: None,
+                    error: Some(ErrorBody {
+                        error: a.message,
+                        status: a.status,
+                        hint: a.hint,
+                    }),
+                }
+            }
+        })
+        .collect();
+    ok(201, ForkResponse { forks })
 }
 
 pub(super) fn stop(

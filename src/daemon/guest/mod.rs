@@ -231,6 +231,15 @@ pub trait Guest: Send + Sync {
     fn after_restore(&self, entropy: &[u8; 64]) -> Result<ClockSet, GuestError>;
     /// Asks the guest's init to shut down cleanly (the VMM then exits).
     fn shutdown(&self) -> Result<(), GuestError>;
+    /// Gives a guest made from another's memory (a fork) its own identity:
+    /// hostname, machine id, MAC, address and route, SSH host key. Only
+    /// the agent can: the guest's network is not its own until then.
+    fn set_identity(&self, _identity: &fcm_proto::Identity) -> Result<(), GuestError> {
+        Err(GuestError::BadRequest(format!(
+            "a new identity needs fcm-agent, and this guest is reached over {}",
+            self.transport()
+        )))
+    }
 }
 
 /// Hands out [`Guest`]s; one per daemon.

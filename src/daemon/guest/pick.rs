@@ -208,4 +208,14 @@ impl Guest for Picked {
     fn shutdown(&self) -> Result<(), GuestError> {
         self.choose()?.shutdown()
     }
+
+    /// Always through the agent (never SSH: a fork's network is the
+    /// source's until this has run), given up to 20 s to answer.
+    fn set_identity(&self, identity: &fcm_proto::Identity) -> Result<(), GuestError> {
+        self.inner
+            .agent
+            .wait_ready(&self.t, Duration::from_secs(20))?;
+        lock(&self.inner.modes).insert(self.t.id.clone(), Mode::Agent);
+        self.agent().set_identity(identity)
+    }
 }

@@ -41,6 +41,9 @@ pub enum Cause {
     ConfigDrive(#[from] ConfigDriveError),
     #[error(transparent)]
     Host(#[from] HostError),
+    /// The guest did not do what was asked (a fork's new identity).
+    #[error(transparent)]
+    Guest(#[from] crate::daemon::guest::GuestError),
     /// A file or directory of the VM could not be made, written or moved.
     #[error("{}", path.display())]
     File {
@@ -108,6 +111,7 @@ impl Cause {
             Self::Store(e) => Some(e),
             Self::ConfigDrive(e) => Some(e),
             Self::Host(e) => Some(e),
+            Self::Guest(e) => Some(e),
             Self::File { source, .. } => Some(source),
             Self::SavedStateMissing(_) | Self::Several(_) | Self::Also { .. } => None,
         }

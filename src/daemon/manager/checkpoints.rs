@@ -20,21 +20,25 @@ use crate::wire::api::{CheckpointRequest, CheckpointView, VmView};
 
 /// `checkpoints/<cp>/checkpoint.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointMeta {
+pub(super) struct CheckpointMeta {
     id: CheckpointId,
     name: Option<CheckpointName>,
     created_at: u64,
-    backend: Backend,
+    pub(super) backend: Backend,
     disk_copy: String,
     /// The VM's size when it was taken: a restore returns to it (the saved
     /// memory only loads into a VMM of the same shape).
-    cpus: u8,
-    memory_mib: u32,
+    pub(super) cpus: u8,
+    pub(super) memory_mib: u32,
     #[serde(default)]
-    disk_bytes: Option<u64>,
+    pub(super) disk_bytes: Option<u64>,
     /// The agent drive the VM had (its saved devices include it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    agent_drive: Option<String>,
+    pub(super) agent_drive: Option<String>,
+    /// The RAM model its saved memory needs (`VmRecord::shared_ram`);
+    /// absent in checkpoints made before it: the VM's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) shared_ram: Option<bool>,
 }
 
 const META: &str = "checkpoint.json";
@@ -91,7 +95,7 @@ impl Manager {
     }
 
     /// A checkpoint by id or name.
-    fn find_checkpoint(
+    pub(super) fn find_checkpoint(
         &self,
         r: &VmRecord,
         cp: &str,
@@ -205,6 +209,7 @@ impl Manager {
                 memory_mib: r.memory_mib,
                 disk_bytes: r.disk_bytes,
                 agent_drive: r.agent_drive.clone(),
+                shared_ram: Some(r.shared_ram),
                 disk_copy: match method {
                     disk::CopyMethod::Reflink => "reflink".into(),
                     disk::CopyMethod::Sparse => "sparse".into(),

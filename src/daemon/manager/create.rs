@@ -120,6 +120,9 @@ impl Manager {
                 idle_pause_secs,
                 idle_paused: false,
                 agent_drive: self.agent_drive.clone(),
+                // QEMU's RAM is shared, so the VM can be forked.
+                shared_ram: backend == crate::host::vmm::Backend::Qemu,
+                identity_pending: false,
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)?;
@@ -154,7 +157,7 @@ impl Manager {
     /// Makes `<state>/<id>/` holding the record (state `creating`): written
     /// in `.new-<id>`, then renamed, so a crash leaves no directory without
     /// a record. Recovery removes `.new-*` leftovers.
-    fn make_vm_dir(&self, rec: &VmRecord) -> Result<(), ManagerError> {
+    pub(super) fn make_vm_dir(&self, rec: &VmRecord) -> Result<(), ManagerError> {
         let tmp = self.cfg.state_dir.join(format!(".new-{}", rec.id));
         let result = (|| {
             fs::create_dir_all(&tmp).map_err(Cause::file(&tmp))?;
@@ -262,7 +265,7 @@ impl Manager {
 }
 
 /// A `map_err` naming the create step that failed.
-fn step<E: Into<Cause>>(step: &'static str) -> impl FnOnce(E) -> ManagerError {
+pub(super) fn step<E: Into<Cause>>(step: &'static str) -> impl FnOnce(E) -> ManagerError {
     move |e| ManagerError::CreateStep {
         step,
         cause: Box::new(e.into()),

@@ -11,7 +11,21 @@ use crate::daemon::store::VmRecord;
 use crate::host;
 use crate::host::cgroup;
 use crate::host::disk_lock::{DiskLock, DiskLockError};
-use crate::host::vmm::{self, LaunchSpec};
+use crate::host::vmm::{self, LaunchSpec, Ram};
+
+/// What a launched VMM does first.
+#[derive(Clone, Copy)]
+pub(super) enum Boot<'a> {
+    /// Boots the kernel.
+    Cold,
+    /// Loads the whole saved state in this directory (pause, checkpoint).
+    Saved(&'a Path),
+    /// Loads a fork's device state in this directory, its RAM the image.
+    Fork {
+        from: &'a Path,
+        image: &'a std::fs::File,
+    },
+}
 
 impl Manager {
     /// Launches a VM's VMM to boot; `spawned_at` gets the moment the VMM
@@ -21,19 +35,20 @@ impl Manager {
         rec: &VmRecord,
         spawned_at: &Cell<Option<Instant>>,
     ) -> Result<u32, Cause> {
-        self.launch_with(rec, None, spawned_at)
+        self.launch_with(rec, Boot::Cold, spawned_at)
     }
 
     /// Launches the VM's VMM: booting, or loading the state saved in
     /// `saved` (same command line, same tap, same disk lock).
     pub(super) fn launch_from(&self, rec: &VmRecord, saved: Option<&Path>) -> Result<u32, Cause> {
-        self.launch_with(rec, saved, &Cell::new(None))
+        let boot = saved.map_or(Boot::Cold, Boot::Saved);
+        self.launch_with(rec, boot, &Cell::new(None))
     }
 
-    fn launch_with(
+    pub(super) fn launch_with(
         &self,
         rec: &VmRecord,
-        saved: Option<&Path>,
+        boot: Boot<'_>,
         spawned_at: &Cell<Option<Instant>>,
     ) -> Result<u32, Cause> {
         let dir = self.dir(&rec.id);
@@ -99,6 +114,11 @@ impl Manager {
             mac: &rec.mac,
             cpus: rec.cpus,
             memory_mib: rec.memory_mib,
+            ram: match boot {
+                Boot::Fork { image, .. } => Ram::Image(image),
+                _ if rec.shared_ram => Ram::Shared,
+                _ => Ram::Own,
+            },
             disk_lock: &disk_lock,
             user: self.cfg.vm_user(rec.ip),
             cgroup: cgroup.as_ref(),
@@ -107,9 +127,10 @@ impl Manager {
         let vmm = self.vmm_for(rec.backend);
         let log = spec.console_log();
         let logged_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        match saved {
-            None => vmm.launch(&spec),
-            Some(from) => vmm.launch_saved(&spec, from),
+        match boot {
+            Boot::Cold => vmm.launch(&spec),
+            Boot::Saved(from) => vmm.launch_saved(&spec, from),
+            Boot::Fork { from, .. } => vmm.launch_fork(&spec, from),
         }
         .map_err(|e| Cause::Launch {
             vmm: Box::new(e),

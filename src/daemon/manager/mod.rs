@@ -7,6 +7,8 @@
 //! | `cause.rs` | why an operation failed, typed: its kind (conflict, missing, full) and hint |
 //! | `operation.rs` | the one guard every operation opens with: in flight, resolved, locked, refreshed, checked; its states recorded from the transition |
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
+//! | `from_checkpoint.rs` | create --from: a new VM from a checkpoint, with a fork's identity rules |
+//! | `fork.rs` | fork: the running VM's memory, devices and disk copied into new VMs, each quarantined until it has its own identity |
 //! | `exec.rs` | exec (buffered, or the start of a streamed one) and cp, through the guest seam |
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
 //! | `ops.rs` | stop, start, destroy |
@@ -29,6 +31,8 @@ mod cause;
 mod checkpoints;
 mod create;
 pub mod exec;
+mod fork;
+mod from_checkpoint;
 mod idle;
 mod launch;
 mod logs;
@@ -122,6 +126,8 @@ pub enum ManagerError {
     CheckpointExists { vm: String, name: String },
     #[error(transparent)]
     Guest(#[from] GuestError),
+    #[error("VM {name} cannot be forked: {why}")]
+    NotForkable { name: String, why: &'static str },
 }
 
 impl ManagerError {
@@ -154,6 +160,10 @@ impl ManagerError {
             Self::ShuttingDown => Some("try again once the daemon is back".into()),
             Self::Guest(e) => e.hint(),
             Self::CreateStep { cause, .. } | Self::Operation { cause, .. } => cause.hint(),
+            Self::NotForkable { name, .. } => Some(format!(
+                "a VM made before forks, or a fork, can be forked after a cold boot: \
+                 fcm stop {name}; fcm start {name}"
+            )),
             Self::TooManyVms(_) => Some(
                 "destroy a VM (fcm ls, fcm destroy <vm>), or raise max_vms in the daemon config"
                     .into(),

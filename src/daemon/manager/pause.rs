@@ -9,6 +9,7 @@
 //! .paused.tmp/             a pause under way (renamed to paused/ once complete)
 //! checkpoints/<cp>/        checkpoint.json, rootfs.img, the saved state
 //! checkpoints/.tmp-<cp>/   a checkpoint under way, or one being removed
+//! .fork.tmp/               a fork under way: the source's devices and disk
 //! rootfs.img.restore       a restore's copy of a checkpoint's disk, before
 //!                          it is renamed over rootfs.img
 //! ```
@@ -54,7 +55,11 @@ impl Manager {
     /// saved state the VM's state no longer uses.
     pub(super) fn sweep_vm_dir(&self, r: &VmRecord) {
         let dir = self.dir(&r.id);
-        let mut gone = vec![dir.join(".paused.tmp"), dir.join("rootfs.img.restore")];
+        let mut gone = vec![
+            dir.join(".paused.tmp"),
+            dir.join("rootfs.img.restore"),
+            dir.join(super::fork::STAGE),
+        ];
         if !lifecycle::keeps_saved_state(r.state) {
             gone.push(self.saved_dir(&r.id));
         }

@@ -239,6 +239,7 @@ impl Manager {
                         | VmState::Resuming
                         | VmState::Checkpointing
                         | VmState::Restoring
+                        | VmState::Forking
                 ) && e.rec_state() == VmState::Running
                 {
                     e.after_load_pending.store(true, Ordering::Release);
@@ -264,6 +265,16 @@ impl Manager {
 
     /// One VM's recovery; `None` when the VM is gone (undone or destroyed).
     fn recover_one(&self, mut rec: VmRecord) -> Option<VmRecord> {
+        if rec.state == VmState::Creating && rec.identity_pending {
+            // Made from another's memory and not yet its own: never adopted
+            // (its guest may still have its source's MAC and address).
+            eprintln!(
+                "fcm: undoing the interrupted fork {}: it had not taken its own identity",
+                rec.name
+            );
+            self.undo_create(&rec);
+            return None;
+        }
         let alive = self.vmm_alive(&rec);
         let was = rec.state;
         let saved = self.saved_dir(&rec.id).is_dir();

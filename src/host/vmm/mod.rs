@@ -75,6 +75,22 @@ pub enum VmmError {
     Cgroup(#[from] crate::host::cgroup::CgroupError),
     #[error("the network device could not be handed to the VMM")]
     Tap(#[source] crate::host::network::NetworkError),
+    #[error("{0} is not supported by this VMM")]
+    Unsupported(&'static str),
+}
+
+/// Where a guest's RAM lives.
+#[derive(Debug, Clone, Copy)]
+pub enum Ram<'a> {
+    /// The VMM's own memory (a VM made before shared RAM; Firecracker).
+    Own,
+    /// A memfd the VMM maps shared, made at launch (QEMU,
+    /// `qemu::fork::RAM_ID`): its pages can be copied while the guest is
+    /// stopped, so the VM can be forked.
+    Shared,
+    /// A private copy-on-write mapping of a fork image that never changes:
+    /// the VMs mapping it share the pages none of them wrote.
+    Image(&'a File),
 }
 
 /// What a backend needs to boot one guest. Paths are already validated.
@@ -98,6 +114,7 @@ pub struct LaunchSpec<'a> {
     pub mac: &'a str,
     pub cpus: u8,
     pub memory_mib: u32,
+    pub ram: Ram<'a>,
     /// The disk's lock, handed to the VMM process (see `host::disk_lock`).
     pub disk_lock: &'a DiskLock,
     /// The VM's own uid and gid, for a jailed or sandboxed VMM
@@ -178,6 +195,19 @@ pub trait Vmm: Send + Sync {
     /// state `save_state` wrote into `from`, instead of booting; returns its
     /// pid. The guest runs once [`Vmm::continue_guest`] returns.
     fn launch_saved(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError>;
+    /// A fork's first half: stops the guest of the VM in `dir` (VMM `pid`,
+    /// launched with [`Ram::Shared`]), writes its device state into `into`
+    /// and returns a sealed copy of its RAM (the fork image). The guest
+    /// stays stopped until [`Vmm::continue_guest`].
+    fn save_for_fork(&self, _dir: &Path, _pid: u32, _into: &Path) -> Result<File, VmmError> {
+        Err(VmmError::Unsupported("forking a running VM"))
+    }
+    /// A fork's second half: a VMM with `spec` (its RAM a
+    /// [`Ram::Image`]) that loads the device state `save_for_fork` wrote
+    /// into `from`; the guest runs once [`Vmm::continue_guest`] returns.
+    fn launch_fork(&self, _spec: &LaunchSpec<'_>, _from: &Path) -> Result<u32, VmmError> {
+        Err(VmmError::Unsupported("forking a running VM"))
+    }
     /// Memory the VMM itself needs beyond the guest's and the configured
     /// overhead (QEMU's TCG translation cache), for its cgroup's limit.
     fn memory_overhead_mib(&self) -> u32 {

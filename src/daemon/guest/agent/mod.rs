@@ -305,4 +305,17 @@ impl Guest for AgentGuest {
         )
         .map(|_| ())
     }
+
+    fn set_identity(&self, identity: &fcm_proto::Identity) -> Result<(), GuestError> {
+        ops::call(
+            &self.conn()?,
+            |id| ToAgent::SetIdentity {
+                id,
+                identity: identity.clone(),
+            },
+            "setting the identity of",
+            Duration::from_secs(30),
+        )
+        .map(|_| ())
+    }
 }

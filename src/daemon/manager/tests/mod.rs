@@ -25,6 +25,7 @@ mod checkpoints;
 mod create;
 mod exec;
 mod fake_vmm;
+mod fork;
 mod idle;
 mod ops;
 mod pause;

@@ -30,10 +30,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::Backend;
-use super::{AGENT_SOCKET, AgentChannel, LaunchSpec, Vmm, VmmError};
+use super::{AGENT_SOCKET, AgentChannel, LaunchSpec, Ram, Vmm, VmmError};
 use crate::host;
 
+mod args;
+pub mod fork;
 mod qmp;
+
+pub use args::{Fds, cmdline_extra, host_tsc_khz};
 
 use qmp::{migration_done, qmp, qmp_session};
 
@@ -58,187 +62,19 @@ pub const TB_SIZE_MIB: u32 = 256;
 /// QEMU's seccomp sandbox: everything QEMU 7.2 can deny.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
-/// The descriptors QEMU is given instead of paths (their numbers, which
-/// stay the same in QEMU).
-#[derive(Debug, Clone, Copy)]
-pub struct Fds {
-    /// The disk, read-write: the daemon's locked descriptor itself.
-    pub disk: RawFd,
-    /// The disk again, read-only (QEMU probes it so before opening it for writing).
-    pub disk_ro: RawFd,
-    /// The config drive, read-only, when the VM has one.
-    pub config: Option<RawFd>,
-    pub console: RawFd,
-    pub kernel: RawFd,
-    pub initrd: Option<RawFd>,
-    pub tap: RawFd,
-    /// The QMP socket, bound and listening.
-    pub qmp: RawFd,
-    /// The agent drive, read-only, and the agent port's socket, bound and
-    /// listening, when the VM has an agent.
-    pub agent: Option<(RawFd, RawFd)>,
-    /// A saved guest's migration stream, read-only, to load instead of booting.
-    pub incoming: Option<RawFd>,
+/// What a new QEMU loads instead of booting.
+enum Incoming {
+    Boot,
+    /// A whole saved guest (pause, checkpoint): `-incoming fd:N`.
+    Stream(File),
+    /// A fork's device state, its RAM the image (`-incoming defer`).
+    Devices(File),
 }
 
 impl Qemu {
     pub fn new(bin: PathBuf, sandbox: bool) -> Self {
         Self { bin, sandbox }
     }
-
-    /// The full argument list; public for the benchmark and tests. QEMU
-    /// opens nothing by name: every file, the tap and the QMP socket are
-    /// descriptors the daemon opened (`-add-fd`'s `opaque` keeps the
-    /// paths in the command line, which is how the VM dir's VMM is found).
-    pub fn args(spec: &LaunchSpec<'_>, fds: &Fds, sandbox: bool) -> Vec<String> {
-        let d = |p: &Path| p.display().to_string();
-        let mut a: Vec<String> = [
-            "-name",
-            &format!("fcm-{}", spec.id),
-            "-M",
-            "microvm,x-option-roms=off,rtc=on,acpi=on",
-            "-accel",
-            &format!("tcg,tb-size={TB_SIZE_MIB}"),
-            "-cpu",
-            "max",
-            "-m",
-            &spec.memory_mib.to_string(),
-            "-smp",
-            &spec.cpus.to_string(),
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            // A keyboard controller: Ctrl-Alt-Del over QMP for a clean stop,
-            // and the guest's reboot=k exits QEMU at once.
-            "-device",
-            "i8042",
-            "-add-fd",
-            &format!("fd={},set=1,opaque={}", fds.disk, d(spec.rootfs)),
-            "-add-fd",
-            &format!("fd={},set=1,opaque={}:ro", fds.disk_ro, d(spec.rootfs)),
-            "-add-fd",
-            &format!("fd={},set=2,opaque={}", fds.console, d(&spec.console_log())),
-            "-chardev",
-            "file,id=con,path=/dev/fdset/2,append=on",
-            "-serial",
-            "chardev:con",
-            // The kernel loader opens a path: the daemon's descriptor's.
-            "-kernel",
-            &format!("/proc/self/fd/{}", fds.kernel),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(initrd) = fds.initrd {
-            a.extend(["-initrd".into(), format!("/proc/self/fd/{initrd}")]);
-        }
-        a.extend(
-            [
-                "-append",
-                &format!("{} {}", spec.cmdline, cmdline_extra()),
-                // QEMU's own image locks are off: the disk's descriptors
-                // are separate opens of one file, and after a migration to
-                // a file QEMU could not take its write lock back from its
-                // own read-only descriptor to continue the guest. fcm's disk
-                // lock (held in the descriptor QEMU inherits) keeps one VMM
-                // per disk instead.
-                "-drive",
-                "id=root,file=/dev/fdset/1,format=raw,if=none,cache=writeback,file.locking=off",
-                "-device",
-                "virtio-blk-device,drive=root",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        // The config drive: a second disk, read-only (its own fd set).
-        if let (Some(fd), Some(path)) = (fds.config, spec.config_drive) {
-            a.extend([
-                "-add-fd".into(),
-                format!("fd={fd},set=3,opaque={}:ro", d(path)),
-                "-drive".into(),
-                "id=config,file=/dev/fdset/3,format=raw,if=none,readonly=on,file.locking=off"
-                    .into(),
-                "-device".into(),
-                "virtio-blk-device,drive=config".into(),
-            ]);
-        }
-        // The agent: its drive (read-only, fd set 4) and its channel, a
-        // virtio-serial port the guest finds by name (docs/agent.md).
-        if let (Some((drive, sock)), Some(path)) = (fds.agent, spec.agent_drive) {
-            a.extend([
-                "-add-fd".into(),
-                format!("fd={drive},set=4,opaque={}:ro", d(path)),
-                "-drive".into(),
-                "id=agent,file=/dev/fdset/4,format=raw,if=none,readonly=on,file.locking=off".into(),
-                "-device".into(),
-                "virtio-blk-device,drive=agent".into(),
-                "-device".into(),
-                "virtio-serial-device".into(),
-                "-chardev".into(),
-                format!("socket,id=agent,fd={sock},server=on,wait=off"),
-                "-device".into(),
-                format!("virtserialport,chardev=agent,name={}", fcm_proto::PORT_NAME),
-            ]);
-        }
-        a.extend(
-            [
-                "-netdev",
-                &format!("tap,id=net0,fd={}", fds.tap),
-                "-device",
-                &format!("virtio-net-device,netdev=net0,mac={}", spec.mac),
-                "-chardev",
-                &format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
-                "-mon",
-                "chardev=qmp,mode=control",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        if let Some(fd) = fds.incoming {
-            a.extend(["-incoming".into(), format!("fd:{fd}")]);
-        }
-        if sandbox {
-            a.extend(["-sandbox".into(), SANDBOX.into()]);
-        }
-        a
-    }
-}
-
-/// Extra kernel arguments QEMU's microvm needs under TCG: the guest's TSC
-/// ticks at the host's TSC rate, and calibrating it against the emulated PIT
-/// is unreliable under emulation, so the rate is passed in. A wrong value
-/// breaks the guest's timers (sleeps never end).
-pub fn cmdline_extra() -> String {
-    match host_tsc_khz() {
-        Some(khz) => format!("tsc_early_khz={khz}"),
-        None => String::new(),
-    }
-}
-
-/// The host's TSC frequency in kHz: sysfs where the kernel exports it,
-/// else the first `cpu MHz` of /proc/cpuinfo.
-pub fn host_tsc_khz() -> Option<u64> {
-    if let Ok(s) = fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
-        && let Ok(k) = s.trim().parse()
-    {
-        return Some(k);
-    }
-    let info = fs::read_to_string("/proc/cpuinfo").ok()?;
-    parse_cpu_mhz(&info)
-}
-
-fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
-    let mhz: f64 = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    (mhz > 0.0).then_some((mhz * 1000.0) as u64)
 }
 
 impl Vmm for Qemu {
@@ -269,14 +105,26 @@ impl Vmm for Qemu {
     }
 
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<u32, VmmError> {
-        self.spawn(spec, None)
+        self.spawn(spec, Incoming::Boot)
     }
 
     fn launch_saved(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError> {
         let memory = from.join(MEMORY);
         let stream = File::open(&memory)
             .map_err(|e| VmmError::Load(format!("{}: {e}", memory.display())))?;
-        self.spawn(spec, Some(stream))
+        self.spawn(spec, Incoming::Stream(stream))
+    }
+
+    fn save_for_fork(&self, dir: &Path, pid: u32, into: &Path) -> Result<File, VmmError> {
+        fork::save_devices(dir, into)?;
+        fork::ram_image(pid)
+    }
+
+    fn launch_fork(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError> {
+        let path = from.join(fork::DEVICES);
+        let devices =
+            File::open(&path).map_err(|e| VmmError::Load(format!("{}: {e}", path.display())))?;
+        self.spawn(spec, Incoming::Devices(devices))
     }
 
     fn save_state(&self, dir: &Path, into: &Path) -> Result<(), VmmError> {
@@ -379,7 +227,7 @@ impl Vmm for Qemu {
 impl Qemu {
     /// Starts QEMU: `launch`'s command line, plus `-incoming` from a saved
     /// guest's migration stream when `incoming` is set.
-    fn spawn(&self, spec: &LaunchSpec<'_>, incoming: Option<File>) -> Result<u32, VmmError> {
+    fn spawn(&self, spec: &LaunchSpec<'_>, incoming: Incoming) -> Result<u32, VmmError> {
         const PROGRAM: &str = "qemu-system-x86_64";
         let bin = host::find_program(&self.bin).ok_or_else(|| VmmError::MissingBinary {
             program: PROGRAM,
@@ -432,7 +280,31 @@ impl Qemu {
             }
             None => None,
         };
+        let (incoming, incoming_defer) = match incoming {
+            Incoming::Boot => (None, false),
+            Incoming::Stream(f) => (Some(f), false),
+            Incoming::Devices(f) => (Some(f), true),
+        };
+        // Shared RAM: a memfd of the guest's size, made here; an image:
+        // the caller's (sealed) file.
+        let own_ram = match spec.ram {
+            Ram::Shared => Some(
+                fork::memfd(
+                    &format!("fcm-ram-{}", spec.id),
+                    u64::from(spec.memory_mib) << 20,
+                )
+                .map_err(VmmError::Io)?,
+            ),
+            Ram::Own | Ram::Image(_) => None,
+        };
+        let ram = match spec.ram {
+            Ram::Own => None,
+            Ram::Shared => own_ram.as_ref().map(|f| (f.as_raw_fd(), true)),
+            Ram::Image(f) => Some((f.as_raw_fd(), false)),
+        };
         let fds = Fds {
+            ram,
+            incoming_defer,
             disk: spec.disk_lock.file().as_raw_fd(),
             disk_ro: disk_ro.as_raw_fd(),
             config: config.as_ref().map(AsRawFd::as_raw_fd),
@@ -464,6 +336,7 @@ impl Qemu {
             .chain(fds.initrd)
             .chain(fds.config)
             .chain(fds.incoming)
+            .chain(fds.ram.map(|(fd, _)| fd))
             .chain(fds.agent.into_iter().flat_map(|(a, b)| [a, b]))
             .collect();
         let user = self.sandbox.then_some(spec.user);
@@ -508,9 +381,11 @@ impl Qemu {
             tap,
             qmp_listener,
             console,
-            incoming,
             agent,
+            own_ram,
         ));
+        let incoming_fd = incoming.as_ref().map(AsRawFd::as_raw_fd);
+        drop(incoming);
         // Reap the child whenever it exits, so it never lingers as a zombie.
         std::thread::spawn(move || {
             let _ = child.wait();
@@ -538,6 +413,12 @@ impl Qemu {
             }
         });
         match up {
+            Some(true) if incoming_defer => {
+                let fd = incoming_fd.unwrap_or(-1);
+                fork::migrate_incoming(spec.dir, fd)
+                    .map(|_| pid)
+                    .map_err(|e| kill(VmmError::Load(e)))
+            }
             Some(true) => Ok(pid),
             // Why is on its stderr, in the console log: the manager adds
             // what the log gained to the error (`vmm::log_since`).
@@ -550,19 +431,5 @@ impl Qemu {
                 detail: format!("QMP did not answer within 30 s ({last})"),
             })),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_mhz_becomes_khz() {
-        assert_eq!(
-            parse_cpu_mhz("processor\t: 0\ncpu MHz\t\t: 2445.406\n"),
-            Some(2_445_406)
-        );
-        assert_eq!(parse_cpu_mhz("nothing here"), None);
     }
 }
