@@ -13,8 +13,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `fcm` binary under test: this build's, or `FCM_TEST_BIN` (a
+/// benchmark drives another build with the same harness).
 pub fn fcm_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_fcm")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("FCM_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fcm").to_string())
+    })
+}
+
+/// Where tests make their temp dirs: `/var/tmp` (not a tmpfs: VM disks
+/// are large), or `FCM_TEST_TMPDIR` (a benchmark's own dir, to clean up).
+pub fn tmp_root() -> PathBuf {
+    std::env::var_os("FCM_TEST_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
 }
 
 /// Where `scripts/setup.sh` put the kernel, initrd and rootfs.
@@ -177,7 +190,7 @@ impl Fcm {
         before(&ns);
         let dir = tempfile::Builder::new()
             .prefix("fcm-test-")
-            .tempdir_in("/var/tmp")
+            .tempdir_in(tmp_root())
             .expect("tempdir");
         let mut f = Self {
             ns,
