@@ -242,8 +242,43 @@ impl Fcm {
     }
 
     /// Starts the daemon with extra environment (e.g. the test fault
-    /// switch `FCM_TEST_CRASH_AT`) and waits until its API answers.
+    /// switch `FCM_TEST_CRASH_AT`) and waits until its API answers and it
+    /// has recovered the VMs on record.
     pub fn spawn_daemon_env(&mut self, env: &[(&str, &str)]) {
+        self.spawn_daemon_serving(env);
+        if !self.wait_recovered(Duration::from_secs(180)) {
+            panic!(
+                "the daemon did not finish its recovery:\n{}",
+                fs::read_to_string(self.log()).unwrap_or_default()
+            );
+        }
+    }
+
+    /// `GET /health` of the daemon (plain HTTP, else HTTPS unverified), as JSON.
+    pub fn health(&self) -> Option<serde_json::Value> {
+        ["http", "https"].iter().find_map(|scheme| {
+            let url = format!("{scheme}://{}/health", self.api_addr());
+            let out = self.ns.exec(&["curl", "-sk", "--max-time", "5", &url]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .filter(|v| v["ok"] == true)
+        })
+    }
+
+    /// Waits until `/health` no longer says `recovering` (a daemon without
+    /// the field recovers before it serves).
+    pub fn wait_recovered(&self, timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            self.health()
+                .filter(|h| h["recovering"] != true)
+                .map(|_| ())
+        })
+        .is_some()
+    }
+
+    /// Starts the daemon and returns once its API answers: the recovery of
+    /// the VMs on record may still be under way.
+    pub fn spawn_daemon_serving(&mut self, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)

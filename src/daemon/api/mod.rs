@@ -30,6 +30,7 @@ pub const MAX_EXEC_BODY: usize = 12 << 20;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Health,
+    Passes,
     ListVms,
     CreateVm,
     GetVm(String),
@@ -125,7 +126,8 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::Broken { .. } => 409,
         ManagerError::Missing { .. }
         | ManagerError::PoolExhausted(_)
-        | ManagerError::ShuttingDown => 503,
+        | ManagerError::ShuttingDown
+        | ManagerError::Recovering(_) => 503,
         ManagerError::CreateStep { .. } | ManagerError::Operation { .. } => 500,
         ManagerError::CheckpointNotFound { .. } => 404,
         ManagerError::CheckpointExists { .. } => 409,
@@ -252,6 +254,7 @@ fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
     let vm = |s: &str| s.to_owned();
     Some(match (method, segs) {
         ("GET", ["health"]) => Route::Health,
+        ("GET", ["passes"]) => Route::Passes,
         ("GET", ["vms"]) => Route::ListVms,
         ("POST", ["vms"]) => Route::CreateVm,
         ("GET", ["vms", v]) => Route::GetVm(vm(v)),
@@ -370,6 +373,7 @@ pub(super) fn parse_body<T: serde::de::DeserializeOwned + Default>(
 pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply, ApiError> {
     match r {
         Route::Health => vms::health(m),
+        Route::Passes => ok(200, m.passes()),
         Route::ListVms => {
             super::fault::panic_point("api:panic-in-list");
             ok(200, m.list())
