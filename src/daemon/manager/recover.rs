@@ -124,12 +124,14 @@ impl Manager {
                 VmState::Running | VmState::Stopped | VmState::Paused
             )
         {
+            let publishing = self.caddy.as_ref().is_some_and(|c| c.enabled());
             match self.apply_url(e, r.state == VmState::Running) {
-                None => eprintln!(
+                None if publishing => eprintln!(
                     "fcm: the URL of {} now shows it {}",
                     r.name,
                     r.state.as_str()
                 ),
+                None => {}
                 Some(w) => eprintln!("fcm: warning: {w} (will try again)"),
             }
         }

@@ -74,7 +74,11 @@ impl Manager {
     /// the "stopped" page otherwise. A failure leaves the URL pending (the
     /// housekeeping thread tries again) and is a warning for the caller.
     pub(super) fn apply_url(&self, e: &Entry, running: bool) -> Option<String> {
-        let c = self.caddy.as_ref().filter(|c| c.enabled())?;
+        let Some(c) = self.caddy.as_ref().filter(|c| c.enabled()) else {
+            // Without Caddy there is no URL to keep in step.
+            e.url_pending.store(false, Ordering::Release);
+            return None;
+        };
         let (id, idle_sleep, idle_paused, state) = {
             let r = lock(&e.rec);
             (

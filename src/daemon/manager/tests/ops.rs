@@ -404,3 +404,23 @@ fn a_restarted_daemon_lists_at_once_and_an_operation_waits_for_its_recovery() {
         h.assert_down(&v);
     });
 }
+
+#[test]
+fn without_caddy_housekeeping_has_no_url_to_retry_after_a_restart() {
+    run(|h| {
+        h.create("quiet");
+        h.restart();
+        // Recovery leaves the URL to housekeeping; with no Caddy there is
+        // none, so one pass settles it (it used to stay pending, and every
+        // pass logged "the URL of quiet now shows it running" again).
+        let pending = |h: &super::Harness| {
+            crate::daemon::lock(&h.m.vms)
+                .values()
+                .filter(|e| e.url_pending.load(std::sync::atomic::Ordering::Acquire))
+                .count()
+        };
+        assert_eq!(pending(h), 1, "recovery leaves the URL to housekeeping");
+        h.m.tick();
+        assert_eq!(pending(h), 0, "the URL is still pending after a pass");
+    });
+}
