@@ -186,6 +186,7 @@ fn soak_many_operations_on_many_vms_with_daemon_kills_leaks_nothing() {
     let mut f = Fcm::start("soak", &["--config", &cfg.display().to_string()]);
     let sh = Shared {
         cli: Cli::of(&f),
+        ns: f.ns.name.clone(),
         state_dir: f.state(),
         tmp: tmp.path().to_path_buf(),
         memory: k.memory_mib.to_string(),
@@ -205,41 +206,62 @@ fn soak_many_operations_on_many_vms_with_daemon_kills_leaks_nothing() {
     let mut baseline = None;
     let mut end = None;
 
-    std::thread::scope(|outer| {
-        // The daemon's figures every second, whichever daemon runs.
-        outer.spawn(|| {
-            while sampling.load(Ordering::Acquire) {
-                let pid = sh.daemon_pid.load(Ordering::Acquire);
-                if let Some(fig) = figures(pid) {
-                    samples
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((sh.at_s(), fig));
+    // The phases; a failure in them still leaves its figures (the report,
+    // for bench/soak.sh) before it fails the test.
+    let phases = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::thread::scope(|outer| {
+            // The daemon's figures every second, whichever daemon runs.
+            outer.spawn(|| {
+                while sampling.load(Ordering::Acquire) {
+                    let pid = sh.daemon_pid.load(Ordering::Acquire);
+                    if let Some(fig) = figures(pid) {
+                        samples
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((sh.at_s(), fig));
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                std::thread::sleep(Duration::from_secs(1));
-            }
+            });
+            let _stop_sampling = StopFlag(&sampling);
+            set_phase(&sh, "chaos");
+            std::thread::scope(|s| {
+                let (f, sh, k, rng) = (&mut f, &sh, &k, &mut rng);
+                s.spawn(move || killer(f, sh, k, rng));
+                run_phase(&mut workers, sh, k.chaos_cycles, true);
+            });
+            set_phase(&sh, "warm-up");
+            run_phase(&mut workers, &sh, 1, false);
+            let pid = f.daemon_pid().expect("daemon pid");
+            std::thread::sleep(Duration::from_secs(3));
+            let base = figures(pid).expect("daemon figures");
+            println!("soak: daemon after the warm-up: {base}");
+            baseline = Some(base);
+            set_phase(&sh, "measured");
+            run_phase(&mut workers, &sh, k.measured_cycles, false);
+            set_phase(&sh, "settle");
+            end = Some(settle(pid, base));
         });
-        let _stop_sampling = StopFlag(&sampling);
-        set_phase(&sh, "chaos");
-        std::thread::scope(|s| {
-            let (f, sh, k, rng) = (&mut f, &sh, &k, &mut rng);
-            s.spawn(move || killer(f, sh, k, rng));
-            run_phase(&mut workers, sh, k.chaos_cycles, true);
-        });
-        set_phase(&sh, "warm-up");
-        run_phase(&mut workers, &sh, 1, false);
-        let pid = f.daemon_pid().expect("daemon pid");
-        std::thread::sleep(Duration::from_secs(3));
-        let base = figures(pid).expect("daemon figures");
-        println!("soak: daemon after the warm-up: {base}");
-        baseline = Some(base);
-        set_phase(&sh, "measured");
-        run_phase(&mut workers, &sh, k.measured_cycles, false);
-        set_phase(&sh, "settle");
-        end = Some(settle(pid, base));
-    });
+    }));
+    if let Err(panic) = phases {
+        let none = Figures {
+            rss_kib: 0,
+            threads: 0,
+            fds: 0,
+        };
+        let mut report = summary(&sh, &k, baseline.unwrap_or(none), none, &lock(&samples));
+        report["failed"] = serde_json::json!(true);
+        write_report(&k, &report);
+        std::panic::resume_unwind(panic);
+    }
     let base = baseline.expect("baseline");
     let (end_figures, settled) = end.expect("end figures");
+    // Nothing under way: the daemon has nothing to say (two housekeeping
+    // passes and a dozen idle ones later).
+    let before = fs::read_to_string(f.log()).unwrap_or_default().len();
+    std::thread::sleep(Duration::from_secs(12));
+    let log = fs::read_to_string(f.log()).unwrap_or_default();
+    let chatter: Vec<&str> = log.get(before..).unwrap_or_default().lines().collect();
     println!("soak: daemon after the measured phase: {end_figures} (after the warm-up: {base})");
 
     // Every VM is there, running, with its data.
@@ -314,20 +336,8 @@ fn soak_many_operations_on_many_vms_with_daemon_kills_leaks_nothing() {
         "the leak check missed planted leaks: {missed:?}"
     );
 
-    let report = summary(
-        &sh,
-        &k,
-        base,
-        end_figures,
-        &samples.lock().unwrap_or_else(|e| e.into_inner()),
-    );
-    if let Some(path) = &k.report {
-        fs::write(
-            path,
-            serde_json::to_string_pretty(&report).unwrap_or_default(),
-        )
-        .expect("report");
-    }
+    let report = summary(&sh, &k, base, end_figures, &lock(&samples));
+    write_report(&k, &report);
 
     let l = sh.ledger();
     let unexpected: Vec<String> = l
@@ -352,6 +362,17 @@ fn soak_many_operations_on_many_vms_with_daemon_kills_leaks_nothing() {
     assert!(l.lost.is_empty(), "data lost:\n{}", l.lost.join("\n"));
     assert!(findings.is_empty(), "leaks:\n{}", findings.join("\n"));
     assert!(
+        chatter.is_empty(),
+        "the daemon's log grew by {} lines in 12 s with nothing under way:\n{}",
+        chatter.len(),
+        chatter
+            .iter()
+            .take(10)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
         panics.is_empty(),
         "the daemon logged panics:\n{}",
         panics.join("\n")
@@ -363,6 +384,17 @@ fn soak_many_operations_on_many_vms_with_daemon_kills_leaks_nothing() {
          descriptors now: {:?}",
         f.daemon_pid().map(probe::fd_kinds)
     );
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_report(k: &Knobs, report: &serde_json::Value) {
+    if let Some(path) = &k.report {
+        let text = serde_json::to_string_pretty(report).unwrap_or_default();
+        fs::write(path, text).expect("report");
+    }
 }
 
 /// Sets a flag to false when dropped (also on a panic).

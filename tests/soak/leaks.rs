@@ -57,9 +57,7 @@ pub fn leaks(
         }
     }
     for id in &running {
-        if !f.taps().contains(&format!("tap_{id}")) {
-            bad.push(format!("running VM {id} has no tap"));
-        }
+        bad.extend(network_faults(&f.ns.name, id));
     }
 
     // nftables: a VM's chain and its element of the port map.
@@ -205,6 +203,49 @@ pub fn leaks(
         .filter(|l| l.contains(&marker))
     {
         bad.push(format!("loop device: {l}"));
+    }
+    bad
+}
+
+/// What cuts a running VM off its network: its tap missing, not on the
+/// bridge or down; its port's chain or map element missing (the bridge
+/// then drops every frame it sends). Empty when it is whole.
+pub fn network_faults(ns: &str, id: &str) -> Vec<String> {
+    let tap = format!("tap_{id}");
+    let run = |argv: &[&str]| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let mut bad = Vec::new();
+    let link = run(&["ip", "-o", "link", "show", "dev", &tap]);
+    if link.is_empty() {
+        bad.push(format!("running VM {id} has no tap"));
+    } else {
+        if !link.contains("master fcm0") {
+            bad.push(format!(
+                "the tap of running VM {id} is not on the bridge: {}",
+                link.trim()
+            ));
+        }
+        if !link.contains("state UP") && !link.contains(",UP") {
+            bad.push(format!(
+                "the tap of running VM {id} is down: {}",
+                link.trim()
+            ));
+        }
+    }
+    let rules = run(&["nft", "list", "table", "bridge", "fcm"]);
+    if !rules.contains(&format!("chain from_{tap} ")) {
+        bad.push(format!("running VM {id} has no nft chain from_{tap}"));
+    }
+    if !rules.contains(&format!("\"{tap}\" : jump from_{tap}")) {
+        bad.push(format!(
+            "running VM {id} has no element in the bridge's port map"
+        ));
     }
     bad
 }

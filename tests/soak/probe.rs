@@ -1,6 +1,7 @@
 //! What the soak and scale tests read off the host: the daemon's own
 //! figures (RSS, threads, descriptors), a deadline-bound `fcm` runner that
 //! several threads share, and percentiles.
+#![allow(dead_code)] // shared by tests/soak.rs and tests/scale.rs, which use parts
 
 use std::ffi::OsString;
 use std::fs;
@@ -81,6 +82,8 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[derive(Debug)]
 pub struct Run {
     pub ok: bool,
+    /// The exit code (none: killed by a signal, or not run).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
     pub took: Duration,
@@ -118,6 +121,7 @@ impl Cli {
             Err(e) => {
                 return Run {
                     ok: false,
+                    code: None,
                     stdout: String::new(),
                     stderr: format!("could not run fcm: {e}"),
                     took: started.elapsed(),
@@ -162,6 +166,7 @@ impl Cli {
         }
         Run {
             ok: !timed_out && status.is_some_and(|s| s.success()),
+            code: status.and_then(|s| s.code()),
             stdout,
             stderr,
             took: started.elapsed(),

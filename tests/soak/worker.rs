@@ -3,8 +3,10 @@
 //! restart. A daemon killed under an operation makes it fail: the worker
 //! waits for the daemon, looks at what the operation left (the VM's state,
 //! its checkpoints) and either counts it done or tries again. Every
-//! failure is kept with its cause: a daemon kill, an agent kill, or
-//! nothing the test did (unexpected: the soak fails).
+//! failure is kept with its cause: a daemon kill during the attempt, a
+//! restart before it (the VM's first attempts on the new daemon, until one
+//! succeeds: they go through a new connection to its agent), an agent
+//! kill, or nothing the test did (unexpected: the soak fails).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -23,6 +25,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(150);
 /// What the workers, the killer and the sampler share.
 pub struct Shared {
     pub cli: Cli,
+    /// The test's network namespace (for diagnostics).
+    pub ns: String,
     pub state_dir: PathBuf,
     pub tmp: PathBuf,
     pub memory: String,
@@ -90,6 +94,9 @@ pub struct OpRecord {
 pub enum Cause {
     /// The daemon was killed or restarted during the attempt.
     DaemonKill,
+    /// The first attempts on a VM after a daemon restart, until one
+    /// succeeds: the new daemon's first connection to its agent.
+    AfterRestart,
     /// The guest's agent was killed and has not answered since.
     AgentKill,
     Unexpected,
@@ -125,6 +132,8 @@ pub struct Worker<'a> {
     pub cycle: u64,
     /// The daemon generation of the last marker check.
     checked_epoch: u64,
+    /// The daemon generation of the last successful operation.
+    ok_epoch: u64,
     agent_killed: bool,
 }
 
@@ -139,6 +148,7 @@ impl<'a> Worker<'a> {
             seq: 0,
             cycle: 0,
             checked_epoch: 0,
+            ok_epoch: 0,
             agent_killed: false,
         }
     }
@@ -201,11 +211,14 @@ impl<'a> Worker<'a> {
                 if kind == "exec" {
                     self.agent_killed = false;
                 }
+                self.ok_epoch = e1;
                 self.record(kind, run.took, attempts);
                 return Some(run.stdout);
             }
             let cause = if e0 % 2 == 1 || e1 != e0 {
                 Cause::DaemonKill
+            } else if self.ok_epoch != e0 {
+                Cause::AfterRestart
             } else if self.agent_killed {
                 Cause::AgentKill
             } else {
@@ -228,6 +241,7 @@ impl<'a> Worker<'a> {
                 t => t,
             };
             if let Then::Done = then {
+                self.ok_epoch = self.sh.epoch();
                 self.record(kind, first.elapsed(), attempts);
                 return None;
             }
@@ -248,8 +262,27 @@ impl<'a> Worker<'a> {
     }
 
     fn fail(&self, kind: &'static str, cause: Cause, args: &[&str], run: &Run) {
-        let message = format!("fcm {}: {}", args.join(" "), run.stderr.trim());
+        let mut message = format!(
+            "fcm {}: exit {:?} after {:.1} s: {}",
+            args.join(" "),
+            run.code,
+            run.took.as_secs_f64(),
+            run.stderr.trim()
+        );
+        if run.stderr.trim().is_empty() {
+            message.push_str(&format!("(no stderr; stdout {:?})", run.stdout));
+        }
         if cause == Cause::Unexpected {
+            // What a user would look at next: is the VM on its network?
+            if let Some(id) = &self.id {
+                let faults = crate::leaks::network_faults(&self.sh.ns, id);
+                let facts = if faults.is_empty() {
+                    "its tap and port rules are in place".to_string()
+                } else {
+                    faults.join("; ")
+                };
+                message.push_str(&format!(" [{facts}]"));
+            }
             eprintln!("soak: {} UNEXPECTED failure: {message}", self.name);
         }
         self.sh.ledger().failures.push(Failure {
