@@ -14,7 +14,8 @@
 # first CHAOS_CYCLES cycles, then one warm-up cycle and CYCLES measured
 # cycles on the last daemon; the daemon's RSS, threads and descriptors are
 # sampled every second. A side that fails (a leak, lost data, a failure no
-# kill explains) is reported as such in the doc.
+# kill explains) is reported as such in the doc; each side's whole log is
+# kept in target/bench-soak-<side>.log.
 #
 # Only loopback and in-namespace traffic. On exit, also on failure, it kills
 # what it started by PID, deletes its namespaces, worktree and temp dir.
@@ -113,6 +114,9 @@ declare -A RESULT=()
 for side in "${SIDES[@]}"; do
 	if wait "${RUNNER[$side]}"; then RESULT[$side]=passed; else RESULT[$side]=failed; fi
 	unset "RUNNER[$side]"
+	# Kept after the temp dir goes: the whole story of a failure.
+	mkdir -p "$ROOT/target"
+	cp "$TMP/$side/soak.log" "$ROOT/target/bench-soak-$side.log"
 	log "$side: ${RESULT[$side]} ($(grep -c . "$TMP/$side/soak.log") log lines)"
 	grep '^soak:' "$TMP/$side/soak.log" | tail -20 >&2 || true
 done
@@ -121,7 +125,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 for side in "${SIDES[@]}"; do
 	[ -f "$TMP/$side/report.json" ] || {
-		echo "--- $side: no report; the end of its log:" >&2
+		echo "--- $side: no report; its log is target/bench-soak-$side.log; its end:" >&2
 		tail -40 "$TMP/$side/soak.log" >&2
 		die "the $side side wrote no report"
 	}

@@ -7,6 +7,7 @@ and <tmp>/<side>/why.txt (a failed side's own words)."""
 import argparse
 import json
 import os
+import re
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--tmp", required=True)
@@ -89,12 +90,17 @@ lines.append(
 def causes(r):
     c = r["failed_attempts"]
     return (
-        f"{c.get('DaemonKill', 0)} / {c.get('AgentKill', 0)} / {c.get('Unexpected', 0)}"
-        f" ({r['retried_ops']} ops retried)"
+        f"{c.get('DaemonKill', 0)} / {c.get('AfterRestart', 0)} / {c.get('AgentKill', 0)} / "
+        f"{c.get('Unexpected', 0)} ({r['retried_ops']} ops retried)"
     )
 
 
-lines.append(row("failed attempts: daemon kill / agent kill / unexplained", causes))
+lines.append(
+    row(
+        "failed attempts: daemon killed during it / first on a VM after a restart / after an agent kill / unexplained",
+        causes,
+    )
+)
 lines.append(row("daemon after the warm-up", lambda r: fig(r["after_warm_up"])))
 lines.append(row("daemon after the measured phase", lambda r: fig(r["after_measured"])))
 
@@ -130,6 +136,25 @@ lines.append(
     "notice the silence (7 s) and fails; the harness counts that as an agent-kill failure and "
     "tries again."
 )
+def shape(msg):
+    """A failure's message with its VM names, markers and paths blurred."""
+    msg = re.sub(r"soak-\d+(-c\d+-\d+)?", "VM", msg)
+    msg = re.sub(r"/var/tmp/\S+", "PATH", msg)
+    return msg.split("\n")[0][:160]
+
+
+for s in sides:
+    odd = {}
+    for f in rep[s]["failures"]:
+        if f["cause"] in ("AfterRestart", "Unexpected"):
+            key = (f["cause"], f["kind"], shape(f["message"].split(": ", 1)[-1]))
+            odd[key] = odd.get(key, 0) + 1
+    if odd:
+        lines.append("")
+        lines.append(f"{label[s]}: failed attempts after a restart or unexplained, by message:")
+        lines.append("")
+        for (cause, kind, msg), n in sorted(odd.items(), key=lambda kv: -kv[1])[:8]:
+            lines.append(f"- {n} × {cause}, `{kind}`: {msg}")
 for s in sides:
     why = os.path.join(a.tmp, s, "why.txt")
     if meta.get("result_" + s) == "failed" and os.path.exists(why):
