@@ -7,9 +7,8 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use common::{Fcm, assets, e2e_ready, wait_for};
+use common::{Fcm, assets, e2e_ready};
 
 fn text(o: &Output) -> String {
     format!(
@@ -144,13 +143,14 @@ fn identity_comes_on_a_read_only_config_drive_and_the_disk_stays_the_base_copy()
                  cat /run/fcm/authorized_keys; \
                  [ -e /root/.ssh/authorized_keys ] && echo image-has-authorized-keys; true";
     let check = |when: &str| {
-        // `create` and `start` answer once the agent does, which can be a
-        // moment before sshd listens (ssh exits 255 until it does).
-        let out = wait_for(Duration::from_secs(60), || {
-            let o = ssh(probe);
-            (o.status.code() != Some(255)).then_some(o)
-        })
-        .unwrap_or_else(|| ssh(probe));
+        // Create answers once the guest's agent does; its sshd may take a
+        // moment more (a loaded machine: seconds).
+        let mut out = ssh(probe);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !out.status.success() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            out = ssh(probe);
+        }
         let got = text(&out);
         assert!(out.status.success(), "{when}: ssh failed: {got}");
         for want in [

@@ -230,6 +230,17 @@ fn a_full_disk_fails_create_at_a_named_step_and_leaves_nothing() {
         err.contains("copy rootfs") && err.contains("No space left"),
         "{err}"
     );
+    assert!(err.contains("hint: ") && err.contains("df -h"), "{err}");
+    assert_create_left_nothing(&g);
+    // To the API, a full disk is 507 Insufficient Storage, not a bug (500).
+    let (s, body) = g.api(
+        "POST",
+        "/vms",
+        Some(&g.token()),
+        Some(br#"{"wait_ready": false}"#),
+    );
+    assert_eq!(s, 507, "{body}");
+    assert!(body.contains("No space left"), "{body}");
     assert_create_left_nothing(&g);
     // Dropped in reverse order: g's daemon, the tmpfs, then f's directory
     // that held it (removable only once unmounted).

@@ -4,7 +4,7 @@ use super::api::{Client, seg, user_ssh_key};
 use super::progress::spinner;
 use super::{Failure, or_dash, out, out_json, warnings};
 use crate::cli::{CreateArgs, ResizeArgs};
-use crate::wire::api::{CreateRequest, ResizeRequest, StartRequest, VmView};
+use crate::wire::api::{CreateRequest, ResizeRequest, StartRequest, StopRequest, VmView};
 use crate::wire::size::human;
 use crate::wire::text::visible;
 
@@ -112,7 +112,7 @@ pub(super) fn stop(vm: &str, json: bool) -> Result<(), Failure> {
     }
     let v: VmView = {
         let _s = spinner(format!("stopping {}", visible(vm)));
-        c.post(&format!("/vms/{}/stop", seg(vm)), &StartRequest::default())?
+        c.post(&format!("/vms/{}/stop", seg(vm)), &StopRequest::default())?
     };
     done(&v, json)
 }

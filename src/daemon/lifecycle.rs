@@ -1,9 +1,11 @@
 //! The VM lifecycle: its states and the transitions between them, in one
 //! place. Every operation on a VM asks [`Transition::check`] before it
 //! touches anything, records the transition's `during` state (its intent)
-//! before its first side effect, and its `to` state once done. After a
-//! crash, [`recover`] says how a record converges to what is really on the
-//! host (is a VMM running on the VM's disk or not).
+//! before its first side effect, and its `to` state once done, or its
+//! `failed` state when it fails once under way (the manager's one guard,
+//! `manager::operation`, does all three from this table). After a crash,
+//! [`recover`] says how a record converges to what is really on the host
+//! (is a VMM running on the VM's disk or not).
 //!
 //! ```text
 //!             create                 stop
@@ -20,6 +22,10 @@
 //!   running | paused | stopped ──restore──► restoring ──► running
 //!   resize:  stopped ─► stopped (disk, vCPUs, memory; no in-progress state:
 //!            growing the disk file is idempotent)
+//!
+//!   failed once under way (what it did undone):  start, restore ─► stopped
+//!   pause, checkpoint ─► running   resume ─► paused   resize ─► stopped
+//!   destroy ─► destroying (try again)   create ─► undone (none)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -154,6 +160,41 @@ impl Transition {
         }
     }
 
+    /// Where a failure once under way leaves the VM, with what the
+    /// operation did undone: the state it can start again from (a failed
+    /// start or restore leaves it stopped, a failed pause or checkpoint
+    /// running, a failed resume paused with its saved state, a failed
+    /// resize stopped as it was), or, for a destroy, `destroying` again, to
+    /// be tried again. `None`: the VM is gone (a failed create is undone),
+    /// or the transition does not fail once under way (a stop kills the
+    /// VMM at its deadline; `died` is only recorded).
+    pub fn failed(self) -> Option<VmState> {
+        match self {
+            Self::Start | Self::Restore | Self::Resize => Some(VmState::Stopped),
+            Self::Pause | Self::Checkpoint => Some(VmState::Running),
+            Self::Resume => Some(VmState::Paused),
+            Self::Destroy => Some(VmState::Destroying),
+            Self::Launched | Self::Stop | Self::Died => None,
+        }
+    }
+
+    /// What the user asked, in a word, for error messages ("pause of VM
+    /// web failed").
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Launched => "create",
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Died => "refresh",
+            Self::Destroy => "destroy",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Checkpoint => "checkpoint",
+            Self::Restore => "restore",
+            Self::Resize => "resize",
+        }
+    }
+
     fn action(self) -> &'static str {
         match self {
             Self::Launched => "finish creating it",
@@ -230,6 +271,19 @@ pub enum Recovery {
     /// No VMM, and a complete saved memory state exists: the VM is paused
     /// (a pause that saved, or a resume that had not launched).
     MarkPaused,
+}
+
+impl Recovery {
+    /// The state a record converges to; `None` where it keeps its own
+    /// (`Keep`) or the VM goes (`UndoCreate`, `FinishDestroy`).
+    pub fn to(self) -> Option<VmState> {
+        match self {
+            Self::Adopt | Self::AdoptContinue => Some(VmState::Running),
+            Self::MarkStopped => Some(VmState::Stopped),
+            Self::MarkPaused => Some(VmState::Paused),
+            Self::Keep | Self::UndoCreate | Self::FinishDestroy => None,
+        }
+    }
 }
 
 /// The recovery table: a record converges to the host's truth. `saved`
@@ -349,6 +403,49 @@ mod tests {
         assert!(Transition::Checkpoint.check(Paused).is_err());
         assert_eq!(Transition::Pause.to(), Some(Paused));
         assert!(!has_vmm(Paused));
+    }
+
+    #[test]
+    fn a_failed_transition_leaves_a_state_it_can_start_from_and_recovery_keeps() {
+        use Transition::*;
+        for t in [
+            Launched, Start, Stop, Died, Destroy, Pause, Resume, Checkpoint, Restore, Resize,
+        ] {
+            let Some(s) = t.failed() else { continue };
+            assert!(
+                t.from().contains(&s) || Some(s) == t.during(),
+                "{t:?} fails to {s:?}"
+            );
+            if s == VmState::Destroying {
+                continue;
+            }
+            // The host after the failure: a VMM exactly where the state
+            // says, a saved state exactly where it keeps one.
+            assert_eq!(
+                recover(s, has_vmm(s), keeps_saved_state(s)),
+                Recovery::Keep,
+                "{t:?} fails to {s:?}"
+            );
+        }
+        assert_eq!(Resume.failed(), Some(VmState::Paused));
+        assert_eq!(Restore.failed(), Some(VmState::Stopped));
+        assert_eq!(Pause.failed(), Some(VmState::Running));
+        assert_eq!(Launched.failed(), None);
+    }
+
+    #[test]
+    fn recovery_converges_to_the_state_its_name_says() {
+        for s in VmState::ALL {
+            for alive in [false, true] {
+                for saved in [false, true] {
+                    let r = recover(s, alive, saved);
+                    if let Some(to) = r.to() {
+                        assert_eq!(has_vmm(to), alive, "{s:?} {alive} {saved}: {r:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(Recovery::MarkPaused.to(), Some(VmState::Paused));
     }
 
     #[test]

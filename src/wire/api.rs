@@ -32,7 +32,7 @@ pub struct CreateRequest {
     pub idle_pause_secs: Option<u64>,
 }
 
-/// Body of `POST /vms/{vm}/start` (and, empty, of `stop`).
+/// Body of `POST /vms/{vm}/start`, `/resume` and `/checkpoints/{cp}/restore`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
@@ -40,6 +40,12 @@ pub struct StartRequest {
     #[serde(default, alias = "wait_ssh", skip_serializing_if = "Option::is_none")]
     pub wait_ready: Option<bool>,
 }
+
+/// Body of `POST /vms/{vm}/stop` (empty: no options yet; a stop has no
+/// guest to wait for).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {}
 
 /// Body of `POST /vms/{vm}/pause` (empty: no options yet).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

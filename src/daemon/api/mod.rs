@@ -1,22 +1,22 @@
 //! The HTTP API: `(method, path, body)` parsed into a typed request in one
 //! `match`, handlers (one file per resource) returning
 //! `Result<Reply, ApiError>`, and one function mapping error kinds to
-//! status codes. See `docs/openapi.yaml`.
+//! status codes (`status.rs`). See `docs/openapi.yaml`.
 
 mod checkpoints;
 mod guest;
 mod sessions;
+mod status;
 mod vms;
 
 pub use guest::{Answer, stream};
+pub use status::{cause_status_of, guest_status_of, session_status_of, status_of};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::guest::GuestError;
-use super::manager::{Manager, ManagerError};
-use super::sessions::{SessionError, Sessions};
-use crate::error::chain;
+use super::manager::Manager;
+use super::sessions::Sessions;
 use crate::wire::api::ErrorBody;
 use crate::wire::text::printable;
 
@@ -111,73 +111,6 @@ impl ApiError {
             hint: self.hint.as_deref().map(printable),
         };
         serde_json::to_value(body).unwrap_or(Value::Null)
-    }
-}
-
-/// The one place that maps error kinds to HTTP status codes.
-pub fn status_of(e: &ManagerError) -> u16 {
-    match e {
-        ManagerError::InvalidName(_) | ManagerError::BadRequest(_) => 400,
-        ManagerError::NotFound(_) => 404,
-        ManagerError::Ambiguous(_)
-        | ManagerError::WrongState { .. }
-        | ManagerError::NameTaken(_)
-        | ManagerError::TooManyVms(_) => 409,
-        ManagerError::Broken { .. } => 409,
-        ManagerError::Missing { .. }
-        | ManagerError::PoolExhausted(_)
-        | ManagerError::ShuttingDown
-        | ManagerError::Recovering(_) => 503,
-        ManagerError::CreateStep { .. } | ManagerError::Operation { .. } => 500,
-        ManagerError::CheckpointNotFound { .. } => 404,
-        ManagerError::CheckpointExists { .. } => 409,
-        ManagerError::Guest(e) => guest_status_of(e),
-    }
-}
-
-impl From<ManagerError> for ApiError {
-    fn from(e: ManagerError) -> Self {
-        let status = status_of(&e);
-        let hint = e.hint();
-        let mut a = ApiError::new(status, chain(&e));
-        a.hint = hint;
-        a
-    }
-}
-
-/// Status codes of session errors; a VM error keeps its own.
-pub fn session_status_of(e: &SessionError) -> u16 {
-    match e {
-        SessionError::Vm(e) => status_of(e),
-        SessionError::InvalidId(_) => 400,
-        SessionError::NotFound { .. } => 404,
-        SessionError::Exists { .. } => 409,
-        SessionError::Guest { source, .. } => match guest_status_of(source) {
-            500 => 500,
-            _ => 502,
-        },
-        SessionError::Tmux { .. } => 502,
-    }
-}
-
-/// Status codes of guest (exec, files) errors.
-pub fn guest_status_of(e: &GuestError) -> u16 {
-    match e {
-        GuestError::BadRequest(_) | GuestError::Refused { .. } => 400,
-        GuestError::NotFound { .. } => 404,
-        GuestError::TooLarge { .. } => 413,
-        GuestError::Unreachable { .. } | GuestError::Failed { .. } => 502,
-        GuestError::Host { .. } => 500,
-    }
-}
-
-impl From<SessionError> for ApiError {
-    fn from(e: SessionError) -> Self {
-        let status = session_status_of(&e);
-        let hint = e.hint();
-        let mut a = ApiError::new(status, chain(&e));
-        a.hint = hint;
-        a
     }
 }
 
@@ -508,45 +441,5 @@ mod tests {
         let e = parse_body::<CreateRequest>(br#"{"cpus":"many"}"#).expect_err("bad");
         assert_eq!(e.status, 400);
         assert!(parse_body::<CreateRequest>(b"").is_ok());
-    }
-
-    #[test]
-    fn error_statuses() {
-        let s = |e: ManagerError| ApiError::from(e).status;
-        assert_eq!(s(ManagerError::NotFound("x".into())), 404);
-        assert_eq!(
-            s(ManagerError::WrongState {
-                name: "a".into(),
-                state: "stopped",
-                wanted: "running",
-                action: "stop it"
-            }),
-            409
-        );
-        assert_eq!(
-            s(ManagerError::Missing {
-                what: "guest kernel",
-                path: "/x".into(),
-                hint: "h"
-            }),
-            503
-        );
-        assert_eq!(s(ManagerError::BadRequest("x".into())), 400);
-    }
-
-    #[test]
-    fn session_error_statuses() {
-        let stopped = SessionError::Vm(ManagerError::WrongState {
-            name: "cosmic-nova".into(),
-            state: "stopped",
-            wanted: "running",
-            action: "use it",
-        });
-        assert_eq!(session_status_of(&stopped), 409);
-        let missing = SessionError::NotFound {
-            vm: "cosmic-nova".into(),
-            session: "s-1".into(),
-        };
-        assert_eq!(session_status_of(&missing), 404);
     }
 }

@@ -3,7 +3,7 @@
 use super::{ApiError, Reply, ok};
 use crate::daemon::manager::Manager;
 use crate::daemon::sessions::Sessions;
-use crate::wire::api::{CreateRequest, Health, StartRequest};
+use crate::wire::api::{CreateRequest, Health, StartRequest, StopRequest};
 
 pub(super) fn health(m: &Manager) -> Result<Reply, ApiError> {
     ok(
@@ -54,7 +54,7 @@ pub(super) fn stop(
     m: &Manager,
     s: &Sessions,
     vm: &str,
-    _req: StartRequest,
+    _req: StopRequest,
 ) -> Result<Reply, ApiError> {
     s.forget_vm(vm);
     ok(200, m.stop(vm)?)

@@ -1,13 +1,13 @@
 //! Checkpoints and restore: a running VM's disk and memory saved while it
-//! keeps running, and a VM returned to one (see `snapshots.rs` for the files).
+//! keeps running, and a VM returned to one (see `pause.rs` for the files).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshots::{commit_dir, now_secs};
-use super::{Manager, ManagerError, check};
+use super::pause::{commit_dir, now_secs};
+use super::{Cause, Manager, ManagerError};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
@@ -53,6 +53,10 @@ fn allocated(dir: &Path) -> u64 {
 }
 
 impl Manager {
+    pub(super) fn checkpoints_dir(&self, id: &crate::names::VmId) -> PathBuf {
+        self.dir(id).join("checkpoints")
+    }
+
     fn read_checkpoint(&self, dir: &Path) -> Option<CheckpointMeta> {
         let text = fs::read_to_string(dir.join(META)).ok()?;
         serde_json::from_str(&text).ok()
@@ -138,31 +142,29 @@ impl Manager {
         req: CheckpointRequest,
     ) -> Result<CheckpointView, ManagerError> {
         let name = req.name.as_deref().map(CheckpointName::parse).transpose()?;
-        let _in_flight = self.begin()?;
-        let e = self.op_entry(vm)?;
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        check(&r, Transition::Checkpoint)?;
+        let mut op = self.operation(vm, Transition::Checkpoint)?;
         if let Some(n) = &name
             && self
-                .checkpoints_of(&r)
+                .checkpoints_of(&op.r)
                 .iter()
                 .any(|(_, m)| m.name.as_ref() == Some(n))
         {
             return Err(ManagerError::CheckpointExists {
-                vm: r.name.to_string(),
+                vm: op.r.name.to_string(),
                 name: n.to_string(),
             });
         }
-        let cps = self.checkpoints_dir(&r.id);
-        fs::create_dir_all(&cps)
-            .map_err(|err| Self::failed(&r, "checkpoint", format!("{}: {err}", cps.display())))?;
+        let cps = self.checkpoints_dir(&op.r.id);
+        if let Err(err) = fs::create_dir_all(&cps) {
+            return Err(op.fail(Cause::file(&cps)(err)));
+        }
         let mut id = CheckpointId::random();
         while cps.join(id.as_str()).exists() {
             id = CheckpointId::random();
         }
         let tmp = cps.join(format!(".tmp-{id}"));
-        self.record(&e, &mut r, VmState::Checkpointing, "checkpoint")?;
+        op.begin()?;
+        let r = op.r.clone();
         fault::crash_point("checkpoint:after-record");
         let mut warnings = Vec::new();
         let freeze = match self.guest(&r).freeze() {
@@ -186,15 +188,13 @@ impl Manager {
         fault::crash_point("checkpoint:after-freeze");
         let dir = self.dir(&r.id);
         let vmm = self.vmm_for(r.backend);
-        let made = (|| -> Result<CheckpointMeta, String> {
-            let io = |p: &Path, err: std::io::Error| format!("{}: {err}", p.display());
-            fs::create_dir(&tmp).map_err(|err| io(&tmp, err))?;
-            vmm.save_state(&dir, &tmp).map_err(|err| chain(&err))?;
+        let made = (|| -> Result<CheckpointMeta, Cause> {
+            fs::create_dir(&tmp).map_err(Cause::file(&tmp))?;
+            vmm.save_state(&dir, &tmp)?;
             fault::crash_point("checkpoint:after-memory");
             let disk_copy = tmp.join("rootfs.img");
-            let method = disk::copy_rootfs(&dir.join("rootfs.img"), &disk_copy)
-                .map_err(|err| chain(&err))?;
-            crate::host::vmm::sync_file(&disk_copy).map_err(|err| io(&disk_copy, err))?;
+            let method = disk::copy_rootfs(&dir.join("rootfs.img"), &disk_copy)?;
+            crate::host::vmm::sync_file(&disk_copy).map_err(Cause::file(&disk_copy))?;
             fault::crash_point("checkpoint:after-disk");
             let meta = CheckpointMeta {
                 id: id.clone(),
@@ -210,10 +210,11 @@ impl Manager {
                     disk::CopyMethod::Sparse => "sparse".into(),
                 },
             };
-            let json = serde_json::to_vec_pretty(&meta).map_err(|err| err.to_string())?;
-            host::write_atomic(&tmp.join(META), &json, 0o600)
-                .map_err(|err| io(&tmp.join(META), err))?;
-            commit_dir(&tmp, &cps.join(id.as_str())).map_err(|err| io(&tmp, err))?;
+            let meta_file = tmp.join(META);
+            let json = serde_json::to_vec_pretty(&meta)
+                .map_err(|err| Cause::file(&meta_file)(err.into()))?;
+            host::write_atomic(&meta_file, &json, 0o600).map_err(Cause::file(&meta_file))?;
+            commit_dir(&tmp, &cps.join(id.as_str())).map_err(Cause::file(&tmp))?;
             Ok(meta)
         })();
         if made.is_ok() {
@@ -226,22 +227,25 @@ impl Manager {
         {
             warnings.push(chain(&e));
         }
-        self.record(&e, &mut r, VmState::Running, "checkpoint")?;
+        let meta = match made {
+            Ok(m) => {
+                op.done()?;
+                m
+            }
+            Err(mut cause) => {
+                if continued.is_err() {
+                    cause = cause.also("; the guest could not continue");
+                }
+                let err = op.fail(cause);
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(err);
+            }
+        };
         if let Err(err) = &continued {
             warnings.push(format!("the guest could not continue: {}", chain(err)));
         }
-        let meta = match made {
-            Ok(m) => m,
-            Err(mut message) => {
-                let _ = fs::remove_dir_all(&tmp);
-                if continued.is_err() {
-                    message.push_str("; the guest could not continue");
-                }
-                return Err(Self::failed(&r, "checkpoint", message));
-            }
-        };
-        warnings.extend(self.guest_after_load(&r));
-        let mut view = Self::checkpoint_view(&r, &cps.join(id.as_str()), &meta);
+        warnings.extend(self.guest_after_load(&op.r));
+        let mut view = Self::checkpoint_view(&op.r, &cps.join(id.as_str()), &meta);
         view.warnings = warnings;
         Ok(view)
     }
@@ -249,12 +253,11 @@ impl Manager {
     /// `fcm restore`: the VMM (if any) ends, the disk becomes a copy of
     /// the checkpoint's, and a VMM loads the checkpoint's memory state.
     pub fn restore(&self, vm: &str, cp: &str) -> Result<VmView, ManagerError> {
-        let _in_flight = self.begin()?;
-        let e = self.op_entry(vm)?;
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        let (cp_dir, meta) = self.find_checkpoint(&r, cp)?;
-        check(&r, Transition::Restore)?;
+        // An unknown checkpoint is the first thing to say, in any state.
+        let held = self.hold(vm)?;
+        let (cp_dir, meta) = self.find_checkpoint(&held.record(), cp)?;
+        let mut op = held.check(Transition::Restore)?;
+        let r = &mut op.r;
         if meta.backend != r.backend {
             return Err(ManagerError::BadRequest(format!(
                 "checkpoint {} was taken with {}; the VM runs on {}",
@@ -271,7 +274,8 @@ impl Manager {
         // its devices included.
         (r.cpus, r.memory_mib, r.disk_bytes) = (meta.cpus, meta.memory_mib, meta.disk_bytes);
         r.agent_drive = meta.agent_drive.clone();
-        self.record(&e, &mut r, VmState::Restoring, "restore")?;
+        op.begin()?;
+        let r = op.r.clone();
         fault::crash_point("restore:after-record");
         self.forget_guest(&r);
         self.kill_vmms(&r);
@@ -283,45 +287,38 @@ impl Manager {
         let _ = fs::remove_file(&staged);
         let vmm = self.vmm_for(r.backend);
         let restored = disk::copy_rootfs(&cp_dir.join("rootfs.img"), &staged)
-            .map_err(|err| chain(&err))
+            .map_err(Cause::from)
             .and_then(|_| {
                 crate::host::vmm::sync_file(&staged)
                     .and_then(|_| fs::rename(&staged, &rootfs))
                     .and_then(|_| host::fs::sync_dir(&dir))
-                    .map_err(|err| format!("{}: {err}", staged.display()))
+                    .map_err(Cause::file(&staged))
             })
             .and_then(|_| {
                 fault::crash_point("restore:after-disk");
                 network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
-                    .map_err(|err| chain(&err))
+                    .map_err(Cause::from)
             })
-            .and_then(|_| {
-                self.launch_from(&r, Some(&cp_dir))
-                    .map_err(|err| chain(&err))
-            })
+            .and_then(|_| self.launch_from(&r, Some(&cp_dir)))
             .and_then(|pid| {
                 fault::crash_point("restore:after-launch");
-                vmm.continue_guest(&dir)
-                    .map(|_| pid)
-                    .map_err(|err| chain(&err))
+                vmm.continue_guest(&dir).map(|_| pid).map_err(Cause::from)
             });
         let pid = match restored {
             Ok(pid) => pid,
-            Err(message) => {
+            Err(cause) => {
                 let _ = fs::remove_file(&staged);
                 self.kill_vmms(&r);
                 self.release_runtime(&r);
-                r.pid = None;
-                self.record(&e, &mut r, VmState::Stopped, "restore")?;
-                return Err(Self::failed(
-                    &r,
-                    "restore",
-                    format!("{message} (the VM is stopped; the checkpoint is intact: try again)"),
+                op.r.pid = None;
+                return Err(op.fail(
+                    cause.also(" (the VM is stopped; the checkpoint is intact: try again)"),
                 ));
             }
         };
-        r.pid = Some(pid);
-        self.record(&e, &mut r, VmState::Running, "restore")?;
+        op.r.pid = Some(pid);
+        op.done()?;
+        let r = &op.r;
         let mut view = r.view();
         if resized {
             view.warnings.push(format!(
@@ -334,17 +331,16 @@ impl Manager {
                 "the VM was paused: that saved state was replaced by the checkpoint's".into(),
             );
         }
-        view.warnings.extend(self.guest_after_load(&r));
-        view.warnings.extend(self.apply_url(&e, true));
+        view.warnings.extend(self.guest_after_load(r));
+        view.warnings.extend(self.apply_url(op.entry(), true));
         Ok(view)
     }
 
     /// `fcm checkpoint rm`.
     pub fn delete_checkpoint(&self, vm: &str, cp: &str) -> Result<CheckpointView, ManagerError> {
-        let _in_flight = self.begin()?;
-        let (_, e) = self.resolve(vm)?;
-        let _op = lock(&e.op);
-        let r = lock(&e.rec).clone();
+        // A checkpoint changes no state of its VM: held, not checked.
+        let held = self.hold(vm)?;
+        let r = held.record();
         let (cp_dir, meta) = self.find_checkpoint(&r, cp)?;
         let view = Self::checkpoint_view(&r, &cp_dir, &meta);
         // Out of sight in one rename; recovery removes a `.tmp-*` left behind.
@@ -353,8 +349,10 @@ impl Manager {
             .join(format!(".tmp-{}", meta.id));
         fs::rename(&cp_dir, &trash)
             .and_then(|_| fs::remove_dir_all(&trash))
-            .map_err(|err| {
-                Self::failed(&r, "checkpoint rm", format!("{}: {err}", cp_dir.display()))
+            .map_err(|err| ManagerError::Operation {
+                action: "checkpoint rm",
+                name: r.name.to_string(),
+                cause: Box::new(Cause::file(&cp_dir)(err)),
             })?;
         Ok(view)
     }

@@ -9,12 +9,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Entry, Manager, ManagerError, check};
+use super::operation::Op;
+use super::{Cause, Entry, Manager, ManagerError};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::{self, VmRecord};
-use crate::error::chain;
 use crate::host::{self, config_drive, disk, network, ssh};
 use crate::names::{VmId, VmName};
 use crate::wire::api::{CreateRequest, Expose, VmView};
@@ -33,7 +33,7 @@ impl Manager {
         if self.cfg.cgroup.enabled {
             crate::host::cgroup::warm_up(&self.cfg.cgroup);
         }
-        let _in_flight = self.begin()?;
+        let in_flight = self.begin()?;
         let cpus = req.cpus.unwrap_or(self.cfg.default_cpus);
         if cpus == 0 || cpus > CPUS_MAX {
             return Err(ManagerError::BadRequest(format!(
@@ -68,8 +68,7 @@ impl Manager {
         };
 
         // Reserve id, name and address while holding the table lock.
-        let entry;
-        let rec;
+        let held;
         {
             let mut vms = lock(&self.vms);
             if let Some(max) = self.cfg.max_vms
@@ -98,7 +97,9 @@ impl Manager {
                 port: self.cfg.caddy.guest_port,
                 domain: c.domain(&name),
             });
-            rec = VmRecord {
+            // A new VM's record starts `creating`, the state a create's
+            // launch (`Transition::Launched`) starts from.
+            let rec = VmRecord {
                 tap: id.tap_name(),
                 mac: network::mac_for(ip),
                 id: id.clone(),
@@ -121,21 +122,31 @@ impl Manager {
                 agent_drive: self.agent_drive.clone(),
             };
             // The directory appears with its record in it, or not at all.
-            self.make_vm_dir(&rec)
-                .map_err(|(step, message)| ManagerError::CreateStep { step, message })?;
-            entry = Entry::new(rec.clone());
+            self.make_vm_dir(&rec)?;
+            let entry = Entry::new(rec);
             vms.insert(id, Arc::clone(&entry));
+            // Its operation lock is taken (a new lock: no wait) before the
+            // table's is let go, so no other operation finds it half-made.
+            held = self.held(entry, in_flight);
         }
         fault::crash_point("create:after-record");
-        let _op = lock(&entry.op);
-        match self.build(&entry, rec.clone(), user_key.as_deref(), timing) {
+        let abandon = |r: &VmRecord| {
+            self.undo_create(r);
+            lock(&self.vms).remove(&r.id);
+        };
+        let rec = held.record();
+        let mut op = match held.check(Transition::Launched) {
+            Ok(op) => op,
+            Err(e) => {
+                abandon(&rec);
+                return Err(e);
+            }
+        };
+        match self.build(&mut op, user_key.as_deref(), timing) {
             Ok(view) => Ok(view),
-            Err((step, message)) => {
-                let mut r = lock(&entry.rec).clone();
-                r.state = VmState::Creating;
-                self.undo_create(&r);
-                lock(&self.vms).remove(&r.id);
-                Err(ManagerError::CreateStep { step, message })
+            Err(e) => {
+                abandon(&op.r);
+                Err(e)
             }
         }
     }
@@ -143,46 +154,44 @@ impl Manager {
     /// Makes `<state>/<id>/` holding the record (state `creating`): written
     /// in `.new-<id>`, then renamed, so a crash leaves no directory without
     /// a record. Recovery removes `.new-*` leftovers.
-    fn make_vm_dir(&self, rec: &VmRecord) -> Result<(), (&'static str, String)> {
-        let fail = |e: &dyn std::error::Error| ("create VM directory", chain(e));
+    fn make_vm_dir(&self, rec: &VmRecord) -> Result<(), ManagerError> {
         let tmp = self.cfg.state_dir.join(format!(".new-{}", rec.id));
-        fs::create_dir_all(&tmp).map_err(|e| fail(&e))?;
         let result = (|| {
-            host::set_mode(&tmp, 0o700)?;
-            store::save_in(&tmp, rec).map_err(std::io::Error::other)?;
-            fs::rename(&tmp, self.dir(&rec.id))?;
-            host::fs::sync_dir(&self.cfg.state_dir)
+            fs::create_dir_all(&tmp).map_err(Cause::file(&tmp))?;
+            host::set_mode(&tmp, 0o700).map_err(Cause::file(&tmp))?;
+            store::save_in(&tmp, rec)?;
+            let dir = self.dir(&rec.id);
+            fs::rename(&tmp, &dir).map_err(Cause::file(&dir))?;
+            host::fs::sync_dir(&self.cfg.state_dir).map_err(Cause::file(&self.cfg.state_dir))
         })();
-        if let Err(e) = result {
+        if result.is_err() {
             let _ = fs::remove_dir_all(&tmp);
-            return Err(fail(&e));
         }
-        Ok(())
+        result.map_err(step("create VM directory"))
     }
 
-    /// The steps of create after reservation. An error names its step.
-    /// Logs where the host's time before the VMM went (`timing`, begun
-    /// when the request arrived).
+    /// The steps of create after reservation, the record `creating`
+    /// since. An error names its step. Logs where the host's time before
+    /// the VMM went (`timing`, begun when the request arrived).
     fn build(
         &self,
-        entry: &Entry,
-        mut rec: VmRecord,
+        op: &mut Op<'_>,
         user_key: Option<&str>,
         mut timing: Timing,
-    ) -> Result<VmView, (&'static str, String)> {
+    ) -> Result<VmView, ManagerError> {
+        let rec = op.r.clone();
         let dir = self.dir(&rec.id);
-        let step = |s: &'static str| move |e: &dyn std::error::Error| (s, chain(e));
         timing.lap("reserve");
         let rootfs = dir.join("rootfs.img");
         disk::copy_rootfs(&self.cfg.asset(&self.cfg.rootfs), &rootfs)
-            .map_err(|e| step("copy rootfs")(&e))?;
+            .map_err(step("copy rootfs"))?;
         if let Some(bytes) = rec.disk_bytes {
-            disk::grow(&rootfs, bytes).map_err(|e| step("size the disk")(&e))?;
+            disk::grow(&rootfs, bytes).map_err(step("size the disk"))?;
         }
         timing.lap("disk");
         fault::crash_point("create:after-copy");
         let host_key = config_drive::host_key(&format!("fcm-{}", rec.id))
-            .map_err(|e| step("generate host key")(&e))?;
+            .map_err(step("generate host key"))?;
         timing.lap("keys");
         // The guest's identity goes on its config drive; the disk stays
         // the base image's copy.
@@ -196,22 +205,22 @@ impl Manager {
                 authorized_keys: &authorized,
             },
         )
-        .map_err(|e| step("write config drive")(&e))?;
+        .map_err(step("write config drive"))?;
         timing.lap("config drive");
+        let known_hosts = self.known_hosts(&rec.id);
         host::write_atomic(
-            &self.known_hosts(&rec.id),
+            &known_hosts,
             ssh::known_hosts_line(rec.ip, &host_key.public).as_bytes(),
             0o644,
         )
-        .map_err(|e| step("write known_hosts")(&e))?;
-        rec.host_key = Some(host_key.public);
+        .map_err(|e| step("write known_hosts")(Cause::file(&known_hosts)(e)))?;
+        op.r.host_key = Some(host_key.public);
         // Saved with the host key: a VM adopted after a crash is reachable.
-        self.save(entry, &rec)
-            .map_err(|e| step("save record")(&e))?;
+        op.save().map_err(step("save record"))?;
         timing.lap("record");
         fault::crash_point("create:after-inject");
         network::create_tap_for(&self.cfg, &rec.nic(), self.tap_owner(&rec))
-            .map_err(|e| step("create tap device")(&e))?;
+            .map_err(step("create tap device"))?;
         timing.lap("tap");
         fault::crash_point("create:after-tap");
         let spawned_at = std::cell::Cell::new(None);
@@ -221,17 +230,20 @@ impl Manager {
             timing.lap_at("VMM prep", at);
             eprintln!("fcm: {}: {}", rec.name, timing.report());
         }
-        let pid = launched.map_err(|e| step("start VMM")(&e))?;
+        let pid = launched.map_err(step("start VMM"))?;
         fault::crash_point("create:after-launch");
         sync_in_background(&dir);
-        check(&rec, Transition::Launched).map_err(|e| step("record running")(&e))?;
-        rec.pid = Some(pid);
-        rec.state = VmState::Running;
-        self.save(entry, &rec)
-            .map_err(|e| step("save record")(&e))?;
+        op.r.pid = Some(pid);
+        op.done().map_err(|e| match e {
+            ManagerError::Operation { cause, .. } => ManagerError::CreateStep {
+                step: "save record",
+                cause,
+            },
+            other => other,
+        })?;
         fault::crash_point("create:after-save");
-        let mut view = rec.view();
-        view.warnings.extend(self.apply_url(entry, true));
+        let mut view = op.r.view();
+        view.warnings.extend(self.apply_url(op.entry(), true));
         Ok(view)
     }
 
@@ -246,6 +258,14 @@ impl Manager {
         if let Err(e) = fs::remove_dir_all(self.dir(&r.id)) {
             eprintln!("fcm: warning: undoing create of {}: {e}", r.name);
         }
+    }
+}
+
+/// A `map_err` naming the create step that failed.
+fn step<E: Into<Cause>>(step: &'static str) -> impl FnOnce(E) -> ManagerError {
+    move |e| ManagerError::CreateStep {
+        step,
+        cause: Box::new(e.into()),
     }
 }
 

@@ -1,11 +1,12 @@
 //! Launching a VM's VMM: the disk lock, the cgroup, the config drive when
-//! the VM has one, and the launch spec both backends share.
+//! the VM has one, and the launch spec both backends share. A VMM that
+//! does not start is reported with what its log gained meanwhile.
 
 use std::cell::Cell;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::Manager;
+use super::{Cause, Manager};
 use crate::daemon::store::VmRecord;
 use crate::host;
 use crate::host::cgroup;
@@ -19,17 +20,13 @@ impl Manager {
         &self,
         rec: &VmRecord,
         spawned_at: &Cell<Option<Instant>>,
-    ) -> Result<u32, vmm::VmmError> {
+    ) -> Result<u32, Cause> {
         self.launch_with(rec, None, spawned_at)
     }
 
     /// Launches the VM's VMM: booting, or loading the state saved in
     /// `saved` (same command line, same tap, same disk lock).
-    pub(super) fn launch_from(
-        &self,
-        rec: &VmRecord,
-        saved: Option<&Path>,
-    ) -> Result<u32, vmm::VmmError> {
+    pub(super) fn launch_from(&self, rec: &VmRecord, saved: Option<&Path>) -> Result<u32, Cause> {
         self.launch_with(rec, saved, &Cell::new(None))
     }
 
@@ -38,7 +35,7 @@ impl Manager {
         rec: &VmRecord,
         saved: Option<&Path>,
         spawned_at: &Cell<Option<Instant>>,
-    ) -> Result<u32, vmm::VmmError> {
+    ) -> Result<u32, Cause> {
         let dir = self.dir(&rec.id);
         let kernel = self.cfg.asset(&self.cfg.kernel);
         let initrd = self.initrd();
@@ -58,19 +55,20 @@ impl Manager {
         };
         let taken = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), acquire)
             .unwrap_or_else(|| DiskLock::acquire(&rootfs));
-        let disk_lock = taken.map_err(|e| match e {
-            DiskLockError::Busy { .. } => {
-                let pids = vmm::find_vmms(&dir);
-                vmm::VmmError::DiskInUse {
+        // Busy: a conflict (409), naming the VMMs of this VM found on it.
+        let disk_lock = taken.map_err(|e| {
+            let pids = vmm::find_vmms(&dir);
+            match e {
+                DiskLockError::Busy { .. } if !pids.is_empty() => vmm::VmmError::DiskInUse {
                     disk: rootfs.clone(),
                     pids: pids
                         .iter()
                         .map(u32::to_string)
                         .collect::<Vec<_>>()
                         .join(", "),
-                }
+                },
+                other => other.into(),
             }
-            other => other.into(),
         })?;
         // Its cgroup, made before the VMM exists and entered as it starts.
         let cgroup = if self.cfg.cgroup.enabled {
@@ -81,12 +79,10 @@ impl Manager {
                     + u64::from(self.cfg.cgroup.memory_overhead_mib)
                     + u64::from(self.vmm_for(rec.backend).memory_overhead_mib()),
             };
-            Some(cgroup::create(
-                &self.cfg.cgroup,
-                &dir,
-                rec.id.as_str(),
-                limits,
-            )?)
+            Some(
+                cgroup::create(&self.cfg.cgroup, &dir, rec.id.as_str(), limits)
+                    .map_err(vmm::VmmError::from)?,
+            )
         } else {
             None
         };
@@ -109,9 +105,15 @@ impl Manager {
             spawned_at,
         };
         let vmm = self.vmm_for(rec.backend);
+        let log = spec.console_log();
+        let logged_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         match saved {
             None => vmm.launch(&spec),
             Some(from) => vmm.launch_saved(&spec, from),
         }
+        .map_err(|e| Cause::Launch {
+            vmm: Box::new(e),
+            log: vmm::log_since(&log, logged_before),
+        })
     }
 }

@@ -4,9 +4,8 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
-use super::{Manager, ManagerError};
+use super::{Cause, Manager, ManagerError};
 use crate::daemon::lock;
-use crate::error::chain;
 use crate::host::vmm;
 use crate::wire::api::LogChunk;
 
@@ -24,7 +23,7 @@ impl Manager {
             ManagerError::Operation {
                 action: "reading the console log",
                 name,
-                message: chain(&err),
+                cause: Box::new(Cause::file(&path)(err)),
             }
         })
     }

@@ -4,13 +4,15 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the table, name resolution, queries, launch and URL helpers |
+//! | `cause.rs` | why an operation failed, typed: its kind (conflict, missing, full) and hint |
+//! | `operation.rs` | the one guard every operation opens with: in flight, resolved, locked, refreshed, checked; its states recorded from the transition |
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
 //! | `exec.rs` | exec (buffered, or the start of a streamed one) and cp, through the guest seam |
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
 //! | `ops.rs` | stop, start, destroy |
 //! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
 //! | `passes.rs` | the times of recovery, housekeeping and idle passes; waiting for a VM's recovery |
-//! | `snapshots.rs` | pause, resume; the saved-state files, the guest's clock |
+//! | `pause.rs` | pause, resume; the saved-state files, the guest's clock after a load |
 //! | `checkpoints.rs` | checkpoints and restore |
 //! | `resize.rs` | resize a stopped VM (disk, vCPUs, memory); disk size rules |
 //! | `logs.rs` | reading the console log |
@@ -20,25 +22,31 @@
 //!
 //! Locking: `vms` is held only briefly (lookups, reserving names and
 //! addresses); each VM has its own operation lock, so a slow create or stop
-//! never blocks listing or operating on other VMs.
+//! never blocks listing or operating on other VMs. Every operation takes it
+//! through one guard (`operation.rs`), which also records the states of
+//! its transition (`lifecycle::Transition`: `during`, `to`, `failed`).
 
+mod cause;
 mod checkpoints;
 mod create;
 pub mod exec;
 mod idle;
 mod launch;
 mod logs;
+mod operation;
 mod ops;
 mod passes;
+mod pause;
 mod recover;
 mod resize;
-mod snapshots;
 #[cfg(test)]
 mod tests;
 mod views;
 
+use operation::OpLock;
 use views::broken_view;
 
+pub use cause::{Cause, Kind};
 pub use logs::LOG_CHUNK_MAX;
 pub use passes::Pass;
 
@@ -52,7 +60,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::guest::{Guest, GuestError, Guests, Target};
-use super::lifecycle::{self, Transition};
+use super::lifecycle;
 use super::lock;
 use super::store::{self, VmRecord};
 use crate::config::DaemonConfig;
@@ -91,13 +99,21 @@ pub enum ManagerError {
     },
     #[error("no free IP address in the pool {0}")]
     PoolExhausted(String),
-    #[error("create failed at step \"{step}\": {message}")]
-    CreateStep { step: &'static str, message: String },
-    #[error("{action} of VM {name} failed: {message}")]
+    /// A step of a create failed (and the create was undone).
+    #[error("create failed at step \"{step}\"")]
+    CreateStep {
+        step: &'static str,
+        #[source]
+        cause: Box<Cause>,
+    },
+    /// An operation on a VM failed; the VM is left as its transition says
+    /// (`Transition::failed`).
+    #[error("{action} of VM {name} failed")]
     Operation {
         action: &'static str,
         name: String,
-        message: String,
+        #[source]
+        cause: Box<Cause>,
     },
     #[error("VM directory {id} has no valid record ({reason})")]
     Broken { id: String, reason: String },
@@ -146,6 +162,7 @@ impl ManagerError {
                     .into(),
             ),
             Self::Guest(e) => e.hint(),
+            Self::CreateStep { cause, .. } | Self::Operation { cause, .. } => cause.hint(),
             Self::TooManyVms(_) => Some(
                 "destroy a VM (fcm ls, fcm destroy <vm>), or raise max_vms in the daemon config"
                     .into(),
@@ -156,8 +173,8 @@ impl ManagerError {
 }
 
 struct Entry {
-    /// Serialises long operations on this VM.
-    op: Mutex<()>,
+    /// Serialises long operations on this VM (`operation.rs`).
+    op: OpLock,
     /// The record, behind a short lock: never held across a call to
     /// another process, so lookups never wait behind a slow operation.
     rec: Mutex<VmRecord>,
@@ -183,7 +200,7 @@ struct Entry {
 impl Entry {
     fn new(rec: VmRecord) -> Arc<Self> {
         Arc::new(Self {
-            op: Mutex::new(()),
+            op: OpLock::new(),
             name: rec.name.clone(),
             ip: rec.ip,
             rec: Mutex::new(rec),
@@ -193,15 +210,6 @@ impl Entry {
             activity: Mutex::new(idle::Activity::new()),
             recovering: AtomicBool::new(false),
         })
-    }
-}
-
-/// Counts an operation under way, for a graceful shutdown.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -217,7 +225,7 @@ pub struct Manager {
     shutting_down: AtomicBool,
     in_flight: AtomicUsize,
     /// Wakes the housekeeping thread early (deferred cleanup, URLs).
-    wake: (Mutex<bool>, Condvar),
+    housekeeping_signal: (Mutex<bool>, Condvar),
     /// Where Caddy asks the daemon to wake a VM with idle sleep.
     wake_hook: Option<WakeHook>,
     /// The way into guests (`daemon::guest`).
@@ -280,7 +288,7 @@ impl Manager {
             ssh::ensure_keypair(&key, "fcm-daemon").map_err(|e| ManagerError::Operation {
                 action: "key generation",
                 name: "daemon".into(),
-                message: chain(&e),
+                cause: Box::new(e.into()),
             })?;
         let agent_drive = Self::current_agent_drive(&cfg);
         let m = Self {
@@ -294,7 +302,7 @@ impl Manager {
             key_pub,
             shutting_down: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            wake: (Mutex::new(false), Condvar::new()),
+            housekeeping_signal: (Mutex::new(false), Condvar::new()),
             wake_hook,
             guests,
             vmms,
@@ -395,17 +403,6 @@ impl Manager {
         }
     }
 
-    /// Admits an operation that changes a VM, unless the daemon is shutting
-    /// down; the guard counts it as under way until dropped.
-    fn begin(&self) -> Result<InFlight<'_>, ManagerError> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight(&self.in_flight);
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err(ManagerError::ShuttingDown);
-        }
-        Ok(guard)
-    }
-
     /// Refuses new operations from now on; returns once those under way
     /// have reached a recorded state, or `grace` has passed (false).
     pub fn shut_down(&self, grace: Duration) -> bool {
@@ -426,14 +423,14 @@ impl Manager {
 
     /// Asks the housekeeping thread to run now.
     fn wake_housekeeping(&self) {
-        let (flag, cv) = &self.wake;
+        let (flag, cv) = &self.housekeeping_signal;
         *lock(flag) = true;
         cv.notify_one();
     }
 
     /// Waits up to `timeout` for [`Self::wake_housekeeping`].
     pub fn wait_for_work(&self, timeout: Duration) {
-        let (flag, cv) = &self.wake;
+        let (flag, cv) = &self.housekeeping_signal;
         let mut woken = lock(flag);
         if !*woken {
             woken = cv
@@ -572,11 +569,6 @@ impl Manager {
             let _ = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone);
         }
     }
-}
-
-/// A wrong-state error unless `r` may take transition `t`.
-fn check(r: &VmRecord, t: Transition) -> Result<(), ManagerError> {
-    t.check(r.state).map_err(|w| wrong_state(r, w))
 }
 
 fn wrong_state(r: &VmRecord, w: lifecycle::WrongState) -> ManagerError {

@@ -3,7 +3,7 @@
 use std::fs;
 use std::time::Duration;
 
-use super::{Entry, Manager, ManagerError, check};
+use super::{Cause, Manager, ManagerError};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
 use crate::daemon::lock;
@@ -48,53 +48,24 @@ impl Manager {
         clean
     }
 
-    /// Records `rec` (its state set to `state`) as the entry's record;
-    /// an error names the operation.
-    pub(super) fn record(
-        &self,
-        e: &Entry,
-        rec: &mut VmRecord,
-        state: VmState,
-        action: &'static str,
-    ) -> Result<(), ManagerError> {
-        rec.state = state;
-        // Asleep by idle sleep only on the way to, in and out of `paused`.
-        if !matches!(
-            state,
-            VmState::Pausing | VmState::Paused | VmState::Resuming
-        ) {
-            rec.idle_paused = false;
-        }
-        self.save(e, rec).map_err(|err| ManagerError::Operation {
-            action,
-            name: rec.name.to_string(),
-            message: chain(&err),
-        })
-    }
-
     pub fn stop(&self, vm: &str) -> Result<VmView, ManagerError> {
-        let _in_flight = self.begin()?;
-        let (_, e) = self.resolve(vm)?;
-        self.refresh(&e);
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        check(&r, Transition::Stop)?;
-        let was_paused = r.state == VmState::Paused;
-        self.record(&e, &mut r, VmState::Stopping, "stop")?;
+        let mut op = self.operation(vm, Transition::Stop)?;
+        let was_paused = op.r.state == VmState::Paused;
+        op.begin()?;
         fault::crash_point("stop:after-record");
-        let clean = self.shutdown(&r);
-        self.forget_guest(&r);
+        let clean = self.shutdown(&op.r);
+        self.forget_guest(&op.r);
         // A VMM that has exited can hold its disk's lock a moment longer
         // (its last threads): stopped means the disk is free to start again.
-        let rootfs = self.dir(&r.id).join("rootfs.img");
+        let rootfs = self.dir(&op.r.id).join("rootfs.img");
         let _ = host::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
             (!disk_lock::in_use(&rootfs)).then_some(())
         });
         fault::crash_point("stop:after-shutdown");
-        let mut errors = self.release_runtime(&r);
+        let mut errors = self.release_runtime(&op.r);
         if was_paused {
             // A stopped VM keeps no memory state (recovery removes it too).
-            let saved = self.saved_dir(&r.id);
+            let saved = self.saved_dir(&op.r.id);
             errors.push(match fs::remove_dir_all(&saved) {
                 Ok(()) => "the VM was paused: its memory state (running programs) was discarded; \
                            it boots from its disk on the next start"
@@ -103,9 +74,9 @@ impl Manager {
             });
         }
         fault::crash_point("stop:after-release");
-        r.pid = None;
-        self.record(&e, &mut r, VmState::Stopped, "stop")?;
-        let mut view = r.view();
+        op.r.pid = None;
+        op.done()?;
+        let mut view = op.r.view();
         if !clean {
             view.warnings.push(format!(
                 "the guest did not shut down within {} s and was killed",
@@ -113,7 +84,7 @@ impl Manager {
             ));
         }
         view.warnings.extend(errors);
-        view.warnings.extend(self.apply_url(&e, false));
+        view.warnings.extend(self.apply_url(op.entry(), false));
         Ok(view)
     }
 
@@ -123,63 +94,47 @@ impl Manager {
             // Starting a paused VM resumes it, as it was.
             return self.resume(vm);
         }
-        let _in_flight = self.begin()?;
-        self.refresh(&e);
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        check(&r, Transition::Start)?;
-        self.check_prerequisites(r.backend)?;
+        let mut op = self.operation(vm, Transition::Start)?;
+        self.check_prerequisites(op.r.backend)?;
         // A cold boot takes the current agent (docs/agent.md).
-        r.agent_drive = self.agent_drive.clone();
-        self.record(&e, &mut r, VmState::Starting, "start")?;
+        op.r.agent_drive = self.agent_drive.clone();
+        op.begin()?;
         fault::crash_point("start:after-record");
-        let launched = network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
-            .map_err(|err| chain(&err))
+        let launched = network::create_tap_for(&self.cfg, &op.r.nic(), self.tap_owner(&op.r))
+            .map_err(Cause::from)
             .and_then(|_| {
                 fault::crash_point("start:after-tap");
-                self.launch_from(&r, None).map_err(|err| chain(&err))
+                self.launch_from(&op.r, None)
             });
         let pid = match launched {
             Ok(pid) => pid,
-            Err(message) => {
-                self.release_runtime(&r);
-                self.record(&e, &mut r, VmState::Stopped, "start")?;
-                return Err(ManagerError::Operation {
-                    action: "start",
-                    name: r.name.to_string(),
-                    message,
-                });
+            Err(cause) => {
+                self.release_runtime(&op.r);
+                return Err(op.fail(cause));
             }
         };
         fault::crash_point("start:after-launch");
-        r.pid = Some(pid);
-        self.record(&e, &mut r, VmState::Running, "start")?;
-        let mut view = r.view();
-        view.warnings.extend(self.apply_url(&e, true));
+        op.r.pid = Some(pid);
+        op.done()?;
+        let mut view = op.r.view();
+        view.warnings.extend(self.apply_url(op.entry(), true));
         Ok(view)
     }
 
     pub fn destroy(&self, vm: &str) -> Result<VmView, ManagerError> {
-        let _in_flight = self.begin()?;
-        let (id, e) = match self.resolve(vm) {
+        let mut op = match self.operation(vm, Transition::Destroy) {
             Err(ManagerError::Broken { id, .. }) => return self.destroy_broken(&id),
             other => other?,
         };
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        check(&r, Transition::Destroy)?;
-        self.record(&e, &mut r, VmState::Destroying, "destroy")?;
+        op.begin()?;
         fault::crash_point("destroy:after-record");
-        let errors = self.finish_destroy(&r);
-        if self.dir(&id).exists() {
-            return Err(ManagerError::Operation {
-                action: "destroy",
-                name: r.name.to_string(),
-                message: errors.join("; "),
-            });
+        let errors = self.finish_destroy(&op.r);
+        if self.dir(&op.r.id).exists() {
+            // Still `destroying`: a destroy again (or recovery) finishes it.
+            return Err(op.fail(Cause::Several(errors)));
         }
-        lock(&self.vms).remove(&id);
-        let mut view = r.view();
+        op.done()?;
+        let mut view = op.r.view();
         view.state = "destroyed".into();
         view.pid = None;
         view.warnings = errors;
@@ -223,6 +178,7 @@ impl Manager {
     /// Removes a VM directory that has no valid record: any VMM on it, its
     /// tap, the directory.
     fn destroy_broken(&self, id: &str) -> Result<VmView, ManagerError> {
+        let _in_flight = self.begin()?;
         let id = VmId::parse(id)?;
         let dir = self.dir(&id);
         for pid in vmm::find_vmms(&dir) {
@@ -238,7 +194,7 @@ impl Manager {
             return Err(ManagerError::Operation {
                 action: "destroy",
                 name: id.to_string(),
-                message: errors.join("; "),
+                cause: Box::new(Cause::Several(errors)),
             });
         }
         let reason = lock(&self.broken).remove(&id).unwrap_or_default();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Entry, Manager};
-use crate::daemon::lifecycle::{self, Recovery, VmState};
+use crate::daemon::lifecycle::{self, Recovery, Transition, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::{self, VmRecord};
 use crate::error::chain;
@@ -47,18 +47,25 @@ impl Manager {
         if e.recovering.load(Ordering::Acquire) {
             return;
         }
-        let Ok(_op) = e.op.try_lock() else { return };
+        let Some(_op) = e.op.try_hold() else { return };
+        self.refresh_held(e);
+    }
+
+    /// [`Self::refresh`], by the holder of the VM's operation lock (an
+    /// operation's guard, before it checks its transition).
+    pub(super) fn refresh_held(&self, e: &Entry) {
         let mut r = lock(&e.rec).clone();
-        if r.state != VmState::Running {
+        let (Ok(()), Some(stopped)) = (Transition::Died.check(r.state), Transition::Died.to())
+        else {
             return;
-        }
+        };
         let dir = self.dir(&r.id);
         let alive = r.pid.is_some_and(|p| vmm::is_vmm_of(p, &dir))
             || disk_lock::in_use(&dir.join("rootfs.img"));
         if alive {
             return;
         }
-        r.state = VmState::Stopped;
+        r.state = stopped;
         r.pid = None;
         if let Err(err) = self.save(e, &r) {
             eprintln!("fcm: warning: {}", chain(&err));
@@ -107,7 +114,7 @@ impl Manager {
     /// guest connection, bring its URL in line with its state. Skipped
     /// while an operation holds the VM.
     fn converge(&self, e: &Entry) {
-        let Ok(_op) = e.op.try_lock() else { return };
+        let Some(_op) = e.op.try_hold() else { return };
         let r = lock(&e.rec).clone();
         if e.cleanup_pending.swap(false, Ordering::AcqRel) && !lifecycle::has_vmm(r.state) {
             // The VM left `running` when its VMM died: a connection kept
@@ -148,7 +155,7 @@ impl Manager {
             self.refresh(&e);
             self.converge(&e);
             if e.after_load_pending.load(Ordering::Acquire)
-                && let Ok(_op) = e.op.try_lock()
+                && let Some(_op) = e.op.try_hold()
             {
                 e.after_load_pending.store(false, Ordering::Release);
                 let r = lock(&e.rec).clone();
@@ -296,7 +303,7 @@ impl Manager {
     /// converged to the host, or the VM dropped from the table when it is
     /// gone (a create undone, a destroy finished).
     fn recover_entry(&self, e: &Arc<Entry>) {
-        let _op = lock(&e.op);
+        let _op = e.op.hold();
         let rec = lock(&e.rec).clone();
         let (id, was) = (rec.id.clone(), rec.state);
         match self.recover_one(rec) {
@@ -328,6 +335,8 @@ impl Manager {
         let was = rec.state;
         let saved = self.saved_dir(&rec.id).is_dir();
         let action = lifecycle::recover(rec.state, alive.is_some(), saved);
+        // The state it converges to, if it changes (`Recovery::to`).
+        let converged = action.to().unwrap_or(rec.state);
         if let Some(pid) = alive {
             self.rearm_disk_lock(&rec, pid);
         }
@@ -364,7 +373,7 @@ impl Manager {
                 if let Err(e) = network::create_tap(&self.cfg, &rec.nic()) {
                     eprintln!("fcm: warning: {}", chain(&e));
                 }
-                rec.state = VmState::Running;
+                rec.state = converged;
                 if let Some(pid) = alive.filter(|p| *p != 0) {
                     rec.pid = Some(pid);
                 }
@@ -385,7 +394,7 @@ impl Manager {
                 if let Err(e) = self.vmm_for(rec.backend).continue_guest(&self.dir(&rec.id)) {
                     eprintln!("fcm: warning: {}: {}", rec.name, chain(&e));
                 }
-                rec.state = VmState::Running;
+                rec.state = converged;
                 if let Some(pid) = alive.filter(|p| *p != 0) {
                     rec.pid = Some(pid);
                 }
@@ -398,7 +407,7 @@ impl Manager {
                     was.as_str()
                 );
                 self.release_runtime(&rec);
-                rec.state = VmState::Paused;
+                rec.state = converged;
                 rec.pid = None;
                 save(&rec);
             }
@@ -409,7 +418,7 @@ impl Manager {
                     was.as_str()
                 );
                 self.release_runtime(&rec);
-                rec.state = VmState::Stopped;
+                rec.state = converged;
                 rec.pid = None;
                 save(&rec);
             }

@@ -5,10 +5,8 @@
 use std::time::Duration;
 
 use super::create::{CPUS_MAX, MEMORY_RANGE};
-use super::{Manager, ManagerError, check};
+use super::{Manager, ManagerError};
 use crate::daemon::lifecycle::Transition;
-use crate::daemon::lock;
-use crate::error::chain;
 use crate::host::{self, disk, disk_lock};
 use crate::wire::api::{DiskSize, ResizeRequest, VmView};
 use crate::wire::size::human;
@@ -80,43 +78,39 @@ impl Manager {
                 MEMORY_RANGE.end()
             )));
         }
-        let _in = self.begin()?;
-        let (_, e) = self.resolve(vm)?;
-        self.refresh(&e);
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        check(&r, Transition::Resize)?;
-        let fail = |err: &dyn std::error::Error| ManagerError::Operation {
-            action: "resize",
-            name: r.name.to_string(),
-            message: chain(err),
-        };
-        let image = self.dir(&r.id).join("rootfs.img");
+        let mut op = self.operation(vm, Transition::Resize)?;
+        op.begin()?;
+        let image = self.dir(&op.r.id).join("rootfs.img");
         // Recorded stopped but a VMM still on the disk (one that is still
         // exiting, or one recovery will adopt): not a disk to change under
         // a guest's feet. An exiting VMM gets a few seconds to let go.
         let free = || (!disk_lock::in_use(&image)).then_some(());
         if host::wait_until(DISK_RELEASE_WAIT, Duration::from_millis(100), free).is_none() {
             return Err(ManagerError::WrongState {
-                name: r.name.to_string(),
+                name: op.r.name.to_string(),
                 state: "running",
                 wanted: "stopped",
                 action: "resize it",
             });
         }
         if let Some(d) = req.disk {
-            let current = disk::size(&image).map_err(|err| fail(&err))?;
+            let current = match disk::size(&image) {
+                Ok(c) => c,
+                Err(err) => return Err(op.fail(err)),
+            };
             let bytes = self.disk_size(Some(d), Some(current))?;
-            disk::grow(&image, bytes).map_err(|err| fail(&err))?;
-            r.disk_bytes = Some(bytes);
+            if let Err(err) = disk::grow(&image, bytes) {
+                return Err(op.fail(err));
+            }
+            op.r.disk_bytes = Some(bytes);
         }
         if let Some(c) = req.cpus {
-            r.cpus = c;
+            op.r.cpus = c;
         }
         if let Some(m) = req.memory_mib {
-            r.memory_mib = m;
+            op.r.memory_mib = m;
         }
-        self.save(&e, &r).map_err(|err| fail(&err))?;
-        Ok(r.view())
+        op.done()?;
+        Ok(op.r.view())
     }
 }

@@ -135,6 +135,22 @@ pub fn console_log_path(dir: &Path) -> PathBuf {
     dir.join("console.log")
 }
 
+/// What a log gained since it was `from` bytes long (at most 2 KiB, the
+/// end of it), as text: where a VMM that did not start said why.
+pub fn log_since(log: &Path, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = from.max(len.saturating_sub(2048));
+    let mut buf = Vec::new();
+    let _ = f
+        .seek(SeekFrom::Start(start))
+        .and_then(|_| f.take(2048).read_to_end(&mut buf));
+    String::from_utf8_lossy(&buf).trim().to_owned()
+}
+
 pub trait Vmm: Send + Sync {
     fn backend(&self) -> Backend;
     /// Starts the VMM and boots the guest; returns the VMM's pid. The VMM

@@ -8,6 +8,7 @@ use std::io::{Read, Seek, Write};
 use super::fake_vmm::{Change, Launch, STATE_FILE};
 use super::{Harness, run, status};
 use crate::daemon::manager::ManagerError;
+use crate::error::chain;
 use crate::wire::api::{CheckpointRequest, CheckpointView, ResizeRequest, VmView};
 
 fn named(name: &str) -> CheckpointRequest {
@@ -44,10 +45,10 @@ fn operation_failed(e: &ManagerError, action: &str) -> String {
     assert_eq!(status(e), 500, "{e}");
     match e {
         ManagerError::Operation {
-            action: a, message, ..
+            action: a, cause, ..
         } => {
             assert_eq!(*a, action, "{e}");
-            message.clone()
+            chain(cause)
         }
         other => panic!("not a failed {action}: {other:?}"),
     }

@@ -3,12 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::fake_vmm::Launch;
+use super::fake_vmm::{DYING_WORDS, Launch};
 use super::{run, run_with, status};
 use crate::daemon::manager::ManagerError;
 use crate::daemon::sessions::Sessions;
 use crate::daemon::store;
 use crate::daemon::{api, lock};
+use crate::error::chain;
 use crate::host::vmm;
 use crate::wire::api::{CreateRequest, DiskSize, VmView};
 
@@ -92,9 +93,18 @@ fn a_create_whose_vmm_fails_is_undone() {
             h.vmms.set(|s| s.launch = how);
             let e = h.m.create(named("web")).expect_err("create must fail");
             match &e {
-                ManagerError::CreateStep { step, message } => {
+                ManagerError::CreateStep { step, cause } => {
                     assert_eq!(*step, "start VMM", "{how:?}");
+                    let message = chain(cause);
                     assert!(message.contains("fake VMM"), "{message}");
+                    // The VM's directory is gone: its VMM's last words are
+                    // in the error.
+                    if how == Launch::DiesAfterSpawn {
+                        assert!(
+                            message.ends_with(&format!("; its log ends: {}", DYING_WORDS.trim())),
+                            "{message}"
+                        );
+                    }
                 }
                 other => panic!("{how:?}: {other:?}"),
             }

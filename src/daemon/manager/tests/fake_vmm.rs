@@ -25,6 +25,8 @@ use crate::host::{self, Signal};
 const PROGRAM: &str = "qemu-system-x86_64";
 /// The fake's runtime file in the VM's directory (its pid).
 pub(super) const PIDFILE: &str = "fake-vmm.pid";
+/// What a VMM that dies after its spawn writes to its log.
+pub(super) const DYING_WORDS: &str = "fake VMM: -netdev tap,fd=3: could not configure\n";
 /// What `save_state` writes into its directory.
 pub(super) const STATE_FILE: &str = "fake-vm.state";
 
@@ -34,8 +36,9 @@ pub(super) enum Launch {
     Works,
     /// Fails before any process starts.
     Fails,
-    /// The process starts, then the launch fails (it is killed, as the
-    /// real backends kill a VMM that did not come up).
+    /// The process starts and writes [`DYING_WORDS`] to its log, then the
+    /// launch fails (it is killed, as the real backends kill a VMM that did
+    /// not come up).
     DiesAfterSpawn,
 }
 
@@ -208,6 +211,12 @@ impl FakeVmm {
             let _ = child.wait();
         });
         if how == Launch::DiesAfterSpawn {
+            // As QEMU does, it says why on its stderr, the console log.
+            fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, DYING_WORDS.as_bytes()))
+                .map_err(VmmError::Io)?;
             host::signal(pid, Signal::KILL);
             return Err(VmmError::NotReady {
                 program: PROGRAM,

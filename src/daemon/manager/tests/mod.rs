@@ -15,7 +15,7 @@
 //! |---|---|
 //! | `create.rs` | create: journal, undo, bad requests, prerequisites, readiness |
 //! | `ops.rs` | stop, start, destroy, resize; wrong states; shutting down; a VMM that dies; a restart; serving while recovering |
-//! | `snapshots.rs` | pause, resume |
+//! | `pause.rs` | pause, resume |
 //! | `checkpoints.rs` | checkpoint, restore, checkpoint rm |
 //! | `idle.rs` | idle sleep and waking |
 //! | `exec.rs` | exec and cp through the manager |
@@ -27,7 +27,7 @@ mod exec;
 mod fake_vmm;
 mod idle;
 mod ops;
-mod snapshots;
+mod pause;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

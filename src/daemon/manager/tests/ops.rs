@@ -9,6 +9,8 @@ use super::{assert_wrong_state, run, run_with, status};
 use crate::daemon::lifecycle::VmState;
 use crate::daemon::manager::ManagerError;
 use crate::daemon::store;
+use crate::error::chain;
+use crate::host::disk_lock::DiskLock;
 use crate::wire::api::{CheckpointRequest, CreateRequest, DiskSize, ExecRequest, ResizeRequest};
 
 #[test]
@@ -128,10 +130,9 @@ fn a_start_whose_vmm_fails_leaves_the_vm_stopped() {
             h.take_journal();
             let e = h.m.start("web").expect_err("start must fail");
             match &e {
-                ManagerError::Operation {
-                    action, message, ..
-                } => {
+                ManagerError::Operation { action, cause, .. } => {
                     assert_eq!(*action, "start");
+                    let message = chain(cause);
                     assert!(message.contains("fake VMM"), "{message}");
                 }
                 other => panic!("{how:?}: {other:?}"),
@@ -143,6 +144,37 @@ fn a_start_whose_vmm_fails_leaves_the_vm_stopped() {
         }
         h.vmms.set(|s| s.launch = Launch::Works);
         h.m.start("web").expect("start");
+        h.assert_running(&v);
+    });
+}
+
+#[test]
+fn a_start_on_a_disk_another_process_holds_is_a_conflict_that_changes_nothing() {
+    run(|h| {
+        let v = h.create("web");
+        h.m.stop("web").expect("stop");
+        // Another process takes the disk's lock, as another VMM would.
+        let other = DiskLock::acquire(&h.dir(&v).join("rootfs.img")).expect("lock the disk");
+        h.take_journal();
+        let e = h.m.start("web").expect_err("start on a held disk");
+        assert_eq!(status(&e), 409, "{e}");
+        let message = chain(&e);
+        assert!(message.contains("in use by another VMM"), "{message}");
+        let hint = e.hint().expect("a hint");
+        assert!(
+            hint.contains(&format!(
+                "fuser -v {}",
+                h.dir(&v).join("rootfs.img").display()
+            )),
+            "{hint}"
+        );
+        // No VMM was asked, nothing of the VM runs, its record is as before.
+        assert!(h.take_journal().is_empty());
+        assert_eq!(h.state(&v), "stopped");
+        assert!(h.vmm_pids(&v).is_empty());
+        assert!(!h.tap_exists(&v), "the refused start left its tap");
+        drop(other);
+        h.m.start("web").expect("start once the disk is free");
         h.assert_running(&v);
     });
 }

@@ -414,7 +414,6 @@ impl Qemu {
             .mode(0o600)
             .open(spec.console_log())
             .map_err(VmmError::Io)?;
-        let logged_before = console.metadata().map(|m| m.len()).unwrap_or(0);
         let stderr = console.try_clone().map_err(VmmError::Io)?;
         let tap = host::network::open_tap(spec.tap).map_err(VmmError::Tap)?;
         let qmp_path = spec.dir.join(QMP);
@@ -540,12 +539,11 @@ impl Qemu {
         });
         match up {
             Some(true) => Ok(pid),
+            // Why is on its stderr, in the console log: the manager adds
+            // what the log gained to the error (`vmm::log_since`).
             Some(false) => Err(VmmError::NotReady {
                 program: PROGRAM,
-                detail: format!(
-                    "it exited: {}",
-                    log_since(&spec.console_log(), logged_before)
-                ),
+                detail: "it exited".into(),
             }),
             None => Err(kill(VmmError::NotReady {
                 program: PROGRAM,
@@ -553,22 +551,6 @@ impl Qemu {
             })),
         }
     }
-}
-
-/// What a log gained since it was `from` bytes long (at most 2 KiB, the
-/// end of it), as text.
-fn log_since(log: &Path, from: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = File::open(log) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = from.max(len.saturating_sub(2048));
-    let mut buf = Vec::new();
-    let _ = f
-        .seek(SeekFrom::Start(start))
-        .and_then(|_| f.take(2048).read_to_end(&mut buf));
-    String::from_utf8_lossy(&buf).trim().to_owned()
 }
 
 #[cfg(test)]

@@ -4,15 +4,16 @@
 use super::fake_vmm::{Change, Launch, STATE_FILE};
 use super::{run, status};
 use crate::daemon::manager::ManagerError;
+use crate::error::chain;
 
 fn operation_failed(e: &ManagerError, action: &str) -> String {
     assert_eq!(status(e), 500, "{e}");
     match e {
         ManagerError::Operation {
-            action: a, message, ..
+            action: a, cause, ..
         } => {
             assert_eq!(*a, action, "{e}");
-            message.clone()
+            chain(cause)
         }
         other => panic!("not a failed {action}: {other:?}"),
     }

@@ -1,5 +1,6 @@
 //! Pause and resume, and what they share with checkpoints and restore
-//! (`checkpoints.rs`): the files, the sweep, the guest's clock.
+//! (`checkpoints.rs`): the saved-state files, their sweep, the guest's
+//! clock after a load.
 //!
 //! Files, in the VM's directory:
 //!
@@ -22,10 +23,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::daemon::guest::GuestError;
 
-use super::{Entry, Manager, ManagerError, check};
+use super::{Cause, Manager, ManagerError};
 use crate::daemon::fault;
-use crate::daemon::lifecycle::{self, Transition, VmState};
-use crate::daemon::lock;
+use crate::daemon::lifecycle::{self, Transition};
 use crate::daemon::store::VmRecord;
 use crate::error::chain;
 use crate::host::{self, network};
@@ -48,10 +48,6 @@ impl Manager {
     /// A paused VM's saved state.
     pub(super) fn saved_dir(&self, id: &crate::names::VmId) -> PathBuf {
         self.dir(id).join("paused")
-    }
-
-    pub(super) fn checkpoints_dir(&self, id: &crate::names::VmId) -> PathBuf {
-        self.dir(id).join("checkpoints")
     }
 
     /// Removes what an interrupted pause, checkpoint or restore left, and a
@@ -89,21 +85,6 @@ impl Manager {
         }
     }
 
-    /// The entry of a VM, refreshed and ready for an operation.
-    pub(super) fn op_entry(&self, vm: &str) -> Result<std::sync::Arc<Entry>, ManagerError> {
-        let (_, e) = self.resolve(vm)?;
-        self.refresh(&e);
-        Ok(e)
-    }
-
-    pub(super) fn failed(r: &VmRecord, action: &'static str, message: String) -> ManagerError {
-        ManagerError::Operation {
-            action,
-            name: r.name.to_string(),
-            message,
-        }
-    }
-
     /// `fcm pause`: the guest's memory and devices go to `paused/`, then
     /// the VMM exits and its tap is released.
     pub fn pause(&self, vm: &str) -> Result<VmView, ManagerError> {
@@ -112,44 +93,36 @@ impl Manager {
 
     /// A pause by a user, or by idle sleep (`idle`: then a use wakes it).
     pub(super) fn pause_as(&self, vm: &str, idle: bool) -> Result<VmView, ManagerError> {
-        let _in_flight = self.begin()?;
-        let e = self.op_entry(vm)?;
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        check(&r, Transition::Pause)?;
-        if idle && !super::idle::still_idle(&e, r.idle_pause_secs) {
+        let mut op = self.operation(vm, Transition::Pause)?;
+        if idle && !super::idle::still_idle(op.entry(), op.r.idle_pause_secs) {
             // In use again since the idle check: stay running.
-            return Ok(r.view());
+            return Ok(op.r.view());
         }
-        r.idle_paused = idle;
-        self.record(&e, &mut r, VmState::Pausing, "pause")?;
+        op.r.idle_paused = idle;
+        op.begin()?;
         fault::crash_point("pause:after-record");
-        let dir = self.dir(&r.id);
+        let dir = self.dir(&op.r.id);
         let tmp = dir.join(".paused.tmp");
-        let vmm = self.vmm_for(r.backend);
+        let vmm = self.vmm_for(op.r.backend);
         let _ = fs::remove_dir_all(&tmp);
         let saved = fs::create_dir(&tmp)
-            .map_err(|err| format!("{}: {err}", tmp.display()))
-            .and_then(|_| vmm.save_state(&dir, &tmp).map_err(|err| chain(&err)))
-            .and_then(|_| {
-                commit_dir(&tmp, &self.saved_dir(&r.id))
-                    .map_err(|err| format!("{}: {err}", tmp.display()))
-            });
-        if let Err(mut message) = saved {
+            .map_err(Cause::file(&tmp))
+            .and_then(|_| vmm.save_state(&dir, &tmp).map_err(Cause::from))
+            .and_then(|_| commit_dir(&tmp, &self.saved_dir(&op.r.id)).map_err(Cause::file(&tmp)));
+        if let Err(mut cause) = saved {
             let _ = fs::remove_dir_all(&tmp);
             if let Err(err) = vmm.continue_guest(&dir) {
-                message.push_str(&format!(
+                cause = cause.also(format!(
                     "; and the guest could not continue: {}",
                     chain(&err)
                 ));
             }
-            self.record(&e, &mut r, VmState::Running, "pause")?;
-            return Err(Self::failed(&r, "pause", message));
+            return Err(op.fail(cause));
         }
         fault::crash_point("pause:after-save");
         // The state is safe: the VMM (its guest stopped) may go.
-        self.forget_guest(&r);
-        self.kill_vmms(&r);
+        self.forget_guest(&op.r);
+        self.kill_vmms(&op.r);
         // Paused means the VMM is gone, its memory freed: its last threads
         // hold the disk lock until then.
         let rootfs = dir.join("rootfs.img");
@@ -157,12 +130,12 @@ impl Manager {
             (!crate::host::disk_lock::in_use(&rootfs)).then_some(())
         });
         fault::crash_point("pause:after-exit");
-        let errors = self.release_runtime(&r);
-        r.pid = None;
-        self.record(&e, &mut r, VmState::Paused, "pause")?;
-        let mut view = r.view();
+        let errors = self.release_runtime(&op.r);
+        op.r.pid = None;
+        op.done()?;
+        let mut view = op.r.view();
         view.warnings.extend(errors);
-        view.warnings.extend(self.apply_url(&e, false));
+        view.warnings.extend(self.apply_url(op.entry(), false));
         Ok(view)
     }
 
@@ -170,61 +143,49 @@ impl Manager {
     /// command line, tap and disk lock loads `paused/`; the guest runs on,
     /// its clock set from the host's.
     pub fn resume(&self, vm: &str) -> Result<VmView, ManagerError> {
-        let _in_flight = self.begin()?;
-        let e = self.op_entry(vm)?;
-        let _op = lock(&e.op);
-        let mut r = lock(&e.rec).clone();
-        check(&r, Transition::Resume)?;
-        self.check_prerequisites(r.backend)?;
-        let saved = self.saved_dir(&r.id);
+        let mut op = self.operation(vm, Transition::Resume)?;
+        self.check_prerequisites(op.r.backend)?;
+        let saved = self.saved_dir(&op.r.id);
         if !saved.is_dir() {
-            return Err(Self::failed(
-                &r,
-                "resume",
-                format!("its saved state {} is missing", saved.display()),
-            ));
+            return Err(op.fail(Cause::SavedStateMissing(saved)));
         }
-        self.record(&e, &mut r, VmState::Resuming, "resume")?;
+        op.begin()?;
         fault::crash_point("resume:after-record");
-        let dir = self.dir(&r.id);
-        let vmm = self.vmm_for(r.backend);
-        let launched = network::create_tap_for(&self.cfg, &r.nic(), self.tap_owner(&r))
-            .map_err(|err| chain(&err))
+        let dir = self.dir(&op.r.id);
+        let vmm = self.vmm_for(op.r.backend);
+        let launched = network::create_tap_for(&self.cfg, &op.r.nic(), self.tap_owner(&op.r))
+            .map_err(Cause::from)
             .and_then(|_| {
                 fault::crash_point("resume:after-tap");
-                self.launch_from(&r, Some(&saved))
-                    .map_err(|err| chain(&err))
+                self.launch_from(&op.r, Some(&saved))
             })
             .and_then(|pid| {
                 fault::crash_point("resume:after-launch");
-                vmm.continue_guest(&dir)
-                    .map(|_| pid)
-                    .map_err(|err| chain(&err))
+                vmm.continue_guest(&dir).map(|_| pid).map_err(Cause::from)
             });
         let pid = match launched {
             Ok(pid) => pid,
-            Err(message) => {
+            Err(cause) => {
                 // The saved state is untouched: the VM stays paused.
-                self.kill_vmms(&r);
-                self.release_runtime(&r);
-                self.record(&e, &mut r, VmState::Paused, "resume")?;
-                return Err(Self::failed(&r, "resume", message));
+                self.kill_vmms(&op.r);
+                self.release_runtime(&op.r);
+                return Err(op.fail(cause));
             }
         };
-        r.pid = Some(pid);
+        op.r.pid = Some(pid);
         // Used now: idle sleep counts its time from here, not from before
         // the pause.
-        super::idle::touch(&e);
-        self.record(&e, &mut r, VmState::Running, "resume")?;
+        super::idle::touch(op.entry());
+        op.done()?;
         fault::crash_point("resume:after-save");
-        let mut view = r.view();
+        let mut view = op.r.view();
         if let Err(err) = fs::remove_dir_all(&saved) {
             view.warnings
                 .push(format!("could not remove {}: {err}", saved.display()));
         }
-        view.warnings.extend(self.guest_after_load(&r));
-        view.warnings.extend(self.apply_url(&e, true));
-        super::idle::touch(&e);
+        view.warnings.extend(self.guest_after_load(&op.r));
+        view.warnings.extend(self.apply_url(op.entry(), true));
+        super::idle::touch(op.entry());
         Ok(view)
     }
 
