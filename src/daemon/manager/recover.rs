@@ -388,9 +388,9 @@ impl Manager {
                 if let Err(e) = network::create_tap(&self.cfg, &rec.nic()) {
                     eprintln!("fcm: warning: {}", chain(&e));
                 }
-                // Its vCPUs may be stopped (a save was under way). A guest
-                // frozen for a checkpoint thaws by itself: the daemon's SSH
-                // session ended with the daemon.
+                // Its vCPUs may be stopped, or a save still under way
+                // (continue_guest ends it first). A guest frozen for a
+                // checkpoint thaws by itself (the agent's freeze watchdog).
                 if let Err(e) = self.vmm_for(rec.backend).continue_guest(&self.dir(&rec.id)) {
                     eprintln!("fcm: warning: {}: {}", rec.name, chain(&e));
                 }
