@@ -19,7 +19,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HOST_PACKAGES=(
 	qemu-system-x86 caddy nftables iproute2 e2fsprogs openssh-client tmux
 	busybox-static mmdebstrap cpio lz4 kmod curl ca-certificates procps socat
-	python3 python3-pip python3-venv file gzip tcpdump
+	python3 python3-pip python3-venv file gzip tcpdump xfsprogs
 )
 ASSETS=${FCM_ASSETS:-/var/lib/firecracker}
 

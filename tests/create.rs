@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use common::{Fcm, assets, e2e_ready};
 
@@ -21,15 +21,17 @@ fn text(o: &Output) -> String {
 /// A QEMU "binary" that, before it execs the real one, says on its stderr
 /// (the VM's console log) whether the disk it was given starts with the
 /// base image's bytes exactly, and lists its arguments. It runs as the
-/// VM's user and reads the disk through the descriptor QEMU gets.
+/// VM's user and reads the disk through the descriptor QEMU gets. The base
+/// image's size and digest are the test's (read as root): on a host where
+/// `fcm daemon` has run on the default state dir, the assets' directory is
+/// 0700 and the VM's user cannot read the base image by name.
 const WRAPPER: &str = r#"#!/bin/bash
-base=@BASE@
 n=
 for a in "$@"; do
 	case $a in fd=*,set=1,opaque=*:ro) n=${a#fd=}; n=${n%%,*} ;; esac
 done
 same=no
-if [ -n "$n" ] && cmp -s -n "$(stat -c %s "$base")" - "$base" <&"$n"; then same=yes; fi
+if [ -n "$n" ] && [ "$(head -c @SIZE@ <&"$n" | sha256sum)" = "@SHA256@  -" ]; then same=yes; fi
 echo "fcm-test-wrapper: rootfs-as-base=$same" >&2
 printf 'fcm-test-wrapper: arg %s\n' "$@" >&2
 exec qemu-system-x86_64 "$@"
@@ -46,10 +48,23 @@ fn identity_comes_on_a_read_only_config_drive_and_the_disk_stays_the_base_copy()
         .expect("tempdir");
     fs::set_permissions(tools.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let base = assets().join("base-rootfs.img");
+    let size = fs::metadata(&base).expect("base rootfs").len();
+    let digest = Command::new("sha256sum")
+        .arg(&base)
+        .output()
+        .expect("sha256sum");
+    assert!(digest.status.success(), "sha256sum: {}", text(&digest));
+    let digest = String::from_utf8_lossy(&digest.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let qemu = tools.path().join("qemu-wrapper");
     fs::write(
         &qemu,
-        WRAPPER.replace("@BASE@", &base.display().to_string()),
+        WRAPPER
+            .replace("@SIZE@", &size.to_string())
+            .replace("@SHA256@", &digest),
     )
     .expect("wrapper");
     fs::set_permissions(&qemu, fs::Permissions::from_mode(0o755)).expect("chmod");

@@ -65,26 +65,24 @@ pub(super) fn ssh(vm: &str, command: &[String]) -> Result<(), Failure> {
     ))
 }
 
-/// Writes the pinned host key to the user's fcm known_hosts file.
+/// Writes the pinned host key to a known_hosts file of the VM's address
+/// alone (`~/.cache/fcm/known_hosts.d/<ip>`). One file per address, so
+/// that `fcm ssh` to several VMs at once never loses another's line (a
+/// shared file rewritten by each lost lines to the race, and ssh then
+/// refused a VM as unknown); a new VM on a reused address replaces it.
 fn known_hosts_file(ip: Ipv4Addr, key: &str) -> Result<PathBuf, Failure> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join("fcm");
+    let dir = base.join("fcm").join("known_hosts.d");
     let io =
         |e: std::io::Error| Failure::new(format!("could not write {}: {e}", dir.display()), None);
     std::fs::create_dir_all(&dir).map_err(io)?;
-    let path = dir.join("known_hosts");
+    let path = dir.join(ip.to_string());
     let line = host::ssh::known_hosts_line(ip, key);
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    let prefix = format!("{ip} ");
-    let mut kept: String = existing
-        .lines()
-        .filter(|l| !l.starts_with(&prefix))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    kept.push_str(&line);
-    host::write_atomic(&path, kept.as_bytes(), 0o644).map_err(io)?;
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(line.as_str()) {
+        host::write_atomic(&path, line.as_bytes(), 0o644).map_err(io)?;
+    }
     Ok(path)
 }

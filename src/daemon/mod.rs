@@ -37,7 +37,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -46,7 +46,7 @@ use crate::error::chain;
 use crate::host;
 use crate::host::caddy::{Caddy, PublicIpSource, WakeHook};
 use crate::host::network::{self, NetworkError};
-use manager::{Manager, ManagerError};
+use manager::{Manager, ManagerError, Pass};
 use sessions::Sessions;
 
 #[derive(Debug, Error)]
@@ -369,8 +369,8 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         .filter(|c| c.enabled())
         .and_then(|c| wake_hook(&cfg, c, use_tls, &wake_token));
     let cfg = Arc::new(cfg);
+    // The VMs on record, as recorded: recovery runs once the API serves.
     let manager = Arc::new(Manager::new(Arc::clone(&cfg), caddy, hook)?);
-    manager.prune_sites();
     let sessions = Arc::new(Sessions::new());
     let token = Arc::new(token);
 
@@ -409,15 +409,26 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
 
     handle_signals(Arc::clone(&manager))?;
     {
+        // Every VM on record brought in line with the host, one at a time,
+        // while the API serves (an operation on a VM not yet reached waits).
+        let m = Arc::clone(&manager);
+        thread::spawn(move || {
+            m.recover();
+            m.prune_sites();
+        });
+    }
+    {
         let m = Arc::clone(&manager);
         thread::spawn(move || {
             loop {
                 m.wait_for_work(Duration::from_secs(5));
+                let began = Instant::now();
                 // A bug in housekeeping must not end housekeeping.
                 let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.tick()));
                 if tick.is_err() {
                     eprintln!("fcm daemon: housekeeping panicked (a bug); it goes on");
                 }
+                m.note_pass(Pass::Housekeeping, began.elapsed());
             }
         });
     }
@@ -426,12 +437,14 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         thread::spawn(move || {
             loop {
                 thread::sleep(Duration::from_secs(1));
+                let began = Instant::now();
                 let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     m.idle_tick(&|id| s.attached_to(id.as_str()));
                 }));
                 if tick.is_err() {
                     eprintln!("fcm daemon: idle sleep panicked (a bug); it goes on");
                 }
+                m.note_pass(Pass::Idle, began.elapsed());
             }
         });
     }

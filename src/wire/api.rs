@@ -312,6 +312,40 @@ pub struct Health {
     pub ok: bool,
     pub version: String,
     pub backend: String,
+    /// The daemon serves, but is still bringing the VMs it found at
+    /// start-up in line with the host (operations on those wait for it).
+    #[serde(default)]
+    pub recovering: bool,
+}
+
+/// `GET /passes`: how long the daemon's background passes take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Passes {
+    pub recovery: RecoveryPass,
+    /// Liveness refresh, deferred tap and URL work, console log caps
+    /// (every 5 s, or when woken).
+    pub housekeeping: PassTimes,
+    /// Idle sleep's round (every second).
+    pub idle: PassTimes,
+}
+
+/// The recovery of the VMs found at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoveryPass {
+    pub done: bool,
+    /// VMs (and broken directories) it started with.
+    pub vms: u32,
+    /// Its time, so far while it runs.
+    pub ms: f64,
+}
+
+/// The passes of one background loop since the daemon started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PassTimes {
+    pub passes: u64,
+    pub last_ms: f64,
+    pub mean_ms: f64,
+    pub max_ms: f64,
 }
 
 /// The body of every error answer.

@@ -13,8 +13,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `fcm` binary under test: this build's, or `FCM_TEST_BIN` (a
+/// benchmark drives another build with the same harness).
 pub fn fcm_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_fcm")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("FCM_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fcm").to_string())
+    })
+}
+
+/// Where tests make their temp dirs: `/var/tmp` (not a tmpfs: VM disks
+/// are large), or `FCM_TEST_TMPDIR` (a benchmark's own dir, to clean up).
+pub fn tmp_root() -> PathBuf {
+    std::env::var_os("FCM_TEST_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
 }
 
 /// Where `scripts/setup.sh` put the kernel, initrd and rootfs.
@@ -177,7 +190,7 @@ impl Fcm {
         before(&ns);
         let dir = tempfile::Builder::new()
             .prefix("fcm-test-")
-            .tempdir_in("/var/tmp")
+            .tempdir_in(tmp_root())
             .expect("tempdir");
         let mut f = Self {
             ns,
@@ -229,8 +242,43 @@ impl Fcm {
     }
 
     /// Starts the daemon with extra environment (e.g. the test fault
-    /// switch `FCM_TEST_CRASH_AT`) and waits until its API answers.
+    /// switch `FCM_TEST_CRASH_AT`) and waits until its API answers and it
+    /// has recovered the VMs on record.
     pub fn spawn_daemon_env(&mut self, env: &[(&str, &str)]) {
+        self.spawn_daemon_serving(env);
+        if !self.wait_recovered(Duration::from_secs(180)) {
+            panic!(
+                "the daemon did not finish its recovery:\n{}",
+                fs::read_to_string(self.log()).unwrap_or_default()
+            );
+        }
+    }
+
+    /// `GET /health` of the daemon (plain HTTP, else HTTPS unverified), as JSON.
+    pub fn health(&self) -> Option<serde_json::Value> {
+        ["http", "https"].iter().find_map(|scheme| {
+            let url = format!("{scheme}://{}/health", self.api_addr());
+            let out = self.ns.exec(&["curl", "-sk", "--max-time", "5", &url]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .filter(|v| v["ok"] == true)
+        })
+    }
+
+    /// Waits until `/health` no longer says `recovering` (a daemon without
+    /// the field recovers before it serves).
+    pub fn wait_recovered(&self, timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            self.health()
+                .filter(|h| h["recovering"] != true)
+                .map(|_| ())
+        })
+        .is_some()
+    }
+
+    /// Starts the daemon and returns once its API answers: the recovery of
+    /// the VMs on record may still be under way.
+    pub fn spawn_daemon_serving(&mut self, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -30,6 +30,7 @@ pub const MAX_EXEC_BODY: usize = 12 << 20;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Health,
+    Passes,
     ListVms,
     CreateVm,
     GetVm(String),
@@ -187,6 +188,7 @@ fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
     let vm = |s: &str| s.to_owned();
     Some(match (method, segs) {
         ("GET", ["health"]) => Route::Health,
+        ("GET", ["passes"]) => Route::Passes,
         ("GET", ["vms"]) => Route::ListVms,
         ("POST", ["vms"]) => Route::CreateVm,
         ("GET", ["vms", v]) => Route::GetVm(vm(v)),
@@ -306,6 +308,7 @@ pub(super) fn parse_body<T: serde::de::DeserializeOwned + Default>(
 pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply, ApiError> {
     match r {
         Route::Health => vms::health(m),
+        Route::Passes => ok(200, m.passes()),
         Route::ListVms => {
             super::fault::panic_point("api:panic-in-list");
             ok(200, m.list())

@@ -22,7 +22,8 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::Broken { .. } => 409,
         ManagerError::Missing { .. }
         | ManagerError::PoolExhausted(_)
-        | ManagerError::ShuttingDown => 503,
+        | ManagerError::ShuttingDown
+        | ManagerError::Recovering(_) => 503,
         ManagerError::CreateStep { cause, .. } | ManagerError::Operation { cause, .. } => {
             cause_status_of(cause)
         }

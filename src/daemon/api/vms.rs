@@ -1,4 +1,4 @@
-//! Handlers of `/health` and `/vms[/{vm}[/…]]`.
+//! Handlers of `/health`, `/passes` and `/vms[/{vm}[/…]]`.
 
 use super::{ApiError, Reply, ok};
 use crate::daemon::manager::Manager;
@@ -15,6 +15,7 @@ pub(super) fn health(m: &Manager) -> Result<Reply, ApiError> {
             ok: true,
             version: env!("CARGO_PKG_VERSION").into(),
             backend: m.backend().as_str().into(),
+            recovering: m.recovering(),
         },
     )
 }

@@ -93,7 +93,11 @@ impl Manager {
     /// One round of idle sleep (every second): notes use, pauses the VMs
     /// idle for their time. `consoles` counts the consoles attached to a VM.
     pub fn idle_tick(&self, consoles: &dyn Fn(&VmId) -> usize) {
-        let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
+        let entries: Vec<Arc<Entry>> = lock(&self.vms)
+            .values()
+            .filter(|e| !e.recovering.load(std::sync::atomic::Ordering::Acquire))
+            .cloned()
+            .collect();
         if !entries
             .iter()
             .any(|e| lock(&e.rec).idle_pause_secs.is_some())

@@ -13,6 +13,7 @@
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
 //! | `ops.rs` | stop, start, destroy |
 //! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
+//! | `passes.rs` | the times of recovery, housekeeping and idle passes; waiting for a VM's recovery |
 //! | `pause.rs` | pause, resume; the saved-state files, the guest's clock after a load |
 //! | `checkpoints.rs` | checkpoints and restore |
 //! | `resize.rs` | resize a stopped VM (disk, vCPUs, memory); disk size rules |
@@ -38,6 +39,7 @@ mod launch;
 mod logs;
 mod operation;
 mod ops;
+mod passes;
 mod pause;
 mod recover;
 mod resize;
@@ -50,6 +52,7 @@ use views::broken_view;
 
 pub use cause::{Cause, Kind};
 pub use logs::LOG_CHUNK_MAX;
+pub use passes::Pass;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -61,7 +64,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::guest::{Guest, GuestError, Guests, Target};
-use super::lifecycle::{self, VmState};
+use super::lifecycle;
 use super::lock;
 use super::store::{self, VmRecord};
 use crate::config::DaemonConfig;
@@ -120,6 +123,8 @@ pub enum ManagerError {
     Broken { id: String, reason: String },
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("VM {0} is still being recovered after the daemon's restart")]
+    Recovering(String),
     #[error("VM {vm} has no checkpoint {checkpoint:?}")]
     CheckpointNotFound { vm: String, checkpoint: String },
     #[error("VM {vm} already has a checkpoint named {name}")]
@@ -158,6 +163,10 @@ impl ManagerError {
                 "nothing can be done with it but remove it: fcm destroy {id}"
             )),
             Self::ShuttingDown => Some("try again once the daemon is back".into()),
+            Self::Recovering(_) => Some(
+                "the daemon brings every VM in line with the host after a restart; try again in a moment"
+                    .into(),
+            ),
             Self::Guest(e) => e.hint(),
             Self::CreateStep { cause, .. } | Self::Operation { cause, .. } => cause.hint(),
             Self::NotForkable { name, .. } => Some(format!(
@@ -193,6 +202,9 @@ struct Entry {
     after_load_pending: AtomicBool,
     /// Idle sleep: when the VM was last seen in use.
     activity: Mutex<idle::Activity>,
+    /// Loaded at start-up and not yet brought in line with the host:
+    /// listed as recorded; operations wait, background passes skip it.
+    recovering: AtomicBool,
 }
 
 impl Entry {
@@ -206,13 +218,8 @@ impl Entry {
             cleanup_pending: AtomicBool::new(false),
             after_load_pending: AtomicBool::new(false),
             activity: Mutex::new(idle::Activity::new()),
+            recovering: AtomicBool::new(false),
         })
-    }
-}
-
-impl Entry {
-    fn rec_state(&self) -> VmState {
-        lock(&self.rec).state
     }
 }
 
@@ -238,6 +245,10 @@ pub struct Manager {
     agent_drive: Option<String>,
     /// Makes the VMM of a backend (`vmm::make`; a fake in tests).
     vmms: Vmms,
+    /// The times of recovery, housekeeping and idle passes.
+    passes: Mutex<passes::PassLog>,
+    /// Notified as each VM's recovery ends.
+    recovery_signal: (Mutex<()>, Condvar),
 }
 
 /// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
@@ -245,8 +256,10 @@ pub struct Manager {
 pub type Vmms = Arc<dyn Fn(Backend, &DaemonConfig) -> Box<dyn Vmm> + Send + Sync>;
 
 impl Manager {
-    /// Sets up what the daemon owns (key, recovered VMs); the network and
-    /// the lock are the caller's.
+    /// Sets up what the daemon owns (key, the VMs on record, loaded as
+    /// recorded); the network and the lock are the caller's, and so is
+    /// [`Self::recover`], which brings the VMs in line with the host: the
+    /// daemon runs it on a thread of its own while it serves.
     /// `wake_hook`: how Caddy reaches the daemon to wake a sleeping VM
     /// (none: sites of VMs with idle sleep do not wake them).
     pub fn new(
@@ -256,22 +269,24 @@ impl Manager {
     ) -> Result<Self, ManagerError> {
         let key = ssh::daemon_key(&cfg.state_dir);
         let guests = Arc::new(super::guest::pick::PickGuests::new(key.clone()));
-        Self::with_guests(cfg, caddy, wake_hook, guests)
+        Self::loaded(cfg, caddy, wake_hook, guests, Arc::new(vmm::make))
     }
 
-    /// [`Self::new`] with the given way into guests.
-    pub fn with_guests(
+    /// [`Self::new`] with the given ways into guests and to VMMs (the
+    /// manager's unit tests give fakes of both), recovered before it returns.
+    pub fn with_seams(
         cfg: Arc<DaemonConfig>,
         caddy: Option<Caddy>,
         wake_hook: Option<WakeHook>,
         guests: Arc<dyn Guests>,
+        vmms: Vmms,
     ) -> Result<Self, ManagerError> {
-        Self::with_seams(cfg, caddy, wake_hook, guests, Arc::new(vmm::make))
+        let m = Self::loaded(cfg, caddy, wake_hook, guests, vmms)?;
+        m.recover();
+        Ok(m)
     }
 
-    /// [`Self::new`] with the given ways into guests and to VMMs (the
-    /// manager's unit tests give fakes of both).
-    pub fn with_seams(
+    fn loaded(
         cfg: Arc<DaemonConfig>,
         caddy: Option<Caddy>,
         wake_hook: Option<WakeHook>,
@@ -301,9 +316,10 @@ impl Manager {
             wake_hook,
             guests,
             vmms,
+            passes: Mutex::new(passes::PassLog::new()),
+            recovery_signal: (Mutex::new(()), Condvar::new()),
         };
-        m.recover();
-        m.sweep_agent_drives();
+        m.load();
         Ok(m)
     }
 
@@ -364,9 +380,10 @@ impl Manager {
         self.dir(id).join("known_hosts")
     }
 
-    /// Resolves a user's `<vm>` argument (a name or an id). Takes the table
-    /// lock only, never a VM's.
-    fn resolve(&self, vm: &str) -> Result<(VmId, Arc<Entry>), ManagerError> {
+    /// Resolves a user's `<vm>` argument (a name or an id), as it is now
+    /// ([`Self::resolve`] waits for its recovery). Takes the table lock
+    /// only, never a VM's.
+    fn resolve_now(&self, vm: &str) -> Result<(VmId, Arc<Entry>), ManagerError> {
         let as_id = VmId::parse(vm).ok();
         let as_name = VmName::parse(vm).ok();
         if as_id.is_none() && as_name.is_none() {

@@ -41,8 +41,12 @@ impl Manager {
 
     /// Marks a running VM whose VMM has died as stopped. Fast and never
     /// calls another program: the tap and the URL are left to housekeeping.
-    /// Skipped while another operation holds the VM.
+    /// Skipped while another operation holds the VM, or recovery has yet
+    /// to reach it.
     pub(super) fn refresh(&self, e: &Entry) {
+        if e.recovering.load(Ordering::Acquire) {
+            return;
+        }
         let Some(_op) = e.op.try_hold() else { return };
         self.refresh_held(e);
     }
@@ -127,12 +131,14 @@ impl Manager {
                 VmState::Running | VmState::Stopped | VmState::Paused
             )
         {
+            let publishing = self.caddy.as_ref().is_some_and(|c| c.enabled());
             match self.apply_url(e, r.state == VmState::Running) {
-                None => eprintln!(
+                None if publishing => eprintln!(
                     "fcm: the URL of {} now shows it {}",
                     r.name,
                     r.state.as_str()
                 ),
+                None => {}
                 Some(w) => eprintln!("fcm: warning: {w} (will try again)"),
             }
         }
@@ -140,7 +146,11 @@ impl Manager {
 
     /// Housekeeping, run by the daemon's housekeeping thread.
     pub fn tick(&self) {
-        let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
+        let entries: Vec<Arc<Entry>> = lock(&self.vms)
+            .values()
+            .filter(|e| !e.recovering.load(Ordering::Acquire))
+            .cloned()
+            .collect();
         for e in entries {
             self.refresh(&e);
             self.converge(&e);
@@ -196,12 +206,13 @@ impl Manager {
         }
     }
 
-    /// Rebuilds the table from disk after a (re)start, converging every
-    /// record to the host (see `lifecycle::recover`). Directories without a
-    /// valid record are listed as broken, never silently kept or deleted.
-    /// Taps of VMs that no longer exist are removed. URLs are brought in
-    /// line with the VMs' states by housekeeping.
-    pub(super) fn recover(&self) {
+    /// Loads the table from disk at start-up, every VM as recorded and
+    /// marked as being recovered (listed, but operations wait for
+    /// [`Self::recover`]). Directories without a valid record are listed as
+    /// broken, never silently kept or deleted. What a crash left in the
+    /// state dir itself (`.new-*`, `.trash-*`) goes first, before any new
+    /// create can make one.
+    pub(super) fn load(&self) {
         self.sweep_state_dir();
         let found = match store::scan(&self.cfg.state_dir) {
             Ok(f) => f,
@@ -214,45 +225,62 @@ impl Manager {
             }
         };
         for (id, rec) in found {
-            let rec = match rec {
-                Ok(r) if r.id == id => r,
+            match rec {
+                Ok(r) if r.id == id => {
+                    let e = Entry::new(r);
+                    e.recovering.store(true, Ordering::Release);
+                    lock(&self.vms).insert(id, e);
+                }
                 Ok(r) => {
                     let reason = format!("its record is of another id, {}", r.id);
                     eprintln!("fcm: warning: {}: {reason}", self.dir(&id).display());
                     lock(&self.broken).insert(id, reason);
-                    continue;
                 }
                 Err(e) => {
                     let reason = chain(&e);
                     eprintln!("fcm: warning: {reason}; listed as broken");
                     lock(&self.broken).insert(id, reason);
-                    continue;
                 }
-            };
-            let was = rec.state;
-            if let Some(rec) = self.recover_one(rec) {
-                let e = Entry::new(rec);
-                e.url_pending.store(true, Ordering::Release);
-                if matches!(
-                    was,
-                    VmState::Pausing
-                        | VmState::Resuming
-                        | VmState::Checkpointing
-                        | VmState::Restoring
-                        | VmState::Forking
-                ) && e.rec_state() == VmState::Running
-                {
-                    e.after_load_pending.store(true, Ordering::Release);
-                }
-                lock(&self.vms).insert(id, e);
             }
         }
+        let vms = lock(&self.vms).len() + lock(&self.broken).len();
+        self.recovery_began(vms);
+    }
+
+    /// Brings every VM loaded at start-up in line with the host (see
+    /// `lifecycle::recover`), one at a time under its operation lock, while
+    /// the API serves: `ls` shows the others as recorded, an operation on
+    /// one waits for it. Then removes the taps of VMs that no longer exist
+    /// and the agent drives no VM uses. URLs are brought in line with the
+    /// VMs' states by housekeeping.
+    pub fn recover(&self) {
+        let entries: Vec<Arc<Entry>> = lock(&self.vms)
+            .values()
+            .filter(|e| e.recovering.load(Ordering::Acquire))
+            .cloned()
+            .collect();
+        for e in entries {
+            let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.recover_entry(&e);
+            }));
+            if recovered.is_err() {
+                eprintln!(
+                    "fcm daemon: the recovery of {} panicked (a bug); it is kept as recorded",
+                    e.name
+                );
+            }
+            self.recovered(&e);
+        }
+        // Taps first, then the table: a create under way inserts its entry
+        // before it makes its tap, so every tap listed here has its VM in
+        // the table read after.
+        let taps = network::list_taps();
         let known: BTreeSet<_> = lock(&self.vms)
             .keys()
             .chain(lock(&self.broken).keys())
             .cloned()
             .collect();
-        for id in network::list_taps() {
+        for id in taps {
             if !known.contains(&id) {
                 eprintln!("fcm: removing leftover tap {}", id.tap_name());
                 if let Err(e) = network::delete_tap(&self.cfg, &id.tap_name()) {
@@ -260,7 +288,46 @@ impl Manager {
                 }
             }
         }
+        self.sweep_agent_drives();
+        let took = self.recovery_ended();
+        let p = self.passes().recovery;
+        eprintln!(
+            "fcm daemon: recovered the {} VMs on record in {:.2} s (the API served meanwhile)",
+            p.vms,
+            took.as_secs_f64()
+        );
         self.wake_housekeeping();
+    }
+
+    /// One loaded VM's recovery, under its operation lock: its record
+    /// converged to the host, or the VM dropped from the table when it is
+    /// gone (a create undone, a destroy finished).
+    fn recover_entry(&self, e: &Arc<Entry>) {
+        let _op = e.op.hold();
+        let rec = lock(&e.rec).clone();
+        let (id, was) = (rec.id.clone(), rec.state);
+        match self.recover_one(rec) {
+            Some(rec) => {
+                let running = rec.state == VmState::Running;
+                *lock(&e.rec) = rec;
+                e.url_pending.store(true, Ordering::Release);
+                if running
+                    && matches!(
+                        was,
+                        VmState::Pausing
+                            | VmState::Resuming
+                            | VmState::Checkpointing
+                            | VmState::Restoring
+                            | VmState::Forking
+                    )
+                {
+                    e.after_load_pending.store(true, Ordering::Release);
+                }
+            }
+            None => {
+                lock(&self.vms).remove(&id);
+            }
+        }
     }
 
     /// One VM's recovery; `None` when the VM is gone (undone or destroyed).
@@ -332,9 +399,9 @@ impl Manager {
                 if let Err(e) = network::create_tap(&self.cfg, &rec.nic()) {
                     eprintln!("fcm: warning: {}", chain(&e));
                 }
-                // Its vCPUs may be stopped (a save was under way). A guest
-                // frozen for a checkpoint thaws by itself: the daemon's SSH
-                // session ended with the daemon.
+                // Its vCPUs may be stopped, or a save still under way
+                // (continue_guest ends it first). A guest frozen for a
+                // checkpoint thaws by itself (the agent's freeze watchdog).
                 if let Err(e) = self.vmm_for(rec.backend).continue_guest(&self.dir(&rec.id)) {
                     eprintln!("fcm: warning: {}: {}", rec.name, chain(&e));
                 }

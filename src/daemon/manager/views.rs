@@ -21,7 +21,7 @@ impl Manager {
             .iter()
             .map(|e| {
                 self.refresh(e);
-                lock(&e.rec).view()
+                view_of(e)
             })
             .collect();
         out.extend(
@@ -33,10 +33,11 @@ impl Manager {
         out
     }
 
+    /// One VM, as recorded while its recovery is under way (never waits).
     pub fn get(&self, vm: &str) -> Result<VmView, ManagerError> {
-        let (_, e) = self.resolve(vm)?;
+        let (_, e) = self.resolve_now(vm)?;
         self.refresh(&e);
-        Ok(lock(&e.rec).view())
+        Ok(view_of(&e))
     }
 
     pub fn ssh_info(&self, vm: &str) -> Result<SshInfo, ManagerError> {
@@ -73,7 +74,11 @@ impl Manager {
     /// the "stopped" page otherwise. A failure leaves the URL pending (the
     /// housekeeping thread tries again) and is a warning for the caller.
     pub(super) fn apply_url(&self, e: &Entry, running: bool) -> Option<String> {
-        let c = self.caddy.as_ref().filter(|c| c.enabled())?;
+        let Some(c) = self.caddy.as_ref().filter(|c| c.enabled()) else {
+            // Without Caddy there is no URL to keep in step.
+            e.url_pending.store(false, Ordering::Release);
+            return None;
+        };
         let (id, idle_sleep, idle_paused, state) = {
             let r = lock(&e.rec);
             (
@@ -108,6 +113,18 @@ impl Manager {
             }
         }
     }
+}
+
+/// How a VM is listed: its record, and a word while it is being recovered.
+fn view_of(e: &Entry) -> VmView {
+    let mut v = lock(&e.rec).view();
+    if e.recovering.load(Ordering::Acquire) {
+        v.warnings.push(
+            "shown as recorded: the daemon is bringing it in line with the host after a restart"
+                .into(),
+        );
+    }
+    v
 }
 
 /// How a VM directory without a valid record is listed.

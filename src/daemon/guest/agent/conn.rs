@@ -145,6 +145,42 @@ fn open(channel: &AgentChannel, deadline: Instant) -> io::Result<UnixStream> {
     }
 }
 
+/// Writes all of `bytes` before `deadline` (a socket's write timeout
+/// bounds each write, and a slow reader takes a little at a time), then
+/// leaves the socket's usual write timeout. Out of time: the agent did not
+/// read its channel (a guest too busy, or stale bytes of an earlier
+/// session before it), said as such rather than as the raw "Resource
+/// temporarily unavailable".
+fn write_by(mut sock: &UnixStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = if left.is_zero() {
+            Err(io::Error::from(io::ErrorKind::TimedOut))
+        } else {
+            sock.set_write_timeout(Some(left))?;
+            sock.write(bytes)
+        };
+        match n {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the agent did not answer (it read nothing more of its channel in time)",
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    sock.set_write_timeout(Some(WRITE_TIMEOUT))
+}
+
 fn connect_nofollow(socket: &Path) -> io::Result<UnixStream> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -166,14 +202,13 @@ impl Conn {
     /// (before `deadline`).
     pub fn open(vm: &str, channel: &AgentChannel, deadline: Instant) -> io::Result<Arc<Self>> {
         let sock = open(channel, deadline)?;
-        sock.set_write_timeout(Some(WRITE_TIMEOUT))?;
         let session: u64 = rand::random();
         let hello = proto::frame(&ToAgent::Hello {
             version: proto::VERSION,
             session,
         })
         .map_err(io::Error::other)?;
-        (&sock).write_all(&hello)?;
+        write_by(&sock, &hello, deadline)?;
         // Everything before the answer is an earlier session's, or garbage.
         let mut dec = proto::Decoder::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -187,10 +222,7 @@ impl Conn {
                 flush_at = None;
                 let mut again = vec![0u8; proto::MAX_PAYLOAD + 16];
                 again.extend_from_slice(&hello);
-                let left = deadline.saturating_duration_since(Instant::now());
-                sock.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
-                (&sock).write_all(&again)?;
-                sock.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                write_by(&sock, &again, deadline)?;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -221,6 +221,25 @@ fn a_silent_agent_is_a_clear_error_in_time() {
 }
 
 #[test]
+fn an_agent_that_reads_nothing_is_a_clear_error_in_time() {
+    let f = fake(|s| {
+        // Holds its end and never reads: the daemon's writes fill it.
+        thread::sleep(Duration::from_secs(15));
+        drop(s);
+    });
+    let g = guest(&f);
+    let t = Instant::now();
+    let e = g.exec(&exec_spec(&["true"])).err().expect("no answer");
+    assert!(matches!(e, GuestError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().contains("did not answer"), "{e}");
+    assert!(
+        t.elapsed() < super::HELLO_TIMEOUT + Duration::from_secs(1),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
 fn garbage_and_giant_frames_never_make_a_session() {
     let f = fake(|mut s| {
         // A flood: random bytes, then headers announcing giant frames.

@@ -14,7 +14,7 @@
 //! | file | what |
 //! |---|---|
 //! | `create.rs` | create: journal, undo, bad requests, prerequisites, readiness |
-//! | `ops.rs` | stop, start, destroy, resize; wrong states; shutting down; a VMM that dies; a restart |
+//! | `ops.rs` | stop, start, destroy, resize; wrong states; shutting down; a VMM that dies; a restart; serving while recovering |
 //! | `pause.rs` | pause, resume |
 //! | `checkpoints.rs` | checkpoint, restore, checkpoint rm |
 //! | `idle.rs` | idle sleep and waking |
@@ -240,6 +240,19 @@ impl Harness {
     /// daemon restart (the VMMs run on).
     fn restart(&mut self) {
         self.m = Manager::with_seams(
+            Arc::clone(&self.cfg),
+            None,
+            None,
+            Arc::new(self.guests.clone()),
+            self.vmms.factory(),
+        )
+        .expect("manager");
+    }
+
+    /// [`Self::restart`] as the daemon does it: the VMs loaded as recorded,
+    /// their recovery left to [`Manager::recover`].
+    fn restart_unrecovered(&mut self) {
+        self.m = Manager::loaded(
             Arc::clone(&self.cfg),
             None,
             None,

@@ -400,3 +400,59 @@ fn a_restarted_daemon_adopts_running_vmms_and_continues_interrupted_saves() {
         assert!(h.take_journal().is_empty(), "only once");
     });
 }
+
+#[test]
+fn a_restarted_daemon_lists_at_once_and_an_operation_waits_for_its_recovery() {
+    run(|h| {
+        let v = h.create("slowpoke");
+        h.guest_powers_off(true);
+        h.restart_unrecovered();
+        assert!(h.m.recovering());
+        // Listed as recorded, with a word, before its recovery.
+        let l = h.m.list();
+        assert_eq!((l.len(), l[0].state.as_str()), (1, "running"));
+        assert!(
+            l[0].warnings.iter().any(|w| w.contains("after a restart")),
+            "{l:?}"
+        );
+        let g = h.m.get("slowpoke").expect("get never waits");
+        assert!(!g.warnings.is_empty(), "{g:?}");
+        let m = &h.m;
+        std::thread::scope(|s| {
+            let stop = s.spawn(|| m.stop("slowpoke"));
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                !stop.is_finished(),
+                "the stop did not wait for the recovery"
+            );
+            m.recover();
+            let stopped = stop.join().expect("stop thread").expect("stop");
+            assert_eq!(stopped.state, "stopped");
+        });
+        assert!(!h.m.recovering());
+        let p = h.m.passes().recovery;
+        assert!(p.done && p.vms == 1, "{p:?}");
+        assert!(h.m.list()[0].warnings.is_empty());
+        h.assert_down(&v);
+    });
+}
+
+#[test]
+fn without_caddy_housekeeping_has_no_url_to_retry_after_a_restart() {
+    run(|h| {
+        h.create("quiet");
+        h.restart();
+        // Recovery leaves the URL to housekeeping; with no Caddy there is
+        // none, so one pass settles it (it used to stay pending, and every
+        // pass logged "the URL of quiet now shows it running" again).
+        let pending = |h: &super::Harness| {
+            crate::daemon::lock(&h.m.vms)
+                .values()
+                .filter(|e| e.url_pending.load(std::sync::atomic::Ordering::Acquire))
+                .count()
+        };
+        assert_eq!(pending(h), 1, "recovery leaves the URL to housekeeping");
+        h.m.tick();
+        assert_eq!(pending(h), 0, "the URL is still pending after a pass");
+    });
+}

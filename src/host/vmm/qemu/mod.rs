@@ -39,7 +39,7 @@ mod qmp;
 
 pub use args::{Fds, cmdline_extra, host_tsc_khz};
 
-use qmp::{migration_done, qmp, qmp_session};
+use qmp::{migration_active, migration_done, qmp, qmp_session};
 
 pub const PIDFILE: &str = "qemu.pid";
 pub const QMP: &str = "qmp.sock";
@@ -198,6 +198,32 @@ impl Vmm for Qemu {
         if status == "running" {
             return Ok(());
         }
+        // A save the daemon began before it died may still run: `cont`
+        // now would run the guest only until it completes, when QEMU stops
+        // it for good (postmigrate) while it is recorded running. Ended
+        // first, it leaves the guest paused.
+        let status = if migration_active(&sock) {
+            let _ = qmp(&sock, &serde_json::json!({"execute": "migrate_cancel"}));
+            host::wait_until(MIGRATION_TIMEOUT, Duration::from_millis(20), || {
+                (!migration_active(&sock)).then_some(())
+            })
+            .ok_or_else(|| {
+                VmmError::Load(format!(
+                    "an unfinished save did not end within {} s",
+                    MIGRATION_TIMEOUT.as_secs()
+                ))
+            })?;
+            qmp(&sock, &serde_json::json!({"execute": "query-status"}))
+                .map(|v| {
+                    v.get("status")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .map_err(VmmError::Load)?
+        } else {
+            status
+        };
         if !matches!(status.as_str(), "paused" | "postmigrate" | "prelaunch") {
             return Err(VmmError::Load(format!("the guest is {status}")));
         }

@@ -115,3 +115,13 @@ pub(super) fn migration_done(v: &serde_json::Value) -> Option<Result<(), String>
         _ => None,
     }
 }
+
+/// Whether a migration (a save) is still under way, from `query-migrate`.
+pub(super) fn migration_active(socket: &Path) -> bool {
+    qmp(socket, &serde_json::json!({"execute": "query-migrate"})).is_ok_and(|v| {
+        matches!(
+            v.get("status").and_then(|s| s.as_str()),
+            Some("setup" | "active" | "pre-switchover" | "device" | "wait-unplug" | "cancelling")
+        )
+    })
+}
