@@ -573,7 +573,12 @@ impl Manager {
             return;
         }
         host::signal(pid, Signal::TERM);
-        let gone = || (!vmm::is_vmm_of(pid, dir)).then_some(());
+        // Gone once its disk is let go too: an exiting process loses its
+        // command line (its memory) before it closes its files, and a
+        // daemon that crashed in between must not find the disk held.
+        let rootfs = dir.join("rootfs.img");
+        let gone =
+            || (!vmm::is_vmm_of(pid, dir) && !host::disk_lock::in_use(&rootfs)).then_some(());
         if host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone).is_none() {
             host::signal(pid, Signal::KILL);
             let _ = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone);

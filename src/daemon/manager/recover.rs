@@ -12,13 +12,14 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::{Entry, Manager};
 use crate::daemon::lifecycle::{self, Recovery, Transition, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::{self, VmRecord};
 use crate::error::chain;
-use crate::host::{cgroup, disk_lock, network, vmm};
+use crate::host::{self, cgroup, disk_lock, network, vmm};
 use crate::names::VmName;
 
 impl Manager {
@@ -33,9 +34,16 @@ impl Manager {
             return Some(pid);
         }
         vmm::find_vmms(&dir).first().copied().or_else(|| {
-            // Held, but the process was not found (e.g. it renamed itself):
-            // alive all the same; the pid is unknown.
-            disk_lock::in_use(&dir.join("rootfs.img")).then_some(0)
+            // Held, but the process was not found: one still exiting (its
+            // memory, and so its command line, gone before its files are
+            // closed: a kill the crashed daemon sent just before) lets go
+            // within moments; one that holds on (e.g. renamed itself) is
+            // alive all the same, its pid unknown.
+            let rootfs = dir.join("rootfs.img");
+            let released = || (!disk_lock::in_use(&rootfs)).then_some(());
+            host::wait_until(Duration::from_secs(3), Duration::from_millis(20), released)
+                .is_none()
+                .then_some(0)
         })
     }
 
