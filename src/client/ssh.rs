@@ -51,6 +51,16 @@ pub(super) fn ssh(vm: &str, command: &[String]) -> Result<(), Failure> {
         args.extend(["-o".into(), "StrictHostKeyChecking=accept-new".into()]);
     }
     args.extend(["-o".into(), "LogLevel=ERROR".into()]);
+    // Never hang on a guest that stopped answering: the connection and the
+    // key exchange get 15 s (a busy TCG guest takes seconds), and a session
+    // whose guest is silent for a minute ends.
+    for opt in [
+        "ConnectTimeout=15",
+        "ServerAliveInterval=15",
+        "ServerAliveCountMax=4",
+    ] {
+        args.extend(["-o".into(), opt.into()]);
+    }
     if !api::daemon_is_local() {
         // The VM's address lives on the daemon host's bridge: jump through it.
         let user = std::env::var("FCM_JUMP_USER").unwrap_or_else(|_| "root".into());
