@@ -420,6 +420,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     {
         let m = Arc::clone(&manager);
         thread::spawn(move || {
+            let mut trimmed = Instant::now();
             loop {
                 m.wait_for_work(Duration::from_secs(5));
                 let began = Instant::now();
@@ -427,6 +428,12 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                 let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.tick()));
                 if tick.is_err() {
                     eprintln!("fcm daemon: housekeeping panicked (a bug); it goes on");
+                }
+                if trimmed.elapsed() >= Duration::from_secs(30) {
+                    // Freed memory back to the kernel, so that RSS follows
+                    // what the daemon holds, not what it once held.
+                    host::process::trim_heap();
+                    trimmed = Instant::now();
                 }
                 m.note_pass(Pass::Housekeeping, began.elapsed());
             }

@@ -382,6 +382,20 @@ pub fn find_program(name: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Hands the heap's free pages back to the kernel (glibc's `malloc_trim`).
+/// A daemon that lives for months on threads that come and go (a thread
+/// per stream, per console) leaves freed memory in malloc's per-thread
+/// arenas, which RSS counts until it is trimmed; the housekeeping thread
+/// calls this now and then.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and trims malloc's own arenas, under
+    // their locks; it takes no pointer and changes no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
