@@ -409,6 +409,17 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
 
     handle_signals(Arc::clone(&manager))?;
     {
+        // The warm-create template: loaded, or made by booting a hidden VM.
+        let m = Arc::clone(&manager);
+        thread::spawn(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.prepare_template()))
+                .is_err()
+            {
+                eprintln!("fcm daemon: making the template panicked (a bug); creates boot cold");
+            }
+        });
+    }
+    {
         let m = Arc::clone(&manager);
         thread::spawn(move || {
             loop {

@@ -220,6 +220,11 @@ impl Fcm {
         if !self.extra_args.iter().any(|x| x == "--config") {
             v.push("--no-caddy".into());
         }
+        // No template (a hidden VM booting in the background) unless the
+        // test is about warm create: the others boot cold, on a quiet CPU.
+        if !self.extra_args.iter().any(|x| x == "--templates") {
+            v.extend(["--templates".into(), "off".into()]);
+        }
         v.extend(self.extra_args.iter().cloned());
         v
     }

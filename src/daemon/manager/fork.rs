@@ -50,6 +50,15 @@ pub(super) enum Origin<'a> {
     },
     /// A checkpoint's directory: its whole saved state and its disk.
     Checkpoint(&'a Path),
+    /// A template (warm create): its devices and disk in `dir`, its RAM
+    /// the image; the disk grown to the record's size and the user's keys
+    /// put in place once it runs.
+    Template {
+        dir: &'a Path,
+        image: &'a fs::File,
+        disk_bytes: u64,
+        keys: &'a [&'a str],
+    },
 }
 
 impl<'a> Origin<'a> {
@@ -57,6 +66,15 @@ impl<'a> Origin<'a> {
         match self {
             Self::Fork { stage, .. } => stage.join("rootfs.img"),
             Self::Checkpoint(dir) => dir.join("rootfs.img"),
+            Self::Template { dir, .. } => dir.join("rootfs.img"),
+        }
+    }
+
+    /// The operation its crash points are named after.
+    fn op(&self) -> &'static str {
+        match self {
+            Self::Template { .. } => "warm",
+            _ => "fork",
         }
     }
 
@@ -64,6 +82,7 @@ impl<'a> Origin<'a> {
         match *self {
             Self::Fork { stage, image } => Boot::Fork { from: stage, image },
             Self::Checkpoint(dir) => Boot::Saved(dir),
+            Self::Template { dir, image, .. } => Boot::Fork { from: dir, image },
         }
     }
 }
@@ -339,7 +358,7 @@ impl Manager {
         let dir = self.dir(&rec.id);
         disk::copy_rootfs(&origin.disk(), &dir.join("rootfs.img"))
             .map_err(step("copy the source's disk"))?;
-        fault::crash_point("fork:after-copy");
+        fault::crash_point(&format!("{}:after-copy", origin.op()));
         let host_key = config_drive::host_key(&format!("fcm-{}", rec.id))
             .map_err(step("generate host key"))?;
         let keys: Vec<&str> = authorized
@@ -363,16 +382,16 @@ impl Manager {
         .map_err(|e| step("write known_hosts")(Cause::file(&known_hosts)(e)))?;
         op.r.host_key = Some(host_key.public.clone());
         op.save().map_err(step("save record"))?;
-        fault::crash_point("fork:after-inject");
+        fault::crash_point(&format!("{}:after-inject", origin.op()));
         network::create_tap_quarantined(&self.cfg, &rec.nic())
             .map_err(step("create quarantined tap"))?;
-        fault::crash_point("fork:after-tap");
+        fault::crash_point(&format!("{}:after-tap", origin.op()));
         let pid = self
             .launch_with(&rec, origin.boot(), &Cell::new(None))
             .map_err(step("start VMM"))?;
         op.r.pid = Some(pid);
         op.save().map_err(step("save record"))?;
-        fault::crash_point("fork:after-launch");
+        fault::crash_point(&format!("{}:after-launch", origin.op()));
         self.vmm_for(rec.backend)
             .continue_guest(&dir)
             .map_err(step("load the source's state"))?;
@@ -394,15 +413,22 @@ impl Manager {
         guest
             .set_identity(&identity)
             .map_err(step("set the fork's identity"))?;
-        fault::crash_point("fork:after-identity");
+        fault::crash_point(&format!("{}:after-identity", origin.op()));
         // The clock and fresh entropy: no fork shares its source's CRNG.
         let entropy: [u8; 64] = std::array::from_fn(|_| rand::random());
         guest
             .after_restore(&entropy)
             .map_err(step("set the clock and reseed"))?;
+        if let Origin::Template {
+            disk_bytes, keys, ..
+        } = origin
+        {
+            self.warm_settle(&rec, guest.as_ref(), *disk_bytes, keys)?;
+            fault::crash_point("warm:after-keys");
+        }
         network::create_tap_for(&self.cfg, &rec.nic(), self.tap_owner(&rec))
             .map_err(step("put the tap on the bridge"))?;
-        fault::crash_point("fork:after-attach");
+        fault::crash_point(&format!("{}:after-attach", origin.op()));
         op.r.identity_pending = false;
         op.done().map_err(|e| match e {
             ManagerError::Operation { cause, .. } => ManagerError::CreateStep {
@@ -411,7 +437,7 @@ impl Manager {
             },
             other => other,
         })?;
-        fault::crash_point("fork:after-commit");
+        fault::crash_point(&format!("{}:after-commit", origin.op()));
         super::idle::touch(op.entry());
         let mut view = op.r.view();
         view.warnings.extend(self.apply_url(op.entry(), true));

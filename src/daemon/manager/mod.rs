@@ -8,6 +8,8 @@
 //! | `operation.rs` | the one guard every operation opens with: in flight, resolved, locked, refreshed, checked; its states recorded from the transition |
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
 //! | `from_checkpoint.rs` | create --from: a new VM from a checkpoint, with a fork's identity rules |
+//! | `template.rs` | the template of the default size: made once (a hidden VM booted and saved), loaded at start |
+//! | `warm.rs` | warm create: a create that restores the template (a fork's bring-up), cold if it cannot |
 //! | `fork.rs` | fork: the running VM's memory, devices and disk copied into new VMs, each quarantined until it has its own identity |
 //! | `exec.rs` | exec (buffered, or the start of a streamed one) and cp, through the guest seam |
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
@@ -41,9 +43,11 @@ mod ops;
 mod pause;
 mod recover;
 mod resize;
+mod template;
 #[cfg(test)]
 mod tests;
 mod views;
+mod warm;
 
 use operation::OpLock;
 use views::broken_view;
@@ -238,6 +242,8 @@ pub struct Manager {
     agent_drive: Option<String>,
     /// Makes the VMM of a backend (`vmm::make`; a fake in tests).
     vmms: Vmms,
+    /// The template warm creates restore (`template.rs`).
+    template: Mutex<template::Slot>,
 }
 
 /// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
@@ -301,6 +307,7 @@ impl Manager {
             wake_hook,
             guests,
             vmms,
+            template: Mutex::new(template::Slot::default()),
         };
         m.recover();
         m.sweep_agent_drives();
@@ -505,7 +512,11 @@ impl Manager {
 
     /// What the guest seam needs to reach a VM.
     pub fn target(&self, r: &VmRecord) -> Target {
-        let dir = self.dir(&r.id);
+        self.target_in(self.dir(&r.id), r)
+    }
+
+    /// [`Self::target`] of a VM whose files are in `dir`.
+    fn target_in(&self, dir: PathBuf, r: &VmRecord) -> Target {
         Target {
             id: r.id.clone(),
             name: r.name.clone(),
