@@ -1,7 +1,7 @@
-//! Daemon configuration: defaults, an optional JSON config file, and flags.
-//! Every path, port and name the daemon touches comes from here so tests can
-//! point it at a temp dir and a network namespace. (A little long because
-//! it holds every knob with its default, its checks and their tests.)
+//! Daemon configuration (long because every knob, its default and checks are here).
+//! Defaults, an optional JSON config file, and flags. Every path, port and name
+//! the daemon touches comes from here so tests can point it at a temp dir and a
+//! network namespace.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
