@@ -11,24 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::{Fcm, e2e_ready, wait_for};
 
-/// Waits until `GET /health` says the template is ready (panics with the
-/// daemon's log if it failed or took too long).
-pub fn wait_template(f: &Fcm) {
-    let token = f.token();
-    let status = wait_for(Duration::from_secs(300), || {
-        let (code, body) = f.api("GET", "/health", Some(&token), None);
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let s = v["template"].as_str()?.to_string();
-        (code == 200 && s != "building" && !s.is_empty()).then_some(s)
-    });
-    if status.as_deref() != Some("ready") {
-        panic!(
-            "the template is {status:?}, not ready\n--- daemon log ---\n{}",
-            fs::read_to_string(f.log()).unwrap_or_default()
-        );
-    }
-}
-
 /// Output of a command in the guest over `fcm ssh` (the user's own key
 /// and the VM's pinned host key), retried for a while.
 fn ssh(f: &Fcm, vm: &str, cmd: &str) -> String {
@@ -59,7 +41,7 @@ fn warm_create_gives_the_vm_a_cold_one_gives() {
         return;
     }
     let f = Fcm::start("warm", &["--templates", "on"]);
-    wait_template(&f);
+    f.wait_template();
     let t = Instant::now();
     let warm = f.create(&["--name", "warm-one", "--disk", "12G"]);
     let warm_secs = t.elapsed().as_secs_f64();

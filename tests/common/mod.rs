@@ -429,6 +429,24 @@ impl Fcm {
             .unwrap_or_else(|| panic!("{name} not listed"))
     }
 
+    /// Waits until `GET /health` says the warm-create template is ready
+    /// (panics with the daemon's log if it failed or took too long).
+    pub fn wait_template(&self) {
+        let token = self.token();
+        let status = wait_for(Duration::from_secs(300), || {
+            let (code, body) = self.api("GET", "/health", Some(&token), None);
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let s = v["template"].as_str()?.to_string();
+            (code == 200 && s != "building").then_some(s)
+        });
+        if status.as_deref() != Some("ready") {
+            panic!(
+                "the template is {status:?}, not ready\n--- daemon log ---\n{}",
+                fs::read_to_string(self.log()).unwrap_or_default()
+            );
+        }
+    }
+
     /// `fcm ssh <vm> -- cmd` output.
     pub fn ssh(&self, vm: &str, cmd: &str) -> Output {
         self.cli()

@@ -70,12 +70,9 @@ impl<'a> Origin<'a> {
         }
     }
 
-    /// The operation its crash points are named after.
-    fn op(&self) -> &'static str {
-        match self {
-            Self::Template { .. } => "warm",
-            _ => "fork",
-        }
+    /// Whether it is a warm create (its crash points are `warm:`).
+    fn warm(&self) -> bool {
+        matches!(self, Self::Template { .. })
     }
 
     fn boot(&self) -> Boot<'a> {
@@ -358,7 +355,7 @@ impl Manager {
         let dir = self.dir(&rec.id);
         disk::copy_rootfs(&origin.disk(), &dir.join("rootfs.img"))
             .map_err(step("copy the source's disk"))?;
-        fault::crash_point(&format!("{}:after-copy", origin.op()));
+        crash(origin, "fork:after-copy", "warm:after-copy");
         let host_key = config_drive::host_key(&format!("fcm-{}", rec.id))
             .map_err(step("generate host key"))?;
         let keys: Vec<&str> = authorized
@@ -382,16 +379,16 @@ impl Manager {
         .map_err(|e| step("write known_hosts")(Cause::file(&known_hosts)(e)))?;
         op.r.host_key = Some(host_key.public.clone());
         op.save().map_err(step("save record"))?;
-        fault::crash_point(&format!("{}:after-inject", origin.op()));
+        crash(origin, "fork:after-inject", "warm:after-inject");
         network::create_tap_quarantined(&self.cfg, &rec.nic())
             .map_err(step("create quarantined tap"))?;
-        fault::crash_point(&format!("{}:after-tap", origin.op()));
+        crash(origin, "fork:after-tap", "warm:after-tap");
         let pid = self
             .launch_with(&rec, origin.boot(), &Cell::new(None))
             .map_err(step("start VMM"))?;
         op.r.pid = Some(pid);
         op.save().map_err(step("save record"))?;
-        fault::crash_point(&format!("{}:after-launch", origin.op()));
+        crash(origin, "fork:after-launch", "warm:after-launch");
         self.vmm_for(rec.backend)
             .continue_guest(&dir)
             .map_err(step("load the source's state"))?;
@@ -413,7 +410,7 @@ impl Manager {
         guest
             .set_identity(&identity)
             .map_err(step("set the fork's identity"))?;
-        fault::crash_point(&format!("{}:after-identity", origin.op()));
+        crash(origin, "fork:after-identity", "warm:after-identity");
         // The clock and fresh entropy: no fork shares its source's CRNG.
         let entropy: [u8; 64] = std::array::from_fn(|_| rand::random());
         guest
@@ -428,7 +425,7 @@ impl Manager {
         }
         network::create_tap_for(&self.cfg, &rec.nic(), self.tap_owner(&rec))
             .map_err(step("put the tap on the bridge"))?;
-        fault::crash_point(&format!("{}:after-attach", origin.op()));
+        crash(origin, "fork:after-attach", "warm:after-attach");
         op.r.identity_pending = false;
         op.done().map_err(|e| match e {
             ManagerError::Operation { cause, .. } => ManagerError::CreateStep {
@@ -437,12 +434,17 @@ impl Manager {
             },
             other => other,
         })?;
-        fault::crash_point(&format!("{}:after-commit", origin.op()));
+        crash(origin, "fork:after-commit", "warm:after-commit");
         super::idle::touch(op.entry());
         let mut view = op.r.view();
         view.warnings.extend(self.apply_url(op.entry(), true));
         Ok(view)
     }
+}
+
+/// The crash point of a step a fork and a warm create share.
+fn crash(origin: &Origin<'_>, fork: &str, warm: &str) {
+    fault::crash_point(if origin.warm() { warm } else { fork });
 }
 
 /// `n` random bytes as lowercase hex.

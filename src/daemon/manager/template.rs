@@ -72,7 +72,12 @@ impl Manager {
     /// `off` or `failed: why`.
     pub fn template_status(&self) -> String {
         let s = lock(&self.template).status.clone();
-        if s.is_empty() { "off".into() } else { s }
+        match s.as_str() {
+            // Not begun yet (its thread starts with the daemon).
+            "" if self.cfg.templates => "building".into(),
+            "" => "off".into(),
+            _ => s,
+        }
     }
 
     fn set_template(&self, status: &str, ready: Option<Arc<Template>>) {
