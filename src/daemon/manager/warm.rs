@@ -31,8 +31,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What came of trying a warm create.
 pub(super) enum Warm {
     Made(VmView),
-    /// Refused as a cold create would be (the name is taken, no address):
-    /// the create's answer.
+    /// Refused as a cold create would be (the name is taken, the VM
+    /// limit): the create's answer.
     Refused(ManagerError),
     /// It failed once under way (undone): boot cold instead.
     Failed(ManagerError),
@@ -51,7 +51,11 @@ impl Manager {
         let started = Instant::now();
         let mut reserved = match self.reserve_forks(like, 1, name.into_iter().collect()) {
             Ok(r) => r,
-            Err(e) => return Warm::Refused(e),
+            Err(e @ (ManagerError::NameTaken(_) | ManagerError::TooManyVms(_))) => {
+                return Warm::Refused(e);
+            }
+            // The cold path says it in a create's words (a full pool…).
+            Err(e) => return Warm::Failed(e),
         };
         let Some(held) = reserved.pop() else {
             return Warm::Failed(ManagerError::BadRequest("nothing was reserved".into()));
