@@ -238,6 +238,7 @@ EOF
 	)
 	echo "$table"
 	echo "$TEMPLATE_LINE; load $LOAD_BEFORE -> $LOAD_AFTER"
+	grep 'warm-.*bring-up' "$TMP/daemon.log" | tail -2
 	[ "$WRITE_DOC" = 1 ] || return 0
 	write_doc_section "$DOC" warm "$(
 		cat <<EOF

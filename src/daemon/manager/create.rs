@@ -340,7 +340,7 @@ impl Timing {
         }
     }
 
-    fn lap(&mut self, what: &'static str) {
+    pub(super) fn lap(&mut self, what: &'static str) {
         self.lap_at(what, Instant::now());
     }
 
@@ -351,7 +351,7 @@ impl Timing {
     }
 
     /// `host work before the VMM: 7.9 ms (disk 2.1 ms, …)`.
-    fn report(&self) -> String {
+    pub(super) fn report(&self) -> String {
         let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
         let laps: Vec<String> = self
             .laps

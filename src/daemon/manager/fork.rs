@@ -58,6 +58,9 @@ pub(super) enum Origin<'a> {
         image: &'a fs::File,
         disk_bytes: u64,
         keys: &'a [&'a str],
+        /// Moves a copy of the disk made ahead to the path given (false:
+        /// none was ready).
+        spare: &'a (dyn Fn(&Path) -> bool + Sync),
     },
 }
 
@@ -353,8 +356,16 @@ impl Manager {
     ) -> Result<VmView, ManagerError> {
         let rec = op.r.clone();
         let dir = self.dir(&rec.id);
-        disk::copy_rootfs(&origin.disk(), &dir.join("rootfs.img"))
-            .map_err(step("copy the source's disk"))?;
+        let mut timing = super::create::Timing::start();
+        let spare = match origin {
+            Origin::Template { spare, .. } => spare(&dir.join("rootfs.img")),
+            _ => false,
+        };
+        if !spare {
+            disk::copy_rootfs(&origin.disk(), &dir.join("rootfs.img"))
+                .map_err(step("copy the source's disk"))?;
+        }
+        timing.lap("disk");
         crash(origin, "fork:after-copy", "warm:after-copy");
         let host_key = config_drive::host_key(&format!("fcm-{}", rec.id))
             .map_err(step("generate host key"))?;
@@ -379,26 +390,34 @@ impl Manager {
         .map_err(|e| step("write known_hosts")(Cause::file(&known_hosts)(e)))?;
         op.r.host_key = Some(host_key.public.clone());
         op.save().map_err(step("save record"))?;
+        timing.lap("keys, config drive, record");
         crash(origin, "fork:after-inject", "warm:after-inject");
         network::create_tap_quarantined(&self.cfg, &rec.nic())
             .map_err(step("create quarantined tap"))?;
+        timing.lap("tap");
         crash(origin, "fork:after-tap", "warm:after-tap");
         let pid = self
             .launch_with(&rec, origin.boot(), &Cell::new(None))
             .map_err(step("start VMM"))?;
         op.r.pid = Some(pid);
         op.save().map_err(step("save record"))?;
+        timing.lap("VMM");
         crash(origin, "fork:after-launch", "warm:after-launch");
         self.vmm_for(rec.backend)
             .continue_guest(&dir)
             .map_err(step("load the source's state"))?;
+        timing.lap("load");
         let guest = self.guest(&rec);
+        // A warm VM's network identity goes with its key, in one program
+        // of the guest's (`warm_settle`): each `ip` the agent runs costs a
+        // program start, slow under TCG.
+        let net = !origin.warm();
         let identity = fcm_proto::Identity {
             hostname: Some(rec.name.to_string()),
             machine_id: Some(random_hex(16)),
-            mac: Some(rec.mac.clone()),
-            address: Some(format!("{}/{}", rec.ip, self.cfg.prefix_len)),
-            gateway: Some(self.cfg.gateway.to_string()),
+            mac: net.then(|| rec.mac.clone()),
+            address: net.then(|| format!("{}/{}", rec.ip, self.cfg.prefix_len)),
+            gateway: net.then(|| self.cfg.gateway.to_string()),
             ssh_host_keys: vec![
                 ("ssh_host_ed25519_key".into(), host_key.private.clone()),
                 (
@@ -410,17 +429,20 @@ impl Manager {
         guest
             .set_identity(&identity)
             .map_err(step("set the fork's identity"))?;
+        timing.lap("identity");
         crash(origin, "fork:after-identity", "warm:after-identity");
         // The clock and fresh entropy: no fork shares its source's CRNG.
         let entropy: [u8; 64] = std::array::from_fn(|_| rand::random());
         guest
             .after_restore(&entropy)
             .map_err(step("set the clock and reseed"))?;
+        timing.lap("clock, entropy");
         if let Origin::Template {
             disk_bytes, keys, ..
         } = origin
         {
             self.warm_settle(&rec, guest.as_ref(), *disk_bytes, keys)?;
+            timing.lap("user's key, disk");
             fault::crash_point("warm:after-keys");
         }
         network::create_tap_for(&self.cfg, &rec.nic(), self.tap_owner(&rec))
@@ -434,6 +456,12 @@ impl Manager {
             },
             other => other,
         })?;
+        timing.lap("bridge, record");
+        eprintln!(
+            "fcm: {}: bring-up: {}",
+            rec.name,
+            timing.report().replace("host work before the VMM", "total")
+        );
         crash(origin, "fork:after-commit", "warm:after-commit");
         super::idle::touch(op.entry());
         let mut view = op.r.view();

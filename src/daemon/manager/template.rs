@@ -17,6 +17,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -49,8 +50,15 @@ struct Meta {
     agent_drive: String,
 }
 
+/// A copy of the template's disk made ahead, taken by the next warm
+/// create in one rename (`take_spare_disk`), then made again.
+const SPARE: &str = "spare.img";
+const SPARE_TMP: &str = ".spare.tmp";
+
 /// A ready template: its directory and its RAM image, in memory.
 pub(super) struct Template {
+    /// A spare disk is being made.
+    refilling: Arc<AtomicBool>,
     pub(super) key: String,
     pub(super) dir: PathBuf,
     pub(super) image: fs::File,
@@ -145,6 +153,7 @@ impl Manager {
                     t.memory_mib
                 );
                 self.sweep_other_templates(&t.key);
+                t.refill_spare();
                 self.set_template("ready", Some(Arc::new(t)));
             }
             Err(c) => {
@@ -185,6 +194,7 @@ impl Manager {
         let meta: Meta = serde_json::from_str(&fs::read_to_string(dir.join(META)).ok()?).ok()?;
         let image = vmm::qemu::fork::load_image(&dir.join(RAM)).ok()?;
         Some(Template {
+            refilling: Arc::default(),
             key: meta.key,
             dir: dir.to_owned(),
             image,
@@ -283,6 +293,7 @@ impl Manager {
             return Err(c);
         }
         Ok(Template {
+            refilling: Arc::default(),
             key: meta.key.clone(),
             dir: dest.to_owned(),
             image,
@@ -361,5 +372,36 @@ impl Manager {
         self.guests.forget(&self.target_in(dir.to_owned(), &rec));
         let vmm = self.vmm_for(Backend::Qemu);
         Ok(vmm.save_for_fork(dir, pid, dir)?)
+    }
+}
+
+impl Template {
+    /// Moves the spare copy of the template's disk to `to` (false: none
+    /// there, copy it instead) and has the next one made.
+    pub(super) fn take_spare_disk(&self, to: &Path) -> bool {
+        let taken = fs::rename(self.dir.join(SPARE), to).is_ok();
+        self.refill_spare();
+        taken
+    }
+
+    /// Makes a spare copy of the disk on a thread, unless there is one or
+    /// one is being made: `.spare.tmp`, renamed `spare.img` once complete.
+    fn refill_spare(&self) {
+        if self.dir.join(SPARE).exists() || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (dir, busy) = (self.dir.clone(), Arc::clone(&self.refilling));
+        std::thread::spawn(move || {
+            let tmp = dir.join(SPARE_TMP);
+            let _ = fs::remove_file(&tmp);
+            let made = disk::copy_rootfs(&dir.join("rootfs.img"), &tmp)
+                .map_err(|e| chain(&e))
+                .and_then(|_| fs::rename(&tmp, dir.join(SPARE)).map_err(|e| e.to_string()));
+            if let Err(e) = made {
+                let _ = fs::remove_file(&tmp);
+                eprintln!("fcm daemon: warning: a spare disk of the template: {e}");
+            }
+            busy.store(false, Ordering::Release);
+        });
     }
 }
