@@ -408,9 +408,10 @@ impl Manager {
             .map_err(step("load the source's state"))?;
         timing.lap("load");
         let guest = self.guest(&rec);
-        // A warm VM's network identity goes with its key, in one program
-        // of the guest's (`warm_settle`): each `ip` the agent runs costs a
-        // program start, slow under TCG.
+        let g: &dyn crate::daemon::guest::Guest = guest.as_ref();
+        // A warm VM's network identity is set apart, in one program of the
+        // guest's (`warm_network`): each `ip` the agent runs for
+        // SetIdentity costs a program start, slow under TCG.
         let net = !origin.warm();
         let identity = fcm_proto::Identity {
             hostname: Some(rec.name.to_string()),
@@ -426,22 +427,23 @@ impl Manager {
                 ),
             ],
         };
-        guest
-            .set_identity(&identity)
+        g.set_identity(&identity)
             .map_err(step("set the fork's identity"))?;
+        if !net {
+            self.warm_network(&rec, g)?;
+        }
         timing.lap("identity");
         crash(origin, "fork:after-identity", "warm:after-identity");
         // The clock and fresh entropy: no fork shares its source's CRNG.
         let entropy: [u8; 64] = std::array::from_fn(|_| rand::random());
-        guest
-            .after_restore(&entropy)
+        g.after_restore(&entropy)
             .map_err(step("set the clock and reseed"))?;
         timing.lap("clock, entropy");
         if let Origin::Template {
             disk_bytes, keys, ..
         } = origin
         {
-            self.warm_settle(&rec, guest.as_ref(), *disk_bytes, keys)?;
+            self.warm_settle(&rec, g, *disk_bytes, keys)?;
             timing.lap("user's key, disk");
             fault::crash_point("warm:after-keys");
         }

@@ -85,33 +85,13 @@ impl Manager {
         }
     }
 
-    /// A warm VM's own network identity, disk size and keys, through its
-    /// agent: the authorized keys where the guest's sshd reads them
-    /// (`/run/fcm/authorized_keys`, which rc.sh fills from the config
-    /// drive at a boot), written by the agent; its MAC, address and default
-    /// route in one guest program (`ip -batch`; its tap is quarantined
-    /// meanwhile); the disk grown (the VMM tells the guest) and its file
-    /// system with it (`resize2fs`) when it is larger than the template's.
-    pub(super) fn warm_settle(
-        &self,
-        rec: &VmRecord,
-        g: &dyn Guest,
-        template_disk: u64,
-        keys: &[&str],
-    ) -> Result<(), ManagerError> {
-        let grow = rec.disk_bytes.filter(|b| *b > template_disk);
-        if let Some(bytes) = grow {
-            self.vmm_for(rec.backend)
-                .resize_disk(&self.dir(&rec.id), bytes)
-                .map_err(step("grow the disk"))?;
-        }
-        // No shell: each program the guest starts costs tens of ms under
-        // TCG. The keys are a file the agent writes itself.
-        let what = "set its address, install keys, grow its file system";
+    /// A warm VM's MAC, address and default route, in one guest program
+    /// (`ip -batch`, no shell), after the agent's SetIdentity of its
+    /// hostname, machine id and host key (`fork.rs`); its tap is
+    /// quarantined meanwhile.
+    pub(super) fn warm_network(&self, rec: &VmRecord, g: &dyn Guest) -> Result<(), ManagerError> {
+        let what = "set its MAC and address";
         let fail = |e: String| step(what)(super::Cause::Several(vec![e]));
-        let authorized: String = keys.iter().map(|k| format!("{k}\n")).collect();
-        g.write_file("/run/fcm/authorized_keys", &mut authorized.as_bytes())
-            .map_err(step(what))?;
         let batch = format!(
             "link set dev eth0 down\n\
              link set dev eth0 address {mac}\n\
@@ -137,6 +117,35 @@ impl Manager {
                 String::from_utf8_lossy(&o.stderr).trim()
             )));
         }
+        Ok(())
+    }
+
+    /// A warm VM's own disk size and keys, through its
+    /// agent: the authorized keys where the guest's sshd reads them
+    /// (`/run/fcm/authorized_keys`, which rc.sh fills from the config
+    /// drive at a boot), written by the agent; the disk grown (the VMM
+    /// tells the guest) and its file system with it (`resize2fs`) when it
+    /// is larger than the template's.
+    pub(super) fn warm_settle(
+        &self,
+        rec: &VmRecord,
+        g: &dyn Guest,
+        template_disk: u64,
+        keys: &[&str],
+    ) -> Result<(), ManagerError> {
+        let grow = rec.disk_bytes.filter(|b| *b > template_disk);
+        if let Some(bytes) = grow {
+            self.vmm_for(rec.backend)
+                .resize_disk(&self.dir(&rec.id), bytes)
+                .map_err(step("grow the disk"))?;
+        }
+        // No shell: each program the guest starts costs tens of ms under
+        // TCG. The keys are a file the agent writes itself.
+        let what = "install keys, grow its file system";
+        let fail = |e: String| step(what)(super::Cause::Several(vec![e]));
+        let authorized: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        g.write_file("/run/fcm/authorized_keys", &mut authorized.as_bytes())
+            .map_err(step(what))?;
         if let Some(bytes) = grow {
             // The new size reaches the guest as an interrupt: wait for it.
             let script = format!(
