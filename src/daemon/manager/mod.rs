@@ -407,10 +407,13 @@ impl Manager {
     /// have reached a recorded state, or `grace` has passed (false).
     pub fn shut_down(&self, grace: Duration) -> bool {
         self.shutting_down.store(true, Ordering::Release);
-        host::wait_until(grace, Duration::from_millis(50), || {
+        let settled = host::wait_until(grace, Duration::from_millis(50), || {
             (self.in_flight.load(Ordering::Acquire) == 0).then_some(())
         })
-        .is_some()
+        .is_some();
+        // A template being made is no VM: its hidden VM goes with the daemon.
+        self.sweep_template_build();
+        settled
     }
 
     /// Saves a record, then makes it the entry's: what is in memory is

@@ -205,9 +205,9 @@ impl Manager {
         })
     }
 
-    /// Removes what a template being made left (a crash, a failure): its
-    /// VMM, its cgroups, its files. Its tap is a tap of no VM.
-    fn sweep_template_build(&self) {
+    /// Removes what a template being made left (a crash, a failure, a
+    /// daemon shutting down): its VMM, its cgroups, its tap, its files.
+    pub(super) fn sweep_template_build(&self) {
         let dir = self.cfg.state_dir.join(BUILDING);
         if !dir.exists() {
             return;

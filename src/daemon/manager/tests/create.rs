@@ -335,3 +335,14 @@ fn without_an_agent_there_is_no_template_and_cold_is_accepted() {
         assert_eq!(v.state, "running");
     });
 }
+
+#[test]
+fn a_daemon_shutting_down_removes_a_template_being_made() {
+    run(|h| {
+        let half = h.cfg.state_dir.join(".template");
+        std::fs::create_dir_all(&half).expect("dir");
+        std::fs::write(half.join("rootfs.img"), b"half").expect("file");
+        assert!(h.m.shut_down(std::time::Duration::from_secs(1)));
+        assert!(!half.exists(), "the hidden VM's directory was left");
+    });
+}
