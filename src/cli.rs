@@ -254,6 +254,10 @@ pub struct CreateArgs {
     /// own name, IP, MAC, host key, hostname and machine id.
     #[arg(long, value_name = "VM:CHECKPOINT", conflicts_with_all = ["cpus", "memory", "disk"])]
     pub from: Option<String>,
+    /// Boot the kernel, even where the daemon has a template of this size
+    /// (a warm create restores it instead: same VM, faster).
+    #[arg(long, conflicts_with = "from")]
+    pub cold: bool,
 }
 
 /// `--idle-pause`: a duration (`90s`, `10m`, `1h 30m`) in whole seconds,
@@ -403,6 +407,17 @@ pub struct DaemonArgs {
     /// Do not publish URLs through Caddy.
     #[arg(long)]
     pub no_caddy: bool,
+    /// Warm create from a template of the default size: on (default) or off.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub templates: Option<bool>,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("expected on or off".into()),
+    }
 }
 
 impl DaemonArgs {
@@ -426,7 +441,8 @@ impl DaemonArgs {
             rootfs,
             agent,
             firecracker_bin,
-            qemu_bin
+            qemu_bin,
+            templates
         );
         if let Some(ip) = self.public_ip {
             c.caddy.public_ip = Some(ip);

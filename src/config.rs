@@ -1,6 +1,7 @@
-//! Daemon configuration: defaults, an optional JSON config file, and flags.
-//! Every path, port and name the daemon touches comes from here so tests can
-//! point it at a temp dir and a network namespace.
+//! Daemon configuration (long because every knob, its default and checks are here).
+//! Defaults, an optional JSON config file, and flags. Every path, port and name
+//! the daemon touches comes from here so tests can point it at a temp dir and a
+//! network namespace.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -155,6 +156,9 @@ pub struct DaemonConfig {
     pub vm_users: VmUsersConfig,
     /// CPU and memory limits of each VMM.
     pub cgroup: CgroupConfig,
+    /// Warm create: keep a template of the default-sized VM (booted once to
+    /// agent-ready and saved) and make plain creates from it (QEMU only).
+    pub templates: bool,
 }
 
 impl Default for DaemonConfig {
@@ -192,6 +196,7 @@ impl Default for DaemonConfig {
             qemu_sandbox: QemuSandboxConfig::default(),
             vm_users: VmUsersConfig::default(),
             cgroup: CgroupConfig::default(),
+            templates: true,
         }
     }
 }

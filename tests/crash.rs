@@ -167,8 +167,10 @@ fn crash_points_of(ops: &[&str]) -> Vec<String> {
 
 /// The operations the two walks below cover; a crash point of any other
 /// operation fails this test, so a new one cannot go unwalked.
-const WALKED_OPS: [&str; 9] = [
+const WALKED_OPS: [&str; 11] = [
     "fork",
+    "warm",
+    "template",
     "create",
     "start",
     "stop",
@@ -200,6 +202,15 @@ fn crash_points() -> Vec<String> {
         for part in text.split("fault::crash_point(\"").skip(1) {
             if let Some(step) = part.split('"').next() {
                 v.push(step.to_string());
+            }
+        }
+        // The steps a fork and a warm create share (fork.rs `crash`): both.
+        for part in text.split("crash(origin, \"").skip(1) {
+            let mut words = part.split('"');
+            if let (Some(fork), Some(", "), Some(warm)) = (words.next(), words.next(), words.next())
+            {
+                v.push(fork.to_string());
+                v.push(warm.to_string());
             }
         }
     }
@@ -581,6 +592,120 @@ fn a_crash_at_every_step_of_a_fork_leaves_the_source_whole_and_no_half_fork() {
         walked,
         crash_points_of(&["fork"]),
         "every crash point of fork must be walked"
+    );
+}
+
+#[test]
+fn a_crash_at_every_step_of_a_warm_create_leaves_no_half_vm() {
+    if !e2e_ready() {
+        eprintln!("skipping: the e2e prerequisites are missing (see tests/common)");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("fcm-crash-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let cfg = config(tmp.path());
+    let mut f = Fcm::start(
+        "warmcrash",
+        &["--config", &cfg.display().to_string(), "--templates", "on"],
+    );
+    f.wait_template();
+    let mut walked: Vec<String> = Vec::new();
+    let mut matrix: Vec<(String, String)> = Vec::new();
+    let steps = [
+        "after-copy",
+        "after-inject",
+        "after-tap",
+        "after-launch",
+        "after-identity",
+        "after-keys",
+        "after-attach",
+        "after-commit",
+    ];
+    for step in steps {
+        let at = format!("warm:{step}");
+        let name = format!("w-{}", step.trim_start_matches("after-"));
+        // As crash_at, once the armed daemon has loaded its template.
+        f.kill_daemon();
+        f.spawn_daemon_env(&[("FCM_TEST_CRASH_AT", &at)]);
+        f.wait_template();
+        let out = f.run(&["create", "--name", &name]);
+        assert!(
+            f.wait_daemon_exit(Duration::from_secs(90)).is_some(),
+            "the daemon did not abort at {at}; create said: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{at}: create succeeded");
+        f.spawn_daemon();
+        f.wait_template();
+        assert_agree(&f, &at);
+        let outcome = match state_of(&f, &name).as_deref() {
+            Some("running") => {
+                assert_eq!(step, "after-commit", "{at}: adopted before its identity");
+                "done (adopted, usable)"
+            }
+            None => {
+                f.create(&["--name", &name]);
+                "undone; retried create succeeded"
+            }
+            Some(other) => panic!("{at}: {name} is {other}"),
+        };
+        let hostname = wait_for(Duration::from_secs(60), || {
+            let o = f.ssh(&name, "hostname");
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        });
+        assert_eq!(hostname.as_deref(), Some(name.as_str()), "{at}");
+        f.ok(&["destroy", &name]);
+        assert_agree(&f, &format!("destroy after {at}"));
+        matrix.push((at.clone(), outcome.to_string()));
+        walked.push(at);
+    }
+    println!("crash matrix ({} steps):", matrix.len());
+    for (step, outcome) in &matrix {
+        println!("  {step:<24} {outcome}");
+    }
+    // Making the template: a crash leaves nothing but what the next daemon
+    // removes before it makes the template again.
+    for step in ["after-disk", "after-launch", "after-save"] {
+        let at = format!("template:{step}");
+        f.kill_daemon();
+        let _ = fs::remove_dir_all(f.state().join(".templates"));
+        f.spawn_daemon_env(&[("FCM_TEST_CRASH_AT", &at)]);
+        assert!(
+            f.wait_daemon_exit(Duration::from_secs(300)).is_some(),
+            "the daemon did not abort at {at}"
+        );
+        f.spawn_daemon();
+        f.wait_template();
+        assert_agree(&f, &at);
+        let hidden: Vec<u32> = f
+            .processes()
+            .into_iter()
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains("/.template/"))
+                    .unwrap_or(false)
+            })
+            .collect();
+        assert!(hidden.is_empty(), "{at}: the hidden VM runs on: {hidden:?}");
+        assert!(
+            !f.state().join(".template").exists(),
+            "{at}: .template left"
+        );
+        let templates = fs::read_dir(f.state().join(".templates"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(templates, 1, "{at}: templates");
+        walked.push(at);
+    }
+    walked.sort();
+    assert_eq!(
+        walked,
+        crash_points_of(&["warm", "template"]),
+        "every crash point of warm create and of making a template must be walked"
     );
 }
 

@@ -21,6 +21,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         disk: a.disk,
         idle_pause_secs: a.idle_pause,
         from: a.from,
+        cold: a.cold.then_some(true),
     };
     match user_ssh_key() {
         Some((_, public)) => req.ssh_public_key = Some(public),

@@ -410,11 +410,18 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     handle_signals(Arc::clone(&manager))?;
     {
         // Every VM on record brought in line with the host, one at a time,
-        // while the API serves (an operation on a VM not yet reached waits).
+        // while the API serves (an operation on a VM not yet reached waits);
+        // then the warm-create template, loaded or made by booting a hidden
+        // VM (after recovery, which removes taps and agent drives of no VM).
         let m = Arc::clone(&manager);
         thread::spawn(move || {
             m.recover();
             m.prune_sites();
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.prepare_template()))
+                .is_err()
+            {
+                eprintln!("fcm daemon: making the template panicked (a bug); creates boot cold");
+            }
         });
     }
     {

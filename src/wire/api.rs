@@ -35,6 +35,10 @@ pub struct CreateRequest {
     /// size is the checkpoint's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// Boot the kernel even where the daemon has a template of this size
+    /// (default false: a warm create restores the template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold: Option<bool>,
 }
 
 /// Body of `POST /vms/{vm}/start`, `/resume` and `/checkpoints/{cp}/restore`.
@@ -316,6 +320,10 @@ pub struct Health {
     /// start-up in line with the host (operations on those wait for it).
     #[serde(default)]
     pub recovering: bool,
+    /// The warm-create template of the default size: `ready`, `building`,
+    /// `off` or `failed: why`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// `GET /passes`: how long the daemon's background passes take.

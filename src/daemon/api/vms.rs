@@ -16,6 +16,7 @@ pub(super) fn health(m: &Manager) -> Result<Reply, ApiError> {
             version: env!("CARGO_PKG_VERSION").into(),
             backend: m.backend().as_str().into(),
             recovering: m.recovering(),
+            template: Some(m.template_status()),
         },
     )
 }
@@ -42,7 +43,8 @@ pub(super) fn create(m: &Manager, req: CreateRequest) -> Result<Reply, ApiError>
     }
     let wait = req.wait_ready.unwrap_or(true);
     let mut view = m.create(req)?;
-    if wait {
+    // A warm VM answered through its agent before it was let out.
+    if wait && view.ready != Some(true) {
         let ready = m.wait_ready(&view.id);
         view.set_ready(ready);
         if !ready {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::operation::Op;
+use super::warm::{Warm, fell_back};
 use super::{Cause, Entry, Manager, ManagerError};
 use crate::daemon::fault;
 use crate::daemon::lifecycle::{Transition, VmState};
@@ -66,6 +67,39 @@ impl Manager {
             }
             Some(s) => Some(s),
         };
+
+        if !req.cold.unwrap_or(false)
+            && backend == crate::host::vmm::Backend::Qemu
+            && let Some(t) = self.template_for(cpus, memory_mib, disk_bytes)
+        {
+            // Reserved like a fork: all but these fields are its own.
+            let like = VmRecord {
+                id: VmId::random(),
+                name: VmName::random_unique(&|_: &VmName| false),
+                ip: self.cfg.pool_start,
+                state: VmState::Creating,
+                expose: None,
+                backend,
+                mac: String::new(),
+                cpus,
+                memory_mib,
+                tap: String::new(),
+                created_at: 0,
+                pid: None,
+                host_key: None,
+                disk_bytes: Some(disk_bytes),
+                idle_pause_secs,
+                idle_paused: false,
+                agent_drive: self.agent_drive.clone(),
+                shared_ram: true,
+                identity_pending: true,
+            };
+            match self.create_warm(&t, &like, wanted_name.clone(), user_key.as_deref()) {
+                Warm::Made(view) => return Ok(view),
+                Warm::Refused(e) => return Err(e),
+                Warm::Failed(e) => fell_back(wanted_name.as_ref(), &e),
+            }
+        }
 
         // Reserve id, name and address while holding the table lock.
         let held;
@@ -306,7 +340,7 @@ impl Timing {
         }
     }
 
-    fn lap(&mut self, what: &'static str) {
+    pub(super) fn lap(&mut self, what: &'static str) {
         self.lap_at(what, Instant::now());
     }
 
@@ -317,7 +351,7 @@ impl Timing {
     }
 
     /// `host work before the VMM: 7.9 ms (disk 2.1 ms, …)`.
-    fn report(&self) -> String {
+    pub(super) fn report(&self) -> String {
         let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
         let laps: Vec<String> = self
             .laps

@@ -50,6 +50,18 @@ pub(super) enum Origin<'a> {
     },
     /// A checkpoint's directory: its whole saved state and its disk.
     Checkpoint(&'a Path),
+    /// A template (warm create): its devices and disk in `dir`, its RAM
+    /// the image; the disk grown to the record's size and the user's keys
+    /// put in place once it runs.
+    Template {
+        dir: &'a Path,
+        image: &'a fs::File,
+        disk_bytes: u64,
+        keys: &'a [&'a str],
+        /// Moves a copy of the disk made ahead to the path given (false:
+        /// none was ready).
+        spare: &'a (dyn Fn(&Path) -> bool + Sync),
+    },
 }
 
 impl<'a> Origin<'a> {
@@ -57,13 +69,20 @@ impl<'a> Origin<'a> {
         match self {
             Self::Fork { stage, .. } => stage.join("rootfs.img"),
             Self::Checkpoint(dir) => dir.join("rootfs.img"),
+            Self::Template { dir, .. } => dir.join("rootfs.img"),
         }
+    }
+
+    /// Whether it is a warm create (its crash points are `warm:`).
+    fn warm(&self) -> bool {
+        matches!(self, Self::Template { .. })
     }
 
     fn boot(&self) -> Boot<'a> {
         match *self {
             Self::Fork { stage, image } => Boot::Fork { from: stage, image },
             Self::Checkpoint(dir) => Boot::Saved(dir),
+            Self::Template { dir, image, .. } => Boot::Fork { from: dir, image },
         }
     }
 }
@@ -337,9 +356,17 @@ impl Manager {
     ) -> Result<VmView, ManagerError> {
         let rec = op.r.clone();
         let dir = self.dir(&rec.id);
-        disk::copy_rootfs(&origin.disk(), &dir.join("rootfs.img"))
-            .map_err(step("copy the source's disk"))?;
-        fault::crash_point("fork:after-copy");
+        let mut timing = super::create::Timing::start();
+        let spare = match origin {
+            Origin::Template { spare, .. } => spare(&dir.join("rootfs.img")),
+            _ => false,
+        };
+        if !spare {
+            disk::copy_rootfs(&origin.disk(), &dir.join("rootfs.img"))
+                .map_err(step("copy the source's disk"))?;
+        }
+        timing.lap("disk");
+        crash(origin, "fork:after-copy", "warm:after-copy");
         let host_key = config_drive::host_key(&format!("fcm-{}", rec.id))
             .map_err(step("generate host key"))?;
         let keys: Vec<&str> = authorized
@@ -363,26 +390,35 @@ impl Manager {
         .map_err(|e| step("write known_hosts")(Cause::file(&known_hosts)(e)))?;
         op.r.host_key = Some(host_key.public.clone());
         op.save().map_err(step("save record"))?;
-        fault::crash_point("fork:after-inject");
+        timing.lap("keys, config drive, record");
+        crash(origin, "fork:after-inject", "warm:after-inject");
         network::create_tap_quarantined(&self.cfg, &rec.nic())
             .map_err(step("create quarantined tap"))?;
-        fault::crash_point("fork:after-tap");
+        timing.lap("tap");
+        crash(origin, "fork:after-tap", "warm:after-tap");
         let pid = self
             .launch_with(&rec, origin.boot(), &Cell::new(None))
             .map_err(step("start VMM"))?;
         op.r.pid = Some(pid);
         op.save().map_err(step("save record"))?;
-        fault::crash_point("fork:after-launch");
+        timing.lap("VMM");
+        crash(origin, "fork:after-launch", "warm:after-launch");
         self.vmm_for(rec.backend)
             .continue_guest(&dir)
             .map_err(step("load the source's state"))?;
+        timing.lap("load");
         let guest = self.guest(&rec);
+        let g: &dyn crate::daemon::guest::Guest = guest.as_ref();
+        // A warm VM's network identity is set apart, in one program of the
+        // guest's (`warm_network`): each `ip` the agent runs for
+        // SetIdentity costs a program start, slow under TCG.
+        let net = !origin.warm();
         let identity = fcm_proto::Identity {
             hostname: Some(rec.name.to_string()),
             machine_id: Some(random_hex(16)),
-            mac: Some(rec.mac.clone()),
-            address: Some(format!("{}/{}", rec.ip, self.cfg.prefix_len)),
-            gateway: Some(self.cfg.gateway.to_string()),
+            mac: net.then(|| rec.mac.clone()),
+            address: net.then(|| format!("{}/{}", rec.ip, self.cfg.prefix_len)),
+            gateway: net.then(|| self.cfg.gateway.to_string()),
             ssh_host_keys: vec![
                 ("ssh_host_ed25519_key".into(), host_key.private.clone()),
                 (
@@ -391,18 +427,29 @@ impl Manager {
                 ),
             ],
         };
-        guest
-            .set_identity(&identity)
+        g.set_identity(&identity)
             .map_err(step("set the fork's identity"))?;
-        fault::crash_point("fork:after-identity");
+        if !net {
+            self.warm_network(&rec, g)?;
+        }
+        timing.lap("identity");
+        crash(origin, "fork:after-identity", "warm:after-identity");
         // The clock and fresh entropy: no fork shares its source's CRNG.
         let entropy: [u8; 64] = std::array::from_fn(|_| rand::random());
-        guest
-            .after_restore(&entropy)
+        g.after_restore(&entropy)
             .map_err(step("set the clock and reseed"))?;
+        timing.lap("clock, entropy");
+        if let Origin::Template {
+            disk_bytes, keys, ..
+        } = origin
+        {
+            self.warm_settle(&rec, g, *disk_bytes, keys)?;
+            timing.lap("user's key, disk");
+            fault::crash_point("warm:after-keys");
+        }
         network::create_tap_for(&self.cfg, &rec.nic(), self.tap_owner(&rec))
             .map_err(step("put the tap on the bridge"))?;
-        fault::crash_point("fork:after-attach");
+        crash(origin, "fork:after-attach", "warm:after-attach");
         op.r.identity_pending = false;
         op.done().map_err(|e| match e {
             ManagerError::Operation { cause, .. } => ManagerError::CreateStep {
@@ -411,12 +458,23 @@ impl Manager {
             },
             other => other,
         })?;
-        fault::crash_point("fork:after-commit");
+        timing.lap("bridge, record");
+        eprintln!(
+            "fcm: {}: bring-up: {}",
+            rec.name,
+            timing.report().replace("host work before the VMM", "total")
+        );
+        crash(origin, "fork:after-commit", "warm:after-commit");
         super::idle::touch(op.entry());
         let mut view = op.r.view();
         view.warnings.extend(self.apply_url(op.entry(), true));
         Ok(view)
     }
+}
+
+/// The crash point of a step a fork and a warm create share.
+fn crash(origin: &Origin<'_>, fork: &str, warm: &str) {
+    fault::crash_point(if origin.warm() { warm } else { fork });
 }
 
 /// `n` random bytes as lowercase hex.

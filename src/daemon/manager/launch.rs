@@ -51,7 +51,19 @@ impl Manager {
         boot: Boot<'_>,
         spawned_at: &Cell<Option<Instant>>,
     ) -> Result<u32, Cause> {
-        let dir = self.dir(&rec.id);
+        self.launch_in(&self.dir(&rec.id), rec, boot, spawned_at)
+    }
+
+    /// [`Self::launch_with`] for a VM whose files are in `dir` (a template
+    /// being made has no VM directory).
+    pub(super) fn launch_in(
+        &self,
+        dir: &Path,
+        rec: &VmRecord,
+        boot: Boot<'_>,
+        spawned_at: &Cell<Option<Instant>>,
+    ) -> Result<u32, Cause> {
+        let dir = dir.to_path_buf();
         let kernel = self.cfg.asset(&self.cfg.kernel);
         let initrd = self.initrd();
         let rootfs = dir.join("rootfs.img");

@@ -8,11 +8,13 @@
 //! | `operation.rs` | the one guard every operation opens with: in flight, resolved, locked, refreshed, checked; its states recorded from the transition |
 //! | `create.rs` | create: validate, reserve, build, undo on failure |
 //! | `from_checkpoint.rs` | create --from: a new VM from a checkpoint, with a fork's identity rules |
+//! | `template.rs` | the template of the default size: made once (a hidden VM booted and saved), loaded at start |
+//! | `warm.rs` | warm create: a create that restores the template (a fork's bring-up), cold if it cannot |
 //! | `fork.rs` | fork: the running VM's memory, devices and disk copied into new VMs, each quarantined until it has its own identity |
 //! | `exec.rs` | exec (buffered, or the start of a streamed one) and cp, through the guest seam |
 //! | `launch.rs` | launching a VM's VMM: disk lock, cgroup, config drive, spec |
 //! | `ops.rs` | stop, start, destroy |
-//! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart |
+//! | `recover.rs` | liveness refresh, housekeeping, recovery after a restart, ending VMMs |
 //! | `passes.rs` | the times of recovery, housekeeping and idle passes; waiting for a VM's recovery |
 //! | `pause.rs` | pause, resume; the saved-state files, the guest's clock after a load |
 //! | `checkpoints.rs` | checkpoints and restore |
@@ -43,9 +45,11 @@ mod passes;
 mod pause;
 mod recover;
 mod resize;
+mod template;
 #[cfg(test)]
 mod tests;
 mod views;
+mod warm;
 
 use operation::OpLock;
 use views::broken_view;
@@ -71,7 +75,7 @@ use crate::config::DaemonConfig;
 use crate::error::chain;
 use crate::host::caddy::{Caddy, WakeHook};
 use crate::host::vmm::{self, Backend, Vmm};
-use crate::host::{self, Signal, ssh};
+use crate::host::{self, ssh};
 use crate::names::{NameError, VmId, VmName};
 
 #[derive(Debug, Error)]
@@ -249,6 +253,8 @@ pub struct Manager {
     passes: Mutex<passes::PassLog>,
     /// Notified as each VM's recovery ends.
     recovery_signal: (Mutex<()>, Condvar),
+    /// The template warm creates restore (`template.rs`).
+    template: Mutex<template::Slot>,
 }
 
 /// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
@@ -318,6 +324,7 @@ impl Manager {
             vmms,
             passes: Mutex::new(passes::PassLog::new()),
             recovery_signal: (Mutex::new(()), Condvar::new()),
+            template: Mutex::new(template::Slot::default()),
         };
         m.load();
         Ok(m)
@@ -417,10 +424,13 @@ impl Manager {
     /// have reached a recorded state, or `grace` has passed (false).
     pub fn shut_down(&self, grace: Duration) -> bool {
         self.shutting_down.store(true, Ordering::Release);
-        host::wait_until(grace, Duration::from_millis(50), || {
+        let settled = host::wait_until(grace, Duration::from_millis(50), || {
             (self.in_flight.load(Ordering::Acquire) == 0).then_some(())
         })
-        .is_some()
+        .is_some();
+        // A template being made is no VM: its hidden VM goes with the daemon.
+        self.sweep_template_build();
+        settled
     }
 
     /// Saves a record, then makes it the entry's: what is in memory is
@@ -522,7 +532,11 @@ impl Manager {
 
     /// What the guest seam needs to reach a VM.
     pub fn target(&self, r: &VmRecord) -> Target {
-        let dir = self.dir(&r.id);
+        self.target_in(self.dir(&r.id), r)
+    }
+
+    /// [`Self::target`] of a VM whose files are in `dir`.
+    fn target_in(&self, dir: PathBuf, r: &VmRecord) -> Target {
         Target {
             id: r.id.clone(),
             name: r.name.clone(),
@@ -554,35 +568,6 @@ impl Manager {
         let r = lock(&e.rec).clone();
         self.guest(&r)
             .wait_ready(Duration::from_secs(self.cfg.ssh_timeout_secs))
-    }
-
-    /// Ends every VMM of a VM: its recorded pid and any other found on the host.
-    fn kill_vmms(&self, r: &VmRecord) {
-        let dir = self.dir(&r.id);
-        let mut pids = vmm::find_vmms(&dir);
-        pids.extend(r.pid);
-        pids.sort_unstable();
-        pids.dedup();
-        for pid in pids {
-            self.kill(pid, &dir);
-        }
-    }
-
-    fn kill(&self, pid: u32, dir: &Path) {
-        if !vmm::is_vmm_of(pid, dir) {
-            return;
-        }
-        host::signal(pid, Signal::TERM);
-        // Gone once its disk is let go too: an exiting process loses its
-        // command line (its memory) before it closes its files, and a
-        // daemon that crashed in between must not find the disk held.
-        let rootfs = dir.join("rootfs.img");
-        let gone =
-            || (!vmm::is_vmm_of(pid, dir) && !host::disk_lock::in_use(&rootfs)).then_some(());
-        if host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone).is_none() {
-            host::signal(pid, Signal::KILL);
-            let _ = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone);
-        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,10 +20,38 @@ use crate::daemon::lifecycle::{self, Recovery, Transition, VmState};
 use crate::daemon::lock;
 use crate::daemon::store::{self, VmRecord};
 use crate::error::chain;
-use crate::host::{self, cgroup, disk_lock, network, vmm};
+use crate::host::{self, Signal, cgroup, disk_lock, network, vmm};
 use crate::names::VmName;
 
 impl Manager {
+    /// Ends every VMM of a VM: its recorded pid and any other found on the host.
+    pub(super) fn kill_vmms(&self, r: &VmRecord) {
+        let dir = self.dir(&r.id);
+        let mut pids = vmm::find_vmms(&dir);
+        pids.extend(r.pid);
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            self.kill(pid, &dir);
+        }
+    }
+
+    pub(super) fn kill(&self, pid: u32, dir: &Path) {
+        if !vmm::is_vmm_of(pid, dir) {
+            return;
+        }
+        host::signal(pid, Signal::TERM);
+        // Gone once its disk is let go too: an exiting process loses its
+        // command line (its memory) before it closes its files, and a
+        // daemon that crashed in between must not find the disk held.
+        let rootfs = dir.join("rootfs.img");
+        let gone = || (!vmm::is_vmm_of(pid, dir) && !disk_lock::in_use(&rootfs)).then_some(());
+        if host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone).is_none() {
+            host::signal(pid, Signal::KILL);
+            let _ = host::wait_until(Duration::from_secs(3), Duration::from_millis(20), gone);
+        }
+    }
+
     /// Whether a VMM runs this VM right now: its recorded pid (checked
     /// against its command line), any VMM process naming its directory, or
     /// the disk lock held.

@@ -208,6 +208,11 @@ pub trait Vmm: Send + Sync {
     fn launch_fork(&self, _spec: &LaunchSpec<'_>, _from: &Path) -> Result<u32, VmmError> {
         Err(VmmError::Unsupported("forking a running VM"))
     }
+    /// Grows the running VM's disk (in `dir`) to `bytes`, telling the
+    /// guest (its file system is the guest's to grow).
+    fn resize_disk(&self, _dir: &Path, _bytes: u64) -> Result<(), VmmError> {
+        Err(VmmError::Unsupported("growing a running VM's disk"))
+    }
     /// Memory the VMM itself needs beyond the guest's and the configured
     /// overhead (QEMU's TCG translation cache), for its cgroup's limit.
     fn memory_overhead_mib(&self) -> u32 {

@@ -297,3 +297,52 @@ fn a_guest_that_never_becomes_ready() {
         assert_eq!(vmm::find_vmms(&h.dir(&v2)).len(), 1);
     });
 }
+
+#[test]
+fn templates_off_sweep_a_half_made_one_and_creates_boot() {
+    run_with(
+        |c| c.templates = false,
+        |h| {
+            // What a crash while a template was being made leaves.
+            let half = h.cfg.state_dir.join(".template");
+            std::fs::create_dir_all(&half).expect("dir");
+            std::fs::write(half.join("rootfs.img"), b"half").expect("file");
+            h.m.prepare_template();
+            assert_eq!(h.m.template_status(), "off");
+            assert!(!half.exists(), "the half-made template was left");
+            let v = h.create("plain");
+            assert_eq!(v.state, "running");
+        },
+    );
+}
+
+#[test]
+fn without_an_agent_there_is_no_template_and_cold_is_accepted() {
+    run(|h| {
+        h.m.prepare_template();
+        assert!(
+            h.m.template_status().starts_with("off"),
+            "{}",
+            h.m.template_status()
+        );
+        let v =
+            h.m.create(CreateRequest {
+                name: Some("boots".into()),
+                cold: Some(true),
+                ..Default::default()
+            })
+            .expect("create --cold");
+        assert_eq!(v.state, "running");
+    });
+}
+
+#[test]
+fn a_daemon_shutting_down_removes_a_template_being_made() {
+    run(|h| {
+        let half = h.cfg.state_dir.join(".template");
+        std::fs::create_dir_all(&half).expect("dir");
+        std::fs::write(half.join("rootfs.img"), b"half").expect("file");
+        assert!(h.m.shut_down(std::time::Duration::from_secs(1)));
+        assert!(!half.exists(), "the hidden VM's directory was left");
+    });
+}

@@ -75,6 +75,38 @@ pub fn ram_image(pid: u32) -> Result<File, VmmError> {
     Ok(image)
 }
 
+/// Writes a fork image into the file `path` (only its data; holes stay
+/// holes), synced: a template's RAM on disk.
+pub fn store_image(image: &File, path: &Path) -> std::io::Result<()> {
+    let size = image.metadata()?.len();
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    out.set_len(size)?;
+    copy_data(image, &out, size)?;
+    out.sync_all()
+}
+
+/// A sealed fork image (a memfd) with the content of the file `path`
+/// ([`store_image`]'s).
+pub fn load_image(path: &Path) -> Result<File, VmmError> {
+    let fail = |e: String| VmmError::Load(format!("{}: {e}", path.display()));
+    let src = File::open(path).map_err(|e| fail(e.to_string()))?;
+    let size = src.metadata().map_err(|e| fail(e.to_string()))?.len();
+    let image = memfd("fcm-template-image", size).map_err(|e| fail(e.to_string()))?;
+    copy_data(&src, &image, size).map_err(|e| fail(e.to_string()))?;
+    use rustix::fs::{SealFlags, fcntl_add_seals};
+    fcntl_add_seals(
+        &image,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )
+    .map_err(|e| fail(format!("sealing the image: {e}")))?;
+    Ok(image)
+}
+
 /// Copies the data ranges of `src` (holes skipped) to the same offsets of `dst`.
 fn copy_data(src: &File, dst: &File, size: u64) -> std::io::Result<()> {
     use rustix::fs::{SeekFrom, seek};

@@ -120,6 +120,18 @@ impl Vmm for Qemu {
         fork::ram_image(pid)
     }
 
+    fn resize_disk(&self, dir: &Path, bytes: u64) -> Result<(), VmmError> {
+        // The drive's id on the command line (`args.rs`): the guest is told
+        // its disk grew (a virtio config change) and sees the new size.
+        qmp(
+            &dir.join(QMP),
+            &serde_json::json!({"execute": "block_resize",
+                "arguments": {"device": "root", "size": bytes}}),
+        )
+        .map(|_| ())
+        .map_err(|e| VmmError::Save(format!("growing the disk: {e}")))
+    }
+
     fn launch_fork(&self, spec: &LaunchSpec<'_>, from: &Path) -> Result<u32, VmmError> {
         let path = from.join(fork::DEVICES);
         let devices =
