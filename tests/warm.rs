@@ -129,6 +129,13 @@ fn warm_create_gives_the_vm_a_cold_one_gives() {
             .unwrap_or_default()
     };
     assert_eq!(keys(&w), keys(&c));
+    // A warm VM forks like a booted one (it owns its memory): the fork
+    // runs with its own name and the warm VM's files.
+    exec(&f, "warm-one", &["sh", "-c", "echo kept > /root/note"]);
+    f.ok(&["fork", "warm-one", "--name", "warm-fork"]);
+    assert_eq!(ssh(&f, "warm-fork", "hostname"), "warm-fork");
+    assert_eq!(exec(&f, "warm-fork", &["cat", "/root/note"]).trim(), "kept");
+    f.ok(&["destroy", "warm-fork"]);
     // A warm VM stops and boots cold like any other (its disk the size asked).
     f.ok(&["stop", "warm-one"]);
     f.ok(&["start", "warm-one"]);

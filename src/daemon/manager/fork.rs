@@ -80,9 +80,19 @@ impl<'a> Origin<'a> {
 
     fn boot(&self) -> Boot<'a> {
         match *self {
-            Self::Fork { stage, image } => Boot::Fork { from: stage, image },
+            Self::Fork { stage, image } => Boot::Fork {
+                from: stage,
+                image,
+                own: false,
+            },
             Self::Checkpoint(dir) => Boot::Saved(dir),
-            Self::Template { dir, image, .. } => Boot::Fork { from: dir, image },
+            // A warm VM owns a copy of the template's memory (a little
+            // slower than sharing its pages): it is forked like any VM.
+            Self::Template { dir, image, .. } => Boot::Fork {
+                from: dir,
+                image,
+                own: true,
+            },
         }
     }
 }

@@ -20,10 +20,13 @@ pub(super) enum Boot<'a> {
     Cold,
     /// Loads the whole saved state in this directory (pause, checkpoint).
     Saved(&'a Path),
-    /// Loads a fork's device state in this directory, its RAM the image.
+    /// Loads a fork's device state in this directory, its RAM the image
+    /// (mapped copy-on-write; or, with `own`, copied into the VM's own
+    /// shared memory, so that it can be forked in turn).
     Fork {
         from: &'a Path,
         image: &'a std::fs::File,
+        own: bool,
     },
 }
 
@@ -127,7 +130,12 @@ impl Manager {
             cpus: rec.cpus,
             memory_mib: rec.memory_mib,
             ram: match boot {
-                Boot::Fork { image, .. } => Ram::Image(image),
+                Boot::Fork {
+                    image, own: false, ..
+                } => Ram::Image(image),
+                Boot::Fork {
+                    image, own: true, ..
+                } => Ram::CopyOf(image),
                 _ if rec.shared_ram => Ram::Shared,
                 _ => Ram::Own,
             },

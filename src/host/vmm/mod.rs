@@ -91,6 +91,10 @@ pub enum Ram<'a> {
     /// A private copy-on-write mapping of a fork image that never changes:
     /// the VMs mapping it share the pages none of them wrote.
     Image(&'a File),
+    /// A memfd made at launch holding a copy of an image's data, mapped
+    /// shared: a VM restored from an image (a warm create) that owns its
+    /// memory like a booted one, so it can be forked.
+    CopyOf(&'a File),
 }
 
 /// What a backend needs to boot one guest. Paths are already validated.

@@ -108,7 +108,7 @@ pub fn load_image(path: &Path) -> Result<File, VmmError> {
 }
 
 /// Copies the data ranges of `src` (holes skipped) to the same offsets of `dst`.
-fn copy_data(src: &File, dst: &File, size: u64) -> std::io::Result<()> {
+pub(super) fn copy_data(src: &File, dst: &File, size: u64) -> std::io::Result<()> {
     use rustix::fs::{SeekFrom, seek};
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;

@@ -333,11 +333,17 @@ impl Qemu {
                 )
                 .map_err(VmmError::Io)?,
             ),
+            Ram::CopyOf(image) => {
+                let size = image.metadata().map_err(VmmError::Io)?.len();
+                let f = fork::memfd(&format!("fcm-ram-{}", spec.id), size).map_err(VmmError::Io)?;
+                fork::copy_data(image, &f, size).map_err(VmmError::Io)?;
+                Some(f)
+            }
             Ram::Own | Ram::Image(_) => None,
         };
         let ram = match spec.ram {
             Ram::Own => None,
-            Ram::Shared => own_ram.as_ref().map(|f| (f.as_raw_fd(), true)),
+            Ram::Shared | Ram::CopyOf(_) => own_ram.as_ref().map(|f| (f.as_raw_fd(), true)),
             Ram::Image(f) => Some((f.as_raw_fd(), false)),
         };
         let fds = Fds {
