@@ -379,7 +379,20 @@ impl Manager {
             self.undo_create(&rec);
             return None;
         }
-        let alive = self.vmm_alive(&rec);
+        let mut alive = self.vmm_alive(&rec);
+        if rec.state == VmState::Stopping && alive.is_some() {
+            // A stop was under way: its guest may be shutting down (told
+            // before the daemon died), its VMM about to exit. Give it the
+            // stop's time, so that the VM ends stopped as asked rather than
+            // adopted running only to stop a moment later.
+            let secs = self.cfg.stop_timeout_secs.clamp(1, 10);
+            let gone = || self.vmm_alive(&rec).is_none().then_some(());
+            if host::wait_until(Duration::from_secs(secs), Duration::from_millis(100), gone)
+                .is_some()
+            {
+                alive = None;
+            }
+        }
         let was = rec.state;
         let saved = self.saved_dir(&rec.id).is_dir();
         let action = lifecycle::recover(rec.state, alive.is_some(), saved);
