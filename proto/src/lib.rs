@@ -75,6 +75,41 @@ pub struct Exec {
     pub timeout_ms: Option<u64>,
 }
 
+/// How a VM made from an image (`fcm image build`/`import`) runs it: the
+/// part of the image's OCI config fcm honours. The daemon writes it, as
+/// JSON, on the VM's config drive as [`IMAGE_CONFIG_MEMBER`]; the guest's
+/// boot puts it at [`IMAGE_CONFIG_PATH`], where fcm's init (`fcm-agent
+/// init`) runs `entrypoint` + `cmd` as the VM's service and the agent takes
+/// `env`, `workdir` and `user` as the defaults of every `exec`, as `docker
+/// exec` does. A VM of the base image has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// The OCI `Entrypoint`: the program and its first arguments.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// The OCI `Cmd`: the arguments after the entrypoint, or the whole
+    /// command when there is none.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// The OCI `Env`: `NAME=value` entries, in order.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The OCI `WorkingDir` (default `/`).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// The OCI `User`: `name`, `uid`, `name:group` or `uid:gid` (default root).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// The config drive member holding a VM's [`ImageConfig`] (JSON).
+pub const IMAGE_CONFIG_MEMBER: &str = "fcm-image.json";
+/// Where the guest's boot puts the [`ImageConfig`] (JSON).
+pub const IMAGE_CONFIG_PATH: &str = "/run/fcm/image.json";
+/// On the kernel command line of a VM made from an image: the initramfs
+/// boots it with fcm's own init (`fcm-agent init`) instead of the image's.
+pub const IMAGE_BOOT_PARAM: &str = "fcm.image";
+
 /// A guest's new identity, for a VM made from another's memory (a fork):
 /// every field present is set; absent ones are left as they are.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
