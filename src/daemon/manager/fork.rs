@@ -388,6 +388,7 @@ impl Manager {
             &config_drive::Identity {
                 host_key: &host_key,
                 authorized_keys: &keys,
+                image: rec.image.as_ref().map(|i| &i.config),
             },
         )
         .map_err(step("write config drive"))?;
@@ -422,7 +423,8 @@ impl Manager {
         // A warm VM's network identity is set apart, in one program of the
         // guest's (`warm_network`): each `ip` the agent runs for
         // SetIdentity costs a program start, slow under TCG.
-        let net = !origin.warm();
+        // An image may have no `ip`: the agent sets it in process there.
+        let net = !origin.warm() || rec.image.is_some();
         let identity = fcm_proto::Identity {
             hostname: Some(rec.name.to_string()),
             machine_id: Some(random_hex(16)),

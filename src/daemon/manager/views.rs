@@ -70,6 +70,20 @@ impl Manager {
         Ok(r)
     }
 
+    /// [`Self::running`] for a console or session: its image must have
+    /// tmux (the base image does).
+    pub fn running_console(&self, vm: &str) -> Result<VmRecord, ManagerError> {
+        let (_, e) = self.resolve(vm)?;
+        let r = lock(&e.rec).clone();
+        if let Some(i) = r.image.as_ref().filter(|i| !i.tmux) {
+            return Err(ManagerError::NoTmux {
+                name: r.name.to_string(),
+                image: i.name.clone(),
+            });
+        }
+        self.running(vm)
+    }
+
     /// Makes the VM's URL show its state: the guest's page while it runs,
     /// the "stopped" page otherwise. A failure leaves the URL pending (the
     /// housekeeping thread tries again) and is a warning for the caller.
@@ -153,5 +167,6 @@ pub(super) fn broken_view(id: &VmId, reason: &str) -> VmView {
         idle_pause_secs: None,
         idle_paused: false,
         agent: false,
+        image: None,
     }
 }
