@@ -37,7 +37,10 @@ fn builder_ready() -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(ok, "buildah is not installed: run scripts/setup.sh (it installs it)");
+    assert!(
+        ok,
+        "buildah is not installed: run scripts/setup.sh (it installs it)"
+    );
     ok
 }
 
@@ -121,7 +124,12 @@ fn a_dockerfile_becomes_a_vm_with_its_package_file_env_workdir_and_url() {
         .find(|i| i["name"] == "web:1")
         .unwrap_or_else(|| panic!("web:1 not listed: {list:?}"));
     assert_eq!(web["source"], "build");
-    assert!(web["digest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{web}");
+    assert!(
+        web["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{web}"
+    );
     assert!(web["size_bytes"].as_u64().is_some_and(|s| s > 0), "{web}");
     assert!(list.iter().any(|i| i["name"] == "fcm/base"), "{list:?}");
 
@@ -152,7 +160,10 @@ fn a_dockerfile_becomes_a_vm_with_its_package_file_env_workdir_and_url() {
     // In use: 409, and nothing removed.
     let out = f.run(&["image", "rm", "web:1"]);
     let (_, stderr) = text(&out);
-    assert!(!out.status.success() && stderr.contains("in use"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("in use"),
+        "{stderr}"
+    );
     let (code, _) = f.api("DELETE", "/images/web%3A1", Some(&f.token()), None);
     assert_eq!(code, 409);
     assert!(images(&f).iter().any(|i| i["name"] == "web:1"));
@@ -161,7 +172,11 @@ fn a_dockerfile_becomes_a_vm_with_its_package_file_env_workdir_and_url() {
     let before = images(&f).len();
     for (tag, dockerfile, words) in [
         ("broken:1", "FROM fcm/base\nRUNN echo hi\n", "RUNN"),
-        ("failing:1", "FROM fcm/base\nRUN echo about-to-fail && exit 3\n", "exit status 3"),
+        (
+            "failing:1",
+            "FROM fcm/base\nRUN echo about-to-fail && exit 3\n",
+            "exit status 3",
+        ),
     ] {
         let d = tmp.path().join(tag.replace(':', "-"));
         fs::create_dir_all(&d).expect("dir");
@@ -169,17 +184,29 @@ fn a_dockerfile_becomes_a_vm_with_its_package_file_env_workdir_and_url() {
         let out = f.run(&["image", "build", &d.display().to_string(), "-t", tag]);
         let (stdout, stderr) = text(&out);
         assert!(!out.status.success(), "{tag} built: {stdout}");
-        assert!(stderr.contains(words), "{tag}: the builder's message is missing: {stderr}");
+        assert!(
+            stderr.contains(words),
+            "{tag}: the builder's message is missing: {stderr}"
+        );
     }
     assert_eq!(images(&f).len(), before, "a failed build stored something");
     no_leftovers(&f);
 
     // Bad names are refused before anything is sent to the builder.
-    let out = f.run(&["image", "build", &ctx.display().to_string(), "-t", "../evil"]);
+    let out = f.run(&[
+        "image",
+        "build",
+        &ctx.display().to_string(),
+        "-t",
+        "../evil",
+    ]);
     assert!(!out.status.success());
     let out = f.run(&["create", "--image", "no-such-image"]);
     let (_, stderr) = text(&out);
-    assert!(!out.status.success() && stderr.contains("no-such-image"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("no-such-image"),
+        "{stderr}"
+    );
 
     f.ok(&["destroy", &name]);
     f.ok(&["image", "rm", "web:1"]);
@@ -243,23 +270,40 @@ fn a_busybox_only_image_boots_takes_exec_and_cp_and_warm_creates() {
 
     let vm = f.create(&["--image", "bb"]);
     let name = vm["name"].as_str().expect("name").to_string();
-    assert_eq!(exec(&f, &name, &["sh", "-c", "echo hi from $(hostname)"]).trim(), format!("hi from {name}"));
+    assert_eq!(
+        exec(&f, &name, &["sh", "-c", "echo hi from $(hostname)"]).trim(),
+        format!("hi from {name}")
+    );
     // PID 1 is fcm's init, not the image's (it has none).
     let init = exec(&f, &name, &["cat", "/proc/1/cmdline"]);
-    assert!(init.contains("fcm-agent") && init.contains("init"), "{init:?}");
+    assert!(
+        init.contains("fcm-agent") && init.contains("init"),
+        "{init:?}"
+    );
     // cp both ways.
     let local = tmp.path().join("note.txt");
     fs::write(&local, "copied in\n").expect("note");
-    f.ok(&["cp", &local.display().to_string(), &format!("{name}:/tmp/note.txt")]);
+    f.ok(&[
+        "cp",
+        &local.display().to_string(),
+        &format!("{name}:/tmp/note.txt"),
+    ]);
     assert_eq!(exec(&f, &name, &["cat", "/tmp/note.txt"]), "copied in\n");
     let back = tmp.path().join("back.txt");
-    f.ok(&["cp", &format!("{name}:/tmp/note.txt"), &back.display().to_string()]);
+    f.ok(&[
+        "cp",
+        &format!("{name}:/tmp/note.txt"),
+        &back.display().to_string(),
+    ]);
     assert_eq!(fs::read_to_string(&back).expect("back"), "copied in\n");
     // No tmux in the image: console says so and what to do instead.
     let out = f.run(&["console", &name]);
     let (_, stderr) = text(&out);
     assert!(!out.status.success(), "console worked without tmux");
-    assert!(stderr.contains("tmux") && stderr.contains("fcm exec -it"), "{stderr}");
+    assert!(
+        stderr.contains("tmux") && stderr.contains("fcm exec -it"),
+        "{stderr}"
+    );
 
     // The image's own template: made after its first VM; the next VM of
     // the image is a warm create from it.
@@ -293,7 +337,11 @@ fn a_busybox_only_image_boots_takes_exec_and_cp_and_warm_creates() {
             .args(args)
             .output()
             .expect("buildah");
-        assert!(o.status.success(), "buildah {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "buildah {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     let tag = format!("fcm-test-bb-{}", std::process::id());
@@ -305,22 +353,44 @@ fn a_busybox_only_image_boots_takes_exec_and_cp_and_warm_creates() {
     let oci = tmp.path().join("bb-oci.tar");
     let docker = tmp.path().join("bb-docker.tar");
     b(&["push", &tag, &format!("oci-archive:{}", oci.display())]);
-    b(&["push", &tag, &format!("docker-archive:{}:{tag}:latest", docker.display())]);
+    b(&[
+        "push",
+        &tag,
+        &format!("docker-archive:{}:{tag}:latest", docker.display()),
+    ]);
     b(&["rmi", &tag]);
-    for (file, name, source) in [(&oci, "bb-oci", "oci-archive"), (&docker, "bb-docker", "docker-archive")] {
+    for (file, name, source) in [
+        (&oci, "bb-oci", "oci-archive"),
+        (&docker, "bb-docker", "docker-archive"),
+    ] {
         f.ok(&["image", "import", &file.display().to_string(), "-t", name]);
-        let i = images(&f).into_iter().find(|i| i["name"] == name).expect("listed");
+        let i = images(&f)
+            .into_iter()
+            .find(|i| i["name"] == name)
+            .expect("listed");
         assert_eq!(i["source"], source, "{i}");
-        assert_eq!(i["command"], serde_json::json!(["httpd", "-f", "-p", "8000", "-h", "/www"]));
+        assert_eq!(
+            i["command"],
+            serde_json::json!(["httpd", "-f", "-p", "8000", "-h", "/www"])
+        );
     }
     let served = f.create(&["--image", "bb-oci", "--cold"]);
     let ip = served["ip"].as_str().expect("ip").to_string();
     let page = wait_for(Duration::from_secs(60), || {
-        let o = f.ns.exec(&["curl", "-s", "--max-time", "3", &format!("http://{ip}:8000/")]);
+        let o = f.ns.exec(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://{ip}:8000/"),
+        ]);
         let body = String::from_utf8_lossy(&o.stdout).into_owned();
         body.contains("busybox says hi").then_some(body)
     });
-    assert!(page.is_some(), "the imported image's CMD does not serve port 8000");
+    assert!(
+        page.is_some(),
+        "the imported image's CMD does not serve port 8000"
+    );
 
     // A hostile tarball: refused, and nothing outside the image changed.
     let victim = tmp.path().join("victim");
@@ -345,16 +415,25 @@ fn a_busybox_only_image_boots_takes_exec_and_cp_and_warm_creates() {
     }
     let out = f.run(&["image", "import", &evil.display().to_string(), "-t", "evil"]);
     let (_, stderr) = text(&out);
-    assert!(!out.status.success(), "a tarball escaping with ../ was imported");
+    assert!(
+        !out.status.success(),
+        "a tarball escaping with ../ was imported"
+    );
     assert!(stderr.contains(".."), "{stderr}");
-    assert_eq!(fs::read_to_string(victim.join("marker")).expect("marker"), "untouched");
+    assert_eq!(
+        fs::read_to_string(victim.join("marker")).expect("marker"),
+        "untouched"
+    );
     let after = snapshot(tmp.path());
     let changed: Vec<_> = after
         .iter()
         .filter(|e| !before.contains(e) && e.0 != evil)
         .map(|e| e.0.clone())
         .collect();
-    assert!(changed.is_empty(), "files outside the image changed: {changed:?}");
+    assert!(
+        changed.is_empty(),
+        "files outside the image changed: {changed:?}"
+    );
     assert!(!images(&f).iter().any(|i| i["name"] == "evil"));
     no_leftovers(&f);
 }

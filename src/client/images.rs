@@ -42,7 +42,10 @@ fn build(ctx: &Path, file: Option<&Path>, tag: &str, json: bool) -> Result<(), F
     if !ctx.is_dir() {
         return Err(Failure::usage(
             format!("the build context {} is not a directory", ctx.display()),
-            Some("fcm image build [PATH] -t NAME: PATH holds the Dockerfile and the files it COPYs".into()),
+            Some(
+                "fcm image build [PATH] -t NAME: PATH holds the Dockerfile and the files it COPYs"
+                    .into(),
+            ),
         ));
     }
     let dockerfile = file.map_or_else(|| ctx.join("Dockerfile"), Path::to_owned);
@@ -153,7 +156,10 @@ fn send(path: &str, body: Box<dyn Read + Send>, json: bool) -> Result<(), Failur
                     v.digest.as_deref().map_or("-", short_digest),
                     human(v.size_bytes)
                 ));
-                out(&format!("  create a VM from it: fcm create --image {}", v.name));
+                out(&format!(
+                    "  create a VM from it: fcm create --image {}",
+                    v.name
+                ));
                 return Ok(());
             }
             ImageEvent::Error(e) => return Err(Failure::new(e.error, e.hint)),

@@ -51,15 +51,34 @@ pub enum Route {
     DeleteCheckpoint(String, String),
     ResizeVm(String),
     Exec(String),
-    Logs { vm: String, offset: u64, max: usize },
-    GetFile { vm: String, path: String },
-    PutFile { vm: String, path: String },
-    GetArchive { vm: String, path: String },
-    PutArchive { vm: String, path: String },
+    Logs {
+        vm: String,
+        offset: u64,
+        max: usize,
+    },
+    GetFile {
+        vm: String,
+        path: String,
+    },
+    PutFile {
+        vm: String,
+        path: String,
+    },
+    GetArchive {
+        vm: String,
+        path: String,
+    },
+    PutArchive {
+        vm: String,
+        path: String,
+    },
     ListImages,
     /// `POST /images?name=N[&dockerfile=P]` (a build context) or
     /// `?name=N&import=1` (an archive): streamed both ways.
-    PostImage { name: String, source: ImageSource },
+    PostImage {
+        name: String,
+        source: ImageSource,
+    },
     GetImage(String),
     DeleteImage(String),
 }
@@ -286,14 +305,20 @@ fn with_query(r: Route, url: &str) -> Result<Route, ApiError> {
             path: guest_path(url)?,
         },
         Route::PostImage { .. } => {
-            let name = query(url, "name")?.filter(|n| !n.is_empty()).ok_or_else(|| {
-                ApiError::new(400, "the query parameter name is missing")
-                    .with_hint("e.g. POST /images?name=web:1 with a build context (tar) as the body")
-            })?;
+            let name = query(url, "name")?
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    ApiError::new(400, "the query parameter name is missing").with_hint(
+                        "e.g. POST /images?name=web:1 with a build context (tar) as the body",
+                    )
+                })?;
             let import = matches!(query(url, "import")?.as_deref(), Some("1" | "true"));
             let dockerfile = query(url, "dockerfile")?.filter(|d| !d.is_empty());
             if import && dockerfile.is_some() {
-                return Err(ApiError::new(400, "dockerfile is for a build, not an import"));
+                return Err(ApiError::new(
+                    400,
+                    "dockerfile is for a build, not an import",
+                ));
             }
             let source = if import {
                 ImageSource::Import

@@ -31,7 +31,9 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::CheckpointExists { .. } => 409,
         ManagerError::Guest(e) => guest_status_of(e),
         ManagerError::ImageNotFound(_) => 404,
-        ManagerError::ImageInUse { .. } | ManagerError::NoTmux { .. } => 409,
+        ManagerError::ImageInUse { .. }
+        | ManagerError::NoTmux { .. }
+        | ManagerError::NoSshd { .. } => 409,
         ManagerError::TooLarge(_) => 413,
         ManagerError::Image(e) => crate::daemon::manager::image_status(e),
     }

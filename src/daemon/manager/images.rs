@@ -8,8 +8,8 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use super::{Manager, ManagerError, lock};
@@ -193,7 +193,9 @@ impl Manager {
     ) -> Result<ImageJob, ManagerError> {
         self.check_image_request(name)?;
         let store = self.store()?;
-        let upload = store.scratch_file("upload").map_err(|e| ManagerError::Image(Box::new(e)))?;
+        let upload = store
+            .scratch_file("upload")
+            .map_err(|e| ManagerError::Image(Box::new(e)))?;
         let max = self.cfg.images.max_upload_bytes;
         if let Err(e) = receive(body, &upload, max) {
             let _ = fs::remove_file(&upload);
@@ -228,7 +230,9 @@ impl Manager {
                 let _ = tx.send(event_line(&last));
             });
         if let Err(e) = spawned {
-            return Err(ManagerError::BadRequest(format!("no thread for the build: {e}")));
+            return Err(ManagerError::BadRequest(format!(
+                "no thread for the build: {e}"
+            )));
         }
         Ok(ImageJob {
             rx,

@@ -147,8 +147,12 @@ pub enum ManagerError {
     TooLarge(String),
     #[error(transparent)]
     Image(Box<crate::host::image::ImageError>),
-    #[error("VM {name} has no tmux in its image {image}: fcm console and sessions need tmux in the image")]
+    #[error(
+        "VM {name} has no tmux in its image {image}: fcm console and sessions need tmux in the image"
+    )]
     NoTmux { name: String, image: String },
+    #[error("VM {name} has no sshd in its image {image}: fcm ssh needs sshd in the image")]
+    NoSshd { name: String, image: String },
 }
 
 impl ManagerError {
@@ -193,6 +197,10 @@ impl ManagerError {
             Self::ImageInUse { vms, .. } => Some(format!(
                 "destroy the VMs made from it first (fcm destroy {})",
                 vms.join(" ")
+            )),
+            Self::NoSshd { name, .. } => Some(format!(
+                "run a shell with: fcm exec -it {name} -- sh (or add sshd to the image, \
+                 e.g. RUN apt-get install -y openssh-server)"
             )),
             Self::NoTmux { name, .. } => Some(format!(
                 "run a shell with: fcm exec -it {name} -- sh (or add tmux to the image, \

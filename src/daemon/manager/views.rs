@@ -44,6 +44,12 @@ impl Manager {
         let (_, e) = self.resolve(vm)?;
         self.refresh(&e);
         let r = lock(&e.rec);
+        if let Some(i) = r.image.as_ref().filter(|i| !i.sshd) {
+            return Err(ManagerError::NoSshd {
+                name: r.name.to_string(),
+                image: i.name.clone(),
+            });
+        }
         Ok(SshInfo {
             id: r.id.to_string(),
             name: r.name.to_string(),
