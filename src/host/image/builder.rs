@@ -372,10 +372,11 @@ impl Builder {
     ) -> Result<(), ImageError> {
         match format {
             ArchiveFormat::Oci | ArchiveFormat::Docker => {
+                let before = self.names();
                 let id = self.pull(archive, format, log)?;
                 let tagged = self.buildah(&["tag", &id, tag]).map(drop);
                 // The archive's own names are dropped: only `tag` stays.
-                self.untag_others(&id, tag);
+                self.drop_new_names(&before, tag);
                 tagged
             }
             ArchiveFormat::RootfsTar => {
@@ -401,24 +402,35 @@ impl Builder {
         }
     }
 
-    /// Removes every name of image `id` but `keep` (an archive's own
-    /// names, such as `fcm/base`, never land in fcm's storage).
-    fn untag_others(&self, id: &str, keep: &str) {
-        if let Ok(names) = self.buildah(&[
-            "images",
-            "--format",
-            "{{.Name}}:{{.Tag}} {{.ID}}",
-            "--no-trunc",
-        ]) {
-            for l in names.lines() {
+    /// Every (name, image id) in the storage.
+    fn names(&self) -> Vec<(String, String)> {
+        let out = self
+            .buildah(&[
+                "images",
+                "--format",
+                "{{.Name}}:{{.Tag}} {{.ID}}",
+                "--no-trunc",
+            ])
+            .unwrap_or_default();
+        out.lines()
+            .filter_map(|l| {
                 let mut it = l.split_whitespace();
-                let (Some(n), Some(i)) = (it.next(), it.next()) else {
-                    continue;
-                };
-                let i = i.trim_start_matches("sha256:");
-                if i.starts_with(id) && !n.contains(keep) && !n.starts_with("<none>") {
-                    let _ = self.buildah(&["untag", id, n]);
-                }
+                let (n, i) = (it.next()?, it.next()?);
+                (!n.starts_with("<none>"))
+                    .then(|| (n.to_owned(), i.trim_start_matches("sha256:").to_owned()))
+            })
+            .collect()
+    }
+
+    /// Removes the names a pull gave (those not in `before`) but `keep`:
+    /// an archive's own names never stay in fcm's storage. A name it
+    /// took from another image (even `fcm/base`) is removed too: the base
+    /// is made again by the next `ensure_base`.
+    fn drop_new_names(&self, before: &[(String, String)], keep: &str) {
+        for (n, i) in self.names() {
+            if !before.contains(&(n.clone(), i)) && !n.contains(keep) {
+                // rmi of one of several names only removes that name.
+                let _ = self.buildah(&["rmi", &n]);
             }
         }
     }

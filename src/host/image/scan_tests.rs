@@ -102,6 +102,7 @@ fn formats_are_told_by_content() {
     }
     for (name, data, why) in [
         ("text", b"hello world".to_vec(), "not a tar"),
+        ("json", b"{}".to_vec(), "not a tar"),
         ("zstd.tar", vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0], "zstd"),
     ] {
         let e = scan_archive(&write(t.path(), name, &data), &BIG).expect_err(name);
