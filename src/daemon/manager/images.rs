@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::{Manager, ManagerError, lock};
 use crate::daemon::store::VmImage;
-use crate::host::image::{self, ImageMeta};
+use crate::host::image::{self, ImageError, ImageMeta, ImageName};
 use crate::wire::api::{ErrorBody, ImageEvent, ImageView};
 
 /// The base image's names: `create --image fcm/base` is a plain create.
@@ -42,20 +42,22 @@ pub enum ImageSource {
 #[derive(Default)]
 pub(super) struct Builds(Mutex<()>);
 
-impl ImageView {
-    fn of(m: &ImageMeta) -> Self {
-        let mut command = m.config.entrypoint.clone();
-        command.extend(m.config.cmd.iter().cloned());
-        Self {
-            name: m.name.clone(),
-            digest: Some(m.digest.clone()).filter(|d| !d.is_empty()),
-            size_bytes: m.size_bytes,
-            created_at: m.created_at,
-            source: m.source.clone(),
-            command,
-            tmux: m.tools.tmux,
-            sshd: m.tools.sshd,
-        }
+/// An image as the API shows it.
+fn view_of(m: &ImageMeta) -> ImageView {
+    let mut command = m.config.entrypoint.clone();
+    command.extend(m.config.cmd.iter().cloned());
+    ImageView {
+        name: m.name.to_string(),
+        digest: Some(m.digest.clone()).filter(|d| !d.is_empty()),
+        size_bytes: m.size_bytes,
+        created_at: m.created_at,
+        source: serde_json::to_value(m.source)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        command,
+        tmux: m.tools.tmux,
+        sshd: m.tools.sshd,
     }
 }
 
@@ -65,9 +67,15 @@ pub fn is_base(name: &str) -> bool {
 }
 
 impl Manager {
-    pub(super) fn store(&self) -> Result<image::Store, ManagerError> {
-        image::Store::open(&self.cfg.state_dir, &self.cfg.images)
-            .map_err(|e| ManagerError::Image(Box::new(e)))
+    /// The image store, opened once (its opening sweeps what a crash
+    /// left half-made, so never while a build runs).
+    pub(super) fn store(&self) -> Result<&image::Store, ManagerError> {
+        let opened = self
+            .images
+            .get_or_init(|| image::Store::open(&self.cfg.state_dir).map_err(|e| e.to_string()));
+        opened
+            .as_ref()
+            .map_err(|e| ManagerError::BadRequest(format!("the image store cannot be used: {e}")))
     }
 
     /// Every image, the base image first.
@@ -87,7 +95,7 @@ impl Manager {
             }
         });
         let mut all: Vec<ImageView> = base.into_iter().collect();
-        all.extend(self.store()?.list().iter().map(ImageView::of));
+        all.extend(self.store()?.list().iter().map(view_of));
         Ok(all)
     }
 
@@ -101,7 +109,7 @@ impl Manager {
                 .filter(|i| i.name == BASE)
                 .ok_or_else(|| ManagerError::ImageNotFound(name.to_owned()));
         }
-        Ok(ImageView::of(&self.image_named(name)?))
+        Ok(view_of(&self.image_named(name)?))
     }
 
     /// The stored image `name` (not the base image).
@@ -130,7 +138,7 @@ impl Manager {
         let disk = self.store()?.rootfs(&meta);
         Ok(Some((
             VmImage {
-                name: meta.name.clone(),
+                name: meta.name.to_string(),
                 digest: Some(meta.digest.clone()).filter(|d| !d.is_empty()),
                 config: meta.config.clone(),
                 tmux: meta.tools.tmux,
@@ -154,32 +162,33 @@ impl Manager {
                 let r = lock(&e.rec);
                 r.image
                     .as_ref()
-                    .filter(|i| i.name == meta.name)
+                    .filter(|i| i.name == meta.name.as_str())
                     .map(|_| r.name.to_string())
             })
             .collect();
         if !users.is_empty() {
             return Err(ManagerError::ImageInUse {
-                name: meta.name.clone(),
+                name: meta.name.to_string(),
                 vms: users,
             });
         }
         self.store()?
-            .remove(&meta.name)
+            .remove(meta.name.as_str())
             .map_err(|e| ManagerError::Image(Box::new(e)))?;
-        self.forget_image_templates(&meta.name);
-        Ok(ImageView::of(&meta))
+        self.forget_image_templates(meta.name.as_str());
+        Ok(view_of(&meta))
     }
 
     /// Checks an upload's request before its body is read.
-    pub fn check_image_request(&self, name: &str) -> Result<(), ManagerError> {
+    pub fn check_image_request(&self, name: &str) -> Result<ImageName, ManagerError> {
         if is_base(name) {
             return Err(ManagerError::BadRequest(format!(
                 "{BASE} is the built-in base image: choose another name"
             )));
         }
-        image::validate_name(name).map_err(|e| ManagerError::Image(Box::new(e)))?;
-        self.store().map(|_| ())
+        let name = ImageName::new(name).map_err(image_err)?;
+        self.store()?;
+        Ok(name)
     }
 
     /// Receives an upload (at most `images.max_upload_bytes`) into the
@@ -191,14 +200,19 @@ impl Manager {
         source: ImageSource,
         body: &mut dyn Read,
     ) -> Result<ImageJob, ManagerError> {
-        self.check_image_request(name)?;
-        let store = self.store()?;
-        let upload = store
-            .scratch_file("upload")
-            .map_err(|e| ManagerError::Image(Box::new(e)))?;
-        let max = self.cfg.images.max_upload_bytes;
-        if let Err(e) = receive(body, &upload, max) {
-            let _ = fs::remove_file(&upload);
+        let name = self.check_image_request(name)?;
+        // In the store's own scratch space: a crash leaves nothing the
+        // next start does not remove (`.new-*`).
+        let scratch = self
+            .store()?
+            .dir()
+            .join(format!(".new-upload-{:016x}", rand::random::<u64>()));
+        let upload = scratch.join("upload");
+        let made = fs::create_dir_all(&scratch)
+            .map_err(|e| image_err(ImageError::io("could not make", &scratch)(e)))
+            .and_then(|()| receive(body, &upload, self.cfg.images.max_upload_bytes));
+        if let Err(e) = made {
+            let _ = fs::remove_dir_all(&scratch);
             return Err(e);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LOG_QUEUE);
@@ -207,16 +221,15 @@ impl Manager {
             .get()
             .and_then(std::sync::Weak::upgrade)
             .ok_or(ManagerError::ShuttingDown)?;
-        let name = name.to_owned();
         let spawned = std::thread::Builder::new()
             .name("fcm-image".into())
             .spawn(move || {
-                let result = m.run_image_job(&store, &name, &source, &upload, &tx);
-                let _ = fs::remove_file(&upload);
+                let result = m.run_image_job(&name, &source, &upload, &tx);
+                let _ = fs::remove_dir_all(&scratch);
                 let last = match result {
                     Ok(meta) => {
                         m.image_stored(&meta);
-                        ImageEvent::Image(ImageView::of(&meta))
+                        ImageEvent::Image(view_of(&meta))
                     }
                     Err(e) => {
                         let status = crate::daemon::api::status_of(&e);
@@ -244,8 +257,7 @@ impl Manager {
 
     fn run_image_job(
         &self,
-        store: &image::Store,
-        name: &str,
+        name: &ImageName,
         source: &ImageSource,
         upload: &Path,
         tx: &SyncSender<Vec<u8>>,
@@ -271,50 +283,82 @@ impl Manager {
                 if !said {
                     said = true;
                     log("waiting for another build or import to end")
-                        .map_err(|e| ManagerError::Image(Box::new(e.into())))?;
+                        .map_err(|e| image_err(ImageError::LogGone(e)))?;
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
         };
-        let base = self.cfg.asset(&self.cfg.rootfs);
+        let store = self.store()?;
+        let builder = image::Builder::from_config(&self.cfg.images);
+        let limits = image::Limits::from_config(&self.cfg.images);
         let made = match source {
-            ImageSource::Build { dockerfile } => store.build(
-                &image::BuildRequest {
-                    name,
-                    context: upload,
-                    dockerfile: dockerfile.as_deref(),
-                    base_rootfs: &base,
-                },
-                &mut log,
-            ),
-            ImageSource::Import => store.import(
+            ImageSource::Build { dockerfile } => {
+                // `FROM fcm/base` needs the base image in the builder's
+                // storage (the set-up puts it there; a newer base rootfs
+                // replaces it).
+                let base = self.cfg.asset(&self.cfg.rootfs);
+                match image::ensure_base(&builder, &base, &self.cfg.state_dir) {
+                    Ok(true) => {
+                        let _ = log(&format!(
+                            "made {} from {}",
+                            image::BASE_IMAGE,
+                            base.display()
+                        ));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        let _ = log(&format!(
+                            "warning: no {} in the builder: {e}",
+                            image::BASE_IMAGE
+                        ));
+                    }
+                }
+                image::build(
+                    store,
+                    &builder,
+                    &image::BuildRequest {
+                        name: name.clone(),
+                        context: upload.to_owned(),
+                        dockerfile: dockerfile.clone(),
+                        limits,
+                    },
+                    &mut log,
+                )
+            }
+            ImageSource::Import => image::import(
+                store,
+                &builder,
                 &image::ImportRequest {
-                    name,
-                    archive: upload,
+                    name: name.clone(),
+                    archive: upload.to_owned(),
+                    limits,
                 },
                 &mut log,
             ),
         };
-        made.map_err(|e| ManagerError::Image(Box::new(e)))
+        made.map_err(image_err)
     }
+}
+
+fn image_err(e: ImageError) -> ManagerError {
+    ManagerError::Image(Box::new(e))
 }
 
 /// Copies an upload to `to`, refusing it past `max` bytes (413).
 fn receive(body: &mut dyn Read, to: &Path, max: u64) -> Result<(), ManagerError> {
+    let io_err = |e| image_err(ImageError::io("could not receive the upload into", to)(e));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(to)
-        .map_err(|e| ManagerError::Image(Box::new(e.into())))?;
-    let copied = io::copy(&mut body.take(max + 1), &mut f)
-        .map_err(|e| ManagerError::Image(Box::new(e.into())))?;
+        .map_err(io_err)?;
+    let copied = io::copy(&mut body.take(max + 1), &mut f).map_err(io_err)?;
     if copied > max {
         return Err(ManagerError::TooLarge(format!(
             "the upload is larger than images.max_upload_bytes ({max} bytes)"
         )));
     }
-    f.sync_all()
-        .map_err(|e| ManagerError::Image(Box::new(e.into())))
+    f.sync_all().map_err(io_err)
 }
 
 fn event_line(e: &ImageEvent) -> Vec<u8> {
@@ -360,11 +404,44 @@ impl Read for ImageJob {
 }
 
 /// The HTTP status of a failed build or import.
-pub fn image_status(e: &image::ImageError) -> u16 {
-    e.status()
+pub fn image_status(e: &ImageError) -> u16 {
+    use ImageError as E;
+    match e {
+        E::BadName(_)
+        | E::ReservedName(_)
+        | E::Escapes { .. }
+        | E::Absolute { .. }
+        | E::LinkEscapes { .. }
+        | E::Unscannable { .. }
+        | E::NotTar(_)
+        | E::NoDockerfile(_)
+        | E::BuildFailed { .. } => 400,
+        E::NotFound(_) => 404,
+        E::TooBig { .. } => 413,
+        E::NotInstalled { .. } => 503,
+        E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => 507,
+        E::Tool { .. } | E::LogGone(_) | E::BadOutput(_) | E::Io { .. } => 500,
+    }
 }
 
 /// What to do about a failed build or import.
-pub(super) fn image_hint(e: &image::ImageError) -> Option<String> {
-    e.hint()
+pub(super) fn image_hint(e: &ImageError) -> Option<String> {
+    use ImageError as E;
+    match e {
+        E::BuildFailed { .. } => {
+            Some("fix the Dockerfile (the builder's words are above) and build again".into())
+        }
+        E::TooBig { .. } => Some(
+            "raise images.max_unpacked_bytes in the daemon's config, or make the image smaller"
+                .into(),
+        ),
+        E::Escapes { .. } | E::Absolute { .. } | E::LinkEscapes { .. } => {
+            Some("the archive is refused as a whole: nothing of it was unpacked".into())
+        }
+        E::NotFound(_) => Some("list images with: fcm image ls".into()),
+        E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => Some(
+            "the state directory's file system is full: remove images (fcm image rm) or VMs".into(),
+        ),
+        _ => None,
+    }
 }

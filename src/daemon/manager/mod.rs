@@ -289,6 +289,8 @@ pub struct Manager {
     builds: images::Builds,
     /// One template made at a time (`template.rs`).
     template_builds: Mutex<()>,
+    /// The image store (`images.rs`), opened at first use.
+    images: std::sync::OnceLock<Result<crate::host::image::Store, String>>,
     /// The daemon's own handle on the manager, for work on threads of its
     /// own (`Self::set_handle`).
     me: std::sync::OnceLock<std::sync::Weak<Manager>>,
@@ -364,6 +366,7 @@ impl Manager {
             template: Mutex::new(template::Slot::default()),
             builds: images::Builds::default(),
             template_builds: Mutex::new(()),
+            images: std::sync::OnceLock::new(),
             me: std::sync::OnceLock::new(),
         };
         m.load();

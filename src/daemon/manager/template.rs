@@ -171,8 +171,8 @@ impl Manager {
     /// An image was stored (built, imported, or replaced): its template
     /// is made anew.
     pub(super) fn image_stored(&self, meta: &crate::host::image::ImageMeta) {
-        lock(&self.template).images.remove(&meta.name);
-        if let Ok(Some((image, _))) = self.image_for_create(Some(&meta.name)) {
+        lock(&self.template).images.remove(meta.name.as_str());
+        if let Ok(Some((image, _))) = self.image_for_create(Some(meta.name.as_str())) {
             self.image_template_later(image);
         }
     }
@@ -376,7 +376,7 @@ impl Manager {
             .map(|s| s.list())
             .unwrap_or_default()
             .iter()
-            .filter_map(|m| self.image_for_create(Some(&m.name)).ok().flatten())
+            .filter_map(|m| self.image_for_create(Some(m.name.as_str())).ok().flatten())
             .map(|(i, _)| i)
             .collect();
         for e in fs::read_dir(&root).into_iter().flatten().flatten() {
