@@ -19,6 +19,8 @@
 //!   group; [`users`]: `/etc/passwd` and `/etc/group` read by hand (the
 //!   binary is static: no NSS).
 //! - `files` and `tree`: paths, and directories as tar made in process.
+//! - [`image`]: the image a VM was made from (`/run/fcm/image.json`): the
+//!   defaults of every exec.
 //! - [`system`]: clock, entropy, freeze, shutdown and identity behind the
 //!   [`system::System`] trait, so tests run the agent as a host process
 //!   without touching the host.
@@ -38,6 +40,7 @@ mod error;
 mod exec;
 mod files;
 mod flow;
+pub mod image;
 mod op;
 mod outbox;
 mod process;

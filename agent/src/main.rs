@@ -61,8 +61,18 @@ fn main() -> ExitCode {
     // program inherits the directory init started it in.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let _ = rustix::process::chdir("/");
+    // A VM made from an image: its env, workdir and user are the defaults
+    // of every exec (read once, at the start).
+    let image = match fcm_agent::image::load(std::path::Path::new(fcm_proto::IMAGE_CONFIG_PATH)) {
+        Ok(image) => image,
+        Err(e) => {
+            eprintln!("fcm-agent: warning: {e}; exec keeps its own defaults");
+            None
+        }
+    };
     let config = Config {
         programs_dir: Some(PROGRAMS.into()),
+        image,
         ..Config::default()
     };
     // An agent that died left its programs running: they end now (their
