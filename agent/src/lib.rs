@@ -20,7 +20,8 @@
 //!   binary is static: no NSS).
 //! - `files` and `tree`: paths, and directories as tar made in process.
 //! - [`image`]: the image a VM was made from (`/run/fcm/image.json`): the
-//!   defaults of every exec.
+//!   defaults of every exec; [`init`]: fcm's own init (`fcm-agent init`),
+//!   PID 1 of a VM made from an image.
 //! - [`system`]: clock, entropy, freeze, shutdown and identity behind the
 //!   [`system::System`] trait, so tests run the agent as a host process
 //!   without touching the host.
@@ -41,6 +42,7 @@ mod exec;
 mod files;
 mod flow;
 pub mod image;
+pub mod init;
 mod op;
 mod outbox;
 mod process;

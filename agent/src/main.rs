@@ -10,12 +10,17 @@ use std::time::Duration;
 
 const USAGE: &str = "\
 usage: fcm-agent [--unix PATH]
+       fcm-agent init
 
 fcm's agent, run by the guest's init (and restarted by it). It serves the
 fcm daemon over one channel and never exits on its own.
 
 With no option: the virtio-serial port named fcm.agent.0 (QEMU), found in
 /sys/class/virtio-ports, else vsock port 10789 (Firecracker).
+
+`fcm-agent init` is fcm's own init, PID 1 of a VM made from an image
+(docs/guest.md): it mounts, grows /, runs and restarts the agent, sshd and
+the image's service, reaps orphans, and shuts down on SIGTERM/SIGINT.
 
 Options:
   --unix PATH   listen on a Unix socket at PATH instead (for development and
@@ -49,6 +54,9 @@ const PROGRAMS: &str = "/run/fcm/agent-programs";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() == 1 && args[0] == "init" {
+        fcm_agent::init::run();
+    }
     let channel = match parse(&args) {
         Ok(Some(c)) => c,
         Ok(None) => return ExitCode::SUCCESS,
