@@ -11,6 +11,7 @@ use std::time::Duration;
 const USAGE: &str = "\
 usage: fcm-agent [--unix PATH]
        fcm-agent init
+       fcm-agent grow-root --min-bytes N
 
 fcm's agent, run by the guest's init (and restarted by it). It serves the
 fcm daemon over one channel and never exits on its own.
@@ -21,6 +22,8 @@ With no option: the virtio-serial port named fcm.agent.0 (QEMU), found in
 `fcm-agent init` is fcm's own init, PID 1 of a VM made from an image
 (docs/guest.md): it mounts, grows /, runs and restarts the agent, sshd and
 the image's service, reaps orphans, and shuts down on SIGTERM/SIGINT.
+`fcm-agent grow-root --min-bytes N` waits (20 s at most) until the disk of
+/ is N bytes, then grows / to it online (a warm create of a larger disk).
 
 Options:
   --unix PATH   listen on a Unix socket at PATH instead (for development and
@@ -56,6 +59,22 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() == 1 && args[0] == "init" {
         fcm_agent::init::run();
+    }
+    if let [cmd, flag, n] = args.as_slice()
+        && cmd == "grow-root"
+        && flag == "--min-bytes"
+    {
+        let Ok(min) = n.parse::<u64>() else {
+            eprintln!("fcm-agent: grow-root: --min-bytes takes a number of bytes");
+            return ExitCode::from(2);
+        };
+        return match fcm_agent::init::grow_root_to(min, std::time::Duration::from_secs(20)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fcm-agent: grow-root: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let channel = match parse(&args) {
         Ok(Some(c)) => c,

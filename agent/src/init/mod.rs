@@ -21,6 +21,7 @@ macro_rules! say {
 }
 
 mod mounts;
+pub use mounts::grow_root_to;
 mod services;
 mod supervise;
 

@@ -187,6 +187,34 @@ fn root_device() -> Option<String> {
     })
 }
 
+/// `fcm-agent grow-root --min-bytes N`: once the disk of `/` is at least
+/// `min_bytes` (the host has just grown it: the new size arrives as an
+/// interrupt), grows `/` to it, as at a boot. For a warm create from an
+/// image's template, whose guest does not boot. At most `wait` for the size.
+pub fn grow_root_to(min_bytes: u64, wait: std::time::Duration) -> Result<(), String> {
+    let Some(dev) = root_device() else {
+        return Err("no device is mounted on / (per /proc/self/mounts)".into());
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        let disk = File::open(&dev).map_err(|e| format!("{dev}: {e}"))?;
+        let mut bytes = 0u64;
+        ioctl(&disk, BLKGETSIZE64, (&raw mut bytes).cast())
+            .map_err(|e| format!("{dev}: size: {e}"))?;
+        if bytes >= min_bytes {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{dev} is {bytes} bytes, not the {min_bytes} asked, after {} s",
+                wait.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    try_grow_root()
+}
+
 /// Grows `/` online to its disk's size (the host only extends the disk's
 /// file; the image may have no resize2fs). Never fatal.
 pub(super) fn grow_root() {
