@@ -20,6 +20,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::caddy::{start_caddy, write_caddy_config};
+use common::pty::OnPty;
 use common::{Fcm, e2e_ready, wait_for};
 
 fn text(o: &Output) -> (String, String) {
@@ -220,13 +221,18 @@ fn busybox_tarball(dir: &Path) -> PathBuf {
     let root = dir.join("bb-root");
     fs::create_dir_all(root.join("bin")).expect("bin");
     fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
-    let ok = Command::new(root.join("bin/busybox"))
-        .args(["--install", "-s"])
-        .arg(root.join("bin"))
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "busybox --install failed");
+    // Relative links (`busybox --install -s` would point them at the
+    // host's path of the binary).
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    assert!(list.status.success(), "busybox --list failed");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !applet.is_empty() && applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("link");
+        }
+    }
     for d in ["etc", "root", "tmp", "www"] {
         fs::create_dir_all(root.join(d)).expect("dir");
     }
@@ -297,13 +303,18 @@ fn a_busybox_only_image_boots_takes_exec_and_cp_and_warm_creates() {
     ]);
     assert_eq!(fs::read_to_string(&back).expect("back"), "copied in\n");
     // No tmux in the image: console says so and what to do instead.
-    let out = f.run(&["console", &name]);
-    let (_, stderr) = text(&out);
-    assert!(!out.status.success(), "console worked without tmux");
-    assert!(
-        stderr.contains("tmux") && stderr.contains("fcm exec -it"),
-        "{stderr}"
+    let mut console = OnPty::start(&f, &["console", &name], 80, 24);
+    let said = console.wait_for("fcm exec -it", 30);
+    assert!(said.contains("tmux"), "{said}");
+    assert_ne!(
+        console.wait_exit(10),
+        Some(0),
+        "console worked without tmux"
     );
+    // No sshd either: fcm ssh says so.
+    let out = f.run(&["ssh", &name, "--", "true"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("sshd"), "{stderr}");
 
     // The image's own template: made after its first VM; the next VM of
     // the image is a warm create from it.
