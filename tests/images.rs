@@ -3,7 +3,8 @@
 //!
 //! - A Dockerfile `FROM fcm/base` with RUN apt-get, COPY, ENV, WORKDIR and
 //!   CMD becomes a VM whose package, file, variable and directory are there
-//!   and whose URL serves the directory through Caddy; a broken Dockerfile
+//!   and whose URL serves the directory through Caddy (the package from a
+//!   repository served in the test's namespace); a broken Dockerfile
 //!   and a failing RUN say the builder's words and store nothing; an image
 //!   in use cannot be removed.
 //! - A busybox-only image (no libc, no init, no sshd, no tmux) boots with
@@ -86,6 +87,85 @@ fn no_leftovers(f: &Fcm) {
     assert!(left.is_empty(), "leftovers in {}: {left:?}", dir.display());
 }
 
+/// A Debian package repository of one small package (`hello`, fetched
+/// with apt-get download as any package the set-up installs), served over
+/// HTTP inside the test's namespace: the builder's RUN runs there, where
+/// nothing but the namespace is reachable.
+struct AptRepo(std::process::Child);
+
+impl Drop for AptRepo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const REPO_PORT: u16 = 8099;
+
+fn apt_repo(f: &Fcm, dir: &Path) -> AptRepo {
+    fs::create_dir_all(dir).expect("repo dir");
+    let got = Command::new("apt-get")
+        .args(["download", "-q", "hello"])
+        .current_dir(dir)
+        .output()
+        .expect("apt-get download");
+    assert!(
+        got.status.success(),
+        "apt-get download hello failed (the set-up's package source): {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let deb = fs::read_dir(dir)
+        .expect("repo")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("a .deb");
+    let control = Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(&deb)
+        .output()
+        .expect("dpkg-deb");
+    assert!(control.status.success(), "dpkg-deb -f failed");
+    let sum = Command::new("sha256sum")
+        .arg(&deb)
+        .output()
+        .expect("sha256sum");
+    let sha = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sum")
+        .to_string();
+    let mut packages = String::from_utf8_lossy(&control.stdout)
+        .trim_end()
+        .to_string();
+    packages.push_str(&format!(
+        "\nFilename: ./{}\nSize: {}\nSHA256: {sha}\n\n",
+        deb.file_name().expect("name").to_string_lossy(),
+        fs::metadata(&deb).expect("deb").len()
+    ));
+    fs::write(dir.join("Packages"), packages).expect("Packages");
+    let child =
+        f.ns.cmd("python3")
+            .args([
+                "-m",
+                "http.server",
+                &REPO_PORT.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 http.server");
+    let up = wait_for(Duration::from_secs(10), || {
+        common::tcp_open(&f.ns, "127.0.0.1", REPO_PORT).then_some(())
+    });
+    assert!(up.is_some(), "the package repository did not come up");
+    AptRepo(child)
+}
+
 #[test]
 fn a_dockerfile_becomes_a_vm_with_its_package_file_env_workdir_and_url() {
     if !e2e_ready() || !builder_ready() {
@@ -98,6 +178,7 @@ fn a_dockerfile_becomes_a_vm_with_its_package_file_env_workdir_and_url() {
     let (caddyfile, _sites, config) = write_caddy_config(tmp.path());
     let f = Fcm::start("images", &["--config", &config.display().to_string()]);
     let _caddy = start_caddy(&f, &caddyfile, tmp.path());
+    let _repo = apt_repo(&f, &tmp.path().join("repo"));
 
     let ctx = tmp.path().join("ctx");
     fs::create_dir_all(&ctx).expect("ctx");
@@ -105,8 +186,9 @@ fn a_dockerfile_becomes_a_vm_with_its_package_file_env_workdir_and_url() {
     fs::write(
         ctx.join("Dockerfile"),
         "FROM fcm/base\n\
-         RUN apt-get update -o Acquire::Check-Valid-Until=false && \
-         apt-get install -y --no-install-recommends jq\n\
+         RUN echo 'deb [trusted=yes] http://127.0.0.1:8099/ ./' >/etc/apt/sources.list.d/fcm-test.list && \
+         apt-get update -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/fcm-test.list \
+         -o Dir::Etc::sourceparts=- && apt-get install -y --no-install-recommends hello\n\
          COPY index.html /srv/www/index.html\n\
          ENV GREETING=hello-from-the-image\n\
          WORKDIR /srv/www\n\
@@ -137,7 +219,7 @@ fn a_dockerfile_becomes_a_vm_with_its_package_file_env_workdir_and_url() {
     let vm = f.create(&["--image", "web:1"]);
     let name = vm["name"].as_str().expect("name").to_string();
     assert_eq!(vm["image"], "web:1", "{vm}");
-    assert!(exec(&f, &name, &["jq", "--version"]).starts_with("jq-"));
+    assert_eq!(exec(&f, &name, &["hello"]).trim(), "Hello, world!");
     assert!(exec(&f, &name, &["cat", "/srv/www/index.html"]).contains("served from the image"));
     assert_eq!(
         exec(&f, &name, &["sh", "-c", "echo $GREETING"]).trim(),

@@ -431,13 +431,18 @@ impl Manager {
             mac: net.then(|| rec.mac.clone()),
             address: net.then(|| format!("{}/{}", rec.ip, self.cfg.prefix_len)),
             gateway: net.then(|| self.cfg.gateway.to_string()),
-            ssh_host_keys: vec![
-                ("ssh_host_ed25519_key".into(), host_key.private.clone()),
-                (
-                    "ssh_host_ed25519_key.pub".into(),
-                    format!("{}\n", host_key.public),
-                ),
-            ],
+            // An image without sshd may have no /etc/ssh either.
+            ssh_host_keys: if rec.image.as_ref().is_some_and(|i| !i.sshd) {
+                Vec::new()
+            } else {
+                vec![
+                    ("ssh_host_ed25519_key".into(), host_key.private.clone()),
+                    (
+                        "ssh_host_ed25519_key.pub".into(),
+                        format!("{}\n", host_key.public),
+                    ),
+                ]
+            },
         };
         g.set_identity(&identity)
             .map_err(step("set the fork's identity"))?;
