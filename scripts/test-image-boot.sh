@@ -12,6 +12,8 @@
 #   - an Exec through the agent's virtio-serial port (agent/examples/exec.rs)
 #     runs in the image's workdir with its env (the docker exec defaults);
 #   - an orphan is reaped by fcm's init (no zombie left);
+#   - a SetIdentity (a new address and route, what a fork sends) works in
+#     this image without `ip` (the agent runs the initramfs's busybox);
 #   - / was grown online to the disk's size (the host only extends the file);
 #   - /etc/resolv.conf was written from fcm.dns=;
 #   - a Ctrl-Alt-Del (QMP send-key, what `fcm stop` sends) makes QEMU exit
@@ -99,8 +101,9 @@ in_ns() { ip netns exec "$NS" "$@"; }
 root=$TMP/root
 mkdir -p "$root/bin" "$root/www/cgi-bin"
 cp "$BUSYBOX" "$root/bin/busybox"
+# No ip: SetIdentity must fall back to the initramfs's busybox.
 for applet in $("$BUSYBOX" --list); do
-	[ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+	[ "$applet" = busybox ] || [ "$applet" = ip ] || ln -s busybox "$root/bin/$applet"
 done
 echo "hello from an image" >"$root/www/index.html"
 cat >"$root/www/cgi-bin/env" <<'EOF'
@@ -233,6 +236,15 @@ sleep 3
 zombies=$("$EXEC_CLIENT" "$TMP/agent.sock" ps -o stat,pid,ppid,comm | awk '$1 ~ /^Z/') ||
 	die "exec of ps failed"
 [ -z "$zombies" ] || die "zombies left: $zombies"
+
+# --- SetIdentity in an image without ip: a new address ------------------------------
+NEW_IP=172.16.0.52
+"$EXEC_CLIENT" "$TMP/agent.sock" --address "$NEW_IP/24" "$GW_IP" || die "SetIdentity failed"
+page=$(in_ns curl -fsS --max-time 5 "http://$NEW_IP:8000/index.html") ||
+	die "no answer on the new address $NEW_IP after SetIdentity"
+in_ns curl -fsS --max-time 2 "http://$VM_IP:8000/index.html" >/dev/null 2>&1 &&
+	die "the old address $VM_IP still answers after SetIdentity"
+log "SetIdentity moved the VM to $NEW_IP (no ip in the image: /run/fcm/busybox ip)"
 
 # --- Ctrl-Alt-Del: a clean stop, QEMU exits ----------------------------------------
 log "sending Ctrl-Alt-Del (QMP send-key)"
