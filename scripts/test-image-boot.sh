@@ -25,7 +25,7 @@
 #     run by fcm's init), and tmux works;
 #   - the service was restarted on failure with the backoff (1 s, 2 s) and
 #     then stays up (3 runs, the console says so);
-#   - `busybox poweroff` (SIGUSR2 to PID 1) makes QEMU exit.
+#   - the agent's Shutdown (SIGTERM to fcm's init) makes QEMU exit.
 # The base image's boot (no fcm.image) is scripts/test-guest-boot.sh.
 #
 # usage: scripts/test-image-boot.sh [ASSETS]   (default $FCM_ASSETS or /var/lib/firecracker)
@@ -317,9 +317,10 @@ grep -q "fcm-init\[.*\]: service exited with status 1 after .* s; restarting in 
 grep -q "fcm-init\[.*\]: service exited with status 1 after .* s; restarting in 2 s" "$TMP/serial2.log" ||
 	die "the console does not show the backoff doubling"
 log "the service failed twice and was restarted (1 s, 2 s), then stayed up"
-in_ns "${SSH[@]}" 'busybox poweroff' || true
-wait_exit "$STOP_DEADLINE" "busybox poweroff"
-grep -q "fcm-init\[.*\]: SIGUSR2 (poweroff): stopping every process" "$TMP/serial2.log" ||
-	die "the console does not show fcm's init taking poweroff"
-log "QEMU exited $STOP_S s after busybox poweroff"
-log "PASS 2: image from fcm/base (sshd and tmux under fcm's init, restart on failure with backoff, poweroff)"
+# The agent's Shutdown (what fcm stop sends first): SIGTERM to fcm's init.
+"$EXEC_CLIENT" "$TMP/agent.sock" --shutdown || die "the agent's Shutdown failed"
+wait_exit "$STOP_DEADLINE" "the agent's Shutdown"
+grep -q "fcm-init\[.*\]: SIGTERM: stopping every process" "$TMP/serial2.log" ||
+	die "the console does not show fcm's init taking the agent's Shutdown"
+log "QEMU exited $STOP_S s after the agent's Shutdown"
+log "PASS 2: image from fcm/base (sshd and tmux under fcm's init, restart on failure with backoff, the agent's Shutdown)"

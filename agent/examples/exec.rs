@@ -2,12 +2,14 @@
 //! (docs/agent.md): `Hello`, `Exec` with no cwd, user or env of its own (so
 //! the guest's defaults apply), then its output to stdout and stderr and its
 //! exit status as this program's. Or, with `--address`, a `SetIdentity`
-//! of the first interface's address and default route (what a fork sends).
+//! of the first interface's address and default route (what a fork sends);
+//! with `--shutdown`, a `Shutdown` (what `fcm stop` sends first).
 //! For scripted guest tests (scripts/test-image-boot.sh) that drive a VMM's
 //! agent socket directly.
 //!
 //! usage: cargo run -p fcm-agent --example exec -- SOCKET PROGRAM [ARG...]
 //!        cargo run -p fcm-agent --example exec -- SOCKET --address A.B.C.D/N GATEWAY
+//!        cargo run -p fcm-agent --example exec -- SOCKET --shutdown
 
 use fcm_proto::{Decoder, Exec, FromAgent, Identity, Next, ToAgent, VERSION, frame};
 use std::io::{Read, Write};
@@ -72,6 +74,12 @@ fn run(socket: &str, argv: &[String]) -> Result<i32, String> {
             match msg {
                 FromAgent::Hello { .. } if !said_exec => {
                     said_exec = true;
+                    if let [flag] = argv
+                        && flag == "--shutdown"
+                    {
+                        send(&mut s, &ToAgent::Shutdown { id: 1 })?;
+                        continue;
+                    }
                     if let [flag, address, gateway] = argv
                         && flag == "--address"
                     {
