@@ -145,9 +145,12 @@ fn noop_log() -> impl FnMut(&str) -> std::io::Result<()> {
 fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
     need!(true);
     let env = Env::new(Duration::from_secs(600));
+    let started = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1} s  {what}", started.elapsed().as_secs_f32());
     let state = env.tmp.path().join("state");
     assert!(ensure_base(&env.builder, Path::new(BASE_ROOTFS), &state).expect("base"));
     assert!(!ensure_base(&env.builder, Path::new(BASE_ROOTFS), &state).expect("base again"));
+    phase("fcm/base made, and found current");
     let dockerfile = b"FROM fcm/base\n\
         RUN mkdir -p /srv/www && echo made-by-run > /srv/www/run.txt\n\
         COPY index.html /srv/www/index.html\n\
@@ -236,6 +239,7 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
         env.assert_store_has(1);
     }
 
+    phase("two failing builds");
     // A Dockerfile named with -f that is not there.
     let req = BuildRequest {
         dockerfile: Some("nope/Dockerfile".into()),
@@ -252,7 +256,7 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
     let quick = Builder::new(
         BuilderKind::Buildah,
         env.builder.storage.clone(),
-        Duration::from_secs(20),
+        Duration::from_secs(10),
     );
     let req = BuildRequest {
         name: ImageName::new("slow").expect("name"),
@@ -264,6 +268,7 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
     let e = build(&env.store, &quick, &req, &mut noop_log()).expect_err("timeout");
     assert!(e.to_string().contains("images.build_timeout_secs"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(120), "{:?}", t.elapsed());
+    phase("a build killed at its deadline");
     let mut seen = 0;
     let mut gone = |l: &str| {
         seen += 1;
@@ -284,6 +289,7 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
             }),
         "the build's RUN outlived it"
     );
+    phase("a build killed when its log sink failed");
     env.assert_no_temporaries();
     env.assert_store_has(1);
     assert!(env.store.get(BASE_IMAGE).is_none());
