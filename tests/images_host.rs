@@ -420,6 +420,20 @@ fn archives_import_and_a_busybox_rootfs_has_a_shell_only() {
         "{names}"
     );
     env.assert_store_has(3);
+    // What a crash mid-build leaves in the builder's storage goes at sweep.
+    env.buildah(&["from", "--name", "fcm-build-crashed-ctr", "scratch"]);
+    env.buildah(&[
+        "commit",
+        "--quiet",
+        "fcm-build-crashed-ctr",
+        "fcm-build-crashed",
+    ]);
+    env.builder.sweep();
+    env.assert_no_temporaries();
+    assert!(
+        env.buildah(&["images", "--format", "{{.Name}}"])
+            .contains("tiny")
+    );
     let over = ImportRequest {
         name: ImageName::new("big").expect("name"),
         archive: oci.clone(),
