@@ -176,6 +176,7 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
         limits: limits(),
     };
     let meta = build(&env.store, &env.builder, &req, &mut log).expect("build");
+    phase("built and converted");
     assert!(
         lines.iter().any(|l| l.contains("STEP 2/6: RUN")),
         "{lines:?}"
@@ -269,10 +270,22 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
     assert!(e.to_string().contains("images.build_timeout_secs"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(120), "{:?}", t.elapsed());
     phase("a build killed at its deadline");
-    let mut seen = 0;
+    // The client goes away once the RUN step is running: the build and
+    // its RUN (in buildah's chroot) are killed, nothing is left.
+    let running = env.file(
+        "running.tar",
+        &tar_files(&[(
+            "Dockerfile",
+            0o644,
+            b"FROM fcm/base\nRUN echo started-sleeping && exec sleep 301\n",
+        )]),
+    );
+    let req = BuildRequest {
+        context: running,
+        ..req
+    };
     let mut gone = |l: &str| {
-        seen += 1;
-        if l.contains("RUN sleep") {
+        if l.trim() == "started-sleeping" {
             Err(std::io::Error::other("client went away"))
         } else {
             Ok(())
@@ -280,19 +293,28 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
     };
     let e = build(&env.store, &env.builder, &req, &mut gone).expect_err("gone");
     assert!(matches!(e, ImageError::LogGone(_)), "{e:?}");
-    assert!(
-        !fcm::host::find_processes(&["sleep"], "300")
-            .iter()
-            .any(|p| {
+    let sleeping = || {
+        fcm::host::find_processes(&["sleep"], "301")
+            .into_iter()
+            .filter(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| c == "sleep\u{0}300\u{0}")
-            }),
-        "the build's RUN outlived it"
+                    .is_ok_and(|c| c == "sleep\u{0}301\u{0}")
+            })
+            .collect::<Vec<_>>()
+    };
+    let left = fcm::host::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        sleeping().is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "the build's RUN outlived it: {:?}",
+        sleeping()
     );
     phase("a build killed when its log sink failed");
     env.assert_no_temporaries();
     env.assert_store_has(1);
     assert!(env.store.get(BASE_IMAGE).is_none());
+    phase("checked; removing the test's storage");
 }
 
 /// A busybox-only root file system: /bin/busybox and its applet links.
