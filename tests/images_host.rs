@@ -466,6 +466,18 @@ fn archives_import_and_a_busybox_rootfs_has_a_shell_only() {
     };
     let e = import(&env.store, &env.builder, &over, &mut noop_log()).expect_err("cap");
     assert!(e.to_string().contains("images.max_unpacked_bytes"), "{e}");
+    let upload = ImportRequest {
+        limits: Limits {
+            max_upload_bytes: 1 << 20,
+            max_unpacked_bytes: 1 << 30,
+        },
+        ..over
+    };
+    let e = import(&env.store, &env.builder, &upload, &mut noop_log()).expect_err("upload cap");
+    assert_eq!(
+        e.to_string(),
+        "the upload is larger than 1048576 bytes (images.max_upload_bytes)"
+    );
     env.assert_store_has(3);
 }
 

@@ -133,6 +133,8 @@ pub enum ImageError {
     Unscannable { what: String, compression: String },
     #[error("the image unpacks to more than {} (images.max_unpacked_bytes)", gib(*limit))]
     TooBig { limit: u64 },
+    #[error("the upload is larger than {} (images.max_upload_bytes)", gib(*limit))]
+    UploadTooBig { limit: u64 },
     #[error(
         "the upload is not a tar archive ({0}): send a build context, an OCI or docker archive, or a root file-system tarball"
     )]
@@ -172,6 +174,19 @@ impl ImageError {
     }
 }
 
+/// The daemon caps an upload while receiving it; this checks the file it saved.
+fn check_upload(path: &std::path::Path, limits: &Limits) -> Result<(), ImageError> {
+    let len = std::fs::metadata(path)
+        .map_err(ImageError::io("could not read", path))?
+        .len();
+    if len > limits.max_upload_bytes {
+        return Err(ImageError::UploadTooBig {
+            limit: limits.max_upload_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// Builds the request's context into an image and stores it under its name.
 /// The builder's output lines go to `log` as they come; when `log` fails
 /// the build is killed. On any error nothing is stored and the builder's
@@ -182,6 +197,7 @@ pub fn build(
     req: &BuildRequest,
     log: &mut LogSink<'_>,
 ) -> Result<ImageMeta, ImageError> {
+    check_upload(&req.context, &req.limits)?;
     let stage = store.stage()?;
     let unpacked = stage.dir().join("context");
     scan::unpack_context(&req.context, &unpacked, &req.limits)?;
@@ -208,6 +224,7 @@ pub fn import(
     req: &ImportRequest,
     log: &mut LogSink<'_>,
 ) -> Result<ImageMeta, ImageError> {
+    check_upload(&req.archive, &req.limits)?;
     let scanned = scan_archive(&req.archive, &req.limits)?;
     let stage = store.stage()?;
     let tmp = builder::temp_name();
