@@ -164,7 +164,43 @@ pub enum ImageError {
     },
 }
 
+/// What an [`ImageError`] is, for the daemon's status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The user's input: a name, an upload, a Dockerfile, a failing build
+    /// (400).
+    BadInput,
+    /// No such image (404).
+    NotFound,
+    /// A prerequisite is missing on the daemon's host (503).
+    Unavailable,
+    /// The client went away mid-build: nobody to answer.
+    ClientGone,
+    /// The host failed (500).
+    Host,
+}
+
 impl ImageError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadName(_)
+            | Self::ReservedName(_)
+            | Self::Escapes { .. }
+            | Self::Absolute { .. }
+            | Self::LinkEscapes { .. }
+            | Self::Unscannable { .. }
+            | Self::TooBig { .. }
+            | Self::UploadTooBig { .. }
+            | Self::NotTar(_)
+            | Self::NoDockerfile(_)
+            | Self::BuildFailed { .. } => ErrorKind::BadInput,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::NotInstalled { .. } => ErrorKind::Unavailable,
+            Self::LogGone(_) => ErrorKind::ClientGone,
+            Self::Tool { .. } | Self::BadOutput(_) | Self::Io { .. } => ErrorKind::Host,
+        }
+    }
+
     pub(crate) fn io(
         what: &'static str,
         path: impl Into<PathBuf>,
