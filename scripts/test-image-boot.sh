@@ -12,16 +12,27 @@
 #   - an Exec through the agent's virtio-serial port (agent/examples/exec.rs)
 #     runs in the image's workdir with its env (the docker exec defaults);
 #   - an orphan is reaped by fcm's init (no zombie left);
+#   - a SetIdentity (a new address and route, what a fork sends) works in
+#     this image without `ip` (the agent runs the initramfs's busybox);
 #   - / was grown online to the disk's size (the host only extends the file);
 #   - /etc/resolv.conf was written from fcm.dns=;
 #   - a Ctrl-Alt-Del (QMP send-key, what `fcm stop` sends) makes QEMU exit
 #     within STOP_DEADLINE seconds, through fcm's init's clean shutdown.
+# Then an image made from the base image (as `FROM fcm/base` would be: its
+# sshd, tmux, busybox init, booted with fcm.image all the same), whose service
+# fails twice before it stays up:
+#   - SSH as root with the config drive's key, against its host key (sshd
+#     run by fcm's init), and tmux works;
+#   - the service was restarted on failure with the backoff (1 s, 2 s) and
+#     then stays up (3 runs, the console says so);
+#   - the agent's Shutdown (SIGTERM to fcm's init) makes QEMU exit.
 # The base image's boot (no fcm.image) is scripts/test-guest-boot.sh.
 #
 # usage: scripts/test-image-boot.sh [ASSETS]   (default $FCM_ASSETS or /var/lib/firecracker)
 #        ASSETS holds vmlinux.bin, initrd.img and fcm-agent (scripts/build-guest.sh,
 #        scripts/build-agent.sh).
-# env:   KEEP=1 keeps the temp dir (serial log) for inspection;
+# env:   KEEP=1 keeps the temp dir (serial logs) for inspection;
+#        BASE=0 skips the second case (it needs ASSETS/base-rootfs.img);
 #        BOOT_DEADLINE (90), STOP_DEADLINE (20).
 #
 # Network rule: the bridge fcm0 (172.16.0.1/24), the tap and the VM
@@ -49,7 +60,7 @@ require_root
 for f in vmlinux.bin initrd.img fcm-agent; do
 	[ -s "$ASSETS/$f" ] || die "$ASSETS/$f is missing (run scripts/build-guest.sh and scripts/build-agent.sh)"
 done
-for c in qemu-system-x86_64 mkfs.ext4 curl ip python3 tar truncate ssh-keygen; do
+for c in qemu-system-x86_64 mkfs.ext4 curl ip python3 tar truncate ssh-keygen ssh; do
 	command -v "$c" >/dev/null || die "$c is not installed (run scripts/setup.sh)"
 done
 BUSYBOX=/bin/busybox
@@ -90,8 +101,9 @@ in_ns() { ip netns exec "$NS" "$@"; }
 root=$TMP/root
 mkdir -p "$root/bin" "$root/www/cgi-bin"
 cp "$BUSYBOX" "$root/bin/busybox"
+# No ip: SetIdentity must fall back to the initramfs's busybox.
 for applet in $("$BUSYBOX" --list); do
-	[ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+	[ "$applet" = busybox ] || [ "$applet" = ip ] || ln -s busybox "$root/bin/$applet"
 done
 echo "hello from an image" >"$root/www/index.html"
 cat >"$root/www/cgi-bin/env" <<'EOF'
@@ -112,7 +124,9 @@ truncate -s "$DISK_SIZE" "$TMP/rootfs.img"
 # --- the config drive and the agent drive (ustar, zero-padded to 4 KiB) --------
 mkdir -p "$TMP/cfg"
 ssh-keygen -q -t ed25519 -N '' -C "root@$VM_NAME" -f "$TMP/cfg/ssh_host_ed25519_key"
-cp "$TMP/cfg/ssh_host_ed25519_key.pub" "$TMP/cfg/authorized_keys"
+ssh-keygen -q -t ed25519 -N '' -C fcm-test-client -f "$TMP/client_key"
+cp "$TMP/client_key.pub" "$TMP/cfg/authorized_keys"
+echo "$VM_IP $(cut -d' ' -f1,2 "$TMP/cfg/ssh_host_ed25519_key.pub")" >"$TMP/known_hosts"
 echo "fcm-config 1" >"$TMP/cfg/fcm-config"
 cat >"$TMP/cfg/fcm-image.json" <<'EOF'
 {"entrypoint":[],"cmd":["httpd","-f","-p","8000","-h","/www"],"env":["GREETING=hi"],"workdir":"/www","user":null}
@@ -144,30 +158,45 @@ ip -n "$NS" link set "$TAP" up
 TSC_KHZ=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
 CMDLINE="console=ttyS0 reboot=k panic=1 tsc_early_khz=$TSC_KHZ root=/dev/vda rw ip=$VM_IP::$GW_IP:255.255.255.0:$VM_NAME:eth0:on fcm.dns=$GW_IP fcm.image"
 log "kernel command line: $CMDLINE"
-T0=$(date +%s.%N)
-in_ns qemu-system-x86_64 \
-	-name fcm-image-test \
-	-M microvm,x-option-roms=off,rtc=on,acpi=on \
-	-accel tcg -cpu max -m 256 -smp 1 \
-	-nodefaults -no-user-config -display none -no-reboot \
-	-device i8042 \
-	-chardev "file,id=con,path=$TMP/serial.log" -serial chardev:con \
-	-kernel "$ASSETS/vmlinux.bin" -initrd "$ASSETS/initrd.img" \
-	-append "$CMDLINE" \
-	-drive "id=root,file=$TMP/rootfs.img,format=raw,if=none,cache=writeback" \
-	-device virtio-blk-device,drive=root \
-	-drive "id=config,file=$TMP/config.img,format=raw,if=none,readonly=on" \
-	-device virtio-blk-device,drive=config \
-	-drive "id=agent,file=$TMP/agent.img,format=raw,if=none,readonly=on" \
-	-device virtio-blk-device,drive=agent \
-	-device virtio-serial-device \
-	-chardev "socket,id=agent,path=$TMP/agent.sock,server=on,wait=off" \
-	-device virtserialport,chardev=agent,name=fcm.agent.0 \
-	-netdev "tap,id=net0,ifname=$TAP,script=no,downscript=no" \
-	-device "virtio-net-device,netdev=net0,mac=$VM_MAC" \
-	-qmp "unix:$TMP/qmp.sock,server=on,wait=off" \
-	-pidfile "$TMP/qemu.pid" -daemonize
-QEMU_PID=$(cat "$TMP/qemu.pid")
+start_vm() { # DISK CONFIG_DRIVE LOG: boots them as fcm boots an image VM
+	rm -f "$TMP/qemu.pid" "$TMP/agent.sock" "$TMP/qmp.sock"
+	T0=$(date +%s.%N)
+	in_ns qemu-system-x86_64 \
+		-name fcm-image-test \
+		-M microvm,x-option-roms=off,rtc=on,acpi=on \
+		-accel tcg -cpu max -m 256 -smp 1 \
+		-nodefaults -no-user-config -display none -no-reboot \
+		-device i8042 \
+		-chardev "file,id=con,path=$3" -serial chardev:con \
+		-kernel "$ASSETS/vmlinux.bin" -initrd "$ASSETS/initrd.img" \
+		-append "$CMDLINE" \
+		-drive "id=root,file=$1,format=raw,if=none,cache=writeback" \
+		-device virtio-blk-device,drive=root \
+		-drive "id=config,file=$2,format=raw,if=none,readonly=on" \
+		-device virtio-blk-device,drive=config \
+		-drive "id=agent,file=$TMP/agent.img,format=raw,if=none,readonly=on" \
+		-device virtio-blk-device,drive=agent \
+		-device virtio-serial-device \
+		-chardev "socket,id=agent,path=$TMP/agent.sock,server=on,wait=off" \
+		-device virtserialport,chardev=agent,name=fcm.agent.0 \
+		-netdev "tap,id=net0,ifname=$TAP,script=no,downscript=no" \
+		-device "virtio-net-device,netdev=net0,mac=$VM_MAC" \
+		-qmp "unix:$TMP/qmp.sock,server=on,wait=off" \
+		-pidfile "$TMP/qemu.pid" -daemonize
+	QEMU_PID=$(cat "$TMP/qemu.pid")
+}
+wait_exit() { # SECONDS WHAT: QEMU exits within SECONDS, else fail
+	local t deadline
+	t=$(date +%s.%N)
+	deadline=$(($(date +%s) + $1))
+	while kill -0 "$QEMU_PID" 2>/dev/null; do
+		[ "$(date +%s)" -lt "$deadline" ] || die "QEMU still runs $1 s after $2"
+		sleep 0.1
+	done
+	QEMU_PID=
+	STOP_S=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+}
+start_vm "$TMP/rootfs.img" "$TMP/config.img" "$TMP/serial.log"
 elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # --- the service answers -----------------------------------------------------------
@@ -208,6 +237,15 @@ zombies=$("$EXEC_CLIENT" "$TMP/agent.sock" ps -o stat,pid,ppid,comm | awk '$1 ~ 
 	die "exec of ps failed"
 [ -z "$zombies" ] || die "zombies left: $zombies"
 
+# --- SetIdentity in an image without ip: a new address ------------------------------
+NEW_IP=172.16.0.52
+"$EXEC_CLIENT" "$TMP/agent.sock" --address "$NEW_IP/24" "$GW_IP" || die "SetIdentity failed"
+page=$(in_ns curl -fsS --max-time 5 "http://$NEW_IP:8000/index.html") ||
+	die "no answer on the new address $NEW_IP after SetIdentity"
+in_ns curl -fsS --max-time 2 "http://$VM_IP:8000/index.html" >/dev/null 2>&1 &&
+	die "the old address $VM_IP still answers after SetIdentity"
+log "SetIdentity moved the VM to $NEW_IP (no ip in the image: /run/fcm/busybox ip)"
+
 # --- Ctrl-Alt-Del: a clean stop, QEMU exits ----------------------------------------
 log "sending Ctrl-Alt-Del (QMP send-key)"
 python3 - "$TMP/qmp.sock" <<'EOF'
@@ -229,16 +267,60 @@ for cmd in ({"execute": "qmp_capabilities"},
     if "error" in reply:
         sys.exit(f"QMP: {reply}")
 EOF
-t_stop=$(date +%s.%N)
-deadline=$(($(date +%s) + STOP_DEADLINE))
-while kill -0 "$QEMU_PID" 2>/dev/null; do
-	[ "$(date +%s)" -lt "$deadline" ] || die "QEMU still runs ${STOP_DEADLINE}s after Ctrl-Alt-Del"
-	sleep 0.1
-done
-QEMU_PID=
-stop_s=$(awk -v a="$t_stop" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+wait_exit "$STOP_DEADLINE" "Ctrl-Alt-Del"
 grep -q "fcm-init\[.*\]: SIGINT (Ctrl-Alt-Del): stopping every process" "$TMP/serial.log" ||
 	die "the console does not show fcm's init taking Ctrl-Alt-Del"
 grep -q "fcm-init\[.*\]: rebooting" "$TMP/serial.log" || die "fcm's init did not reach its reboot"
-log "QEMU exited ${stop_s} s after Ctrl-Alt-Del"
-log "PASS: image boot (busybox-only image, fcm's init, service, env, grown /, clean stop)"
+log "QEMU exited $STOP_S s after Ctrl-Alt-Del"
+log "PASS 1: busybox-only image (fcm's init, service, env, exec defaults, grown /, clean stop)"
+
+if [ "${BASE:-1}" = 0 ]; then
+	log "BASE=0: the image from fcm/base is skipped"
+	exit 0
+fi
+[ -s "$ASSETS/base-rootfs.img" ] || die "$ASSETS/base-rootfs.img is missing (BASE=0 skips this case)"
+
+# --- an image from fcm/base: sshd under fcm's init, a service that fails twice ----
+cp --sparse=always "$ASSETS/base-rootfs.img" "$TMP/base.img"
+truncate -s +256M "$TMP/base.img"
+# Fails at its first two runs, then stays up: restarted on failure only.
+cat >"$TMP/cfg/fcm-image.json" <<'EOF'
+{"cmd":["sh","-c","echo run >>/root/runs; [ $(wc -l </root/runs) -ge 3 ] && exec sleep 100000; exit 1"],"workdir":"/root"}
+EOF
+drive "$TMP/cfg" "$TMP/config2.img" fcm-config ssh_host_ed25519_key ssh_host_ed25519_key.pub authorized_keys fcm-image.json
+start_vm "$TMP/base.img" "$TMP/config2.img" "$TMP/serial2.log"
+SSH=(ssh -i "$TMP/client_key" -o "UserKnownHostsFile=$TMP/known_hosts" -o StrictHostKeyChecking=yes
+	-o BatchMode=yes -o ConnectTimeout=5 -o LogLevel=ERROR "root@$VM_IP")
+deadline=$(($(date +%s) + BOOT_DEADLINE))
+until in_ns "${SSH[@]}" true 2>/dev/null; do
+	kill -0 "$QEMU_PID" 2>/dev/null || die "QEMU exited during boot (serial log: $TMP/serial2.log)"
+	[ "$(date +%s)" -lt "$deadline" ] || die "no SSH within ${BOOT_DEADLINE}s (serial log: $TMP/serial2.log)"
+	sleep 0.3
+done
+log "SSH answered after $(elapsed) s (sshd run by fcm's init, the config drive's keys)"
+grep -q "fcm-init\[.*\]: started sshd" "$TMP/serial2.log" || die "the console does not show fcm's init starting sshd"
+init=$(in_ns "${SSH[@]}" 'readlink /proc/1/exe; tmux new-session -d -s t "sleep 60" && tmux has-session -t t && echo tmux-ok')
+printf '%s\n' "$init" | sed 's/^/    /' >&2
+grep -qx /run/fcm/fcm-agent <<<"$init" || die "PID 1 is not fcm's init"
+grep -qx tmux-ok <<<"$init" || die "tmux does not work"
+# Runs 1 and 2 fail, then 1 s and 2 s of backoff: wait for the third.
+deadline=$(($(date +%s) + 30))
+until [ "$(in_ns "${SSH[@]}" 'wc -l </root/runs' 2>/dev/null)" = 3 ]; do
+	[ "$(date +%s)" -lt "$deadline" ] || die "the service did not reach its third run (serial log: $TMP/serial2.log)"
+	sleep 0.5
+done
+sleep 3
+[ "$(in_ns "${SSH[@]}" 'wc -l </root/runs')" = 3 ] || die "the service ran again after it stayed up"
+in_ns "${SSH[@]}" 'pgrep -f "^sleep 100000" >/dev/null' || die "the service's last run is not up"
+grep -q "fcm-init\[.*\]: service exited with status 1 after .* s; restarting in 1 s" "$TMP/serial2.log" ||
+	die "the console does not show the first restart"
+grep -q "fcm-init\[.*\]: service exited with status 1 after .* s; restarting in 2 s" "$TMP/serial2.log" ||
+	die "the console does not show the backoff doubling"
+log "the service failed twice and was restarted (1 s, 2 s), then stayed up"
+# The agent's Shutdown (what fcm stop sends first): SIGTERM to fcm's init.
+"$EXEC_CLIENT" "$TMP/agent.sock" --shutdown || die "the agent's Shutdown failed"
+wait_exit "$STOP_DEADLINE" "the agent's Shutdown"
+grep -q "fcm-init\[.*\]: SIGTERM: stopping every process" "$TMP/serial2.log" ||
+	die "the console does not show fcm's init taking the agent's Shutdown"
+log "QEMU exited $STOP_S s after the agent's Shutdown"
+log "PASS 2: image from fcm/base (sshd and tmux under fcm's init, restart on failure with backoff, the agent's Shutdown)"

@@ -145,9 +145,12 @@ fn noop_log() -> impl FnMut(&str) -> std::io::Result<()> {
 fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
     need!(true);
     let env = Env::new(Duration::from_secs(600));
+    let started = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1} s  {what}", started.elapsed().as_secs_f32());
     let state = env.tmp.path().join("state");
     assert!(ensure_base(&env.builder, Path::new(BASE_ROOTFS), &state).expect("base"));
     assert!(!ensure_base(&env.builder, Path::new(BASE_ROOTFS), &state).expect("base again"));
+    phase("fcm/base made, and found current");
     let dockerfile = b"FROM fcm/base\n\
         RUN mkdir -p /srv/www && echo made-by-run > /srv/www/run.txt\n\
         COPY index.html /srv/www/index.html\n\
@@ -173,6 +176,7 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
         limits: limits(),
     };
     let meta = build(&env.store, &env.builder, &req, &mut log).expect("build");
+    phase("built and converted");
     assert!(
         lines.iter().any(|l| l.contains("STEP 2/6: RUN")),
         "{lines:?}"
@@ -236,6 +240,7 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
         env.assert_store_has(1);
     }
 
+    phase("two failing builds");
     // A Dockerfile named with -f that is not there.
     let req = BuildRequest {
         dockerfile: Some("nope/Dockerfile".into()),
@@ -252,7 +257,7 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
     let quick = Builder::new(
         BuilderKind::Buildah,
         env.builder.storage.clone(),
-        Duration::from_secs(20),
+        Duration::from_secs(10),
     );
     let req = BuildRequest {
         name: ImageName::new("slow").expect("name"),
@@ -264,10 +269,23 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
     let e = build(&env.store, &quick, &req, &mut noop_log()).expect_err("timeout");
     assert!(e.to_string().contains("images.build_timeout_secs"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(120), "{:?}", t.elapsed());
-    let mut seen = 0;
+    phase("a build killed at its deadline");
+    // The client goes away once the RUN step is running: the build and
+    // its RUN (in buildah's chroot) are killed, nothing is left.
+    let running = env.file(
+        "running.tar",
+        &tar_files(&[(
+            "Dockerfile",
+            0o644,
+            b"FROM fcm/base\nRUN echo started-sleeping && exec sleep 301\n",
+        )]),
+    );
+    let req = BuildRequest {
+        context: running,
+        ..req
+    };
     let mut gone = |l: &str| {
-        seen += 1;
-        if l.contains("RUN sleep") {
+        if l.trim() == "started-sleeping" {
             Err(std::io::Error::other("client went away"))
         } else {
             Ok(())
@@ -275,18 +293,28 @@ fn a_dockerfile_from_fcm_base_builds_into_an_ext4_image() {
     };
     let e = build(&env.store, &env.builder, &req, &mut gone).expect_err("gone");
     assert!(matches!(e, ImageError::LogGone(_)), "{e:?}");
-    assert!(
-        !fcm::host::find_processes(&["sleep"], "300")
-            .iter()
-            .any(|p| {
+    let sleeping = || {
+        fcm::host::find_processes(&["sleep"], "301")
+            .into_iter()
+            .filter(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| c == "sleep\u{0}300\u{0}")
-            }),
-        "the build's RUN outlived it"
+                    .is_ok_and(|c| c == "sleep\u{0}301\u{0}")
+            })
+            .collect::<Vec<_>>()
+    };
+    let left = fcm::host::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        sleeping().is_empty().then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "the build's RUN outlived it: {:?}",
+        sleeping()
     );
+    phase("a build killed when its log sink failed");
     env.assert_no_temporaries();
     env.assert_store_has(1);
     assert!(env.store.get(BASE_IMAGE).is_none());
+    phase("checked; removing the test's storage");
 }
 
 /// A busybox-only root file system: /bin/busybox and its applet links.
@@ -414,6 +442,20 @@ fn archives_import_and_a_busybox_rootfs_has_a_shell_only() {
         "{names}"
     );
     env.assert_store_has(3);
+    // What a crash mid-build leaves in the builder's storage goes at sweep.
+    env.buildah(&["from", "--name", "fcm-build-crashed-ctr", "scratch"]);
+    env.buildah(&[
+        "commit",
+        "--quiet",
+        "fcm-build-crashed-ctr",
+        "fcm-build-crashed",
+    ]);
+    env.builder.sweep();
+    env.assert_no_temporaries();
+    assert!(
+        env.buildah(&["images", "--format", "{{.Name}}"])
+            .contains("tiny")
+    );
     let over = ImportRequest {
         name: ImageName::new("big").expect("name"),
         archive: oci.clone(),
@@ -424,6 +466,18 @@ fn archives_import_and_a_busybox_rootfs_has_a_shell_only() {
     };
     let e = import(&env.store, &env.builder, &over, &mut noop_log()).expect_err("cap");
     assert!(e.to_string().contains("images.max_unpacked_bytes"), "{e}");
+    let upload = ImportRequest {
+        limits: Limits {
+            max_upload_bytes: 1 << 20,
+            max_unpacked_bytes: 1 << 30,
+        },
+        ..over
+    };
+    let e = import(&env.store, &env.builder, &upload, &mut noop_log()).expect_err("upload cap");
+    assert_eq!(
+        e.to_string(),
+        "the upload is larger than 1048576 bytes (images.max_upload_bytes)"
+    );
     env.assert_store_has(3);
 }
 

@@ -1,12 +1,17 @@
 //! Runs one program in a guest through its agent, the way the daemon does
 //! (docs/agent.md): `Hello`, `Exec` with no cwd, user or env of its own (so
 //! the guest's defaults apply), then its output to stdout and stderr and its
-//! exit status as this program's. For scripted guest tests
-//! (scripts/test-image-boot.sh) that drive a VMM's agent socket directly.
+//! exit status as this program's. Or, with `--address`, a `SetIdentity`
+//! of the first interface's address and default route (what a fork sends);
+//! with `--shutdown`, a `Shutdown` (what `fcm stop` sends first).
+//! For scripted guest tests (scripts/test-image-boot.sh) that drive a VMM's
+//! agent socket directly.
 //!
 //! usage: cargo run -p fcm-agent --example exec -- SOCKET PROGRAM [ARG...]
+//!        cargo run -p fcm-agent --example exec -- SOCKET --address A.B.C.D/N GATEWAY
+//!        cargo run -p fcm-agent --example exec -- SOCKET --shutdown
 
-use fcm_proto::{Decoder, Exec, FromAgent, Next, ToAgent, VERSION, frame};
+use fcm_proto::{Decoder, Exec, FromAgent, Identity, Next, ToAgent, VERSION, frame};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -69,6 +74,23 @@ fn run(socket: &str, argv: &[String]) -> Result<i32, String> {
             match msg {
                 FromAgent::Hello { .. } if !said_exec => {
                     said_exec = true;
+                    if let [flag] = argv
+                        && flag == "--shutdown"
+                    {
+                        send(&mut s, &ToAgent::Shutdown { id: 1 })?;
+                        continue;
+                    }
+                    if let [flag, address, gateway] = argv
+                        && flag == "--address"
+                    {
+                        let identity = Identity {
+                            address: Some(address.clone()),
+                            gateway: Some(gateway.clone()),
+                            ..Identity::default()
+                        };
+                        send(&mut s, &ToAgent::SetIdentity { id: 1, identity })?;
+                        continue;
+                    }
                     send(
                         &mut s,
                         &ToAgent::Exec(Exec {
@@ -92,6 +114,7 @@ fn run(socket: &str, argv: &[String]) -> Result<i32, String> {
                 FromAgent::Exited { code, signal, .. } => {
                     return Ok(code.unwrap_or(128 + signal.unwrap_or(0)));
                 }
+                FromAgent::Done { .. } => return Ok(0),
                 FromAgent::Failed { failure, .. } => return Err(format!("{failure:?}")),
                 _ => {}
             }

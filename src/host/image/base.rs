@@ -110,3 +110,19 @@ fn make(builder: &Builder, rootfs: &Path, work: &Path, label: &str) -> Result<()
     let _ = builder.buildah(&["rm", &ctr]);
     r.map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_is_the_one_the_set_up_script_writes() {
+        // scripts/base-image.sh labels with `stat -c '%s-%.9Y'`.
+        let t = tempfile::tempdir().expect("tmp");
+        let f = t.path().join("rootfs.img");
+        std::fs::write(&f, vec![0u8; 12345]).expect("write");
+        let script =
+            crate::host::run("stat", ["-c", "%s-%.9Y", &f.to_string_lossy()]).expect("stat");
+        assert_eq!(base_label(&f).expect("label"), script.trim());
+    }
+}

@@ -133,6 +133,8 @@ pub enum ImageError {
     Unscannable { what: String, compression: String },
     #[error("the image unpacks to more than {} (images.max_unpacked_bytes)", gib(*limit))]
     TooBig { limit: u64 },
+    #[error("the upload is larger than {} (images.max_upload_bytes)", gib(*limit))]
+    UploadTooBig { limit: u64 },
     #[error(
         "the upload is not a tar archive ({0}): send a build context, an OCI or docker archive, or a root file-system tarball"
     )]
@@ -162,7 +164,43 @@ pub enum ImageError {
     },
 }
 
+/// What an [`ImageError`] is, for the daemon's status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The user's input: a name, an upload, a Dockerfile, a failing build
+    /// (400).
+    BadInput,
+    /// No such image (404).
+    NotFound,
+    /// A prerequisite is missing on the daemon's host (503).
+    Unavailable,
+    /// The client went away mid-build: nobody to answer.
+    ClientGone,
+    /// The host failed (500).
+    Host,
+}
+
 impl ImageError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadName(_)
+            | Self::ReservedName(_)
+            | Self::Escapes { .. }
+            | Self::Absolute { .. }
+            | Self::LinkEscapes { .. }
+            | Self::Unscannable { .. }
+            | Self::TooBig { .. }
+            | Self::UploadTooBig { .. }
+            | Self::NotTar(_)
+            | Self::NoDockerfile(_)
+            | Self::BuildFailed { .. } => ErrorKind::BadInput,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::NotInstalled { .. } => ErrorKind::Unavailable,
+            Self::LogGone(_) => ErrorKind::ClientGone,
+            Self::Tool { .. } | Self::BadOutput(_) | Self::Io { .. } => ErrorKind::Host,
+        }
+    }
+
     pub(crate) fn io(
         what: &'static str,
         path: impl Into<PathBuf>,
@@ -170,6 +208,19 @@ impl ImageError {
         let path = path.into();
         move |source| Self::Io { what, path, source }
     }
+}
+
+/// The daemon caps an upload while receiving it; this checks the file it saved.
+fn check_upload(path: &std::path::Path, limits: &Limits) -> Result<(), ImageError> {
+    let len = std::fs::metadata(path)
+        .map_err(ImageError::io("could not read", path))?
+        .len();
+    if len > limits.max_upload_bytes {
+        return Err(ImageError::UploadTooBig {
+            limit: limits.max_upload_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Builds the request's context into an image and stores it under its name.
@@ -182,6 +233,7 @@ pub fn build(
     req: &BuildRequest,
     log: &mut LogSink<'_>,
 ) -> Result<ImageMeta, ImageError> {
+    check_upload(&req.context, &req.limits)?;
     let stage = store.stage()?;
     let unpacked = stage.dir().join("context");
     scan::unpack_context(&req.context, &unpacked, &req.limits)?;
@@ -208,6 +260,7 @@ pub fn import(
     req: &ImportRequest,
     log: &mut LogSink<'_>,
 ) -> Result<ImageMeta, ImageError> {
+    check_upload(&req.archive, &req.limits)?;
     let scanned = scan_archive(&req.archive, &req.limits)?;
     let stage = store.stage()?;
     let tmp = builder::temp_name();
