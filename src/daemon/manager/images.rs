@@ -417,7 +417,7 @@ pub fn image_status(e: &ImageError) -> u16 {
         | E::NoDockerfile(_)
         | E::BuildFailed { .. } => 400,
         E::NotFound(_) => 404,
-        E::TooBig { .. } => 413,
+        E::TooBig { .. } | E::UploadTooBig { .. } => 413,
         E::NotInstalled { .. } => 503,
         E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => 507,
         E::Tool { .. } | E::LogGone(_) | E::BadOutput(_) | E::Io { .. } => 500,
