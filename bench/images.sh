@@ -18,9 +18,11 @@
 # -d) is timed on the built image. Then ROUNDS × (warm, cold) creates from
 # the image, each until `fcm exec VM -- true` answered, then destroyed.
 #
-# Only loopback and in-namespace traffic (the builder's RUN reaches Debian's
-# mirror as the host does). On exit, also on failure, it kills what it
-# started by PID, deletes its namespace, its builder images and temp dir.
+# Only loopback and in-namespace traffic: both builds run inside the
+# namespace, and their RUN installs `hello` from a one-package repository
+# served there (the .deb fetched with apt-get download, as the set-up
+# fetches packages). On exit, also on failure, it kills what it started by
+# PID, deletes its namespace, its builder images and temp dir.
 #
 # Knobs: ROUNDS (3), WRITE_DOC (1), FCM_ASSETS (/var/lib/firecracker),
 # CARGO_TARGET_DIR.
@@ -87,12 +89,25 @@ wait_api "$NS" "$TMP/daemon.log" "the daemon"
 cli() { ip netns exec "$NS" env HOME="$TMP/home" FCM_STATE_DIR="$STATE" "$BIN" "$@"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
+# The package repository, in the namespace.
+mkdir -p "$TMP/repo"
+(cd "$TMP/repo" && apt-get download -q hello >/dev/null) || die "apt-get download hello failed"
+DEB=$(cd "$TMP/repo" && ls ./*.deb)
+{
+	dpkg-deb -f "$TMP/repo/$DEB"
+	echo "Filename: $DEB"
+	echo "Size: $(stat -c %s "$TMP/repo/$DEB")"
+	echo "SHA256: $(sha256sum "$TMP/repo/$DEB" | cut -d' ' -f1)"
+	echo
+} >"$TMP/repo/Packages"
+ip netns exec "$NS" python3 -m http.server 8099 --bind 127.0.0.1 --directory "$TMP/repo" >/dev/null 2>&1 &
+
 CTX=$TMP/ctx
 mkdir -p "$CTX"
 echo '<h1>bench</h1>' >"$CTX/index.html"
 cat >"$CTX/Dockerfile" <<'EOF'
 FROM fcm/base
-RUN apt-get update -o Acquire::Check-Valid-Until=false && apt-get install -y --no-install-recommends jq
+RUN echo 'deb [trusted=yes] http://127.0.0.1:8099/ ./' >/etc/apt/sources.list.d/bench.list && apt-get update -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/bench.list -o Dir::Etc::sourceparts=- && apt-get install -y --no-install-recommends hello
 COPY index.html /srv/www/index.html
 ENV GREETING=hello
 WORKDIR /srv/www
@@ -104,7 +119,7 @@ FCM=()
 for i in $(seq "$ROUNDS"); do
 	log "round $i: the builder alone"
 	t0=$(now_ms)
-	"${B[@]}" bud --isolation chroot -q -t "fcm-bench-$TAG-$i" "$CTX" >/dev/null 2>>"$TMP/builder.log" || die "buildah bud failed: $(tail -3 "$TMP/builder.log")"
+	ip netns exec "$NS" "${B[@]}" bud --isolation chroot -q -t "fcm-bench-$TAG-$i" "$CTX" >/dev/null 2>>"$TMP/builder.log" || die "buildah bud failed: $(tail -3 "$TMP/builder.log")"
 	BUILDER+=($(($(now_ms) - t0)))
 	[ "$i" = "$ROUNDS" ] || "${B[@]}" rmi -f "fcm-bench-$TAG-$i" >/dev/null
 	log "round $i: fcm image build"
@@ -189,10 +204,10 @@ machine: read the ratios).
 
 $TABLE
 
-- The Dockerfile: \`FROM fcm/base\`, \`RUN apt-get update && apt-get install -y jq\` (from
-  Debian's mirror), \`COPY\`, \`ENV\`, \`WORKDIR\`, \`CMD python3 -m http.server 8000\`: the
-  one tests/images.rs builds. Both sides run the same buildah on the same storage,
-  alternately; the RUN's download dominates both.
+- The Dockerfile: \`FROM fcm/base\`, \`RUN apt-get update && apt-get install -y hello\` (from a
+  one-package repository served in the namespace), \`COPY\`, \`ENV\`, \`WORKDIR\`, \`CMD python3
+  -m http.server 8000\`: the one tests/images.rs builds. Both sides run the same buildah on
+  the same storage, in the same namespace, alternately.
 - What fcm adds to the builder: the context sent as a tar over the API, the pre-scan,
   \`buildah from\` + \`mount\`, \`mkfs.ext4 -d\` of the tree into the VM image (about
   $((SIZE_MIB)) MiB here), \`image.json\`, fsync and rename into the store.
