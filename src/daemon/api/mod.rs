@@ -312,14 +312,18 @@ fn with_query(r: Route, url: &str) -> Result<Route, ApiError> {
                         "e.g. POST /images?name=web:1 with a build context (tar) as the body",
                     )
                 })?;
-            let import = matches!(query(url, "import")?.as_deref(), Some("1" | "true"));
-            let dockerfile = query(url, "dockerfile")?.filter(|d| !d.is_empty());
-            if import && dockerfile.is_some() {
-                return Err(ApiError::new(
-                    400,
-                    "dockerfile is for a build, not an import",
-                ));
-            }
+            let import = match query(url, "import")?.as_deref() {
+                None | Some("0" | "false") => false,
+                Some("1" | "true") => true,
+                Some(other) => {
+                    return Err(ApiError::new(
+                        400,
+                        format!("import must be 1, true, 0 or false, not {other:?}"),
+                    ));
+                }
+            };
+            // For a build only (an import has no Dockerfile).
+            let dockerfile = query(url, "dockerfile")?.filter(|d| !d.is_empty() && !import);
             let source = if import {
                 ImageSource::Import
             } else {

@@ -32,6 +32,7 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::Guest(e) => guest_status_of(e),
         ManagerError::ImageNotFound(_) => 404,
         ManagerError::ImageInUse { .. }
+        | ManagerError::BaseImage(_)
         | ManagerError::NoTmux { .. }
         | ManagerError::NoSshd { .. } => 409,
         ManagerError::TooLarge(_) => 413,

@@ -151,7 +151,7 @@ impl Manager {
     /// Removes an image no VM was made from.
     pub fn remove_image(&self, name: &str) -> Result<ImageView, ManagerError> {
         if is_base(name) {
-            return Err(ManagerError::BadRequest(format!(
+            return Err(ManagerError::BaseImage(format!(
                 "{BASE} is the built-in base image: it cannot be removed"
             )));
         }
@@ -182,8 +182,8 @@ impl Manager {
     /// Checks an upload's request before its body is read.
     pub fn check_image_request(&self, name: &str) -> Result<ImageName, ManagerError> {
         if is_base(name) {
-            return Err(ManagerError::BadRequest(format!(
-                "{BASE} is the built-in base image: choose another name"
+            return Err(ManagerError::BaseImage(format!(
+                "{name} names the built-in base image ({BASE}): choose another name"
             )));
         }
         let name = ImageName::new(name).map_err(image_err)?;
@@ -353,6 +353,12 @@ fn receive(body: &mut dyn Read, to: &Path, max: u64) -> Result<(), ManagerError>
         .open(to)
         .map_err(io_err)?;
     let copied = io::copy(&mut body.take(max + 1), &mut f).map_err(io_err)?;
+    if copied == 0 {
+        return Err(ManagerError::BadRequest(
+            "the request has no body: send a build context (a tar), or with import=1 an image archive"
+                .into(),
+        ));
+    }
     if copied > max {
         return Err(ManagerError::TooLarge(format!(
             "the upload is larger than images.max_upload_bytes ({max} bytes)"
@@ -407,8 +413,8 @@ impl Read for ImageJob {
 pub fn image_status(e: &ImageError) -> u16 {
     use ImageError as E;
     match e {
+        E::ReservedName(_) => 409,
         E::BadName(_)
-        | E::ReservedName(_)
         | E::Escapes { .. }
         | E::Absolute { .. }
         | E::LinkEscapes { .. }

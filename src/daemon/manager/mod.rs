@@ -141,6 +141,9 @@ pub enum ManagerError {
     NotForkable { name: String, why: &'static str },
     #[error("no image named {0:?}")]
     ImageNotFound(String),
+    /// The name of the built-in base image, for something it cannot be.
+    #[error("{0}")]
+    BaseImage(String),
     #[error("image {name} is in use by VM{} {}", if vms.len() == 1 { "" } else { "s" }, vms.join(", "))]
     ImageInUse { name: String, vms: Vec<String> },
     #[error("{0}")]
