@@ -193,28 +193,8 @@ impl Manager {
             return false;
         };
         let name = image.name.clone();
-        let meta = Meta {
-            key: String::new(),
-            cpus: self.cfg.default_cpus,
-            memory_mib: self.cfg.default_memory_mib,
-            disk_bytes: super::resize::DEFAULT_DISK,
-            agent_drive: agent,
-            image: Some(image),
-        };
-        let meta = Meta {
-            key: self.template_key(&meta),
-            ..meta
-        };
-        let dir = self.cfg.state_dir.join(TEMPLATES).join(&meta.key);
         let started = std::time::Instant::now();
-        let loaded = match Self::load_template(&dir) {
-            Some(t) => Ok(t),
-            None => {
-                let _ = fs::remove_dir_all(&dir);
-                self.make_template(&meta, &dir)
-            }
-        };
-        match loaded {
+        match self.load_or_make(agent, Some(image), || {}) {
             Ok(t) => {
                 eprintln!(
                     "fcm daemon: template of image {name} ready in {:.1} s",
@@ -241,6 +221,37 @@ impl Manager {
         }
     }
 
+    /// The template of the default size of `image` (none: the base
+    /// image): loaded if made before, else made (`making` is told first).
+    fn load_or_make(
+        &self,
+        agent_drive: String,
+        image: Option<VmImage>,
+        making: impl FnOnce(),
+    ) -> Result<Template, Cause> {
+        let meta = Meta {
+            key: String::new(),
+            cpus: self.cfg.default_cpus,
+            memory_mib: self.cfg.default_memory_mib,
+            disk_bytes: super::resize::DEFAULT_DISK,
+            agent_drive,
+            image,
+        };
+        let meta = Meta {
+            key: self.template_key(&meta),
+            ..meta
+        };
+        let dir = self.cfg.state_dir.join(TEMPLATES).join(&meta.key);
+        match Self::load_template(&dir) {
+            Some(t) => Ok(t),
+            None => {
+                making();
+                let _ = fs::remove_dir_all(&dir);
+                self.make_template(&meta, &dir)
+            }
+        }
+    }
+
     /// Makes the template of the default size ready: loads it if made
     /// before, else makes it. Runs on a thread of its own at start-up.
     pub fn prepare_template(&self) {
@@ -255,29 +266,8 @@ impl Manager {
         let Some(agent) = self.agent_drive.clone() else {
             return self.set_template("off (no guest agent)", None);
         };
-        let meta = Meta {
-            key: String::new(),
-            cpus: self.cfg.default_cpus,
-            memory_mib: self.cfg.default_memory_mib,
-            disk_bytes: super::resize::DEFAULT_DISK,
-            agent_drive: agent,
-            image: None,
-        };
-        let meta = Meta {
-            key: self.template_key(&meta),
-            ..meta
-        };
-        let dir = self.cfg.state_dir.join(TEMPLATES).join(&meta.key);
         let started = std::time::Instant::now();
-        let loaded = match Self::load_template(&dir) {
-            Some(t) => Ok(t),
-            None => {
-                self.set_template("building", None);
-                let _ = fs::remove_dir_all(&dir);
-                self.make_template(&meta, &dir)
-            }
-        };
-        match loaded {
+        match self.load_or_make(agent, None, || self.set_template("building", None)) {
             Ok(t) => {
                 eprintln!(
                     "fcm daemon: template {} ready in {:.1} s (warm create: {} vCPU, {} MiB)",
