@@ -27,6 +27,14 @@ if ! "$TOOLS/venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHE
 	python3 -m venv "$TOOLS/venv"
 	"$TOOLS/venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+# The E2B Python SDK, pinned, for tests/e2b.rs (its own venv: its
+# dependencies are not schemathesis's).
+E2B_SDK_VERSION=2.63.0
+if ! "$TOOLS/e2b-venv/bin/python" -c "import importlib.metadata as m; assert m.version('e2b') == '$E2B_SDK_VERSION'" 2>/dev/null; then
+	echo "== test tools: e2b $E2B_SDK_VERSION into $TOOLS/e2b-venv" >&2
+	python3 -m venv "$TOOLS/e2b-venv"
+	"$TOOLS/e2b-venv/bin/pip" install --quiet "e2b==$E2B_SDK_VERSION"
+fi
 
 echo "== lints" >&2
 cargo fmt --all -- --check

@@ -1,0 +1,158 @@
+//! The E2B API with the real E2B Python SDK (`e2b` 2.63.0 from PyPI,
+//! installed by scripts/test.sh into /var/lib/fcm-test-tools/e2b-venv) and
+//! a real QEMU guest: the SDK's documented usage (tests/e2b/sdk_check.py)
+//! runs unchanged with `E2B_API_URL=E2B_SANDBOX_URL=http://127.0.0.1:7777`
+//! and the fcm token as `E2B_API_KEY`, inside the test's namespace; the
+//! sandboxes it makes are fcm VMs (`fcm ls` shows their metadata, `fcm
+//! exec` runs in them) and end at their timeout.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Fcm, e2e_ready, wait_for};
+
+const SDK_VERSION: &str = "2.63.0";
+
+/// The venv's Python with the pinned SDK, if it is installed.
+fn sdk_python() -> Option<PathBuf> {
+    let py = std::env::var_os("FCM_E2B_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/fcm-test-tools/e2b-venv/bin/python"));
+    let out = std::process::Command::new(&py)
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('e2b'))",
+        ])
+        .output()
+        .ok()?;
+    (String::from_utf8_lossy(&out.stdout).trim() == SDK_VERSION).then_some(py)
+}
+
+/// Runs the SDK script in the daemon's namespace; its stdout.
+fn sdk(f: &Fcm, py: &PathBuf, args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2b/sdk_check.py");
+    let url = format!("http://{}", f.api_addr());
+    let out =
+        f.ns.cmd("env")
+            .arg(format!("E2B_API_URL={url}"))
+            .arg(format!("E2B_SANDBOX_URL={url}"))
+            .arg(format!("E2B_API_KEY={}", f.token()))
+            .args(["timeout", "600"])
+            .arg(py)
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the E2B SDK script {args:?} failed: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}\n--- daemon log ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(f.log()).unwrap_or_default()
+    );
+    stdout
+}
+
+fn word_after<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} line in:\n{out}"))
+}
+
+#[test]
+fn the_e2b_python_sdk_drives_fcm_vms() {
+    if !e2e_ready() {
+        return;
+    }
+    let Some(py) = sdk_python() else {
+        let msg = format!(
+            "the E2B SDK {SDK_VERSION} is not installed (scripts/test.sh installs it into /var/lib/fcm-test-tools/e2b-venv)"
+        );
+        if std::env::var("FCM_E2E_OPTIONAL").as_deref() == Ok("1") {
+            eprintln!("skipping: {msg}");
+            return;
+        }
+        panic!("{msg}");
+    };
+    let f = Fcm::start("e2b", &[]);
+    let run = format!("run{}", std::process::id());
+    let out = sdk(&f, &py, &["main", &run]);
+    for check in [
+        "run",
+        "exit-code",
+        "envs-cwd",
+        "files-1mib",
+        "list",
+        "exists",
+        "make-dir",
+        "rename",
+        "remove",
+        "list-by-metadata",
+        "pause-connect",
+        "wrong-key",
+        "unknown-template",
+        "kill-unknown",
+        "token-of-another",
+        "set-timeout",
+    ] {
+        assert!(
+            out.lines().any(|l| l == format!("OK {check}")),
+            "no OK {check} in:\n{out}"
+        );
+    }
+    let id = word_after(&out, "SANDBOX ").to_owned();
+    let short = word_after(&out, "SHORT ").to_owned();
+
+    // The sandbox is an fcm VM: listed with its E2B id and metadata, and
+    // fcm's own commands work on it.
+    let vm = f
+        .vms()
+        .into_iter()
+        .find(|v| v["name"] == id.as_str())
+        .unwrap_or_else(|| panic!("sandbox {id} is not in fcm ls"));
+    assert_eq!(vm["e2b"]["sandbox_id"], id.as_str());
+    assert_eq!(vm["e2b"]["metadata"]["run"], run.as_str());
+    let table = f.ok(&["ls"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("suite=fcm-e2b")),
+        "{table}"
+    );
+    assert_eq!(
+        f.ok(&["exec", &id, "--", "wc", "-c", "/root/e2b/blob.bin"])
+            .trim(),
+        "1048576 /root/e2b/blob.bin"
+    );
+
+    // set_timeout(5) on the second: gone from fcm ls within ~15 s.
+    let gone = wait_for(Duration::from_secs(20), || {
+        (!f.vms().iter().any(|v| v["name"] == short.as_str())).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "sandbox {short} outlived its 5 s timeout\n--- daemon log ---\n{}",
+        fs::read_to_string(f.log()).unwrap_or_default()
+    );
+    assert!(
+        fs::read_to_string(f.log())
+            .unwrap_or_default()
+            .contains(&format!("sandbox {short} reached its timeout: destroyed")),
+        "the daemon's log does not say why {short} ended"
+    );
+
+    // kill(): the SDK says True, then False; the VM is gone.
+    let out = sdk(&f, &py, &["kill", &id]);
+    assert!(out.lines().any(|l| l == "OK kill"), "{out}");
+    assert!(
+        !f.vms().iter().any(|v| v["name"] == id.as_str()),
+        "killed sandbox {id} is still listed"
+    );
+}

@@ -1,0 +1,141 @@
+"""The E2B Python SDK's own documented usage, run unchanged against fcm
+(tests/e2b.rs runs it with E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY
+pointing at the daemon). Prints `OK <check>` per check, `SANDBOX <id>`
+for the test to look at; any failure raises (a non-zero exit).
+
+Usage: sdk_check.py main RUN_ID | sdk_check.py kill SANDBOX_ID
+"""
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+from e2b import CommandExitException, Sandbox, SandboxQuery, SandboxState
+
+
+def ok(name):
+    print("OK", name, flush=True)
+
+
+def status_of(url, headers):
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def main(run):
+    sbx = Sandbox.create(metadata={"suite": "fcm-e2b", "run": run}, timeout=600)
+    print("SANDBOX", sbx.sandbox_id, flush=True)
+
+    r = sbx.commands.run("echo hi")
+    assert r.stdout == "hi\n", r
+    assert r.exit_code == 0, r
+    ok("run")
+
+    try:
+        sbx.commands.run("echo out; echo err >&2; exit 3")
+        raise AssertionError("a failing command did not raise")
+    except CommandExitException as e:
+        assert e.exit_code == 3, e
+        assert e.stdout == "out\n" and e.stderr == "err\n", (e.stdout, e.stderr)
+    ok("exit-code")
+
+    r = sbx.commands.run('echo "$GREETING"; pwd', envs={"GREETING": "hello e2b"}, cwd="/tmp")
+    assert r.stdout == "hello e2b\n/tmp\n", r.stdout
+    ok("envs-cwd")
+
+    data = os.urandom(1 << 20)
+    sbx.files.write("/root/e2b/blob.bin", data)
+    back = sbx.files.read("/root/e2b/blob.bin", format="bytes")
+    assert bytes(back) == data, "1 MiB read back differs"
+    ok("files-1mib")
+
+    sbx.files.write("/root/e2b/a.txt", "hello file")
+    names = sorted(e.name for e in sbx.files.list("/root/e2b"))
+    assert names == ["a.txt", "blob.bin"], names
+    ok("list")
+
+    assert sbx.files.exists("/root/e2b/a.txt")
+    assert not sbx.files.exists("/root/e2b/none")
+    ok("exists")
+
+    assert sbx.files.make_dir("/root/e2b/sub") is True
+    assert sbx.files.make_dir("/root/e2b/sub") is False
+    ok("make-dir")
+
+    sbx.files.rename("/root/e2b/a.txt", "/root/e2b/sub/b.txt")
+    assert sbx.files.read("/root/e2b/sub/b.txt") == "hello file"
+    assert not sbx.files.exists("/root/e2b/a.txt")
+    ok("rename")
+
+    sbx.files.remove("/root/e2b/sub")
+    assert not sbx.files.exists("/root/e2b/sub")
+    ok("remove")
+
+    found = Sandbox.list(query=SandboxQuery(metadata={"run": run})).next_items()
+    assert [s.sandbox_id for s in found] == [sbx.sandbox_id], found
+    assert found[0].metadata == {"suite": "fcm-e2b", "run": run}, found[0].metadata
+    ok("list-by-metadata")
+
+    # Paused and connected again, a process of the sandbox lives on.
+    pid = sbx.commands.run("nohup sleep 3000 >/dev/null 2>&1 & echo $!").stdout.strip()
+    assert sbx.pause() is True
+    assert sbx.pause() is False, "pausing a paused sandbox"
+    assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
+    paused = Sandbox.list(
+        query=SandboxQuery(metadata={"run": run}, state=[SandboxState.PAUSED])
+    ).next_items()
+    assert [s.sandbox_id for s in paused] == [sbx.sandbox_id], paused
+    sbx = Sandbox.connect(sbx.sandbox_id)
+    assert sbx.get_info().state == SandboxState.RUNNING
+    assert sbx.commands.run(f"cat /proc/{pid}/comm").stdout == "sleep\n"
+    ok("pause-connect")
+
+    try:
+        Sandbox.list(api_key="not-the-token").next_items()
+        raise AssertionError("a wrong key was let in")
+    except Exception as e:  # AuthenticationException
+        assert type(e).__name__ == "AuthenticationException", repr(e)
+    ok("wrong-key")
+
+    try:
+        Sandbox.create(template="no-such-template")
+        raise AssertionError("an unknown template made a sandbox")
+    except Exception as e:
+        assert getattr(e, "status_code", None) == 404 or "404" in str(e), repr(e)
+    ok("unknown-template")
+
+    assert Sandbox.kill("inosuchsandbox000000") is False
+    ok("kill-unknown")
+
+    # A second sandbox: the first one's token does not open it.
+    other = Sandbox.create(metadata={"run": run + "-other"}, timeout=600)
+    url = os.environ["E2B_SANDBOX_URL"] + "/health"
+    base = {"E2b-Sandbox-Port": "49983"}
+    mine = {**base, "E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": sbx._envd_access_token}
+    theirs = {**base, "E2b-Sandbox-Id": other.sandbox_id, "X-Access-Token": sbx._envd_access_token}
+    assert status_of(url, mine) == 204
+    assert status_of(url, theirs) == 401, status_of(url, theirs)
+    ok("token-of-another")
+
+    # Its timeout set to 5 s: the daemon ends it (the test watches fcm ls).
+    other.set_timeout(5)
+    print("SHORT", other.sandbox_id, flush=True)
+    ok("set-timeout")
+
+
+def kill(sandbox_id):
+    sbx = Sandbox.connect(sandbox_id)
+    assert sbx.commands.run("cat /root/e2b/blob.bin | wc -c").stdout == "1048576\n"
+    assert sbx.kill() is True
+    assert Sandbox.kill(sandbox_id) is False
+    ok("kill")
+
+
+if __name__ == "__main__":
+    {"main": main, "kill": kill}[sys.argv[1]](sys.argv[2])
