@@ -114,7 +114,10 @@ def main(run):
     ok("kill-unknown")
 
     # A second sandbox: the first one's token does not open it.
-    other = Sandbox.create(metadata={"run": run + "-other"}, timeout=600)
+    # (No timeout given: 300 s, the SDK documentation's default.)
+    other = Sandbox.create(metadata={"run": run + "-other"})
+    life = other.get_info()
+    assert 290 <= (life.end_at - life.started_at).total_seconds() <= 310, life
     url = os.environ["E2B_SANDBOX_URL"] + "/health"
     base = {"E2b-Sandbox-Port": "49983"}
     mine = {**base, "E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": sbx._envd_access_token}

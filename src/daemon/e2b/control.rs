@@ -17,8 +17,10 @@ use crate::wire::api::{CreateRequest, VmView};
 
 /// The template every fcm VM is made from today (fcm's base image).
 pub const BASE_TEMPLATE: &str = "base";
-/// A sandbox's timeout when the request gives none (E2B's default).
-const TIMEOUT_DEFAULT: u64 = 15;
+/// A sandbox's timeout when the request gives none: 5 minutes, what E2B's
+/// SDK documentation promises for `Sandbox.create()` (SDK 2.63 sends none,
+/// leaving it to the API).
+const TIMEOUT_DEFAULT: u64 = 300;
 /// The longest timeout a sandbox may be given (E2B's longest).
 const TIMEOUT_MAX: u64 = 24 * 3600;
 /// Sandboxes in one page of a list when the request names no limit.
@@ -59,6 +61,16 @@ fn strings(v: &Value, key: &str) -> Result<BTreeMap<String, String>, Failure> {
             })
             .collect(),
         Some(_) => Err((400, format!("{key} must be an object of strings"))),
+    }
+}
+
+/// The methods a control path takes, if it is one.
+fn allowed(segs: &[&str]) -> Option<&'static str> {
+    match segs {
+        ["sandboxes"] => Some("GET, POST"),
+        ["sandboxes", _] => Some("GET, DELETE"),
+        ["sandboxes", _, "timeout" | "pause" | "connect" | "resume"] => Some("POST"),
+        _ => None,
     }
 }
 
@@ -113,7 +125,18 @@ impl E2b {
                 501,
                 format!("{} {path} is not served by fcm yet", req.method),
             )),
-            _ => Err((404, format!("no such endpoint: {} {path}", req.method))),
+            (m, segs) => match allowed(segs) {
+                Some(allow) => {
+                    return respond(
+                        out,
+                        405,
+                        "application/json",
+                        &[("Allow", allow.into())],
+                        &super::error_body(405, &format!("method {m} is not allowed on {path}")),
+                    );
+                }
+                None => Err((404, format!("no such endpoint: {m} {path}"))),
+            },
         };
         match result {
             Ok((204, _)) => respond(out, 204, "", &[], b""),

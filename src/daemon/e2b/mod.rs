@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::auth::{bearer, token_matches};
+use super::auth::token_matches;
 use super::guest::Control;
 use super::manager::{Manager, ManagerError};
 use super::sessions::Sessions;
@@ -154,12 +154,12 @@ fn new_sandbox_id() -> String {
     id
 }
 
-/// Whether `s` can be a sandbox id at all (what reaches the VM table).
+/// Whether `s` can be a sandbox id at all (only those reach the VM table).
 fn plausible_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 48
+    s.len() == 20
+        && s.starts_with('i')
         && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// A process started through `process.Process/Start`, while it runs.
@@ -300,13 +300,12 @@ fn access_token(token: &str, sandbox: &str) -> String {
 }
 
 /// Whether a request's key admits it: the control API takes the fcm token
-/// as `X-API-KEY` (or as a bearer token); a sandbox's envd takes its own
-/// access token as `X-Access-Token`, or the fcm token.
+/// as `X-API-KEY`; a sandbox's envd takes its own access token as
+/// `X-Access-Token`, or the fcm token there. (E2B's keys only: a bearer
+/// token is not looked at, so a wrong E2B key is refused whatever else the
+/// request carries.)
 fn check_key(token: &str, call: &Call, headers: &[(String, String)]) -> Result<(), Refusal> {
     let fcm = |t: Option<&str>| t.is_some_and(|t| token_matches(t.trim(), token));
-    if fcm(bearer(header_in(headers, "Authorization"))) {
-        return Ok(());
-    }
     let ok = match call {
         Call::Control => fcm(header_in(headers, "X-API-KEY")),
         Call::Envd(id) => header_in(headers, "X-Access-Token")
@@ -504,7 +503,7 @@ mod tests {
                 &Call::Control,
                 &h(&[("Authorization", "Bearer the-fcm-token")])
             )
-            .is_ok()
+            .is_err()
         );
     }
 
@@ -515,6 +514,7 @@ mod tests {
         assert!(crate::names::VmName::parse(&id).is_ok());
         assert!(plausible_id(&id));
         assert!(!plausible_id("../x"));
+        assert!(!plausible_id("0"));
         let r = Request {
             method: "GET".into(),
             target: "/v2/sandboxes?metadata=a%3Db%26c%3Dd%2520e&limit=2".into(),
