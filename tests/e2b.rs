@@ -88,10 +88,13 @@ fn the_e2b_python_sdk_drives_fcm_vms() {
         "run",
         "exit-code",
         "envs-cwd",
+        "background-on-stdout",
+        "list-kill",
         "files-1mib",
         "list",
         "exists",
         "make-dir",
+        "write-files-depth-info",
         "rename",
         "remove",
         "list-by-metadata",
@@ -100,6 +103,7 @@ fn the_e2b_python_sdk_drives_fcm_vms() {
         "unknown-template",
         "kill-unknown",
         "token-of-another",
+        "auto-pause",
         "set-timeout",
     ] {
         assert!(

@@ -6,9 +6,9 @@ for the test to look at; any failure raises (a non-zero exit).
 Usage: sdk_check.py main RUN_ID | sdk_check.py kill SANDBOX_ID
 """
 
-import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -55,6 +55,28 @@ def main(run):
     assert bytes(back) == data, "1 MiB read back differs"
     ok("files-1mib")
 
+    # A background command's output reaches on_stdout while it runs (the
+    # sync SDK calls it from wait()).
+    seen = []
+    h = sbx.commands.run("echo first; sleep 3; echo second", background=True)
+    h.wait(on_stdout=lambda line: seen.append((time.monotonic(), line)))
+    assert [l.strip() for _, l in seen] == ["first", "second"], seen
+    assert seen[1][0] - seen[0][0] > 2, f"output came at the end, not as produced: {seen}"
+    ok("background-on-stdout")
+
+    # commands.list() sees a running command, commands.kill() ends it.
+    h = sbx.commands.run("sleep 300", background=True)
+    assert h.pid in [p.pid for p in sbx.commands.list()], sbx.commands.list()
+    assert sbx.commands.kill(h.pid) is True
+    try:
+        h.wait()
+        raise AssertionError("a killed command ended well")
+    except CommandExitException as e:
+        assert e.exit_code != 0
+    assert h.pid not in [p.pid for p in sbx.commands.list()]
+    assert sbx.commands.kill(h.pid) is False
+    ok("list-kill")
+
     sbx.files.write("/root/e2b/a.txt", "hello file")
     names = sorted(e.name for e in sbx.files.list("/root/e2b"))
     assert names == ["a.txt", "blob.bin"], names
@@ -67,6 +89,22 @@ def main(run):
     assert sbx.files.make_dir("/root/e2b/sub") is True
     assert sbx.files.make_dir("/root/e2b/sub") is False
     ok("make-dir")
+
+    sbx.files.write_files(
+        [
+            {"path": "/root/e2b/sub/deep/one.txt", "data": "1"},
+            {"path": "/root/e2b/sub/two.txt", "data": b"22"},
+        ]
+    )
+    deep = sorted(e.path for e in sbx.files.list("/root/e2b/sub", depth=2))
+    assert deep == [
+        "/root/e2b/sub/deep",
+        "/root/e2b/sub/deep/one.txt",
+        "/root/e2b/sub/two.txt",
+    ], deep
+    info = sbx.files.get_info("/root/e2b/sub/two.txt")
+    assert info.size == 2 and info.type.value == "file", info
+    ok("write-files-depth-info")
 
     sbx.files.rename("/root/e2b/a.txt", "/root/e2b/sub/b.txt")
     assert sbx.files.read("/root/e2b/sub/b.txt") == "hello file"
@@ -125,6 +163,17 @@ def main(run):
     assert status_of(url, mine) == 204
     assert status_of(url, theirs) == 401, status_of(url, theirs)
     ok("token-of-another")
+
+    # autoPause: at its timeout it is paused, not destroyed; connect resumes it.
+    napper = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})
+    deadline = time.monotonic() + 30
+    while Sandbox.get_info(napper.sandbox_id).state != SandboxState.PAUSED:
+        assert time.monotonic() < deadline, "an autoPause sandbox was not paused at its timeout"
+        time.sleep(1)
+    napper = Sandbox.connect(napper.sandbox_id, timeout=60)
+    assert napper.commands.run("echo awake").stdout == "awake\n"
+    assert napper.kill() is True
+    ok("auto-pause")
 
     # Its timeout set to 5 s: the daemon ends it (the test watches fcm ls).
     other.set_timeout(5)
