@@ -16,6 +16,9 @@ use std::time::Duration;
 use common::{Fcm, e2e_ready, wait_for};
 
 const SDK_VERSION: &str = "2.63.0";
+/// The JS SDK (npm), pinned.
+const JS_SDK_VERSION: &str = "2.51.0";
+const JS_SDK_DIR: &str = "/var/lib/fcm-test-tools/e2b-js/node_modules";
 
 /// The venv's Python with the pinned SDK, if it is installed.
 fn sdk_python() -> Option<PathBuf> {
@@ -66,20 +69,85 @@ fn word_after<'a>(out: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} line in:\n{out}"))
 }
 
+/// Skips (FCM_E2E_OPTIONAL=1) or fails when a test tool is missing.
+fn missing(msg: &str) {
+    if std::env::var("FCM_E2E_OPTIONAL").as_deref() == Ok("1") {
+        eprintln!("skipping: {msg}");
+        return;
+    }
+    panic!("{msg}");
+}
+
+#[test]
+fn the_e2b_js_sdk_drives_fcm_vms() {
+    if !e2e_ready() {
+        return;
+    }
+    let pkg = PathBuf::from(JS_SDK_DIR).join("e2b/package.json");
+    let version = fs::read_to_string(&pkg)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_owned));
+    if version.as_deref() != Some(JS_SDK_VERSION) {
+        return missing(&format!(
+            "the E2B JS SDK {JS_SDK_VERSION} is not installed in {JS_SDK_DIR} (scripts/test.sh installs it)"
+        ));
+    }
+    let f = Fcm::start("e2bjs", &[]);
+    let run = format!("js{}", std::process::id());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2b/sdk_check.js");
+    let url = format!("http://{}", f.api_addr());
+    let out =
+        f.ns.cmd("env")
+            .arg(format!("E2B_API_URL={url}"))
+            .arg(format!("E2B_SANDBOX_URL={url}"))
+            .arg(format!("E2B_API_KEY={}", f.token()))
+            .arg(format!("NODE_PATH={JS_SDK_DIR}"))
+            .args(["timeout", "600", "node"])
+            .arg(&script)
+            .arg(&run)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the E2B JS SDK script failed: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}\n--- daemon log ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(f.log()).unwrap_or_default()
+    );
+    for check in [
+        "run",
+        "exit-code",
+        "envs-cwd",
+        "on-stdout",
+        "files-1mib",
+        "files",
+        "list-by-metadata",
+        "kill",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == format!("OK {check}")),
+            "no OK {check} in:\n{stdout}"
+        );
+    }
+    let id = word_after(&stdout, "SANDBOX ");
+    assert!(
+        !f.vms().iter().any(|v| v["name"] == id),
+        "killed sandbox {id} is still listed"
+    );
+}
+
 #[test]
 fn the_e2b_python_sdk_drives_fcm_vms() {
     if !e2e_ready() {
         return;
     }
     let Some(py) = sdk_python() else {
-        let msg = format!(
+        return missing(&format!(
             "the E2B SDK {SDK_VERSION} is not installed (scripts/test.sh installs it into /var/lib/fcm-test-tools/e2b-venv)"
-        );
-        if std::env::var("FCM_E2E_OPTIONAL").as_deref() == Ok("1") {
-            eprintln!("skipping: {msg}");
-            return;
-        }
-        panic!("{msg}");
+        ));
     };
     let f = Fcm::start("e2b", &[]);
     let run = format!("run{}", std::process::id());
