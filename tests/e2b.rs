@@ -158,6 +158,8 @@ fn the_e2b_python_sdk_drives_fcm_vms() {
         "envs-cwd",
         "background-on-stdout",
         "list-kill",
+        "stdin",
+        "pty",
         "files-1mib",
         "list",
         "exists",

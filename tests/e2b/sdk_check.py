@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
-from e2b import CommandExitException, Sandbox, SandboxQuery, SandboxState
+from e2b import CommandExitException, PtySize, Sandbox, SandboxQuery, SandboxState
 
 
 def ok(name):
@@ -76,6 +76,24 @@ def main(run):
     assert h.pid not in [p.pid for p in sbx.commands.list()]
     assert sbx.commands.kill(h.pid) is False
     ok("list-kill")
+
+    # stdin: a command started with it reads what is sent, then an end of file.
+    h = sbx.commands.run("cat; echo done", background=True, stdin=True)
+    sbx.commands.send_stdin(h.pid, "hello stdin\n")
+    sbx.commands.close_stdin(h.pid)
+    assert h.wait().stdout == "hello stdin\ndone\n"
+    ok("stdin")
+
+    # A PTY runs what is typed and follows a resize.
+    typed = bytearray()
+    t = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.resize(t.pid, PtySize(rows=33, cols=101))
+    sbx.pty.send_stdin(t.pid, b"echo $((6*7)); stty size; exit\n")
+    t.wait(on_pty=lambda data: typed.extend(data))
+    shown = typed.decode(errors="replace")
+    assert "42\r\n" in shown, shown
+    assert "33 101" in shown, shown
+    ok("pty")
 
     sbx.files.write("/root/e2b/a.txt", "hello file")
     names = sorted(e.name for e in sbx.files.list("/root/e2b"))

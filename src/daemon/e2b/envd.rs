@@ -153,6 +153,9 @@ impl E2b {
         match path {
             "/process.Process/List" => Ok(self.processes(id)),
             "/process.Process/SendSignal" => self.signal(id, msg),
+            "/process.Process/SendInput" => self.send_input(id, msg),
+            "/process.Process/CloseStdin" => self.close_stdin(id, msg),
+            "/process.Process/Update" => self.update_pty(id, msg),
             "/filesystem.Filesystem/Stat" => {
                 let p = absolute(str_field(msg, "path")?);
                 Ok(json!({ "entry": self.stat(id, &p)? }))

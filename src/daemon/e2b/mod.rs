@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `control` | the control API: `/sandboxes`, `/v2/sandboxes` (create, list, get, kill, timeout, pause, connect, resume) |
 //! | `envd` | the in-sandbox API: `/health`, `/files`, the Connect RPCs of `process.Process` and `filesystem.Filesystem` |
-//! | `process` | `process.Process`: Start streamed onto the agent's exec, List, SendSignal |
+//! | `process` | `process.Process`: Start (PTYs too) streamed onto the agent's exec, List, SendSignal, SendInput, CloseStdin, Update (a PTY's size) |
 //! | `connect` | the Connect protocol's JSON forms: envelopes, error codes |
 //! | `multipart` | `multipart/form-data` uploads, streamed part by part |
 //!
@@ -168,7 +168,13 @@ struct Proc {
     tag: Option<String>,
     config: Value,
     control: Arc<dyn Control>,
+    /// Its stdin (or terminal input), when it was started with one; taken
+    /// (closed) by CloseStdin.
+    input: Input,
 }
+
+/// A process's input, written by SendInput one call at a time.
+type Input = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
 
 /// The E2B API's state: the daemon's pieces it translates onto, the key
 /// its sandbox tokens derive from, the processes it runs.

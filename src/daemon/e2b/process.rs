@@ -1,12 +1,12 @@
 //! `process.Process` of the in-sandbox API: Start (a program through
-//! the agent's streamed exec, its output streamed back as Connect
-//! envelopes as it is produced), List and SendSignal of the programs it
-//! started.
+//! the agent's streamed exec, on a terminal for a PTY, its output streamed
+//! back as Connect envelopes as it is produced), and of the programs it
+//! started: List, SendSignal, SendInput, CloseStdin, Update (a PTY's size).
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use super::connect::{self, Chunked, Code, RpcError};
 use super::envd::{absolute, rpc_of, str_field};
-use super::{E2b, PROCESSES_MAX, Proc, Request};
+use super::{E2b, Input, PROCESSES_MAX, Proc, Request};
+use crate::daemon::guest::Control;
 use crate::daemon::lock;
 use crate::wire::api::ExecRequest;
 
@@ -56,22 +57,69 @@ impl E2b {
                 ));
             }
         };
-        let control = {
-            let procs = lock(&self.procs);
-            procs
-                .iter()
-                .find(|(pid, p)| {
-                    p.sandbox == id
-                        && (sel.get("pid").and_then(Value::as_u64) == Some(u64::from(**pid))
-                            || (sel.get("tag").and_then(Value::as_str).is_some()
-                                && sel.get("tag").and_then(Value::as_str) == p.tag.as_deref()))
-                })
-                .map(|(_, p)| Arc::clone(&p.control))
-        };
-        let Some(control) = control else {
-            return Err(RpcError::new(Code::NotFound, "no such process"));
-        };
+        let (control, _) = self.find(id, &sel)?;
         control.signal(signal);
+        Ok(json!({}))
+    }
+
+    /// The process a selector (`{pid}` or `{tag}`) names in this sandbox.
+    fn find(&self, id: &str, sel: &Value) -> Result<(Arc<dyn Control>, Input), RpcError> {
+        let pid = sel.get("pid").and_then(Value::as_u64);
+        let tag = sel.get("tag").and_then(Value::as_str);
+        lock(&self.procs)
+            .iter()
+            .find(|(p_id, p)| {
+                p.sandbox == id
+                    && (pid == Some(u64::from(**p_id))
+                        || (tag.is_some() && tag == p.tag.as_deref()))
+            })
+            .map(|(_, p)| (Arc::clone(&p.control), Arc::clone(&p.input)))
+            .ok_or_else(|| RpcError::new(Code::NotFound, "no such process"))
+    }
+
+    /// `SendInput`: bytes to a process's stdin (or its terminal).
+    pub(super) fn send_input(&self, id: &str, msg: &Value) -> Result<Value, RpcError> {
+        let sel = msg.get("process").cloned().unwrap_or(Value::Null);
+        let input = msg.get("input").cloned().unwrap_or(Value::Null);
+        let data = input
+            .get("stdin")
+            .or_else(|| input.get("pty"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                RpcError::new(Code::InvalidArgument, "input.stdin or input.pty is missing")
+            })?;
+        let data = B64.decode(data).map_err(|e| {
+            RpcError::new(Code::InvalidArgument, format!("input is not base64: {e}"))
+        })?;
+        let (_, writer) = self.find(id, &sel)?;
+        let mut w = lock(&writer);
+        let Some(w) = w.as_mut() else {
+            return Err(RpcError::new(
+                Code::FailedPrecondition,
+                "the process has no stdin (start it with stdin, or it was closed)",
+            ));
+        };
+        w.write_all(&data).and_then(|()| w.flush()).map_err(|e| {
+            RpcError::new(Code::Unavailable, format!("could not write its input: {e}"))
+        })?;
+        Ok(json!({}))
+    }
+
+    /// `CloseStdin`: the process reads an end of file.
+    pub(super) fn close_stdin(&self, id: &str, msg: &Value) -> Result<Value, RpcError> {
+        let sel = msg.get("process").cloned().unwrap_or(Value::Null);
+        let (_, writer) = self.find(id, &sel)?;
+        drop(lock(&writer).take());
+        Ok(json!({}))
+    }
+
+    /// `Update`: a PTY's new size.
+    pub(super) fn update_pty(&self, id: &str, msg: &Value) -> Result<Value, RpcError> {
+        let sel = msg.get("process").cloned().unwrap_or(Value::Null);
+        let (control, _) = self.find(id, &sel)?;
+        if let Some((cols, rows)) = pty_size(msg.get("pty")) {
+            control.resize(cols, rows);
+        }
         Ok(json!({}))
     }
 
@@ -87,12 +135,14 @@ impl E2b {
     ) -> io::Result<()> {
         let started = connect::read_envelope(body, 1 << 20).and_then(|msg| {
             let process = msg.get("process").cloned().unwrap_or(Value::Null);
-            if msg.get("pty").is_some_and(|p| !p.is_null()) {
-                return Err(RpcError::new(
-                    Code::Unimplemented,
-                    "PTYs are not served by fcm yet",
-                ));
-            }
+            // A PTY: the program on a terminal of that size (its output
+            // comes as `pty` data, its input by SendInput).
+            let pty = msg
+                .get("pty")
+                .filter(|p| !p.is_null())
+                .map(|p| pty_size(Some(p)).unwrap_or((80, 24)));
+            let with_stdin =
+                pty.is_some() || msg.get("stdin").and_then(Value::as_bool) == Some(true);
             let cmd = str_field(&process, "cmd")?.to_owned();
             let mut argv = vec![cmd];
             if let Some(args) = process.get("args").and_then(Value::as_array) {
@@ -121,11 +171,16 @@ impl E2b {
                         .clamp(1, crate::daemon::manager::exec::EXEC_TIMEOUT_MAX)
                 })
                 .unwrap_or(0);
+            let term = env.get("TERM").cloned();
             let exec = ExecRequest {
                 cmd: argv,
                 env,
                 cwd,
                 timeout_secs: Some(timeout),
+                tty: pty.map(|_| true),
+                cols: pty.map(|(c, _)| c),
+                rows: pty.map(|(_, r)| r),
+                term: pty.and(term),
                 ..ExecRequest::default()
             };
             if lock(&self.procs).len() >= PROCESSES_MAX {
@@ -134,7 +189,9 @@ impl E2b {
                     "too many processes run at once",
                 ));
             }
-            let (_, p) = self.m.exec_start(id, &exec).map_err(|e| rpc_of(&e))?;
+            let (_, mut p) = self.m.exec_start(id, &exec).map_err(|e| rpc_of(&e))?;
+            // Without stdin the program reads an end of file at once.
+            let input = p.stdin().filter(|_| with_stdin);
             let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
             let tag = msg.get("tag").and_then(Value::as_str).map(str::to_owned);
             lock(&self.procs).insert(
@@ -144,24 +201,36 @@ impl E2b {
                     tag,
                     config: process,
                     control: p.control(),
+                    input: Arc::new(Mutex::new(input)),
                 },
             );
-            Ok((pid, p))
+            Ok((pid, p, pty.is_some()))
         });
         out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/connect+json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
         let mut c = Chunked { out };
-        let (pid, p) = match started {
+        let (pid, p, on_pty) = match started {
             Ok(x) => x,
             Err(e) => {
                 c.send(&connect::end_stream(Some(&e)))?;
                 return c.finish();
             }
         };
-        let streamed = pump(&mut c, pid, p);
+        let streamed = pump(&mut c, pid, p, on_pty);
         lock(&self.procs).remove(&pid);
         streamed?;
         c.finish()
     }
+}
+
+/// `{size: {cols, rows}}` of a PTY message, each clamped to 1..=1000.
+fn pty_size(pty: Option<&Value>) -> Option<(u16, u16)> {
+    let size = pty?.get("size")?;
+    let dim = |k: &str, d: u16| {
+        size.get(k)
+            .and_then(Value::as_u64)
+            .map_or(d, |v| v.clamp(1, 1000) as u16)
+    };
+    Some((dim("cols", 80), dim("rows", 24)))
 }
 
 fn event(v: Value) -> Vec<u8> {
@@ -174,9 +243,8 @@ fn pump(
     c: &mut Chunked<'_>,
     pid: u32,
     mut p: Box<dyn crate::daemon::guest::Process>,
+    on_pty: bool,
 ) -> io::Result<()> {
-    // No stdin: the program reads an end of file.
-    drop(p.stdin());
     let (tx, rx) = sync_channel::<(bool, Vec<u8>)>(16);
     for (is_err, r) in [(false, p.stdout()), (true, p.stderr())] {
         let Some(mut r) = r else { continue };
@@ -202,7 +270,11 @@ fn pump(
         loop {
             let ev = match rx.recv_timeout(KEEPALIVE) {
                 Ok((is_err, data)) => {
-                    let key = if is_err { "stderr" } else { "stdout" };
+                    let key = match (on_pty, is_err) {
+                        (true, _) => "pty",
+                        (false, true) => "stderr",
+                        (false, false) => "stdout",
+                    };
                     json!({ "data": { key: B64.encode(&data) } })
                 }
                 Err(RecvTimeoutError::Timeout) => json!({ "keepalive": {} }),
@@ -235,4 +307,27 @@ fn pump(
     };
     c.send(&end)?;
     c.send(&connect::end_stream(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pty_sizes_are_read_and_clamped() {
+        assert_eq!(
+            pty_size(Some(&json!({"size": {"cols": 101, "rows": 33}}))),
+            Some((101, 33))
+        );
+        assert_eq!(
+            pty_size(Some(&json!({"size": {"cols": 0, "rows": 99999}}))),
+            Some((1, 1000))
+        );
+        assert_eq!(pty_size(Some(&json!({"size": {}}))), Some((80, 24)));
+        assert_eq!(pty_size(Some(&json!({}))), None);
+        assert_eq!(pty_size(None), None);
+        let e = event(json!({"start": {"pid": 7}}));
+        assert_eq!(e[0], 0);
+        assert_eq!(&e[5..], br#"{"event":{"start":{"pid":7}}}"#);
+    }
 }
