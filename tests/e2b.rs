@@ -169,6 +169,7 @@ fn the_e2b_python_sdk_drives_fcm_vms() {
         "remove",
         "list-by-metadata",
         "pause-connect",
+        "fork",
         "wrong-key",
         "unknown-template",
         "kill-unknown",

@@ -152,6 +152,22 @@ def main(run):
     assert sbx.commands.run(f"cat /proc/{pid}/comm").stdout == "sleep\n"
     ok("pause-connect")
 
+    # fork(count=2): two new sandboxes with the source's processes and files.
+    forks = sbx.fork(count=2, timeout=120)
+    assert len(forks) == 2 and all(isinstance(f, Sandbox) for f in forks), forks
+    ids = {f.sandbox_id for f in forks}
+    assert len(ids) == 2 and sbx.sandbox_id not in ids, ids
+    for f in forks:
+        assert f.commands.run(f"cat /proc/{pid}/comm").stdout == "sleep\n"
+        assert f.commands.run("wc -c < /root/e2b/blob.bin").stdout == "1048576\n"
+        f.commands.run("echo mine > /root/e2b/who")
+        assert f.get_info().metadata == {"suite": "fcm-e2b", "run": run}
+    assert not sbx.files.exists("/root/e2b/who"), "a fork wrote into its source"
+    assert sbx.commands.run("echo still").stdout == "still\n"
+    for f in forks:
+        assert f.kill() is True
+    ok("fork")
+
     try:
         Sandbox.list(api_key="not-the-token").next_items()
         raise AssertionError("a wrong key was let in")

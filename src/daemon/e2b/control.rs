@@ -13,7 +13,7 @@ use super::{
 };
 use crate::daemon::store::{self, E2bRecord};
 use crate::names::VmId;
-use crate::wire::api::{CreateRequest, VmView};
+use crate::wire::api::{CreateRequest, ForkRequest, VmView};
 
 /// The template every fcm VM is made from today (fcm's base image).
 pub const BASE_TEMPLATE: &str = "base";
@@ -23,6 +23,8 @@ pub const BASE_TEMPLATE: &str = "base";
 const TIMEOUT_DEFAULT: u64 = 300;
 /// The longest timeout a sandbox may be given (E2B's longest).
 const TIMEOUT_MAX: u64 = 24 * 3600;
+/// Most forks one request makes (the SDK's own bound).
+const FORK_MAX: u64 = 20;
 /// Sandboxes in one page of a list when the request names no limit.
 const LIMIT_DEFAULT: usize = 100;
 const LIMIT_MAX: usize = 1000;
@@ -69,7 +71,11 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
     match segs {
         ["sandboxes"] => Some("GET, POST"),
         ["sandboxes", _] => Some("GET, DELETE"),
-        ["sandboxes", _, "timeout" | "pause" | "connect" | "resume"] => Some("POST"),
+        [
+            "sandboxes",
+            _,
+            "timeout" | "pause" | "connect" | "resume" | "fork",
+        ] => Some("POST"),
         _ => None,
     }
 }
@@ -113,12 +119,13 @@ impl E2b {
             ("POST", ["sandboxes", id, "resume"]) => {
                 read_json(body).and_then(|v| self.connect(id, &v, true))
             }
+            ("POST", ["sandboxes", id, "fork"]) => read_json(body).and_then(|v| self.fork(id, &v)),
             (
                 _,
                 [
                     "sandboxes",
                     _,
-                    "metrics" | "fork" | "logs" | "refreshes" | "snapshots",
+                    "metrics" | "logs" | "refreshes" | "snapshots",
                 ],
             )
             | (_, ["sandboxes", "metrics"]) => Err((
@@ -372,6 +379,66 @@ impl E2b {
         self.update(id, |b| b.end_at = None)
             .map_err(|e| status_message(&e))?;
         Ok(())
+    }
+
+    /// Fork: `count` new sandboxes from the running sandbox's memory,
+    /// processes and disk, taken once (`fcm fork`; the source pauses for a
+    /// moment and runs on, its deadline untouched). Each gets the source's
+    /// template, metadata, env vars and autoPause, and a timeout of its own.
+    /// One result per fork: the sandbox, or why that one failed.
+    fn fork(&self, id: &str, body: &Value) -> Result<(u16, Value), Failure> {
+        let count = match body.get("count") {
+            None | Some(Value::Null) => 1,
+            Some(c) => c
+                .as_u64()
+                .filter(|c| (1..=FORK_MAX).contains(c))
+                .ok_or_else(|| (400, format!("count must be from 1 to {FORK_MAX}")))?,
+        };
+        let timeout = timeout_of(body)?;
+        let (_, source) = self.sandbox(id)?;
+        // One fresh id; with a count above 1 the forks are <id>-1, <id>-2...
+        let base = new_sandbox_id();
+        let forks = self
+            .m
+            .fork(
+                id,
+                ForkRequest {
+                    count: Some(count as u32),
+                    name: Some(base),
+                },
+            )
+            .map_err(|e| status_message(&e))?;
+        let dir = &self.m.config().state_dir;
+        let now = unix_now();
+        let results: Vec<Value> = forks
+            .into_iter()
+            .map(|r| {
+                let saved = r.map_err(|e| status_message(&e)).and_then(|view| {
+                    let block = E2bRecord {
+                        sandbox_id: view.name.clone(),
+                        started_at: now,
+                        end_at: Some(now + timeout),
+                        ..source.clone()
+                    };
+                    let vm = VmId::parse(&view.id).map_err(|e| (500, e.to_string()))?;
+                    store::save_e2b(dir, &vm, &block).map_err(|e| {
+                        let _ = self.m.destroy(&view.name);
+                        (
+                            500,
+                            format!("could not record the sandbox: {}", crate::error::chain(&e)),
+                        )
+                    })?;
+                    Ok(block)
+                });
+                match saved {
+                    Ok(block) => json!({ "sandbox": self.created(&block) }),
+                    Err((code, message)) => {
+                        json!({ "error": { "code": code, "message": message } })
+                    }
+                }
+            })
+            .collect();
+        Ok((201, Value::Array(results)))
     }
 
     /// Connect (a running sandbox: 200; a paused one resumed: 201) or

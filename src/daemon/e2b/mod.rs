@@ -154,12 +154,17 @@ fn new_sandbox_id() -> String {
     id
 }
 
-/// Whether `s` can be a sandbox id at all (only those reach the VM table).
+/// Whether `s` can be a sandbox id at all (only those reach the VM table):
+/// one [`new_sandbox_id`] gave, or a fork's (`<id>-<n>`).
 fn plausible_id(s: &str) -> bool {
-    s.len() == 20
-        && s.starts_with('i')
-        && s.bytes()
+    let (id, n) = s.split_once('-').unwrap_or((s, "1"));
+    id.len() == 20
+        && id.starts_with('i')
+        && id
+            .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && (1..=3).contains(&n.len())
+        && n.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A process started through `process.Process/Start`, while it runs.
@@ -521,6 +526,9 @@ mod tests {
         assert!(plausible_id(&id));
         assert!(!plausible_id("../x"));
         assert!(!plausible_id("0"));
+        assert!(plausible_id(&format!("{id}-12")));
+        assert!(!plausible_id(&format!("{id}-")));
+        assert!(!plausible_id(&format!("{id}-1-2")));
         let r = Request {
             method: "GET".into(),
             target: "/v2/sandboxes?metadata=a%3Db%26c%3Dd%2520e&limit=2".into(),
