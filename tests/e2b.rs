@@ -168,6 +168,7 @@ fn the_e2b_python_sdk_drives_fcm_vms() {
         "rename",
         "remove",
         "list-by-metadata",
+        "metrics",
         "pause-connect",
         "fork",
         "wrong-key",

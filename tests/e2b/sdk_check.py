@@ -138,6 +138,14 @@ def main(run):
     assert found[0].metadata == {"suite": "fcm-e2b", "run": run}, found[0].metadata
     ok("list-by-metadata")
 
+    metrics = sbx.get_metrics()
+    assert len(metrics) == 1, metrics
+    m = metrics[0]
+    assert m.cpu_count >= 1 and 0 <= m.cpu_used_pct <= 100, m
+    assert 100 << 20 < m.mem_total and 0 < m.mem_used < m.mem_total, m
+    assert 1 << 30 < m.disk_total and 0 < m.disk_used < m.disk_total, m
+    ok("metrics")
+
     # Paused and connected again, a process of the sandbox lives on.
     pid = sbx.commands.run("nohup sleep 3000 >/dev/null 2>&1 & echo $!").stdout.strip()
     assert sbx.pause() is True

@@ -222,7 +222,11 @@ impl E2b {
     /// Runs `sh -c SCRIPT sh ARGS...` in the guest: the script is fcm's
     /// own, the request's paths only its arguments. Exit code, stdout,
     /// stderr.
-    fn helper(&self, id: &str, script_args: &[&str]) -> Result<(i32, Vec<u8>, String), RpcError> {
+    pub(super) fn helper(
+        &self,
+        id: &str,
+        script_args: &[&str],
+    ) -> Result<(i32, Vec<u8>, String), RpcError> {
         let mut cmd = vec!["sh".to_owned(), "-c".to_owned()];
         let (script, args) = script_args.split_first().unwrap_or((&"true", &[]));
         cmd.push((*script).to_owned());
