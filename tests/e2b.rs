@@ -158,6 +158,7 @@ fn the_e2b_python_sdk_drives_fcm_vms() {
         "envs-cwd",
         "background-on-stdout",
         "list-kill",
+        "connect",
         "stdin",
         "pty",
         "files-1mib",

@@ -77,6 +77,14 @@ def main(run):
     assert sbx.commands.kill(h.pid) is False
     ok("list-kill")
 
+    # A command its client left runs on; commands.connect() follows it.
+    h = sbx.commands.run("sleep 3; echo later; sleep 1; echo last", background=True)
+    h.disconnect()
+    assert h.pid in [p.pid for p in sbx.commands.list()]
+    r = sbx.commands.connect(h.pid).wait()
+    assert r.stdout == "later\nlast\n", r.stdout
+    ok("connect")
+
     # stdin: a command started with it reads what is sent, then an end of file.
     h = sbx.commands.run("cat; echo done", background=True, stdin=True)
     sbx.commands.send_stdin(h.pid, "hello stdin\n")

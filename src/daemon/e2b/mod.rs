@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `control` | the control API: `/sandboxes`, `/v2/sandboxes` (create, list, get, kill, timeout, pause, connect, resume) |
 //! | `envd` | the in-sandbox API: `/health`, `/files`, the Connect RPCs of `process.Process` and `filesystem.Filesystem` |
-//! | `process` | `process.Process`: Start (PTYs too) streamed onto the agent's exec, List, SendSignal, SendInput, CloseStdin, Update (a PTY's size) |
+//! | `process` | `process.Process`: Start (PTYs too) streamed onto the agent's exec, Connect, List, SendSignal, SendInput, CloseStdin, Update (a PTY's size) |
 //! | `connect` | the Connect protocol's JSON forms: envelopes, error codes |
 //! | `multipart` | `multipart/form-data` uploads, streamed part by part |
 //!
@@ -176,7 +176,13 @@ struct Proc {
     /// Its stdin (or terminal input), when it was started with one; taken
     /// (closed) by CloseStdin.
     input: Input,
+    /// Clients connected to it after its start (`process.Process/Connect`):
+    /// each gets its output and end as envelopes, through a bounded queue
+    /// (one that falls behind is let go).
+    watchers: Watchers,
 }
+
+type Watchers = Arc<Mutex<Vec<std::sync::mpsc::SyncSender<Vec<u8>>>>>;
 
 /// A process's input, written by SendInput one call at a time.
 type Input = Arc<Mutex<Option<Box<dyn Write + Send>>>>;

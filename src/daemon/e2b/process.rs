@@ -1,7 +1,8 @@
 //! `process.Process` of the in-sandbox API: Start (a program through
 //! the agent's streamed exec, on a terminal for a PTY, its output streamed
 //! back as Connect envelopes as it is produced), and of the programs it
-//! started: List, SendSignal, SendInput, CloseStdin, Update (a PTY's size).
+//! started: Connect (its output from then on), List, SendSignal, SendInput,
+//! CloseStdin, Update (a PTY's size).
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::connect::{self, Chunked, Code, RpcError};
 use super::envd::{absolute, rpc_of, str_field};
-use super::{E2b, Input, PROCESSES_MAX, Proc, Request};
+use super::{E2b, Input, PROCESSES_MAX, Proc, Request, Watchers};
 use crate::daemon::guest::Control;
 use crate::daemon::lock;
 use crate::wire::api::ExecRequest;
@@ -24,6 +25,8 @@ use crate::wire::api::ExecRequest;
 /// A process stream with nothing to say sends a keepalive this often (a
 /// client gone is noticed at the latest then).
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Envelopes queued for a connected watcher before it is let go.
+const WATCH_QUEUE: usize = 256;
 
 impl E2b {
     pub(super) fn processes(&self, id: &str) -> Value {
@@ -133,6 +136,7 @@ impl E2b {
         body: &mut dyn Read,
         out: &mut dyn Write,
     ) -> io::Result<()> {
+        let watchers: Watchers = Arc::new(Mutex::new(Vec::new()));
         let started = connect::read_envelope(body, 1 << 20).and_then(|msg| {
             let process = msg.get("process").cloned().unwrap_or(Value::Null);
             // A PTY: the program on a terminal of that size (its output
@@ -202,6 +206,7 @@ impl E2b {
                     config: process,
                     control: p.control(),
                     input: Arc::new(Mutex::new(input)),
+                    watchers: Arc::clone(&watchers),
                 },
             );
             Ok((pid, p, pty.is_some()))
@@ -215,9 +220,60 @@ impl E2b {
                 return c.finish();
             }
         };
-        let streamed = pump(&mut c, pid, p, on_pty);
+        let attached = pump(&mut c, pid, p, on_pty, &watchers);
         lock(&self.procs).remove(&pid);
-        streamed?;
+        if attached {
+            c.finish()
+        } else {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    /// `process.Process/Connect`: a running process's output and end from
+    /// now on, as a stream of its own.
+    pub(super) fn connect_process(
+        &self,
+        id: &str,
+        body: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        let found = connect::read_envelope(body, 1 << 20).and_then(|msg| {
+            let sel = msg.get("process").cloned().unwrap_or(Value::Null);
+            let pid = sel.get("pid").and_then(Value::as_u64);
+            let procs = lock(&self.procs);
+            let (pid, p) = procs
+                .iter()
+                .find(|(p_id, p)| {
+                    p.sandbox == id
+                        && (pid == Some(u64::from(**p_id))
+                            || sel
+                                .get("tag")
+                                .and_then(Value::as_str)
+                                .is_some_and(|t| p.tag.as_deref() == Some(t)))
+                })
+                .ok_or_else(|| RpcError::new(Code::NotFound, "no such process"))?;
+            let (tx, rx) = sync_channel::<Vec<u8>>(WATCH_QUEUE);
+            lock(&p.watchers).push(tx);
+            Ok((*pid, rx))
+        });
+        out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/connect+json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+        let mut c = Chunked { out };
+        let (pid, rx) = match found {
+            Ok(x) => x,
+            Err(e) => {
+                c.send(&connect::end_stream(Some(&e)))?;
+                return c.finish();
+            }
+        };
+        c.send(&event(json!({ "start": { "pid": pid } })))?;
+        loop {
+            match rx.recv_timeout(KEEPALIVE) {
+                Ok(envelope) => c.send(&envelope)?,
+                Err(RecvTimeoutError::Timeout) => c.send(&event(json!({ "keepalive": {} })))?,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        c.send(&connect::end_stream(None))?;
         c.finish()
     }
 }
@@ -238,13 +294,17 @@ fn event(v: Value) -> Vec<u8> {
 }
 
 /// Streams a started program: `start`, its output as produced, `end`,
-/// the end of the stream. A client gone kills the program.
+/// the end of the stream; its output and end to its watchers too. A client
+/// gone does not end the program (E2B's way: it may connect again, or be
+/// killed); its output is then read on and dropped. False when the client
+/// went away.
 fn pump(
     c: &mut Chunked<'_>,
     pid: u32,
     mut p: Box<dyn crate::daemon::guest::Process>,
     on_pty: bool,
-) -> io::Result<()> {
+    watchers: &Watchers,
+) -> bool {
     let (tx, rx) = sync_channel::<(bool, Vec<u8>)>(16);
     for (is_err, r) in [(false, p.stdout()), (true, p.stderr())] {
         let Some(mut r) = r else { continue };
@@ -264,29 +324,34 @@ fn pump(
         });
     }
     drop(tx);
-    let control = p.control();
-    let mut go = || -> io::Result<()> {
-        c.send(&event(json!({ "start": { "pid": pid } })))?;
-        loop {
-            let ev = match rx.recv_timeout(KEEPALIVE) {
-                Ok((is_err, data)) => {
-                    let key = match (on_pty, is_err) {
-                        (true, _) => "pty",
-                        (false, true) => "stderr",
-                        (false, false) => "stdout",
-                    };
-                    json!({ "data": { key: B64.encode(&data) } })
-                }
-                Err(RecvTimeoutError::Timeout) => json!({ "keepalive": {} }),
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            };
-            c.send(&event(ev))?;
+    let mut attached = true;
+    // To the client while it listens, and to every watcher that keeps up.
+    let mut send = |c: &mut Chunked<'_>, envelope: &[u8], watched: bool| {
+        if attached && c.send(envelope).is_err() {
+            attached = false;
+        }
+        if watched {
+            lock(watchers).retain(|w| w.try_send(envelope.to_vec()).is_ok());
         }
     };
-    if let Err(e) = go() {
-        // The client went away: the program goes too.
-        control.kill();
-        return Err(e);
+    send(c, &event(json!({ "start": { "pid": pid } })), false);
+    loop {
+        match rx.recv_timeout(KEEPALIVE) {
+            Ok((is_err, data)) => {
+                let key = match (on_pty, is_err) {
+                    (true, _) => "pty",
+                    (false, true) => "stderr",
+                    (false, false) => "stdout",
+                };
+                send(
+                    c,
+                    &event(json!({ "data": { key: B64.encode(&data) } })),
+                    true,
+                );
+            }
+            Err(RecvTimeoutError::Timeout) => send(c, &event(json!({ "keepalive": {} })), false),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
     }
     let end = match p.wait() {
         Ok(exit) => {
@@ -298,15 +363,15 @@ fn pump(
             event(json!({ "end": { "exitCode": exit.code, "exited": true, "status": status } }))
         }
         Err(e) => {
-            c.send(&connect::end_stream(Some(&RpcError::new(
-                Code::Unavailable,
-                crate::error::chain(&e).to_string(),
-            ))))?;
-            return Ok(());
+            let error = RpcError::new(Code::Unavailable, crate::error::chain(&e).to_string());
+            lock(watchers).clear();
+            return attached && c.send(&connect::end_stream(Some(&error))).is_ok();
         }
     };
-    c.send(&end)?;
-    c.send(&connect::end_stream(None))
+    send(c, &end, true);
+    // The watchers end their streams once their queues are dropped.
+    lock(watchers).clear();
+    attached && c.send(&connect::end_stream(None)).is_ok()
 }
 
 #[cfg(test)]
