@@ -35,6 +35,13 @@ if ! "$TOOLS/e2b-venv/bin/python" -c "import importlib.metadata as m; assert m.v
 	python3 -m venv "$TOOLS/e2b-venv"
 	"$TOOLS/e2b-venv/bin/pip" install --quiet "e2b==$E2B_SDK_VERSION"
 fi
+# And one from before the v2 paths (2.51), for the v1 ones.
+E2B_OLD_SDK_VERSION=2.50.0
+if ! "$TOOLS/e2b-old-venv/bin/python" -c "import importlib.metadata as m; assert m.version('e2b') == '$E2B_OLD_SDK_VERSION'" 2>/dev/null; then
+	echo "== test tools: e2b $E2B_OLD_SDK_VERSION into $TOOLS/e2b-old-venv" >&2
+	python3 -m venv "$TOOLS/e2b-old-venv"
+	"$TOOLS/e2b-old-venv/bin/pip" install --quiet "e2b==$E2B_OLD_SDK_VERSION"
+fi
 # The E2B JS SDK, pinned, for tests/e2b.rs (it needs Node >= 20.18; the
 # machines this runs on have Node 20).
 E2B_JS_SDK_VERSION=2.51.0

@@ -1,6 +1,7 @@
 //! The E2B API with the real E2B Python SDK (`e2b` 2.63.0 from PyPI,
 //! installed by scripts/test.sh into /var/lib/fcm-test-tools/e2b-venv) and
-//! a real QEMU guest: the SDK's documented usage (tests/e2b/sdk_check.py)
+//! a real QEMU guest (and the JS SDK, npm e2b 2.51.0, and the Python SDK
+//! 2.50.0, before the v2 paths): the SDK's documented usage (tests/e2b/sdk_check.py)
 //! runs unchanged with `E2B_API_URL=E2B_SANDBOX_URL=http://127.0.0.1:7777`
 //! and the fcm token as `E2B_API_KEY`, inside the test's namespace; the
 //! sandboxes it makes are fcm VMs (`fcm ls` shows their metadata, `fcm
@@ -20,11 +21,12 @@ const SDK_VERSION: &str = "2.63.0";
 const JS_SDK_VERSION: &str = "2.51.0";
 const JS_SDK_DIR: &str = "/var/lib/fcm-test-tools/e2b-js/node_modules";
 
-/// The venv's Python with the pinned SDK, if it is installed.
-fn sdk_python() -> Option<PathBuf> {
-    let py = std::env::var_os("FCM_E2B_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/fcm-test-tools/e2b-venv/bin/python"));
+/// An SDK from before the v2 paths (POST /v2/sandboxes came in 2.51).
+const OLD_SDK_VERSION: &str = "2.50.0";
+
+/// The venv's Python with that version of the SDK, if it is installed.
+fn sdk_python_in(venv: &str, version: &str) -> Option<PathBuf> {
+    let py = PathBuf::from(format!("/var/lib/fcm-test-tools/{venv}/bin/python"));
     let out = std::process::Command::new(&py)
         .args([
             "-c",
@@ -32,7 +34,12 @@ fn sdk_python() -> Option<PathBuf> {
         ])
         .output()
         .ok()?;
-    (String::from_utf8_lossy(&out.stdout).trim() == SDK_VERSION).then_some(py)
+    (String::from_utf8_lossy(&out.stdout).trim() == version).then_some(py)
+}
+
+/// The venv's Python with the pinned SDK, if it is installed.
+fn sdk_python() -> Option<PathBuf> {
+    sdk_python_in("e2b-venv", SDK_VERSION)
 }
 
 /// Runs the SDK script in the daemon's namespace; its stdout.
@@ -76,6 +83,27 @@ fn missing(msg: &str) {
         return;
     }
     panic!("{msg}");
+}
+
+#[test]
+fn an_e2b_sdk_before_2_51_uses_the_v1_paths() {
+    if !e2e_ready() {
+        return;
+    }
+    let Some(py) = sdk_python_in("e2b-old-venv", OLD_SDK_VERSION) else {
+        return missing(&format!(
+            "the E2B SDK {OLD_SDK_VERSION} is not installed (scripts/test.sh installs it into /var/lib/fcm-test-tools/e2b-old-venv)"
+        ));
+    };
+    // 2.50's client has no /v2 create or connect: it calls POST /sandboxes
+    // and POST /sandboxes/{id}/connect (its e2b/api/client/api/sandboxes/).
+    let f = Fcm::start("e2bold", &[]);
+    let out = sdk(&f, &py, &["old", &format!("old{}", std::process::id())]);
+    assert!(out.lines().any(|l| l == "OK old-sdk"), "{out}");
+    assert!(
+        f.vms().is_empty(),
+        "the old SDK's killed sandbox is still listed"
+    );
 }
 
 #[test]

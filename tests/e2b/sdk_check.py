@@ -3,7 +3,8 @@
 pointing at the daemon). Prints `OK <check>` per check, `SANDBOX <id>`
 for the test to look at; any failure raises (a non-zero exit).
 
-Usage: sdk_check.py main RUN_ID | sdk_check.py kill SANDBOX_ID
+Usage: sdk_check.py main RUN_ID | sdk_check.py kill SANDBOX_ID |
+       sdk_check.py old RUN_ID (with an SDK before 2.51)
 """
 
 import os
@@ -231,6 +232,30 @@ def main(run):
     ok("set-timeout")
 
 
+def old_sdk(run):
+    """An SDK before 2.51 (its v1 paths: POST /sandboxes, POST
+    /sandboxes/{id}/connect): the core of it."""
+    sbx = Sandbox.create(metadata={"run": run}, timeout=300)
+    assert sbx.commands.run("echo hi").stdout == "hi\n"
+    try:
+        sbx.commands.run("exit 4")
+        raise AssertionError("a failing command did not raise")
+    except CommandExitException as e:
+        assert e.exit_code == 4, e
+    data = os.urandom(1 << 20)
+    sbx.files.write("/root/old.bin", data)
+    assert bytes(sbx.files.read("/root/old.bin", format="bytes")) == data
+    found = Sandbox.list(query=SandboxQuery(metadata={"run": run})).next_items()
+    assert [s.sandbox_id for s in found] == [sbx.sandbox_id], found
+    pid = sbx.commands.run("nohup sleep 3000 >/dev/null 2>&1 & echo $!").stdout.strip()
+    assert sbx.pause() is True
+    sbx = Sandbox.connect(sbx.sandbox_id)
+    assert sbx.commands.run(f"cat /proc/{pid}/comm").stdout == "sleep\n"
+    assert sbx.kill() is True
+    assert Sandbox.kill(sbx.sandbox_id) is False
+    ok("old-sdk")
+
+
 def kill(sandbox_id):
     sbx = Sandbox.connect(sandbox_id)
     assert sbx.commands.run("cat /root/e2b/blob.bin | wc -c").stdout == "1048576\n"
@@ -240,4 +265,4 @@ def kill(sandbox_id):
 
 
 if __name__ == "__main__":
-    {"main": main, "kill": kill}[sys.argv[1]](sys.argv[2])
+    {"main": main, "kill": kill, "old": old_sdk}[sys.argv[1]](sys.argv[2])
