@@ -30,7 +30,7 @@ const LIMIT_DEFAULT: usize = 100;
 const LIMIT_MAX: usize = 1000;
 
 /// A failed control request: status and message.
-type Failure = (u16, String);
+pub(super) type Failure = (u16, String);
 
 fn not_found(id: &str) -> Failure {
     (404, format!("sandbox \"{id}\" not found"))
@@ -64,73 +64,6 @@ fn strings(v: &Value, key: &str) -> Result<BTreeMap<String, String>, Failure> {
             .collect(),
         Some(_) => Err((400, format!("{key} must be an object of strings"))),
     }
-}
-
-/// What the guest says for a metrics sample: the CPU lines of /proc/stat
-/// 0.2 s apart, the CPUs, memory (KiB), the root file system (bytes).
-const METRICS_SCRIPT: &str = "head -1 /proc/stat; sleep 0.2; head -1 /proc/stat; nproc; \
-     grep -E '^(MemTotal|MemAvailable|Cached):' /proc/meminfo; df -P -B1 / | tail -1";
-
-#[derive(Debug, PartialEq)]
-struct Metrics {
-    cpus: u64,
-    cpu_pct: f64,
-    mem_total: u64,
-    mem_used: u64,
-    mem_cache: u64,
-    disk_total: u64,
-    disk_used: u64,
-}
-
-fn parse_metrics(out: &str) -> Option<Metrics> {
-    let lines: Vec<&str> = out.lines().collect();
-    let ticks = |l: &str| -> Option<(u64, u64)> {
-        let v: Vec<u64> = l
-            .split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().ok())
-            .collect::<Option<_>>()?;
-        let idle = v.get(3)? + v.get(4).unwrap_or(&0);
-        Some((v.iter().sum(), idle))
-    };
-    let (t0, i0) = ticks(lines.first()?)?;
-    let (t1, i1) = ticks(lines.get(1)?)?;
-    let busy = (t1 - t0).saturating_sub(i1 - i0);
-    let cpu_pct = if t1 > t0 {
-        (busy as f64 * 100.0 / (t1 - t0) as f64 * 10.0).round() / 10.0
-    } else {
-        0.0
-    };
-    let cpus = lines.get(2)?.trim().parse().ok()?;
-    let kib = |name: &str| -> Option<u64> {
-        lines
-            .iter()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse::<u64>()
-            .ok()
-            .map(|k| k * 1024)
-    };
-    let mem_total = kib("MemTotal:")?;
-    let mem_used = mem_total.saturating_sub(kib("MemAvailable:")?);
-    let mem_cache = kib("Cached:").unwrap_or(0);
-    let df: Vec<u64> = lines
-        .last()?
-        .split_whitespace()
-        .skip(1)
-        .take(2)
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    Some(Metrics {
-        cpus,
-        cpu_pct,
-        mem_total,
-        mem_used,
-        mem_cache,
-        disk_total: *df.first()?,
-        disk_used: *df.get(1)?,
-    })
 }
 
 /// The methods a control path takes, if it is one.
@@ -502,36 +435,6 @@ impl E2b {
         Ok((201, Value::Array(results)))
     }
 
-    /// Metrics: one sample, now, read in the guest (CPU over 0.2 s from
-    /// /proc/stat, memory from /proc/meminfo, the root file system from df).
-    /// A paused sandbox has none (an empty list).
-    fn metrics(&self, id: &str) -> Result<Value, Failure> {
-        let (v, _) = self.sandbox(id)?;
-        if v.state != "running" {
-            return Ok(json!([]));
-        }
-        let (code, out, err) = self
-            .helper(id, &[METRICS_SCRIPT])
-            .map_err(|e| (e.code.http_status(), e.message))?;
-        if code != 0 {
-            return Err((502, format!("the guest could not say its metrics: {err}")));
-        }
-        let m = parse_metrics(&String::from_utf8_lossy(&out))
-            .ok_or_else(|| (502, "the guest's metrics could not be read".to_owned()))?;
-        let now = unix_now();
-        Ok(json!([{
-            "timestamp": rfc3339(now),
-            "timestampUnix": now,
-            "cpuCount": m.cpus,
-            "cpuUsedPct": m.cpu_pct,
-            "memUsed": m.mem_used,
-            "memTotal": m.mem_total,
-            "memCache": m.mem_cache,
-            "diskUsed": m.disk_used,
-            "diskTotal": m.disk_total,
-        }]))
-    }
-
     /// Connect (a running sandbox: 200; a paused one resumed: 201) or
     /// resume (only a paused one). Either sets the timeout anew.
     fn connect(&self, id: &str, body: &Value, resume: bool) -> Result<(u16, Value), Failure> {
@@ -576,20 +479,6 @@ impl E2b {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metrics_are_read_from_the_guest_s_words() {
-        let out = "cpu  100 0 100 800 0 0 0 0 0 0\ncpu  150 0 150 900 0 0 0 0 0 0\n2\nMemTotal:  1000 kB\nMemAvailable:  400 kB\nCached:  100 kB\n/dev/vda 10000 2500 7500 25% /\n";
-        let m = parse_metrics(out).expect("metrics");
-        assert_eq!(m.cpus, 2);
-        assert_eq!(m.cpu_pct, 50.0);
-        assert_eq!(
-            (m.mem_total, m.mem_used, m.mem_cache),
-            (1_024_000, 614_400, 102_400)
-        );
-        assert_eq!((m.disk_total, m.disk_used), (10000, 2500));
-        assert_eq!(parse_metrics("nonsense"), None);
-    }
 
     #[test]
     fn bodies_are_checked() {

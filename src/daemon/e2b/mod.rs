@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `control` | the control API: `/sandboxes`, `/v2/sandboxes` (create, list, get, kill, timeout, pause, connect, resume) |
 //! | `envd` | the in-sandbox API: `/health`, `/files`, the Connect RPCs of `process.Process` and `filesystem.Filesystem` |
+//! | `metrics` | `GET /sandboxes/{id}/metrics`: one sample read in the guest |
 //! | `process` | `process.Process`: Start (PTYs too) streamed onto the agent's exec, Connect, List, SendSignal, SendInput, CloseStdin, Update (a PTY's size) |
 //! | `connect` | the Connect protocol's JSON forms: envelopes, error codes |
 //! | `multipart` | `multipart/form-data` uploads, streamed part by part |
@@ -22,6 +23,7 @@
 mod connect;
 mod control;
 mod envd;
+mod metrics;
 mod multipart;
 mod process;
 
