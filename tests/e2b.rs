@@ -194,6 +194,7 @@ fn the_e2b_python_sdk_drives_fcm_vms() {
         "exists",
         "make-dir",
         "write-files-depth-info",
+        "watch-dir",
         "rename",
         "remove",
         "list-by-metadata",

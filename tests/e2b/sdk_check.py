@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 
-from e2b import CommandExitException, PtySize, Sandbox, SandboxQuery, SandboxState
+from e2b import CommandExitException, FilesystemEventType, PtySize, Sandbox, SandboxQuery, SandboxState
 
 
 def ok(name):
@@ -132,6 +132,18 @@ def main(run):
     info = sbx.files.get_info("/root/e2b/sub/two.txt")
     assert info.size == 2 and info.type.value == "file", info
     ok("write-files-depth-info")
+
+    # watch_dir (the sync SDK's polling watcher) sees what a command made.
+    sbx.files.make_dir("/root/watched")
+    w = sbx.files.watch_dir("/root/watched")
+    sbx.commands.run("echo x > /root/watched/made.txt")
+    evs = [(e.name, e.type) for e in w.get_new_events()]
+    assert ("made.txt", FilesystemEventType.CREATE) in evs, evs
+    sbx.commands.run("rm /root/watched/made.txt")
+    evs = [(e.name, e.type) for e in w.get_new_events()]
+    assert evs == [("made.txt", FilesystemEventType.REMOVE)], evs
+    w.stop()
+    ok("watch-dir")
 
     sbx.files.rename("/root/e2b/a.txt", "/root/e2b/sub/b.txt")
     assert sbx.files.read("/root/e2b/sub/b.txt") == "hello file"

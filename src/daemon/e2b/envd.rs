@@ -155,6 +155,9 @@ impl E2b {
             "/process.Process/List" => Ok(self.processes(id)),
             "/process.Process/SendSignal" => self.signal(id, msg),
             "/process.Process/SendInput" => self.send_input(id, msg),
+            "/filesystem.Filesystem/CreateWatcher" => self.create_watcher(id, msg),
+            "/filesystem.Filesystem/GetWatcherEvents" => self.watcher_events(id, msg),
+            "/filesystem.Filesystem/RemoveWatcher" => self.remove_watcher(id, msg),
             "/process.Process/CloseStdin" => self.close_stdin(id, msg),
             "/process.Process/Update" => self.update_pty(id, msg),
             "/filesystem.Filesystem/Stat" => {

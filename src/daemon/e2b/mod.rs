@@ -11,6 +11,7 @@
 //! | `envd` | the in-sandbox API: `/health`, `/files`, the Connect RPCs of `process.Process` and `filesystem.Filesystem` |
 //! | `metrics` | `GET /sandboxes/{id}/metrics`: one sample read in the guest |
 //! | `process` | `process.Process`: Start (PTYs too) streamed onto the agent's exec, Connect, List, SendSignal, SendInput, CloseStdin, Update (a PTY's size) |
+//! | `watch` | directory watchers, the polling kind (CreateWatcher, GetWatcherEvents, RemoveWatcher) |
 //! | `connect` | the Connect protocol's JSON forms: envelopes, error codes |
 //! | `multipart` | `multipart/form-data` uploads, streamed part by part |
 //!
@@ -26,6 +27,7 @@ mod envd;
 mod metrics;
 mod multipart;
 mod process;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -199,6 +201,8 @@ pub struct E2b {
     blocks: Mutex<()>,
     procs: Mutex<BTreeMap<u32, Proc>>,
     next_pid: AtomicU32,
+    /// Directory watchers by id (at most `watch::WATCHERS_MAX`).
+    watchers: Mutex<BTreeMap<String, watch::Watcher>>,
 }
 
 /// A refused request: its status and message, in E2B's error form.
@@ -216,6 +220,7 @@ impl E2b {
             blocks: Mutex::new(()),
             procs: Mutex::new(BTreeMap::new()),
             next_pid: AtomicU32::new(1000),
+            watchers: Mutex::new(BTreeMap::new()),
         }
     }
 
