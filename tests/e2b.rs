@@ -152,6 +152,7 @@ fn the_e2b_js_sdk_drives_fcm_vms() {
         "on-stdout",
         "files-1mib",
         "files",
+        "watch-dir",
         "list-by-metadata",
         "kill",
     ] {

@@ -56,6 +56,19 @@ async function main(run) {
   assert.equal(await sbx.files.exists("/root/js/sub"), false);
   ok("files");
 
+  // watchDir (a stream) sees a file a command made.
+  const seen = [];
+  await sbx.files.makeDir("/root/jsw");
+  const watcher = await sbx.files.watchDir("/root/jsw", (e) => seen.push(e));
+  await sbx.commands.run("echo x > /root/jsw/made.txt");
+  const until = Date.now() + 15_000;
+  while (!seen.some((e) => e.name === "made.txt" && e.type === "create")) {
+    assert.ok(Date.now() < until, `no create event: ${JSON.stringify(seen)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await watcher.stop();
+  ok("watch-dir");
+
   const found = await Sandbox.list({ query: { metadata: { run } } }).nextItems();
   assert.deepEqual(found.map((s) => s.sandboxId), [sbx.sandboxId]);
   ok("list-by-metadata");

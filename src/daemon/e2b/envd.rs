@@ -128,6 +128,7 @@ impl E2b {
             ("POST", "/files") => self.upload(id, req, body, out),
             ("POST", "/process.Process/Start") => self.start(id, &block.env_vars, req, body, out),
             ("POST", "/process.Process/Connect") => self.connect_process(id, body, out),
+            ("POST", "/filesystem.Filesystem/WatchDir") => self.watch_dir(id, req, body, out),
             ("POST", p)
                 if p.starts_with("/process.Process/")
                     || p.starts_with("/filesystem.Filesystem/") =>

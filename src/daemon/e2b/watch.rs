@@ -1,20 +1,29 @@
-//! Directory watchers of the in-sandbox API, the polling kind the sync
-//! SDKs use (`filesystem.Filesystem/CreateWatcher`, `GetWatcherEvents`,
-//! `RemoveWatcher`): the guest has no watcher of fcm's, so each call lists
-//! the directory in the guest (`find`, the path an argument) and the
-//! daemon tells the events from the listing before: a path new since the
+//! Directory watchers of the in-sandbox API: the polling kind the sync
+//! SDK uses (`filesystem.Filesystem/CreateWatcher`, `GetWatcherEvents`,
+//! `RemoveWatcher`) and the streamed one of the async and JS SDKs
+//! (`WatchDir`, polled every [`POLL`]). The guest has no watcher of fcm's,
+//! so each poll lists the directory in the guest (`find`, the path an
+//! argument) and the daemon tells the events from the listing before: a path new since the
 //! last call is CREATE, one whose size or mtime changed WRITE, one gone
 //! REMOVE. What happened in between and was undone (made, then removed)
 //! is not seen; a rename is a REMOVE and a CREATE.
 
 use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::E2b;
-use super::connect::{Code, RpcError};
+use super::connect::{self, Chunked, Code, RpcError};
 use super::envd::{absolute, str_field};
+use super::{E2b, Request};
 use crate::daemon::lock;
+
+/// How often a streamed watch lists the directory.
+const POLL: Duration = Duration::from_secs(1);
+/// A quiet watch stream sends a keepalive this often (a client gone is
+/// noticed then).
+const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Watchers kept at once (all sandboxes); when full, one is let go to
 /// make room (its next GetWatcherEvents: not found).
@@ -130,6 +139,72 @@ impl E2b {
         let evs = events(&w.seen, &now);
         w.seen = now;
         Ok(json!({ "events": evs }))
+    }
+
+    /// `WatchDir`: the directory's events as a stream, polled every
+    /// [`POLL`], until the client goes, its deadline (`Connect-Timeout-Ms`)
+    /// passes, or the directory cannot be listed any more.
+    pub(super) fn watch_dir(
+        &self,
+        id: &str,
+        req: &Request,
+        body: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        let first = connect::read_envelope(body, 1 << 20).and_then(|msg| {
+            let path = absolute(str_field(&msg, "path")?);
+            let depth = if msg.get("recursive").and_then(Value::as_bool) == Some(true) {
+                64
+            } else {
+                1
+            };
+            let seen = self.listing(id, &path, depth)?;
+            Ok((path, depth, seen))
+        });
+        out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/connect+json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+        let mut c = Chunked { out };
+        let (path, depth, mut seen) = match first {
+            Ok(x) => x,
+            Err(e) => {
+                c.send(&connect::end_stream(Some(&e)))?;
+                return c.finish();
+            }
+        };
+        let deadline = req
+            .header("Connect-Timeout-Ms")
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        // A WatchDirResponse: the oneof's member at its top (`{"start": {}}`).
+        let send =
+            |c: &mut Chunked<'_>, v: Value| c.send(&connect::envelope(0, v.to_string().as_bytes()));
+        send(&mut c, json!({ "start": {} }))?;
+        let mut quiet_since = Instant::now();
+        let error = loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break None;
+            }
+            std::thread::sleep(POLL);
+            let now = match self.listing(id, &path, depth) {
+                Ok(l) => l,
+                Err(e) => break Some(e),
+            };
+            let evs = events(&seen, &now);
+            seen = now;
+            if evs.is_empty() {
+                if quiet_since.elapsed() >= KEEPALIVE {
+                    send(&mut c, json!({ "keepalive": {} }))?;
+                    quiet_since = Instant::now();
+                }
+                continue;
+            }
+            for ev in evs {
+                send(&mut c, json!({ "filesystem": ev }))?;
+            }
+            quiet_since = Instant::now();
+        };
+        c.send(&connect::end_stream(error.as_ref()))?;
+        c.finish()
     }
 
     pub(super) fn remove_watcher(&self, id: &str, msg: &Value) -> Result<Value, RpcError> {
