@@ -30,14 +30,16 @@ fn parse_metrics(out: &str) -> Option<Metrics> {
             .skip(1)
             .map(|x| x.parse().ok())
             .collect::<Option<_>>()?;
-        let idle = v.get(3)? + v.get(4).unwrap_or(&0);
-        Some((v.iter().sum(), idle))
+        let idle = v.get(3)?.saturating_add(*v.get(4).unwrap_or(&0));
+        Some((v.iter().fold(0u64, |a, x| a.saturating_add(*x)), idle))
     };
     let (t0, i0) = ticks(lines.first()?)?;
     let (t1, i1) = ticks(lines.get(1)?)?;
-    let busy = (t1 - t0).saturating_sub(i1 - i0);
-    let cpu_pct = if t1 > t0 {
-        (busy as f64 * 100.0 / (t1 - t0) as f64 * 10.0).round() / 10.0
+    // Guest numbers: never trusted to be sane (no overflow, no underflow).
+    let (total, idle) = (t1.saturating_sub(t0), i1.saturating_sub(i0));
+    let busy = total.saturating_sub(idle);
+    let cpu_pct = if total > 0 {
+        (busy as f64 * 100.0 / total as f64 * 10.0).round() / 10.0
     } else {
         0.0
     };
@@ -50,7 +52,7 @@ fn parse_metrics(out: &str) -> Option<Metrics> {
             .nth(1)?
             .parse::<u64>()
             .ok()
-            .map(|k| k * 1024)
+            .map(|k| k.saturating_mul(1024))
     };
     let mem_total = kib("MemTotal:")?;
     let mem_used = mem_total.saturating_sub(kib("MemAvailable:")?);
@@ -121,5 +123,8 @@ mod tests {
         );
         assert_eq!((m.disk_total, m.disk_used), (10000, 2500));
         assert_eq!(parse_metrics("nonsense"), None);
+        // A guest's nonsense never panics the daemon.
+        let odd = "cpu 18446744073709551615 18446744073709551615 0 0\ncpu 0 0 0 0\n1\nMemTotal: 18446744073709551615 kB\nMemAvailable: 0 kB\n/dev/vda 1 2 0 0% /\n";
+        assert!(parse_metrics(odd).is_some());
     }
 }
