@@ -267,7 +267,5 @@ EOF
 	log "wrote the warm section of $DOC"
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 case " $PARTS " in *" fork "*) fork_bench ;; esac
 case " $PARTS " in *" warm "*) warm_bench ;; esac

@@ -82,3 +82,10 @@ build_base() {
 	CARGO_TARGET_DIR=$TMP/target-base cargo build --release --quiet --manifest-path "$wt/Cargo.toml" >&2
 	echo "$TMP/target-base/release/fcm"
 }
+
+# ratio A B: A / B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+# median N...: the median of the numbers given as arguments (the lower
+# middle one of an even count).
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

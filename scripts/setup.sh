@@ -3,9 +3,10 @@
 #
 # usage: scripts/setup.sh          (guest artifacts go to $FCM_ASSETS or /var/lib/firecracker)
 #
-#   1. host packages (apt): QEMU, Caddy, nftables, iproute2, mmdebstrap, ...
+#   1. host packages (apt): QEMU, Caddy, nftables, iproute2, mmdebstrap, buildah, ...
 #   2. scripts/install-firecracker.sh   pinned firecracker + jailer in /usr/local/bin
 #   3. scripts/build-guest.sh           vmlinux.bin, initrd.img, base-rootfs.img
+#   4. scripts/base-image.sh            base-rootfs.img as the image fcm/base (buildah)
 #
 # Idempotent, and quick when everything is already in place (no apt-get update
 # unless a package is missing, nothing rebuilt that exists). It does not
@@ -19,21 +20,24 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HOST_PACKAGES=(
 	qemu-system-x86 caddy nftables iproute2 e2fsprogs openssh-client tmux
 	busybox-static mmdebstrap cpio lz4 kmod curl ca-certificates procps socat
-	python3 python3-pip python3-venv file gzip tcpdump xfsprogs
+	python3 python3-pip python3-venv file gzip tcpdump xfsprogs buildah
 )
 ASSETS=${FCM_ASSETS:-/var/lib/firecracker}
 
 require_root
 
-log "step 1/3: host packages"
+log "step 1/4: host packages"
 ensure_packages "${HOST_PACKAGES[@]}"
 log "host packages present"
 
-log "step 2/3: firecracker + jailer"
+log "step 2/4: firecracker + jailer"
 "$SCRIPT_DIR/install-firecracker.sh"
 
-log "step 3/3: guest kernel, initramfs and root file system in $ASSETS"
+log "step 3/4: guest kernel, initramfs and root file system in $ASSETS"
 "$SCRIPT_DIR/build-guest.sh" "$ASSETS"
+
+log "step 4/4: the base root file system as the image fcm/base (FROM fcm/base)"
+"$SCRIPT_DIR/base-image.sh" "$ASSETS/base-rootfs.img"
 
 if [ -e /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo && [ ! -e /sys/module/kvm_pvm ]; then
 	log "hardware virtualisation available: VMs can run under Firecracker"

@@ -180,6 +180,12 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Images VMs are made from: build one from a Dockerfile, import an
+    /// archive, list, remove (fcm create --image NAME).
+    Image {
+        #[command(subcommand)]
+        action: ImageAction,
+    },
     /// Print a shell completion script: fcm completions bash > /etc/bash_completion.d/fcm
     Completions {
         /// The shell to complete for.
@@ -216,6 +222,55 @@ pub enum CheckpointAction {
         vm: String,
         /// The checkpoint: its id or its name.
         checkpoint: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageAction {
+    /// Build an image from a Dockerfile: fcm image build [PATH] -t NAME.
+    ///
+    /// The context (PATH, default .) is sent to the daemon, whose builder
+    /// (buildah) runs the Dockerfile; its log is printed as it runs. `FROM
+    /// fcm/base` starts from fcm's own base image (no registry needed).
+    Build {
+        /// The build context: a directory (default: the current one).
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// The Dockerfile (default: PATH/Dockerfile).
+        #[arg(short = 'f', long = "file", value_name = "DOCKERFILE")]
+        file: Option<PathBuf>,
+        /// The image's name, e.g. web or web:1.
+        #[arg(short = 't', long = "tag", value_name = "NAME")]
+        tag: String,
+        /// Print the stored image as JSON for scripts (the log goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import an image: an OCI archive or layout directory, a `docker
+    /// save` archive, or a root file-system tarball (.tar, .tar.gz).
+    Import {
+        /// The archive, tarball or OCI layout directory.
+        file: PathBuf,
+        /// The image's name.
+        #[arg(short = 't', long = "tag", value_name = "NAME")]
+        tag: String,
+        /// Print the stored image as JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List images: name, digest, size, created, source.
+    Ls {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image no VM was made from.
+    Rm {
+        /// The image's name.
+        name: String,
+        /// Print the removed image as JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -258,6 +313,11 @@ pub struct CreateArgs {
     /// (a warm create restores it instead: same VM, faster).
     #[arg(long, conflicts_with = "from")]
     pub cold: bool,
+    /// The image to make it from (fcm image ls; default: fcm/base). Its
+    /// CMD runs as the VM's service; its ENV, WORKDIR and USER hold for
+    /// exec too.
+    #[arg(long, value_name = "NAME", conflicts_with = "from")]
+    pub image: Option<String>,
 }
 
 /// `--idle-pause`: a duration (`90s`, `10m`, `1h 30m`) in whole seconds,

@@ -11,6 +11,9 @@ use thiserror::Error;
 
 use crate::wire::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
 
+mod images;
+pub use images::{ImageBuilder, ImagesConfig};
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("could not read config file {path}")]
@@ -159,6 +162,8 @@ pub struct DaemonConfig {
     /// Warm create: keep a template of the default-sized VM (booted once to
     /// agent-ready and saved) and make plain creates from it (QEMU only).
     pub templates: bool,
+    /// Building and importing images (`fcm image`).
+    pub images: ImagesConfig,
 }
 
 impl Default for DaemonConfig {
@@ -197,6 +202,7 @@ impl Default for DaemonConfig {
             vm_users: VmUsersConfig::default(),
             cgroup: CgroupConfig::default(),
             templates: true,
+            images: ImagesConfig::default(),
         }
     }
 }
@@ -248,6 +254,9 @@ impl DaemonConfig {
         }
         if (s..=e).contains(&u32::from(self.gateway)) {
             return bad("the gateway must not be inside the address pool");
+        }
+        if let Some(p) = self.images.problem() {
+            return bad(p);
         }
         let l = &self.limits;
         if l.pre_auth_connections == 0

@@ -19,6 +19,9 @@
 //!   group; [`users`]: `/etc/passwd` and `/etc/group` read by hand (the
 //!   binary is static: no NSS).
 //! - `files` and `tree`: paths, and directories as tar made in process.
+//! - [`image`]: the image a VM was made from (`/run/fcm/image.json`): the
+//!   defaults of every exec; [`init`]: fcm's own init (`fcm-agent init`),
+//!   PID 1 of a VM made from an image.
 //! - [`system`]: clock, entropy, freeze, shutdown and identity behind the
 //!   [`system::System`] trait, so tests run the agent as a host process
 //!   without touching the host.
@@ -38,6 +41,8 @@ mod error;
 mod exec;
 mod files;
 mod flow;
+pub mod image;
+pub mod init;
 mod op;
 mod outbox;
 mod process;

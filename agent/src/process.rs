@@ -61,7 +61,12 @@ pub(crate) fn prepare(config: &Config, exec: &Exec) -> Result<Prepared, OpError>
     }
     let passwd = fs::read_to_string(&config.passwd).unwrap_or_default();
     let group = fs::read_to_string(&config.group).unwrap_or_default();
-    let user = users::lookup(exec.user.as_deref(), &passwd, &group)?;
+    let image = config.image.as_ref();
+    let user_spec = exec
+        .user
+        .as_deref()
+        .or(image.and_then(|i| i.user.as_deref()));
+    let user = users::lookup_spec(user_spec, &passwd, &group)?;
 
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
@@ -79,20 +84,24 @@ pub(crate) fn prepare(config: &Config, exec: &Exec) -> Result<Prepared, OpError>
         };
         env.push(("TERM".into(), term.into()));
     }
+    // Then the image's env, then the request's (a later one wins), as
+    // `docker exec` does.
+    if let Some(image) = image {
+        for (k, v) in crate::image::env_pairs(image) {
+            crate::image::set_env(&mut env, &k, &v);
+        }
+    }
     for (k, v) in &exec.env {
         if k.is_empty() || k.contains('=') {
             return Err(OpError::invalid(format!("a bad environment name {k:?}")));
         }
         no_nul("an environment variable", k)?;
         no_nul("an environment value", v)?;
-        match env.iter_mut().find(|(name, _)| name == k) {
-            Some(slot) => slot.1 = v.clone(),
-            None => env.push((k.clone(), v.clone())),
-        }
+        crate::image::set_env(&mut env, k, v);
     }
 
-    let (cwd, fallback) = match &exec.cwd {
-        Some(dir) => {
+    let (cwd, fallback) = match (&exec.cwd, image) {
+        (Some(dir), _) => {
             no_nul("the working directory", dir)?;
             match fs::metadata(dir) {
                 Ok(m) if m.is_dir() => (dir.clone(), false),
@@ -100,8 +109,11 @@ pub(crate) fn prepare(config: &Config, exec: &Exec) -> Result<Prepared, OpError>
                 Err(e) => return Err(OpError::io(dir, &e)),
             }
         }
-        None if Path::new(&user.home).is_dir() => (user.home.clone(), true),
-        None => ("/".into(), false),
+        // An image's workdir, as `docker exec` (falling back to `/` if it
+        // went away).
+        (None, Some(image)) => (crate::image::workdir(image).to_string(), true),
+        (None, None) if Path::new(&user.home).is_dir() => (user.home.clone(), true),
+        (None, None) => ("/".into(), false),
     };
     let cwd = CString::new(cwd).map_err(|_| OpError::invalid("a NUL in the directory"))?;
 
@@ -128,7 +140,7 @@ pub(crate) fn prepare(config: &Config, exec: &Exec) -> Result<Prepared, OpError>
 
 /// `name` as is when it has a `/`, else the first executable file of that
 /// name on `path` (an empty entry is the working directory).
-fn find_program(name: &str, path: &str, cwd: &Path) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str, path: &str, cwd: &Path) -> Option<PathBuf> {
     if name.contains('/') {
         return Some(name.into());
     }
@@ -482,6 +494,52 @@ mod tests {
         assert!(p.env.contains(&("PATH".into(), "/bin".into())));
         assert!(p.env.contains(&("X".into(), "1".into())));
         assert!(p.env.contains(&("USER".into(), "root".into())));
+    }
+
+    #[test]
+    fn an_image_gives_the_defaults_and_the_request_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(
+            dir.path().join("passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .expect("passwd");
+        fs::write(dir.path().join("group"), "root:x:0:\nstaff:x:50:\n").expect("group");
+        let c = Config {
+            passwd: dir.path().join("passwd"),
+            group: dir.path().join("group"),
+            image: Some(fcm_proto::ImageConfig {
+                env: vec!["GREETING=hi".into(), "PATH=/opt/bin:/bin".into()],
+                workdir: Some("/tmp".into()),
+                user: Some("app:staff".into()),
+                ..Default::default()
+            }),
+            ..Config::default()
+        };
+        let mut e = Exec {
+            id: 1,
+            argv: vec!["sh".into()],
+            env: vec![],
+            cwd: None,
+            user: None,
+            tty: None,
+            timeout_ms: None,
+        };
+        let p = prepare(&c, &e).expect("prepared");
+        assert_eq!((p.user.name.as_str(), p.user.gid), ("app", 50));
+        assert_eq!(p.cwd.to_str(), Ok("/tmp"));
+        assert!(p.env.contains(&("GREETING".into(), "hi".into())));
+        assert!(p.env.contains(&("PATH".into(), "/opt/bin:/bin".into())));
+        assert!(p.env.contains(&("HOME".into(), "/home/app".into())));
+        assert_eq!(p.program, Path::new("/bin/sh"));
+
+        e.env = vec![("GREETING".into(), "hello".into())];
+        e.cwd = Some("/".into());
+        e.user = Some("root".into());
+        let p = prepare(&c, &e).expect("prepared");
+        assert_eq!((p.user.uid, p.cwd.to_str()), (0, Ok("/")));
+        assert!(p.env.contains(&("GREETING".into(), "hello".into())));
+        assert!(!p.env.contains(&("GREETING".into(), "hi".into())));
     }
 
     #[test]

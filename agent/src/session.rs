@@ -41,6 +41,10 @@ pub struct Config {
     /// named by its session), so that an agent started again ends what a
     /// dead one left running; none: not noted (tests).
     pub programs_dir: Option<PathBuf>,
+    /// The image this VM was made from (`/run/fcm/image.json`): its env,
+    /// workdir and user are the defaults of every `Exec`; none for a VM of
+    /// the base image.
+    pub image: Option<fcm_proto::ImageConfig>,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             group: "/etc/group".into(),
             proc_dir: "/proc".into(),
             programs_dir: None,
+            image: None,
         }
     }
 }

@@ -115,6 +115,40 @@ pub fn lookup(spec: Option<&str>, passwd: &str, group: &str) -> Result<User, OpE
     Ok(user)
 }
 
+/// Looks up an OCI `User` spec: `user` (as [`lookup`]) or `user:group`,
+/// the group a name in `/etc/group` or a number (used as is). With a group
+/// given, it is the primary one and heads the supplementary groups.
+pub fn lookup_spec(spec: Option<&str>, passwd: &str, group: &str) -> Result<User, OpError> {
+    let Some((user_part, group_part)) = spec.and_then(|s| s.split_once(':')) else {
+        return lookup(spec, passwd, group);
+    };
+    let mut user = lookup(Some(user_part), passwd, group)?;
+    let gid = group_id(group_part, group)?;
+    user.gid = gid;
+    user.groups.retain(|&g| g != gid);
+    user.groups.insert(0, gid);
+    Ok(user)
+}
+
+/// A group by name (in `/etc/group`) or by number.
+fn group_id(spec: &str, group_text: &str) -> Result<u32, OpError> {
+    if spec.is_empty() {
+        return Err(OpError::invalid("an empty group name"));
+    }
+    if spec.bytes().all(|b| b.is_ascii_digit()) {
+        return spec
+            .parse()
+            .map_err(|_| OpError::invalid(format!("group id {spec} is out of range")));
+    }
+    group_text
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() >= 3 && f[0] == spec).then(|| f[2].parse().ok())?
+        })
+        .ok_or_else(|| OpError::invalid(format!("no group {spec} in the guest's /etc/group")))
+}
+
 fn non_empty(s: &str, default: &str) -> String {
     if s.is_empty() { default } else { s }.into()
 }
@@ -165,5 +199,27 @@ alice:x:1000:
         assert!(lookup(Some("99999999999"), PASSWD, GROUP).is_err());
         // No passwd at all: root still works.
         assert_eq!(lookup(None, "", "").expect("root").uid, 0);
+    }
+
+    #[test]
+    fn oci_user_specs_take_a_group() {
+        let a = lookup_spec(Some("alice:audio"), PASSWD, GROUP).expect("name:group");
+        assert_eq!((a.uid, a.gid), (1000, 29));
+        assert_eq!(a.groups, vec![29, 1000, 10]);
+        let n = lookup_spec(Some("1000:10"), PASSWD, GROUP).expect("uid:gid");
+        assert_eq!((n.name.as_str(), n.uid, n.gid), ("alice", 1000, 10));
+        let bare = lookup_spec(Some("4242:4343"), "", "").expect("bare numbers");
+        assert_eq!(
+            (bare.uid, bare.gid, bare.groups.as_slice()),
+            (4242, 4343, &[4343, 4242][..])
+        );
+        assert_eq!(
+            lookup_spec(Some("alice"), PASSWD, GROUP).expect("name").gid,
+            1000
+        );
+        assert_eq!(lookup_spec(None, PASSWD, GROUP).expect("root").uid, 0);
+        assert!(lookup_spec(Some("alice:nogroup"), PASSWD, GROUP).is_err());
+        assert!(lookup_spec(Some("alice:"), PASSWD, GROUP).is_err());
+        assert!(lookup_spec(Some("mallory:10"), PASSWD, GROUP).is_err());
     }
 }

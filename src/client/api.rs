@@ -351,6 +351,26 @@ impl Client {
         self.answer(req.send(body))
     }
 
+    /// A POST of raw bytes streamed from `body` (chunked); the answer is
+    /// a stream too (`fcm image build`: the build's log as it runs).
+    pub fn post_stream(
+        &self,
+        path: &str,
+        body: impl std::io::Read,
+    ) -> Result<Box<dyn std::io::Read + Send + Sync>, ClientError> {
+        let req = self
+            .request("POST", path)
+            .set("Content-Type", "application/x-tar");
+        let resp = req.send(body);
+        if let Some(e) = self.pinned(&resp) {
+            return Err(e);
+        }
+        match resp {
+            Ok(r) => Ok(r.into_reader()),
+            Err(e) => Err(Self::failure(e, &self.base)),
+        }
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         self.agent
             .request(method, &format!("{}{}", self.base, path))

@@ -23,6 +23,7 @@ mod checkpoints;
 pub mod console;
 mod exec;
 mod files;
+mod images;
 mod logs;
 mod manual;
 mod progress;
@@ -136,6 +137,7 @@ fn run_plain(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Kill { vm, session, json } => sessions::kill(&vm, &session, json),
         Cmd::Completions { shell } => manual::completions(shell),
         Cmd::Man => manual::man(),
+        Cmd::Image { action } => images::image(action),
         Cmd::Pause { vm, json } => checkpoints::pause(&vm, json),
         Cmd::Resume { vm, no_wait, json } => checkpoints::resume(&vm, no_wait, json),
         Cmd::Checkpoint(a) => checkpoints::checkpoint(a),

@@ -22,6 +22,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         idle_pause_secs: a.idle_pause,
         from: a.from,
         cold: a.cold.then_some(true),
+        image: a.image,
     };
     match user_ssh_key() {
         Some((_, public)) => req.ssh_public_key = Some(public),

@@ -372,6 +372,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
     // The VMs on record, as recorded: recovery runs once the API serves.
     let manager = Arc::new(Manager::new(Arc::clone(&cfg), caddy, hook)?);
+    manager.set_handle();
     let sessions = Arc::new(Sessions::new());
     let token = Arc::new(token);
 

@@ -159,7 +159,7 @@ impl Sessions {
     }
 
     pub fn list(&self, m: &Manager, vm: &str) -> Result<Vec<SessionInfo>, SessionError> {
-        let rec = m.running(vm)?;
+        let rec = m.running_console(vm)?;
         Self::list_of(m, &rec)
     }
 
@@ -182,7 +182,7 @@ impl Sessions {
         vm: &str,
         name: Option<&str>,
     ) -> Result<SessionInfo, SessionError> {
-        let rec = m.running(vm)?;
+        let rec = m.running_console(vm)?;
         let id = match name {
             Some(n) => SessionId::parse(n)?,
             None => fresh_id(),
@@ -230,7 +230,7 @@ impl Sessions {
     }
 
     pub fn kill(&self, m: &Manager, vm: &str, session: &str) -> Result<SessionInfo, SessionError> {
-        let rec = m.running(vm)?;
+        let rec = m.running_console(vm)?;
         let id = SessionId::parse(session)?;
         // One round trip: the listing (for the reply), then the kill.
         let (code, out) = Self::guest_status(

@@ -85,6 +85,28 @@ pub struct VmRecord {
     /// Recovery undoes it, never puts it on the bridge.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub identity_pending: bool,
+    /// The image the VM was made from, with what a boot of it needs
+    /// (absent: the base image, booted by its own init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<VmImage>,
+}
+
+/// What a VM keeps of its image: enough to boot it again (its config goes
+/// on the config drive at every boot) even after the image is rebuilt
+/// under the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmImage {
+    pub name: String,
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub config: fcm_proto::ImageConfig,
+    /// The image has tmux (`fcm console`).
+    #[serde(default)]
+    pub tmux: bool,
+    /// The image has sshd (`fcm ssh`).
+    #[serde(default)]
+    pub sshd: bool,
 }
 
 impl VmRecord {
@@ -124,6 +146,7 @@ impl VmRecord {
             idle_paused: self.idle_paused,
             agent: self.agent_drive.is_some(),
             e2b: None,
+            image: self.image.as_ref().map(|i| i.name.clone()),
         }
     }
 }
@@ -263,6 +286,7 @@ mod tests {
             agent_drive: None,
             shared_ram: false,
             identity_pending: false,
+            image: None,
         }
     }
 

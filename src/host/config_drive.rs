@@ -13,6 +13,7 @@
 //! | `ssh_host_ed25519_key` | the guest's SSH host key, OpenSSH private key format |
 //! | `ssh_host_ed25519_key.pub` | its public half, one line |
 //! | `authorized_keys` | the keys that may log in as root, one per line |
+//! | `fcm-image.json` | a VM made from an image only: how to run it (`fcm_proto::ImageConfig`) |
 //!
 //! The guest treats every member as data: it copies the files it knows
 //! into place and runs nothing from the drive.
@@ -83,6 +84,9 @@ pub struct Identity<'a> {
     pub host_key: &'a HostKey,
     /// Public key lines; each is written on a line of its own.
     pub authorized_keys: &'a [&'a str],
+    /// A VM made from an image: how to run it
+    /// (`fcm_proto::IMAGE_CONFIG_MEMBER`, JSON).
+    pub image: Option<&'a fcm_proto::ImageConfig>,
 }
 
 /// The drive's bytes: the archive, padded.
@@ -93,7 +97,12 @@ pub fn image(id: &Identity<'_>) -> io::Result<Vec<u8>> {
         authorized.push('\n');
     }
     let public = format!("{}\n", id.host_key.public);
-    padded_tar(&[
+    let image = id
+        .image
+        .map(serde_json::to_vec)
+        .transpose()
+        .map_err(io::Error::other)?;
+    let mut members = vec![
         (MAGIC.0, MAGIC.1.as_bytes(), 0o600),
         (
             "ssh_host_ed25519_key",
@@ -102,7 +111,11 @@ pub fn image(id: &Identity<'_>) -> io::Result<Vec<u8>> {
         ),
         ("ssh_host_ed25519_key.pub", public.as_bytes(), 0o600),
         ("authorized_keys", authorized.as_bytes(), 0o600),
-    ])
+    ];
+    if let Some(json) = &image {
+        members.push((fcm_proto::IMAGE_CONFIG_MEMBER, json.as_slice(), 0o600));
+    }
+    padded_tar(&members)
 }
 
 /// A ustar archive of regular files (name, content, mode), owned by
@@ -203,6 +216,7 @@ mod tests {
         let bytes = image(&Identity {
             host_key: &key,
             authorized_keys: &["ssh-ed25519 AAAAdaemon fcm-daemon", "ssh-rsa AAAAuser me\n"],
+            image: None,
         })
         .expect("image");
         assert_eq!(bytes.len() % ALIGN, 0);
@@ -264,6 +278,7 @@ mod tests {
         let id = Identity {
             host_key: &key,
             authorized_keys: &[],
+            image: None,
         };
         write(&path, &id).expect("write");
         let meta = fs::metadata(&path).expect("meta");

@@ -29,6 +29,7 @@ pub mod disk;
 pub mod disk_lock;
 pub mod firewall;
 pub mod fs;
+pub mod image;
 pub mod network;
 pub mod piped;
 pub mod process;

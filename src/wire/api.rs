@@ -39,6 +39,10 @@ pub struct CreateRequest {
     /// (default false: a warm create restores the template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold: Option<bool>,
+    /// The image to make the VM from (`fcm image ls`; default: the base
+    /// image, `fcm/base`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Body of `POST /vms/{vm}/start`, `/resume` and `/checkpoints/{cp}/restore`.
@@ -173,6 +177,9 @@ pub struct VmView {
     /// A sandbox of the E2B API (docs/e2b.md): its id, template, metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2b: Option<Box<super::e2b::E2bInfo>>,
+    /// The image the VM was made from (absent: the base image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl VmView {
@@ -360,7 +367,7 @@ pub struct PassTimes {
 }
 
 /// The body of every error answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     pub error: String,
     pub status: u16,
@@ -389,4 +396,45 @@ mod tests {
                 .expect("json");
         assert_eq!((e.status, e.hint.as_deref()), (404, Some("fcm ls")));
     }
+}
+
+/// An image VMs can be made from (`GET /images`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageView {
+    /// As given to `fcm image build -t` / `import -t`, e.g. `web:1`.
+    pub name: String,
+    /// The builder's digest of the image (`sha256:…`; absent for the
+    /// built-in base image).
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Bytes the image's disk takes on the host.
+    pub size_bytes: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// `base` (built in), `build`, `oci-archive`, `docker-archive` or
+    /// `rootfs-tar`.
+    pub source: String,
+    /// What the image runs as its service (entrypoint + cmd), if anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Whether the image has tmux (`fcm console` needs it) and sshd
+    /// (`fcm ssh` needs it).
+    #[serde(default)]
+    pub tmux: bool,
+    #[serde(default)]
+    pub sshd: bool,
+}
+
+/// One line of the NDJSON stream answering `POST /images`: the builder's
+/// log as it runs, then exactly one `image` (stored) or `error` (nothing
+/// stored).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageEvent {
+    /// A line of the builder's output.
+    Log(String),
+    /// The image is stored: the last line.
+    Image(ImageView),
+    /// The build or import failed; nothing was stored: the last line.
+    Error(ErrorBody),
 }

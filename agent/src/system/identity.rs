@@ -1,13 +1,14 @@
 //! `SetIdentity`, for a VM made from another's memory: a hostname, a
 //! machine id, the first interface's MAC, address and default route (set
-//! by running `ip`, iproute2's or busybox's), and SSH host keys (sshd is
+//! by running `ip`, iproute2's or busybox's; in an image without one, the
+//! initramfs's busybox copied to `/run/fcm/busybox`), and SSH host keys (sshd is
 //! told to reload them). Every field is checked before any is applied;
 //! then each is applied, and every failure is reported together.
 
 use super::Linux;
 use crate::error::OpError;
 use crate::files::write_atomic;
-use crate::process::run_helper;
+use crate::process::{DEFAULT_PATH, find_program, run_helper};
 use fcm_proto::Identity;
 use rustix::process::{Pid, Signal};
 use std::fs;
@@ -16,6 +17,16 @@ use std::path::Path;
 use std::time::Duration;
 
 const IP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The initramfs's busybox, copied here by an image boot (docs/guest.md).
+const BUSYBOX: &str = "/run/fcm/busybox";
+
+/// The command that runs `ip`: the guest's own, else `busybox ip`.
+fn ip_command(guest_has_ip: bool, busybox: &Path) -> Vec<String> {
+    if !guest_has_ip && busybox.is_file() {
+        return vec![busybox.to_string_lossy().into_owned(), "ip".into()];
+    }
+    vec!["ip".into()]
+}
 
 fn hostname_ok(h: &str) -> bool {
     !h.is_empty()
@@ -159,8 +170,10 @@ pub(super) fn apply(sys: &Linux, id: &Identity) -> Result<(), OpError> {
             None => note(Err("no network interface".into())),
             Some(dev) => {
                 let old_gateway = default_gateway(&sys.proc_dir);
+                let has_ip = find_program("ip", DEFAULT_PATH, Path::new("/")).is_some();
+                let ip_argv = ip_command(has_ip, Path::new(BUSYBOX));
                 let ip = |args: &[&str]| {
-                    let mut argv = vec!["ip"];
+                    let mut argv: Vec<&str> = ip_argv.iter().map(String::as_str).collect();
                     argv.extend_from_slice(args);
                     run_helper(&argv, IP_TIMEOUT)
                 };
@@ -258,6 +271,19 @@ mod tests {
         for id in bad {
             assert!(validate(&id).is_err(), "{id:?}");
         }
+    }
+
+    #[test]
+    fn without_ip_the_initramfs_busybox_runs_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let busybox = dir.path().join("busybox");
+        assert_eq!(ip_command(false, &busybox), ["ip"], "no busybox either");
+        fs::write(&busybox, b"").expect("write");
+        assert_eq!(ip_command(true, &busybox), ["ip"]);
+        assert_eq!(
+            ip_command(false, &busybox),
+            [busybox.to_string_lossy().into_owned(), "ip".into()]
+        );
     }
 
     #[test]

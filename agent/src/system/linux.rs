@@ -78,9 +78,15 @@ impl Linux {
             .open(&self.freeze_root)
     }
 
-    fn init_is_busybox(&self) -> bool {
-        fs::read_link(self.proc_dir.join("1/exe"))
-            .is_ok_and(|exe| exe.to_string_lossy().contains("busybox"))
+    /// Whether PID 1 shuts the machine down at SIGTERM: busybox init (it
+    /// runs its shutdown actions, then reboots) and fcm's own init
+    /// (`fcm-agent init`, this very binary, in a VM made from an image).
+    fn init_stops_at_sigterm(&self) -> bool {
+        let Ok(init) = fs::read_link(self.proc_dir.join("1/exe")) else {
+            return false;
+        };
+        init.to_string_lossy().contains("busybox")
+            || fs::read_link(self.proc_dir.join("self/exe")).is_ok_and(|me| me == init)
     }
 }
 
@@ -131,11 +137,19 @@ impl System for Linux {
     }
 
     fn shutdown(&self) -> io::Result<()> {
-        if self.init_is_busybox() {
-            // busybox init runs its shutdown actions and reboots at SIGTERM.
+        if self.init_stops_at_sigterm() {
             return rustix::process::kill_process(Pid::INIT, Signal::TERM).map_err(Into::into);
         }
-        run_helper(&["reboot"], Duration::from_secs(30)).map_err(io::Error::other)
+        match run_helper(&["reboot"], Duration::from_secs(30)) {
+            Ok(()) => Ok(()),
+            // No reboot program (an image): every init takes SIGTERM as a
+            // request to stop, or ignores it (then the caller's deadline
+            // and the VMM's kill remain).
+            Err(e) if e.contains("not found") => {
+                rustix::process::kill_process(Pid::INIT, Signal::TERM).map_err(Into::into)
+            }
+            Err(e) => Err(io::Error::other(e)),
+        }
     }
 
     fn set_identity(&self, id: &Identity) -> Result<(), OpError> {

@@ -31,9 +31,18 @@ fn bytes(d: Download, content_type: &'static str) -> Answer {
 }
 
 /// Runs a streamed route; `body` is the request's (unread) body.
-pub fn stream(m: &Manager, r: Route, body: &mut dyn Read) -> Result<Answer, ApiError> {
+pub fn stream(
+    m: &std::sync::Arc<Manager>,
+    r: Route,
+    body: &mut dyn Read,
+) -> Result<Answer, ApiError> {
     let json = |v| ok(200, v).map(Answer::Json);
     match r {
+        Route::PostImage { name, source } => Ok(Answer::Bytes {
+            content_type: "application/x-ndjson",
+            length: None,
+            body: Box::new(m.image_job(&name, source, body)?),
+        }),
         Route::GetFile { vm, path } => {
             Ok(bytes(m.read_file(&vm, &path)?, "application/octet-stream"))
         }

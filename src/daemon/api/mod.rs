@@ -15,7 +15,7 @@ pub use status::{cause_status_of, guest_status_of, session_status_of, status_of}
 use serde::Serialize;
 use serde_json::Value;
 
-use super::manager::Manager;
+use super::manager::{ImageSource, Manager};
 use super::sessions::Sessions;
 use crate::wire::api::ErrorBody;
 use crate::wire::text::printable;
@@ -51,11 +51,36 @@ pub enum Route {
     DeleteCheckpoint(String, String),
     ResizeVm(String),
     Exec(String),
-    Logs { vm: String, offset: u64, max: usize },
-    GetFile { vm: String, path: String },
-    PutFile { vm: String, path: String },
-    GetArchive { vm: String, path: String },
-    PutArchive { vm: String, path: String },
+    Logs {
+        vm: String,
+        offset: u64,
+        max: usize,
+    },
+    GetFile {
+        vm: String,
+        path: String,
+    },
+    PutFile {
+        vm: String,
+        path: String,
+    },
+    GetArchive {
+        vm: String,
+        path: String,
+    },
+    PutArchive {
+        vm: String,
+        path: String,
+    },
+    ListImages,
+    /// `POST /images?name=N[&dockerfile=P]` (a build context) or
+    /// `?name=N&import=1` (an archive): streamed both ways.
+    PostImage {
+        name: String,
+        source: ImageSource,
+    },
+    GetImage(String),
+    DeleteImage(String),
 }
 
 impl Route {
@@ -67,6 +92,7 @@ impl Route {
                 | Self::PutFile { .. }
                 | Self::GetArchive { .. }
                 | Self::PutArchive { .. }
+                | Self::PostImage { .. }
         )
     }
 
@@ -233,8 +259,25 @@ fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
             vm: vm(v),
             path: String::new(),
         },
+        ("GET", ["images"]) => Route::ListImages,
+        ("POST", ["images"]) => Route::PostImage {
+            name: String::new(),
+            source: ImageSource::Import,
+        },
+        // Image names hold `/` (`fcm/base`): the rest of the path, or one
+        // percent-encoded segment.
+        ("GET", ["images", rest @ ..]) => Route::GetImage(image_name(rest)?),
+        ("DELETE", ["images", rest @ ..]) => Route::DeleteImage(image_name(rest)?),
         _ => return None,
     })
+}
+
+/// An image's name from the segments after `/images/`.
+fn image_name(segs: &[&str]) -> Option<String> {
+    if segs.is_empty() || segs.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    percent_decode(&segs.join("/"))
 }
 
 /// Fills in what a route takes from the query string (400 if it is bad).
@@ -261,6 +304,33 @@ fn with_query(r: Route, url: &str) -> Result<Route, ApiError> {
             vm,
             path: guest_path(url)?,
         },
+        Route::PostImage { .. } => {
+            let name = query(url, "name")?
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    ApiError::new(400, "the query parameter name is missing").with_hint(
+                        "e.g. POST /images?name=web:1 with a build context (tar) as the body",
+                    )
+                })?;
+            let import = match query(url, "import")?.as_deref() {
+                None | Some("0" | "false") => false,
+                Some("1" | "true") => true,
+                Some(other) => {
+                    return Err(ApiError::new(
+                        400,
+                        format!("import must be 1, true, 0 or false, not {other:?}"),
+                    ));
+                }
+            };
+            // For a build only (an import has no Dockerfile).
+            let dockerfile = query(url, "dockerfile")?.filter(|d| !d.is_empty() && !import);
+            let source = if import {
+                ImageSource::Import
+            } else {
+                ImageSource::Build { dockerfile }
+            };
+            Route::PostImage { name, source }
+        }
         other => other,
     })
 }
@@ -333,10 +403,14 @@ pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply,
         Route::ResizeVm(v) => ok(200, m.resize(&v, parse_body(body)?)?),
         Route::Exec(v) => guest::exec(m, &v, parse_body(body)?),
         Route::Logs { vm, offset, max } => ok(200, m.logs(&vm, offset, max)?),
+        Route::ListImages => ok(200, m.images()?),
+        Route::GetImage(name) => ok(200, m.image(&name)?),
+        Route::DeleteImage(name) => ok(200, m.remove_image(&name)?),
         Route::GetFile { .. }
         | Route::PutFile { .. }
         | Route::GetArchive { .. }
-        | Route::PutArchive { .. } => Err(ApiError::new(
+        | Route::PutArchive { .. }
+        | Route::PostImage { .. } => Err(ApiError::new(
             500,
             "a streamed route reached the JSON handler",
         )),

@@ -30,6 +30,13 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::CheckpointNotFound { .. } => 404,
         ManagerError::CheckpointExists { .. } => 409,
         ManagerError::Guest(e) => guest_status_of(e),
+        ManagerError::ImageNotFound(_) => 404,
+        ManagerError::ImageInUse { .. }
+        | ManagerError::BaseImage(_)
+        | ManagerError::NoTmux { .. }
+        | ManagerError::NoSshd { .. } => 409,
+        ManagerError::TooLarge(_) => 413,
+        ManagerError::Image(e) => crate::daemon::manager::image_status(e),
     }
 }
 

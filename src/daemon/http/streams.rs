@@ -30,7 +30,7 @@ const STREAM_DRAIN_MAX: u64 = 16 << 20;
 /// out, each read and write bounded by the transfer's deadline.
 pub(super) fn transfer(
     mut io: Box<dyn Transport>,
-    m: &Manager,
+    m: &std::sync::Arc<Manager>,
     route: Route,
     head: &Head,
     early: Vec<u8>,

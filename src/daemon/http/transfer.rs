@@ -174,6 +174,9 @@ pub fn write_stream(
             w.write_all(format!("{n:x}\r\n").as_bytes())?;
             w.write_all(&buf[..n])?;
             w.write_all(b"\r\n")?;
+            // A stream of unknown length (a build's log) is read as it
+            // comes: each chunk goes out at once.
+            w.flush()?;
         }
     }
     if length.is_none() {

@@ -58,6 +58,20 @@ impl Manager {
         let backend = self.backend;
         self.check_prerequisites(backend)?;
         let disk_bytes = self.disk_size(req.disk, None)?;
+        let image = self.image_for_create(req.image.as_deref())?;
+        if let Some((i, disk)) = &image {
+            let at_least = host::disk::size(disk).unwrap_or(0);
+            if disk_bytes < at_least {
+                return Err(ManagerError::BadRequest(format!(
+                    "disk must be at least {at_least} bytes (the size of image {})",
+                    i.name
+                )));
+            }
+        }
+        let (vm_image, source_disk) = match image {
+            Some((i, disk)) => (Some(i), disk),
+            None => (None, self.cfg.asset(&self.cfg.rootfs)),
+        };
         let idle_pause_secs = match req.idle_pause_secs.or(self.cfg.idle_pause_secs) {
             Some(0) | None => None,
             Some(s) if s > IDLE_PAUSE_MAX_SECS => {
@@ -70,7 +84,7 @@ impl Manager {
 
         if !req.cold.unwrap_or(false)
             && backend == crate::host::vmm::Backend::Qemu
-            && let Some(t) = self.template_for(cpus, memory_mib, disk_bytes)
+            && let Some(t) = self.template_for(vm_image.as_ref(), cpus, memory_mib, disk_bytes)
         {
             // Reserved like a fork: all but these fields are its own.
             let like = VmRecord {
@@ -93,9 +107,10 @@ impl Manager {
                 agent_drive: self.agent_drive.clone(),
                 shared_ram: true,
                 identity_pending: true,
+                image: vm_image.clone(),
             };
             match self.create_warm(&t, &like, wanted_name.clone(), user_key.as_deref()) {
-                Warm::Made(view) => return Ok(view),
+                Warm::Made(view) => return Ok(*view),
                 Warm::Refused(e) => return Err(e),
                 Warm::Failed(e) => fell_back(wanted_name.as_ref(), &e),
             }
@@ -157,6 +172,7 @@ impl Manager {
                 // QEMU's RAM is shared, so the VM can be forked.
                 shared_ram: backend == crate::host::vmm::Backend::Qemu,
                 identity_pending: false,
+                image: vm_image,
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)?;
@@ -179,7 +195,7 @@ impl Manager {
                 return Err(e);
             }
         };
-        match self.build(&mut op, user_key.as_deref(), timing) {
+        match self.build(&mut op, &source_disk, user_key.as_deref(), timing) {
             Ok(view) => Ok(view),
             Err(e) => {
                 abandon(&op.r);
@@ -213,6 +229,7 @@ impl Manager {
     fn build(
         &self,
         op: &mut Op<'_>,
+        source_disk: &Path,
         user_key: Option<&str>,
         mut timing: Timing,
     ) -> Result<VmView, ManagerError> {
@@ -220,8 +237,7 @@ impl Manager {
         let dir = self.dir(&rec.id);
         timing.lap("reserve");
         let rootfs = dir.join("rootfs.img");
-        disk::copy_rootfs(&self.cfg.asset(&self.cfg.rootfs), &rootfs)
-            .map_err(step("copy rootfs"))?;
+        disk::copy_rootfs(source_disk, &rootfs).map_err(step("copy rootfs"))?;
         if let Some(bytes) = rec.disk_bytes {
             disk::grow(&rootfs, bytes).map_err(step("size the disk"))?;
         }
@@ -240,6 +256,7 @@ impl Manager {
             &config_drive::Identity {
                 host_key: &host_key,
                 authorized_keys: &authorized,
+                image: rec.image.as_ref().map(|i| &i.config),
             },
         )
         .map_err(step("write config drive"))?;

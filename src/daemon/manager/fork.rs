@@ -388,6 +388,7 @@ impl Manager {
             &config_drive::Identity {
                 host_key: &host_key,
                 authorized_keys: &keys,
+                image: rec.image.as_ref().map(|i| &i.config),
             },
         )
         .map_err(step("write config drive"))?;
@@ -422,20 +423,26 @@ impl Manager {
         // A warm VM's network identity is set apart, in one program of the
         // guest's (`warm_network`): each `ip` the agent runs for
         // SetIdentity costs a program start, slow under TCG.
-        let net = !origin.warm();
+        // An image may have no `ip`: the agent sets it in process there.
+        let net = !origin.warm() || rec.image.is_some();
         let identity = fcm_proto::Identity {
             hostname: Some(rec.name.to_string()),
             machine_id: Some(random_hex(16)),
             mac: net.then(|| rec.mac.clone()),
             address: net.then(|| format!("{}/{}", rec.ip, self.cfg.prefix_len)),
             gateway: net.then(|| self.cfg.gateway.to_string()),
-            ssh_host_keys: vec![
-                ("ssh_host_ed25519_key".into(), host_key.private.clone()),
-                (
-                    "ssh_host_ed25519_key.pub".into(),
-                    format!("{}\n", host_key.public),
-                ),
-            ],
+            // An image without sshd may have no /etc/ssh either.
+            ssh_host_keys: if rec.image.as_ref().is_some_and(|i| !i.sshd) {
+                Vec::new()
+            } else {
+                vec![
+                    ("ssh_host_ed25519_key".into(), host_key.private.clone()),
+                    (
+                        "ssh_host_ed25519_key.pub".into(),
+                        format!("{}\n", host_key.public),
+                    ),
+                ]
+            },
         };
         g.set_identity(&identity)
             .map_err(step("set the fork's identity"))?;

@@ -37,6 +37,7 @@ pub mod exec;
 mod fork;
 mod from_checkpoint;
 mod idle;
+mod images;
 mod launch;
 mod logs;
 mod operation;
@@ -55,6 +56,7 @@ use operation::OpLock;
 use views::broken_view;
 
 pub use cause::{Cause, Kind};
+pub use images::{ImageJob, ImageSource, image_status};
 pub use logs::LOG_CHUNK_MAX;
 pub use passes::Pass;
 
@@ -137,6 +139,23 @@ pub enum ManagerError {
     Guest(#[from] GuestError),
     #[error("VM {name} cannot be forked: {why}")]
     NotForkable { name: String, why: &'static str },
+    #[error("no image named {0:?}")]
+    ImageNotFound(String),
+    /// The name of the built-in base image, for something it cannot be.
+    #[error("{0}")]
+    BaseImage(String),
+    #[error("image {name} is in use by VM{} {}", if vms.len() == 1 { "" } else { "s" }, vms.join(", "))]
+    ImageInUse { name: String, vms: Vec<String> },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Image(Box<crate::host::image::ImageError>),
+    #[error(
+        "VM {name} has no tmux in its image {image}: fcm console and sessions need tmux in the image"
+    )]
+    NoTmux { name: String, image: String },
+    #[error("VM {name} has no sshd in its image {image}: fcm ssh needs sshd in the image")]
+    NoSshd { name: String, image: String },
 }
 
 impl ManagerError {
@@ -177,6 +196,20 @@ impl ManagerError {
                 "a VM made before forks, or a fork, can be forked after a cold boot: \
                  fcm stop {name}; fcm start {name}"
             )),
+            Self::ImageNotFound(_) => Some("list images with: fcm image ls".into()),
+            Self::ImageInUse { vms, .. } => Some(format!(
+                "destroy the VMs made from it first (fcm destroy {})",
+                vms.join(" ")
+            )),
+            Self::NoSshd { name, .. } => Some(format!(
+                "run a shell with: fcm exec -it {name} -- sh (or add sshd to the image, \
+                 e.g. RUN apt-get install -y openssh-server)"
+            )),
+            Self::NoTmux { name, .. } => Some(format!(
+                "run a shell with: fcm exec -it {name} -- sh (or add tmux to the image, \
+                 e.g. RUN apt-get install -y tmux)"
+            )),
+            Self::Image(e) => images::image_hint(e),
             Self::TooManyVms(_) => Some(
                 "destroy a VM (fcm ls, fcm destroy <vm>), or raise max_vms in the daemon config"
                     .into(),
@@ -255,6 +288,15 @@ pub struct Manager {
     recovery_signal: (Mutex<()>, Condvar),
     /// The template warm creates restore (`template.rs`).
     template: Mutex<template::Slot>,
+    /// One image build or import at a time (`images.rs`).
+    builds: images::Builds,
+    /// One template made at a time (`template.rs`).
+    template_builds: Mutex<()>,
+    /// The image store (`images.rs`), opened at first use.
+    images: std::sync::OnceLock<Result<crate::host::image::Store, String>>,
+    /// The daemon's own handle on the manager, for work on threads of its
+    /// own (`Self::set_handle`).
+    me: std::sync::OnceLock<std::sync::Weak<Manager>>,
 }
 
 /// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
@@ -325,9 +367,19 @@ impl Manager {
             passes: Mutex::new(passes::PassLog::new()),
             recovery_signal: (Mutex::new(()), Condvar::new()),
             template: Mutex::new(template::Slot::default()),
+            builds: images::Builds::default(),
+            template_builds: Mutex::new(()),
+            images: std::sync::OnceLock::new(),
+            me: std::sync::OnceLock::new(),
         };
         m.load();
         Ok(m)
+    }
+
+    /// Gives the manager its own handle, once it is shared: it can then
+    /// make image templates in the background.
+    pub fn set_handle(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
     }
 
     /// The drive of the configured agent binary, made if needed; none
@@ -520,14 +572,20 @@ impl Manager {
     }
 
     fn cmdline(&self, rec: &VmRecord) -> String {
-        format!(
+        let mut line = format!(
             "console=ttyS0 reboot=k panic=1 root=/dev/vda rw ip={}::{}:{}:{}:eth0:on fcm.dns={}",
             rec.ip,
             self.cfg.gateway,
             self.cfg.netmask(),
             rec.name,
             self.cfg.dns
-        )
+        );
+        if rec.image.is_some() {
+            // The initramfs boots it with fcm's init (`fcm-agent init`).
+            line.push(' ');
+            line.push_str(fcm_proto::IMAGE_BOOT_PARAM);
+        }
+        line
     }
 
     /// What the guest seam needs to reach a VM.

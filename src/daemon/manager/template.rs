@@ -26,7 +26,7 @@ use super::launch::Boot;
 use super::{Cause, Manager, lock};
 use crate::daemon::guest;
 use crate::daemon::lifecycle::VmState;
-use crate::daemon::store::VmRecord;
+use crate::daemon::store::{VmImage, VmRecord};
 use crate::error::chain;
 use crate::host::vmm::{self, Backend};
 use crate::host::{self, cgroup, config_drive, disk, network};
@@ -48,6 +48,9 @@ struct Meta {
     memory_mib: u32,
     disk_bytes: u64,
     agent_drive: String,
+    /// A template of an image (`images.rs`): what its VMs keep of it.
+    #[serde(default)]
+    image: Option<VmImage>,
 }
 
 /// A copy of the template's disk made ahead, taken by the next warm
@@ -66,13 +69,18 @@ pub(super) struct Template {
     pub(super) memory_mib: u32,
     pub(super) disk_bytes: u64,
     pub(super) agent_drive: String,
+    /// The image it was made from (none: the base image).
+    pub(super) vm_image: Option<VmImage>,
 }
 
-/// The daemon's template: what `GET /health` says, and the ready one.
+/// The daemon's templates: what `GET /health` says of the base image's,
+/// the ready one, and one per image VMs were made from.
 #[derive(Default)]
 pub(super) struct Slot {
     status: String,
     ready: Option<Arc<Template>>,
+    /// By image name: its ready template, or none while it is made.
+    images: std::collections::BTreeMap<String, Option<Arc<Template>>>,
 }
 
 impl Manager {
@@ -94,14 +102,32 @@ impl Manager {
         slot.ready = ready;
     }
 
-    /// The ready template a create of this size can restore.
+    /// The ready template a create of this image and size can restore.
+    /// For an image without one, one is made in the background (of the
+    /// default size) for the creates after this one.
     pub(super) fn template_for(
         &self,
+        image: Option<&VmImage>,
         cpus: u8,
         memory_mib: u32,
         disk: u64,
     ) -> Option<Arc<Template>> {
-        let t = lock(&self.template).ready.clone()?;
+        let t = match image {
+            None => lock(&self.template).ready.clone()?,
+            Some(i) => {
+                let found = lock(&self.template).images.get(&i.name).cloned();
+                match found {
+                    Some(Some(t)) if t.vm_image.as_ref() == Some(i) => t,
+                    // Being made.
+                    Some(None) => return None,
+                    // None yet, or of an older build of the image.
+                    _ => {
+                        self.image_template_later(i.clone());
+                        return None;
+                    }
+                }
+            }
+        };
         (t.cpus == cpus
             && t.memory_mib == memory_mib
             && disk >= t.disk_bytes
@@ -109,9 +135,127 @@ impl Manager {
         .then_some(t)
     }
 
+    /// Has the template of `image` made (or loaded) on a thread of its
+    /// own, unless templates are off or it is under way.
+    pub(super) fn image_template_later(&self, image: VmImage) {
+        if !self.cfg.templates || self.backend != Backend::Qemu || self.agent_drive.is_none() {
+            return;
+        }
+        let Some(m) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let name = image.name.clone();
+        {
+            let mut slot = lock(&self.template);
+            if matches!(slot.images.get(&name), Some(None)) {
+                return;
+            }
+            slot.images.insert(name.clone(), None);
+        }
+        let spawned = std::thread::Builder::new()
+            .name("fcm-template".into())
+            .spawn(move || {
+                let name = image.name.clone();
+                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    m.prepare_image_template(image)
+                }));
+                if !matches!(made, Ok(true)) {
+                    lock(&m.template).images.remove(&name);
+                }
+            });
+        if spawned.is_err() {
+            lock(&self.template).images.remove(&name);
+        }
+    }
+
+    /// An image was stored (built, imported, or replaced): its template
+    /// is made anew.
+    pub(super) fn image_stored(&self, meta: &crate::host::image::ImageMeta) {
+        lock(&self.template).images.remove(meta.name.as_str());
+        if let Ok(Some((image, _))) = self.image_for_create(Some(meta.name.as_str())) {
+            self.image_template_later(image);
+        }
+    }
+
+    /// An image was removed: so is its template.
+    pub(super) fn forget_image_templates(&self, name: &str) {
+        let gone = lock(&self.template).images.remove(name).flatten();
+        if let Some(t) = gone {
+            let _ = fs::remove_dir_all(&t.dir);
+        }
+    }
+
+    /// Loads or makes the template of an image, of the default size;
+    /// true once it is ready.
+    fn prepare_image_template(&self, image: VmImage) -> bool {
+        let _one = lock(&self.template_builds);
+        let Some(agent) = self.agent_drive.clone() else {
+            return false;
+        };
+        let name = image.name.clone();
+        let started = std::time::Instant::now();
+        match self.load_or_make(agent, Some(image), || {}) {
+            Ok(t) => {
+                eprintln!(
+                    "fcm daemon: template of image {name} ready in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                t.refill_spare();
+                let mut slot = lock(&self.template);
+                if let Some(entry) = slot.images.get_mut(&name) {
+                    *entry = Some(Arc::new(t));
+                    true
+                } else {
+                    // The image went meanwhile.
+                    let _ = fs::remove_dir_all(&t.dir);
+                    false
+                }
+            }
+            Err(c) => {
+                eprintln!(
+                    "fcm daemon: warning: no template of image {name}, its creates boot cold: {}",
+                    chain(&c)
+                );
+                false
+            }
+        }
+    }
+
+    /// The template of the default size of `image` (none: the base
+    /// image): loaded if made before, else made (`making` is told first).
+    fn load_or_make(
+        &self,
+        agent_drive: String,
+        image: Option<VmImage>,
+        making: impl FnOnce(),
+    ) -> Result<Template, Cause> {
+        let meta = Meta {
+            key: String::new(),
+            cpus: self.cfg.default_cpus,
+            memory_mib: self.cfg.default_memory_mib,
+            disk_bytes: super::resize::DEFAULT_DISK,
+            agent_drive,
+            image,
+        };
+        let meta = Meta {
+            key: self.template_key(&meta),
+            ..meta
+        };
+        let dir = self.cfg.state_dir.join(TEMPLATES).join(&meta.key);
+        match Self::load_template(&dir) {
+            Some(t) => Ok(t),
+            None => {
+                making();
+                let _ = fs::remove_dir_all(&dir);
+                self.make_template(&meta, &dir)
+            }
+        }
+    }
+
     /// Makes the template of the default size ready: loads it if made
     /// before, else makes it. Runs on a thread of its own at start-up.
     pub fn prepare_template(&self) {
+        let _one = lock(&self.template_builds);
         self.sweep_template_build();
         if !self.cfg.templates {
             return self.set_template("off", None);
@@ -122,28 +266,8 @@ impl Manager {
         let Some(agent) = self.agent_drive.clone() else {
             return self.set_template("off (no guest agent)", None);
         };
-        let meta = Meta {
-            key: String::new(),
-            cpus: self.cfg.default_cpus,
-            memory_mib: self.cfg.default_memory_mib,
-            disk_bytes: super::resize::DEFAULT_DISK,
-            agent_drive: agent,
-        };
-        let meta = Meta {
-            key: self.template_key(&meta),
-            ..meta
-        };
-        let dir = self.cfg.state_dir.join(TEMPLATES).join(&meta.key);
         let started = std::time::Instant::now();
-        let loaded = match Self::load_template(&dir) {
-            Some(t) => Ok(t),
-            None => {
-                self.set_template("building", None);
-                let _ = fs::remove_dir_all(&dir);
-                self.make_template(&meta, &dir)
-            }
-        };
-        match loaded {
+        match self.load_or_make(agent, None, || self.set_template("building", None)) {
             Ok(t) => {
                 eprintln!(
                     "fcm daemon: template {} ready in {:.1} s (warm create: {} vCPU, {} MiB)",
@@ -176,11 +300,15 @@ impl Manager {
             ),
             Err(_) => format!("{}:-", p.display()),
         };
+        let disk = match &m.image {
+            None => id(self.cfg.asset(&self.cfg.rootfs)),
+            Some(i) => format!("image {} {}", i.name, i.digest.as_deref().unwrap_or("-")),
+        };
         let text = format!(
             "fcm-template 1\n{}\n{}\n{}\n{}\n{} {} {}\n",
             id(self.cfg.asset(&self.cfg.kernel)),
             id(self.cfg.asset(&self.cfg.initrd)),
-            id(self.cfg.asset(&self.cfg.rootfs)),
+            disk,
             m.agent_drive,
             m.cpus,
             m.memory_mib,
@@ -202,6 +330,7 @@ impl Manager {
             memory_mib: meta.memory_mib,
             disk_bytes: meta.disk_bytes,
             agent_drive: meta.agent_drive,
+            vm_image: meta.image,
         })
     }
 
@@ -228,10 +357,29 @@ impl Manager {
         }
     }
 
+    /// Removes the base image's templates of other keys, and those of
+    /// images that are gone or were rebuilt.
     fn sweep_other_templates(&self, keep: &str) {
         let root = self.cfg.state_dir.join(TEMPLATES);
+        let images: Vec<VmImage> = self
+            .store()
+            .map(|s| s.list())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| self.image_for_create(Some(m.name.as_str())).ok().flatten())
+            .map(|(i, _)| i)
+            .collect();
         for e in fs::read_dir(&root).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy() != keep {
+            if e.file_name().to_string_lossy() == keep {
+                continue;
+            }
+            let meta: Option<Meta> = fs::read_to_string(e.path().join(META))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            let current = meta
+                .and_then(|m| m.image)
+                .is_some_and(|i| images.contains(&i));
+            if !current {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
@@ -301,6 +449,7 @@ impl Manager {
             memory_mib: meta.memory_mib,
             disk_bytes: meta.disk_bytes,
             agent_drive: meta.agent_drive.clone(),
+            vm_image: meta.image.clone(),
         })
     }
 
@@ -336,9 +485,22 @@ impl Manager {
             agent_drive: Some(meta.agent_drive.clone()),
             shared_ram: true,
             identity_pending: true,
+            image: meta.image.clone(),
         };
         let rootfs = dir.join("rootfs.img");
-        disk::copy_rootfs(&self.cfg.asset(&self.cfg.rootfs), &rootfs)?;
+        let source = match &meta.image {
+            None => self.cfg.asset(&self.cfg.rootfs),
+            Some(i) => match self.image_for_create(Some(&i.name)) {
+                Ok(Some((now, disk))) if &now == i => disk,
+                _ => {
+                    return Err(Cause::Several(vec![format!(
+                        "image {} was removed or rebuilt",
+                        i.name
+                    )]));
+                }
+            },
+        };
+        disk::copy_rootfs(&source, &rootfs)?;
         disk::grow(&rootfs, meta.disk_bytes)?;
         let host_key = config_drive::host_key("fcm-template")?;
         config_drive::write(
@@ -346,6 +508,7 @@ impl Manager {
             &config_drive::Identity {
                 host_key: &host_key,
                 authorized_keys: &[self.key_pub.as_str()],
+                image: rec.image.as_ref().map(|i| &i.config),
             },
         )?;
         crate::daemon::fault::crash_point("template:after-disk");
@@ -359,6 +522,13 @@ impl Manager {
         };
         if !g.wait_ready(BOOT_TIMEOUT) {
             return Err(not_ready("did not answer through its agent"));
+        }
+        // An image's guest: its agent answers, its service started; it
+        // may have no shell to wait for more with.
+        if rec.image.is_some() {
+            std::thread::sleep(Duration::from_secs(1));
+            self.guests.forget(&self.target_in(dir.to_owned(), &rec));
+            return Ok(self.vmm_for(Backend::Qemu).save_for_fork(dir, pid, dir)?);
         }
         // Its sshd up, its disk grown and everything on it written: a
         // warm VM starts from a guest that has finished booting.

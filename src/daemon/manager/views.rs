@@ -52,6 +52,12 @@ impl Manager {
         let (_, e) = self.resolve(vm)?;
         self.refresh(&e);
         let r = lock(&e.rec);
+        if let Some(i) = r.image.as_ref().filter(|i| !i.sshd) {
+            return Err(ManagerError::NoSshd {
+                name: r.name.to_string(),
+                image: i.name.clone(),
+            });
+        }
         Ok(SshInfo {
             id: r.id.to_string(),
             name: r.name.to_string(),
@@ -76,6 +82,20 @@ impl Manager {
         lifecycle::require(r.state, VmState::Running, "use it").map_err(|w| wrong_state(&r, w))?;
         idle::touch(&e);
         Ok(r)
+    }
+
+    /// [`Self::running`] for a console or session: its image must have
+    /// tmux (the base image does).
+    pub fn running_console(&self, vm: &str) -> Result<VmRecord, ManagerError> {
+        let (_, e) = self.resolve(vm)?;
+        let r = lock(&e.rec).clone();
+        if let Some(i) = r.image.as_ref().filter(|i| !i.tmux) {
+            return Err(ManagerError::NoTmux {
+                name: r.name.to_string(),
+                image: i.name.clone(),
+            });
+        }
+        self.running(vm)
     }
 
     /// Makes the VM's URL show its state: the guest's page while it runs,
@@ -162,5 +182,6 @@ pub(super) fn broken_view(id: &VmId, reason: &str) -> VmView {
         idle_paused: false,
         agent: false,
         e2b: None,
+        image: None,
     }
 }

@@ -29,7 +29,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What came of trying a warm create.
 pub(super) enum Warm {
-    Made(VmView),
+    /// (Boxed: a VmView is large beside the other variants.)
+    Made(Box<VmView>),
     /// Refused as a cold create would be (the name is taken, the VM
     /// limit): the create's answer.
     Refused(ManagerError),
@@ -79,7 +80,7 @@ impl Manager {
                     started.elapsed().as_secs_f64() * 1000.0
                 );
                 view.set_ready(true);
-                Warm::Made(view)
+                Warm::Made(Box::new(view))
             }
             Err(e) => Warm::Failed(e),
         }
@@ -146,7 +147,28 @@ impl Manager {
         let authorized: String = keys.iter().map(|k| format!("{k}\n")).collect();
         g.write_file("/run/fcm/authorized_keys", &mut authorized.as_bytes())
             .map_err(step(what))?;
-        if let Some(bytes) = grow {
+        if let (Some(bytes), Some(_)) = (grow, &rec.image) {
+            // An image may have no shell nor resize2fs: the agent grows
+            // the file system itself, once the device has its new size.
+            let spec = ExecSpec {
+                argv: vec![
+                    "/run/fcm/fcm-agent".into(),
+                    "grow-root".into(),
+                    "--min-bytes".into(),
+                    bytes.to_string(),
+                ],
+                timeout: Some(SETTLE_TIMEOUT),
+                ..ExecSpec::default()
+            };
+            let o = guest::output(g, &spec, &[], 64 << 10).map_err(step(what))?;
+            if o.exit.code != 0 {
+                return Err(fail(format!(
+                    "growing the file system exited {}: {}",
+                    o.exit.code,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )));
+            }
+        } else if let Some(bytes) = grow {
             // The new size reaches the guest as an interrupt: wait for it.
             let script = format!(
                 "i=0\nwhile [ $(($(cat /sys/class/block/vda/size) * 512)) -lt {bytes} ]; do \

@@ -155,7 +155,7 @@ fn attach(link: Link, hs: Handshake, _slot: Slot, m: &Manager, s: &Sessions) -> 
             return refuse(&link, chain(&e), e.hint());
         }
     };
-    let rec = match m.running(&hs.vm) {
+    let rec = match m.running_console(&hs.vm) {
         Ok(r) => r,
         Err(e) => {
             let e = SessionError::from(e);
