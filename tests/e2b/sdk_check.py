@@ -228,7 +228,9 @@ def main(run):
     ok("token-of-another")
 
     # autoPause: at its timeout it is paused, not destroyed; connect resumes it.
-    napper = Sandbox.create(timeout=5, lifecycle={"on_timeout": "pause"})
+    # (Its template named as the fcm image it is: the base image.)
+    napper = Sandbox.create("fcm/base", timeout=5, lifecycle={"on_timeout": "pause"})
+    assert napper.get_info().template_id == "fcm/base"
     deadline = time.monotonic() + 30
     while Sandbox.get_info(napper.sandbox_id).state != SandboxState.PAUSED:
         assert time.monotonic() < deadline, "an autoPause sandbox was not paused at its timeout"

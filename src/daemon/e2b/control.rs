@@ -15,7 +15,8 @@ use crate::daemon::store::{self, E2bRecord};
 use crate::names::VmId;
 use crate::wire::api::{CreateRequest, ForkRequest, VmView};
 
-/// The template every fcm VM is made from today (fcm's base image).
+/// The template E2B's SDKs ask for by default: fcm's base image. Any other
+/// template is an fcm image of that name.
 pub const BASE_TEMPLATE: &str = "base";
 /// A sandbox's timeout when the request gives none: 5 minutes, what E2B's
 /// SDK documentation promises for `Sandbox.create()` (SDK 2.63 sends none,
@@ -211,15 +212,24 @@ impl E2b {
             Some(Value::String(t)) => t.clone(),
             Some(_) => return Err((400, "templateID must be a string".into())),
         };
-        if template != BASE_TEMPLATE {
-            return Err((
-                404,
-                format!(
-                    "template \"{}\" not found: fcm has the template \"{BASE_TEMPLATE}\" (its base image)",
-                    crate::wire::text::printable(&template)
-                ),
-            ));
-        }
+        // A template is an fcm image (fcm image ls); base is the base image.
+        let image = if template == BASE_TEMPLATE {
+            None
+        } else {
+            match self.m.image(&template) {
+                Ok(i) => Some(i.name),
+                Err(e) if matches!(status_message(&e).0, 400 | 404) => {
+                    return Err((
+                        404,
+                        format!(
+                            "template \"{}\" not found: templates are fcm images (fcm image ls), and \"{BASE_TEMPLATE}\" the base image",
+                            crate::wire::text::printable(&template)
+                        ),
+                    ));
+                }
+                Err(e) => return Err(status_message(&e)),
+            }
+        };
         let timeout = timeout_of(body)?;
         let metadata = strings(body, "metadata")?;
         let env_vars = strings(body, "envVars")?;
@@ -230,6 +240,7 @@ impl E2b {
         let id = new_sandbox_id();
         let req = CreateRequest {
             name: Some(id.clone()),
+            image,
             ..CreateRequest::default()
         };
         let view = self.m.create(req).map_err(|e| status_message(&e))?;
