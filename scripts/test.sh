@@ -27,6 +27,30 @@ if ! "$TOOLS/venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHE
 	python3 -m venv "$TOOLS/venv"
 	"$TOOLS/venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+# The E2B Python SDK, pinned, for tests/e2b.rs (its own venv: its
+# dependencies are not schemathesis's).
+E2B_SDK_VERSION=2.63.0
+if ! "$TOOLS/e2b-venv/bin/python" -c "import importlib.metadata as m; assert m.version('e2b') == '$E2B_SDK_VERSION'" 2>/dev/null; then
+	echo "== test tools: e2b $E2B_SDK_VERSION into $TOOLS/e2b-venv" >&2
+	python3 -m venv "$TOOLS/e2b-venv"
+	"$TOOLS/e2b-venv/bin/pip" install --quiet "e2b==$E2B_SDK_VERSION"
+fi
+# And one from before the v2 paths (2.51), for the v1 ones.
+E2B_OLD_SDK_VERSION=2.50.0
+if ! "$TOOLS/e2b-old-venv/bin/python" -c "import importlib.metadata as m; assert m.version('e2b') == '$E2B_OLD_SDK_VERSION'" 2>/dev/null; then
+	echo "== test tools: e2b $E2B_OLD_SDK_VERSION into $TOOLS/e2b-old-venv" >&2
+	python3 -m venv "$TOOLS/e2b-old-venv"
+	"$TOOLS/e2b-old-venv/bin/pip" install --quiet "e2b==$E2B_OLD_SDK_VERSION"
+fi
+# The E2B JS SDK, pinned, for tests/e2b.rs (it needs Node >= 20.18; the
+# machines this runs on have Node 20).
+E2B_JS_SDK_VERSION=2.51.0
+if ! grep -qF "\"version\": \"$E2B_JS_SDK_VERSION\"" "$TOOLS/e2b-js/node_modules/e2b/package.json" 2>/dev/null; then
+	echo "== test tools: npm e2b $E2B_JS_SDK_VERSION into $TOOLS/e2b-js" >&2
+	mkdir -p "$TOOLS/e2b-js"
+	[ -f "$TOOLS/e2b-js/package.json" ] || echo '{"name": "fcm-test-tools-e2b-js", "private": true}' >"$TOOLS/e2b-js/package.json"
+	(cd "$TOOLS/e2b-js" && npm install --no-audit --no-fund --silent "e2b@$E2B_JS_SDK_VERSION")
+fi
 
 echo "== lints" >&2
 cargo fmt --all -- --check

@@ -59,6 +59,9 @@ fn the_api_survives_a_thousand_generated_requests_and_matches_its_description() 
             .arg(&spec)
             .args(["-u", "http://127.0.0.1:7777", "-H"])
             .arg(format!("Authorization: Bearer {}", f.token()))
+            // The E2B API's routes take the token as X-API-KEY.
+            .arg("-H")
+            .arg(format!("X-API-KEY: {}", f.token()))
             // A fixed seed: the same 1000+ requests every run, so CI is stable;
             // one worker (schemathesis on CPython 3.11 is not thread-safe here).
             .args(["-n", "80", "--seed", "20261201", "--workers", "1"])

@@ -111,22 +111,47 @@ pub(super) fn ls(json: bool) -> Result<(), Failure> {
         eprintln!("no VMs; create one with: fcm create");
         return Ok(());
     }
+    // Sandboxes of the E2B API show their template and metadata.
+    let e2b = list.iter().any(|x| x.e2b.is_some());
     out(&format!(
-        "{:<22} {:<9} {:<9} {:<15} {:<9} URL",
-        "NAME", "ID", "STATE", "IP", "DISK"
+        "{:<22} {:<9} {:<9} {:<15} {:<9} {:<24}{}",
+        "NAME",
+        "ID",
+        "STATE",
+        "IP",
+        "DISK",
+        "URL",
+        if e2b { " E2B" } else { "" }
     ));
     for x in list {
-        out(&format!(
-            "{:<22} {:<9} {:<9} {:<15} {:<9} {}",
+        let sandbox = x.e2b.as_deref().map(e2b_column).unwrap_or_default();
+        let line = format!(
+            "{:<22} {:<9} {:<9} {:<15} {:<9} {:<24}{}",
             x.name,
             x.id,
             x.state,
             x.ip,
             or_dash(x.disk_bytes.map(short_size)),
-            or_dash(x.url)
-        ));
+            or_dash(x.url),
+            if e2b {
+                format!(" {sandbox}")
+            } else {
+                String::new()
+            }
+        );
+        out(line.trim_end());
     }
     Ok(())
+}
+
+/// `template=base k=v ...`: an E2B sandbox in the table (names and values
+/// escaped: they come from an API client).
+fn e2b_column(i: &crate::wire::e2b::E2bInfo) -> String {
+    let mut s = format!("template={}", visible(&i.template));
+    for (k, v) in &i.metadata {
+        s.push_str(&format!(" {}={}", visible(k), visible(v)));
+    }
+    s
 }
 
 /// `10G`, `512M`: sizes in a table.

@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod e2b;
 pub mod fault;
 pub mod gate;
 pub mod guest;
@@ -425,15 +426,25 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             }
         });
     }
+    let e2b = Arc::new(e2b::E2b::new(
+        Arc::clone(&manager),
+        Arc::clone(&sessions),
+        Arc::clone(&token),
+    ));
     {
         let m = Arc::clone(&manager);
+        let e2b = Arc::clone(&e2b);
         thread::spawn(move || {
             let mut trimmed = Instant::now();
             loop {
                 m.wait_for_work(Duration::from_secs(5));
                 let began = Instant::now();
                 // A bug in housekeeping must not end housekeeping.
-                let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.tick()));
+                let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    m.tick();
+                    // E2B sandboxes past their timeout end.
+                    e2b.expire();
+                }));
                 if tick.is_err() {
                     eprintln!("fcm daemon: housekeeping panicked (a bug); it goes on");
                 }
@@ -487,6 +498,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         sessions,
         token,
         Some(Arc::new(wake_token)),
+        e2b,
     );
     // The poller only returns when it fails: the daemon cannot serve.
     eprintln!("fcm daemon: the API port stopped serving: {e}");

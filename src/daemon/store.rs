@@ -1,5 +1,6 @@
 //! The on-disk record of each VM: `<state>/<id>/config.json`, written atomically.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
@@ -14,6 +15,7 @@ use crate::host::network::VmNic;
 use crate::host::vmm::Backend;
 use crate::names::{VmId, VmName};
 use crate::wire::api::{Expose, VmView};
+use crate::wire::e2b::E2bInfo;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -143,6 +145,7 @@ impl VmRecord {
             idle_pause_secs: self.idle_pause_secs,
             idle_paused: self.idle_paused,
             agent: self.agent_drive.is_some(),
+            e2b: None,
             image: self.image.as_ref().map(|i| i.name.clone()),
         }
     }
@@ -203,6 +206,58 @@ pub fn scan(state_dir: &Path) -> io::Result<Vec<(VmId, Result<VmRecord, StoreErr
     Ok(out)
 }
 
+/// A sandbox of the E2B API (`daemon::e2b`): the VM's record's E2B block,
+/// kept beside it in `<state>/<id>/e2b.json` (atomic, 0600), gone with
+/// the VM's directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct E2bRecord {
+    pub sandbox_id: String,
+    pub template: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Given to every process the sandbox starts through the E2B API.
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub started_at: u64,
+    /// When housekeeping ends it (Unix seconds); none while paused.
+    #[serde(default)]
+    pub end_at: Option<u64>,
+    #[serde(default)]
+    pub auto_pause: bool,
+}
+
+impl E2bRecord {
+    pub fn info(&self) -> E2bInfo {
+        E2bInfo {
+            sandbox_id: self.sandbox_id.clone(),
+            template: self.template.clone(),
+            metadata: self.metadata.clone(),
+            end_at: self.end_at,
+            auto_pause: self.auto_pause,
+        }
+    }
+}
+
+pub fn e2b_path(state_dir: &Path, id: &VmId) -> PathBuf {
+    vm_dir(state_dir, id).join("e2b.json")
+}
+
+/// The VM's E2B block, if it has one (and it parses).
+pub fn load_e2b(state_dir: &Path, id: &VmId) -> Option<E2bRecord> {
+    let text = fs::read(e2b_path(state_dir, id)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+pub fn save_e2b(state_dir: &Path, id: &VmId, rec: &E2bRecord) -> Result<(), StoreError> {
+    let path = e2b_path(state_dir, id);
+    let data = serde_json::to_vec_pretty(rec).map_err(|e| StoreError::Write {
+        path: path.clone(),
+        source: io::Error::other(e),
+    })?;
+    host::write_atomic(&path, &data, 0o600).map_err(|source| StoreError::Write { path, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +309,31 @@ mod tests {
         }
         assert_eq!(json["state"], "running");
         assert_eq!(json["expose"]["port"], 8000);
+    }
+
+    #[test]
+    fn an_e2b_block_lives_beside_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = VmId::parse("8i5agfx2").expect("id");
+        fs::create_dir(vm_dir(dir.path(), &id)).expect("mkdir");
+        assert_eq!(load_e2b(dir.path(), &id), None);
+        let b = E2bRecord {
+            sandbox_id: "iabc".into(),
+            template: "base".into(),
+            metadata: [("k".to_owned(), "v".to_owned())].into(),
+            env_vars: [("SECRET".to_owned(), "x".to_owned())].into(),
+            started_at: 10,
+            end_at: Some(25),
+            auto_pause: true,
+        };
+        save_e2b(dir.path(), &id, &b).expect("save");
+        assert_eq!(load_e2b(dir.path(), &id).as_ref(), Some(&b));
+        // The view shows no environment variables.
+        let shown = serde_json::to_string(&b.info()).expect("json");
+        assert!(
+            shown.contains("\"k\":\"v\"") && !shown.contains("SECRET"),
+            "{shown}"
+        );
     }
 
     #[test]

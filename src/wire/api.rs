@@ -174,6 +174,9 @@ pub struct VmView {
     /// false: over SSH.
     #[serde(default)]
     pub agent: bool,
+    /// A sandbox of the E2B API (docs/e2b.md): its id, template, metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2b: Option<Box<super::e2b::E2bInfo>>,
     /// The image the VM was made from (absent: the base image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

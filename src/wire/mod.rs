@@ -4,10 +4,11 @@
 //! client never reads a JSON field by hand, and a change of a field is a
 //! change in one place. `api` is the HTTP API (docs/openapi.yaml), `exec` the
 //! streamed exec's frames, `stream` the terminal stream on port 7778
-//! (docs/console.md), `tls` what both
+//! (docs/console.md), `e2b` what a VM made through the E2B API shows, `tls` what both
 //! ends of a TLS connection share (fingerprints, deadlines, a split stream).
 
 pub mod api;
+pub mod e2b;
 pub mod exec;
 pub mod size;
 pub mod stream;

@@ -93,6 +93,10 @@ impl HttpDoor {
     /// A whole head: its route and its token decide.
     fn admit(&self, head: Head, len: usize) -> Step {
         let ctx = &self.ctx;
+        // The E2B API's requests (by path or sandbox headers) first.
+        if let Some(step) = super::e2b::admit(ctx, &head, len) {
+            return step;
+        }
         let route = match api::route(&head.method, &head.target) {
             Ok(r) => r,
             Err(e) => return answer(&e),
@@ -148,7 +152,7 @@ impl HttpDoor {
 }
 
 /// Runs `f` on a thread of its own; the connection ends if there is none.
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
+pub(super) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
     if let Err(e) = thread::Builder::new().name(name.into()).spawn(f) {
         eprintln!("fcm daemon: API port: request: no thread: {e}");
     }

@@ -21,6 +21,11 @@ pub struct Head {
 }
 
 impl Head {
+    /// Every header, in order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
     /// The first header of that name (case-insensitive), as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

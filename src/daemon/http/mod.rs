@@ -36,6 +36,7 @@
 //! module only moves bytes. TLS (rustls) when the daemon's ports speak it.
 
 mod door;
+mod e2b;
 mod exec;
 mod message;
 mod streams;
@@ -51,6 +52,7 @@ use std::time::{Duration, Instant};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 use super::api::{self, Answer, ApiError, Route};
+use super::e2b::E2b;
 use super::gate::{Gate, GateLimits, Slot};
 use super::lock;
 use super::manager::Manager;
@@ -165,10 +167,13 @@ struct Ctx {
     idle_secs: u64,
     /// For streams, which run on threads of their own.
     m: Arc<Manager>,
+    /// The E2B API (`daemon::e2b`): its requests run on threads of their own.
+    e2b: Arc<E2b>,
 }
 
 /// Serves the API on `listener` (TLS when `tls` is given) until the
 /// poller fails, which it returns.
+#[allow(clippy::too_many_arguments)] // the daemon's pieces the port serves, each once
 pub fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
@@ -177,6 +182,7 @@ pub fn serve(
     s: Arc<Sessions>,
     token: Arc<String>,
     wake_token: Option<Arc<String>>,
+    e2b: Arc<E2b>,
 ) -> io::Error {
     let gate = Gate::new(GateLimits {
         authed: limits.http_requests,
@@ -206,6 +212,7 @@ pub fn serve(
         handback,
         idle_secs: limits.http_idle_secs,
         m,
+        e2b,
     });
     let settings = Settings {
         pre_auth: limits.pre_auth_connections,

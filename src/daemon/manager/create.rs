@@ -110,7 +110,7 @@ impl Manager {
                 image: vm_image.clone(),
             };
             match self.create_warm(&t, &like, wanted_name.clone(), user_key.as_deref()) {
-                Warm::Made(view) => return Ok(view),
+                Warm::Made(view) => return Ok(*view),
                 Warm::Refused(e) => return Err(e),
                 Warm::Failed(e) => fell_back(wanted_name.as_ref(), &e),
             }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::{Entry, Manager, ManagerError, idle, wrong_state};
 use crate::daemon::lifecycle::{self, VmState};
 use crate::daemon::lock;
-use crate::daemon::store::VmRecord;
+use crate::daemon::store::{self, VmRecord};
 use crate::error::chain;
 use crate::names::VmId;
 use crate::wire::api::{SshInfo, VmView};
@@ -21,7 +21,7 @@ impl Manager {
             .iter()
             .map(|e| {
                 self.refresh(e);
-                view_of(e)
+                self.with_e2b(view_of(e))
             })
             .collect();
         out.extend(
@@ -37,7 +37,15 @@ impl Manager {
     pub fn get(&self, vm: &str) -> Result<VmView, ManagerError> {
         let (_, e) = self.resolve_now(vm)?;
         self.refresh(&e);
-        Ok(view_of(&e))
+        Ok(self.with_e2b(view_of(&e)))
+    }
+
+    /// The view with the VM's E2B block, if it is a sandbox of the E2B API.
+    fn with_e2b(&self, mut v: VmView) -> VmView {
+        if let Ok(id) = VmId::parse(&v.id) {
+            v.e2b = store::load_e2b(&self.cfg.state_dir, &id).map(|r| Box::new(r.info()));
+        }
+        v
     }
 
     pub fn ssh_info(&self, vm: &str) -> Result<SshInfo, ManagerError> {
@@ -173,6 +181,7 @@ pub(super) fn broken_view(id: &VmId, reason: &str) -> VmView {
         idle_pause_secs: None,
         idle_paused: false,
         agent: false,
+        e2b: None,
         image: None,
     }
 }

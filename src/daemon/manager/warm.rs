@@ -29,7 +29,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What came of trying a warm create.
 pub(super) enum Warm {
-    Made(VmView),
+    /// (Boxed: a VmView is large beside the other variants.)
+    Made(Box<VmView>),
     /// Refused as a cold create would be (the name is taken, the VM
     /// limit): the create's answer.
     Refused(ManagerError),
@@ -79,7 +80,7 @@ impl Manager {
                     started.elapsed().as_secs_f64() * 1000.0
                 );
                 view.set_ready(true);
-                Warm::Made(view)
+                Warm::Made(Box::new(view))
             }
             Err(e) => Warm::Failed(e),
         }
