@@ -49,9 +49,28 @@ fn attach(name: &str, flags: libc::c_int) -> io::Result<File> {
 
 /// A descriptor on the existing tap `name`, as a VMM wants it (no packet
 /// information, virtio-net headers).
+///
+/// EBUSY (the tap is still attached) is waited out, up to [`BUSY_WAIT`]:
+/// the descriptor that made the tap a moment ago on this thread may live on
+/// in a child another thread of the daemon forked meanwhile, until that
+/// child execs (close-on-exec) — a few milliseconds.
 pub fn open(name: &str) -> io::Result<File> {
-    attach(name, libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR)
+    let deadline = std::time::Instant::now() + BUSY_WAIT;
+    loop {
+        match attach(name, libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
+
+/// How long [`open`] waits for a tap another process still holds.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Makes the persistent tap `name` (as `ip tuntap add … mode tap [user U
 /// group G]` does), owned by `owner` when given (a VMM that opens it by
