@@ -241,6 +241,9 @@ impl E2b {
         let req = CreateRequest {
             name: Some(id.clone()),
             image,
+            // Reached by its own names; a VM URL's Caddy reload would cut
+            // requests in flight through Caddy (E2B_DOMAIN).
+            url: Some(false),
             ..CreateRequest::default()
         };
         let view = self.m.create(req).map_err(|e| status_message(&e))?;
