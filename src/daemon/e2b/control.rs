@@ -184,7 +184,7 @@ impl E2b {
             "clientID": CLIENT_ID,
             "envdVersion": ENVD_VERSION,
             "envdAccessToken": self.access_token(&b.sandbox_id),
-            "domain": Value::Null,
+            "domain": self.domain(),
         })
     }
 
@@ -353,7 +353,7 @@ impl E2b {
         let (v, b) = self.sandbox(id)?;
         let mut d = self.listed(&v, &b);
         d["envdAccessToken"] = json!(self.access_token(id));
-        d["domain"] = Value::Null;
+        d["domain"] = json!(self.domain());
         Ok(d)
     }
 
