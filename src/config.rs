@@ -151,6 +151,8 @@ pub struct DaemonConfig {
     pub max_vms: Option<u32>,
     /// Public HTTPS URLs through Caddy.
     pub caddy: CaddyConfig,
+    /// The E2B API (docs/e2b.md).
+    pub e2b: E2bConfig,
     /// Firecracker under its jailer.
     pub jailer: JailerConfig,
     /// QEMU under its seccomp sandbox, as the VM's own user.
@@ -197,6 +199,7 @@ impl Default for DaemonConfig {
             console_log_max_bytes: 1 << 20,
             max_vms: None,
             caddy: CaddyConfig::default(),
+            e2b: E2bConfig::default(),
             jailer: JailerConfig::default(),
             qemu_sandbox: QemuSandboxConfig::default(),
             vm_users: VmUsersConfig::default(),
@@ -429,6 +432,21 @@ impl Default for CaddyConfig {
             guest_port: 8000,
             reload_command: Vec::new(),
         }
+    }
+}
+
+/// `"e2b": {...}`: the E2B API's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct E2bConfig {
+    /// Publish `api.<domain>` and `49983-<id>.<domain>` through Caddy, so
+    /// `E2B_DOMAIN=<domain>` works (only while Caddy is enabled).
+    pub caddy: bool,
+}
+
+impl Default for E2bConfig {
+    fn default() -> Self {
+        Self { caddy: true }
     }
 }
 

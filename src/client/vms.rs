@@ -23,6 +23,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         from: a.from,
         cold: a.cold.then_some(true),
         image: a.image,
+        url: None,
     };
     match user_ssh_key() {
         Some((_, public)) => req.ssh_public_key = Some(public),

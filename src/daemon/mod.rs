@@ -369,6 +369,14 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         .as_ref()
         .filter(|c| c.enabled())
         .and_then(|c| wake_hook(&cfg, c, use_tls, &wake_token));
+    // E2B through Caddy reaches the API as the wake hook does.
+    let e2b_site = hook
+        .as_ref()
+        .filter(|_| cfg.e2b.caddy)
+        .map(|h| e2b::Upstream {
+            dial: h.dial,
+            tls_ca: h.tls_ca.clone(),
+        });
     let cfg = Arc::new(cfg);
     // The VMs on record, as recorded: recovery runs once the API serves.
     let manager = Arc::new(Manager::new(Arc::clone(&cfg), caddy, hook)?);
@@ -430,11 +438,14 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         Arc::clone(&manager),
         Arc::clone(&sessions),
         Arc::clone(&token),
+        e2b_site,
     ));
     {
         let m = Arc::clone(&manager);
         let e2b = Arc::clone(&e2b);
         thread::spawn(move || {
+            // E2B's site first (Caddy's validate and reload take a moment).
+            e2b.publish_site();
             let mut trimmed = Instant::now();
             loop {
                 m.wait_for_work(Duration::from_secs(5));
@@ -444,6 +455,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                     m.tick();
                     // E2B sandboxes past their timeout end.
                     e2b.expire();
+                    e2b.publish_site();
                 }));
                 if tick.is_err() {
                     eprintln!("fcm daemon: housekeeping panicked (a bug); it goes on");

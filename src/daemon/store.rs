@@ -89,6 +89,11 @@ pub struct VmRecord {
     /// (absent: the base image, booted by its own init).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<VmImage>,
+    /// No public URL through Caddy, ever (an E2B sandbox: reached by its
+    /// own names, and a Caddy reload in the middle of its requests would
+    /// cut them). Its forks inherit it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_url: bool,
 }
 
 /// What a VM keeps of its image: enough to boot it again (its config goes
@@ -287,6 +292,7 @@ mod tests {
             shared_ram: false,
             identity_pending: false,
             image: None,
+            no_url: false,
         }
     }
 

@@ -35,6 +35,9 @@ pub struct CreateRequest {
     /// size is the checkpoint's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// `false`: no public URL through Caddy for this VM (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<bool>,
     /// Boot the kernel even where the daemon has a template of this size
     /// (default false: a warm create restores the template).
     #[serde(default, skip_serializing_if = "Option::is_none")]

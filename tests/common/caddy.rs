@@ -20,17 +20,23 @@ impl Drop for CaddyGuard {
 }
 
 pub fn write_caddy_config(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    write_caddy_config_on(dir, 8080, 8443)
+}
+
+/// [`write_caddy_config`] with Caddy's HTTP and HTTPS ports (in the test's
+/// namespace, 80 and 443 are its own: a client that insists on 443 works).
+pub fn write_caddy_config_on(dir: &Path, http: u16, https: u16) -> (PathBuf, PathBuf, PathBuf) {
     let caddyfile = dir.join("Caddyfile");
     let sites = dir.join("fcm.d");
     let storage = dir.join("caddy-storage");
     fs::write(
         &caddyfile,
         format!(
-            "{{\n\tadmin 127.0.0.1:2019\n\thttp_port 8080\n\thttps_port 8443\n\tdefault_bind 127.0.0.1\n\
+            "{{\n\tadmin 127.0.0.1:2019\n\thttp_port {http}\n\thttps_port {https}\n\tdefault_bind 127.0.0.1\n\
              \tlocal_certs\n\tskip_install_trust\n\tauto_https disable_redirects\n\
              \tstorage file_system {{\n\t\troot {}\n\t}}\n}}\n\n\
              # The user's own site: fcm must never rewrite it.\n\
-             http://user.example:8080 {{\n\trespond \"user site\"\n}}\n",
+             http://user.example:{http} {{\n\trespond \"user site\"\n}}\n",
             storage.display()
         ),
     )
@@ -102,11 +108,14 @@ pub fn fetch_within(f: &Fcm, url: &str, secs: u32) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// The files in fcm's sites directory but the E2B API's `_e2b.caddy`
+/// (published by default while Caddy is on; tests/e2b.rs looks at it).
 pub fn sites(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .map(|r| {
             r.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "_e2b.caddy")
                 .collect()
         })
         .unwrap_or_default();

@@ -4,7 +4,9 @@ pointing at the daemon). Prints `OK <check>` per check, `SANDBOX <id>`
 for the test to look at; any failure raises (a non-zero exit).
 
 Usage: sdk_check.py main RUN_ID | sdk_check.py kill SANDBOX_ID |
-       sdk_check.py old RUN_ID (with an SDK before 2.51)
+       sdk_check.py old RUN_ID (with an SDK before 2.51) |
+       sdk_check.py short MODE (create, run, a file, kill: for E2B_DOMAIN
+       through Caddy, or the daemon's own TLS)
 """
 
 import os
@@ -270,6 +272,29 @@ def old_sdk(run):
     ok("old-sdk")
 
 
+def short(mode):
+    """The core over another way in (E2B_DOMAIN through Caddy, or HTTPS to
+    the daemon itself): create, run, a file written and read, kill."""
+    sbx = Sandbox.create(metadata={"mode": mode}, timeout=300)
+    print("SANDBOX", sbx.sandbox_id, flush=True)
+    domain = os.environ.get("E2B_DOMAIN")
+    if domain:
+        # The create answer's domain is where the SDK finds the sandbox.
+        assert sbx.sandbox_domain == domain, (sbx.sandbox_domain, domain)
+        assert sbx.envd_api_url == f"https://49983-{sbx.sandbox_id}.{domain}", sbx.envd_api_url
+        ok("domain")
+    r = sbx.commands.run("echo hi")
+    assert r.stdout == "hi\n" and r.exit_code == 0, r
+    ok("run")
+    data = os.urandom(256 << 10)
+    sbx.files.write("/root/short.bin", data)
+    assert bytes(sbx.files.read("/root/short.bin", format="bytes")) == data
+    ok("files")
+    assert sbx.kill() is True
+    assert Sandbox.kill(sbx.sandbox_id) is False
+    ok("kill")
+
+
 def kill(sandbox_id):
     sbx = Sandbox.connect(sandbox_id)
     assert sbx.commands.run("cat /root/e2b/blob.bin | wc -c").stdout == "1048576\n"
@@ -279,4 +304,4 @@ def kill(sandbox_id):
 
 
 if __name__ == "__main__":
-    {"main": main, "kill": kill, "old": old_sdk}[sys.argv[1]](sys.argv[2])
+    {"main": main, "kill": kill, "old": old_sdk, "short": short}[sys.argv[1]](sys.argv[2])

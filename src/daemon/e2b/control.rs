@@ -184,7 +184,7 @@ impl E2b {
             "clientID": CLIENT_ID,
             "envdVersion": ENVD_VERSION,
             "envdAccessToken": self.access_token(&b.sandbox_id),
-            "domain": Value::Null,
+            "domain": self.domain(),
         })
     }
 
@@ -241,6 +241,9 @@ impl E2b {
         let req = CreateRequest {
             name: Some(id.clone()),
             image,
+            // Reached by its own names; a VM URL's Caddy reload would cut
+            // requests in flight through Caddy (E2B_DOMAIN).
+            url: Some(false),
             ..CreateRequest::default()
         };
         let view = self.m.create(req).map_err(|e| status_message(&e))?;
@@ -350,7 +353,7 @@ impl E2b {
         let (v, b) = self.sandbox(id)?;
         let mut d = self.listed(&v, &b);
         d["envdAccessToken"] = json!(self.access_token(id));
-        d["domain"] = Value::Null;
+        d["domain"] = json!(self.domain());
         Ok(d)
     }
 

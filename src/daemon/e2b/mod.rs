@@ -8,6 +8,7 @@
 //! | part | what |
 //! |---|---|
 //! | `control` | the control API: `/sandboxes`, `/v2/sandboxes` (create, list, get, kill, timeout, pause, connect, resume) |
+//! | `domain` | `E2B_DOMAIN` through Caddy: the site file of `api.<domain>` and `49983-<id>.<domain>` |
 //! | `envd` | the in-sandbox API: `/health`, `/files`, the Connect RPCs of `process.Process` and `filesystem.Filesystem` |
 //! | `metrics` | `GET /sandboxes/{id}/metrics`: one sample read in the guest |
 //! | `process` | `process.Process`: Start (PTYs too) streamed onto the agent's exec, Connect, List, SendSignal, SendInput, CloseStdin, Update (a PTY's size) |
@@ -23,6 +24,7 @@
 
 mod connect;
 mod control;
+mod domain;
 mod envd;
 mod metrics;
 mod multipart;
@@ -41,6 +43,8 @@ use super::auth::token_matches;
 use super::guest::Control;
 use super::manager::{Manager, ManagerError};
 use super::sessions::Sessions;
+
+pub use domain::Upstream;
 
 /// The port envd listens on in an E2B sandbox: the SDK names it in the
 /// `E2b-Sandbox-Port` header and in `E2B_DOMAIN` host names.
@@ -203,6 +207,8 @@ pub struct E2b {
     next_pid: AtomicU32,
     /// Directory watchers by id (at most `watch::WATCHERS_MAX`).
     watchers: Mutex<BTreeMap<String, watch::Watcher>>,
+    /// The site that publishes the API through Caddy (`E2B_DOMAIN`).
+    site: domain::Site,
 }
 
 /// A refused request: its status and message, in E2B's error form.
@@ -212,8 +218,16 @@ pub struct Refusal {
 }
 
 impl E2b {
-    pub fn new(m: Arc<Manager>, s: Arc<Sessions>, token: Arc<String>) -> Self {
+    /// `site`: how Caddy reaches the API, when E2B through Caddy is
+    /// wanted ([`E2b::publish_site`]).
+    pub fn new(
+        m: Arc<Manager>,
+        s: Arc<Sessions>,
+        token: Arc<String>,
+        site: Option<Upstream>,
+    ) -> Self {
         Self {
+            site: domain::Site::new(site),
             m,
             s,
             token,

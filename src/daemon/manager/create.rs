@@ -108,6 +108,7 @@ impl Manager {
                 shared_ram: true,
                 identity_pending: true,
                 image: vm_image.clone(),
+                no_url: req.url == Some(false),
             };
             match self.create_warm(&t, &like, wanted_name.clone(), user_key.as_deref()) {
                 Warm::Made(view) => return Ok(*view),
@@ -142,10 +143,15 @@ impl Manager {
             while vms.contains_key(&id) || self.dir(&id).exists() {
                 id = VmId::random();
             }
-            let expose = self.caddy.as_ref().filter(|c| c.enabled()).map(|c| Expose {
-                port: self.cfg.caddy.guest_port,
-                domain: c.domain(&name),
-            });
+            let no_url = req.url == Some(false);
+            let expose = self
+                .caddy
+                .as_ref()
+                .filter(|c| c.enabled() && !no_url)
+                .map(|c| Expose {
+                    port: self.cfg.caddy.guest_port,
+                    domain: c.domain(&name),
+                });
             // A new VM's record starts `creating`, the state a create's
             // launch (`Transition::Launched`) starts from.
             let rec = VmRecord {
@@ -173,6 +179,7 @@ impl Manager {
                 shared_ram: backend == crate::host::vmm::Backend::Qemu,
                 identity_pending: false,
                 image: vm_image,
+                no_url,
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)?;

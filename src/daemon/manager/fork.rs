@@ -288,10 +288,14 @@ impl Manager {
             {
                 id = VmId::random();
             }
-            let expose = self.caddy.as_ref().filter(|c| c.enabled()).map(|c| Expose {
-                port: self.cfg.caddy.guest_port,
-                domain: c.domain(&name),
-            });
+            let expose = self
+                .caddy
+                .as_ref()
+                .filter(|c| c.enabled() && !source.no_url)
+                .map(|c| Expose {
+                    port: self.cfg.caddy.guest_port,
+                    domain: c.domain(&name),
+                });
             recs.push(VmRecord {
                 tap: id.tap_name(),
                 mac: network::mac_for(ip),

@@ -288,6 +288,11 @@ impl Manager {
         &self.cfg
     }
 
+    /// fcm's Caddy, when URLs are on.
+    pub fn caddy(&self) -> Option<&Caddy> {
+        self.caddy.as_ref().filter(|c| c.enabled())
+    }
+
     pub fn daemon_key(&self) -> &Path {
         &self.key
     }

@@ -486,6 +486,7 @@ impl Manager {
             shared_ram: true,
             identity_pending: true,
             image: meta.image.clone(),
+            no_url: false,
         };
         let rootfs = dir.join("rootfs.img");
         let source = match &meta.image {

@@ -107,15 +107,20 @@ impl Manager {
             e.url_pending.store(false, Ordering::Release);
             return None;
         };
-        let (id, idle_sleep, idle_paused, state) = {
+        let (id, idle_sleep, idle_paused, state, no_url) = {
             let r = lock(&e.rec);
             (
                 r.id.clone(),
                 r.idle_pause_secs.is_some(),
                 r.idle_paused,
                 r.state,
+                r.no_url,
             )
         };
+        if no_url {
+            e.url_pending.store(false, Ordering::Release);
+            return None;
+        }
         let result = match &self.wake_hook {
             // A VM with idle sleep keeps its proxy while it sleeps: the
             // request wakes it.

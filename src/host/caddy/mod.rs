@@ -68,7 +68,7 @@ mod site;
 
 use reload::run_bounded;
 pub use site::WakeHook;
-use site::{SiteState, check_domain, import_line, render_site, with_import_line};
+use site::{SiteState, check_domain, import_line, render_e2b_site, render_site, with_import_line};
 
 pub use crate::config::CaddyConfig;
 use crate::host::{self, HostError};
@@ -222,12 +222,51 @@ impl Caddy {
 
     /// `<name>.<a-b-c-d>.<suffix>`, e.g. `cosmic-nova.64-34-93-45.sslip.io`.
     pub fn domain(&self, name: &VmName) -> String {
+        format!("{name}.{}", self.base_domain())
+    }
+
+    /// `<a-b-c-d>.<suffix>`, the domain under which every name lives (the
+    /// E2B API's `E2B_DOMAIN`).
+    pub fn base_domain(&self) -> String {
         let [a, b, c, d] = self.public_ip.octets();
         if self.suffix.is_empty() {
-            format!("{name}.{a}-{b}-{c}-{d}")
+            format!("{a}-{b}-{c}-{d}")
         } else {
-            format!("{name}.{a}-{b}-{c}-{d}.{}", self.suffix)
+            format!("{a}-{b}-{c}-{d}.{}", self.suffix)
         }
+    }
+
+    /// The fcm-owned file of the E2B API's site. `_` keeps it apart from
+    /// VM names (`[a-z0-9-]`), so pruning VM sites never takes it.
+    pub fn e2b_site_path(&self) -> PathBuf {
+        self.cfg.sites_dir.join("_e2b.caddy")
+    }
+
+    /// Publishes the E2B API ([`render_e2b_site`]): `api.<base domain>` and
+    /// `<envd_port>-<sandbox>.<base domain>` proxied to the daemon's API at
+    /// `dial` (over TLS trusting `tls_ca` when given). Atomic like a VM's
+    /// site: a file Caddy refuses is put back as it was.
+    pub fn put_e2b_site(
+        &self,
+        envd_port: u16,
+        dial: SocketAddr,
+        tls_ca: Option<&Path>,
+    ) -> Result<(), CaddyError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if tls_ca.is_some_and(|p| import_line(p).is_err()) {
+            return Err(CaddyError::UnsafeWakeHook);
+        }
+        let domain = self.base_domain();
+        check_domain(&format!("api.{domain}"))?;
+        let content = render_e2b_site(&domain, envd_port, dial, tls_ca);
+        self.put_file(&self.e2b_site_path(), &content)
+    }
+
+    /// Removes the E2B API's site (E2B through Caddy is not wanted).
+    pub fn remove_e2b_site(&self) -> Result<(), CaddyError> {
+        self.remove_file(&self.e2b_site_path())
     }
 
     /// `https://` and [`Self::domain`].
@@ -316,16 +355,19 @@ impl Caddy {
 
     /// Removes a VM's site and reloads; a VM without a site file is fine.
     pub fn remove_site(&self, name: &VmName) -> Result<(), CaddyError> {
+        self.remove_file(&self.site_path(name))
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), CaddyError> {
         if !self.enabled() {
             return Ok(());
         }
         let _guard = self.lock();
-        let path = self.site_path(name);
-        let Some(previous) = read_optional(&path)? else {
+        let Some(previous) = read_optional(path)? else {
             return Ok(());
         };
-        remove_optional(&path)?;
-        self.apply_or_restore(&path, Some(previous))
+        remove_optional(path)?;
+        self.apply_or_restore(path, Some(previous))
     }
 
     /// The VMs that have a site file, by name.
@@ -417,10 +459,14 @@ impl Caddy {
             return Ok(());
         }
         let content = self.render(name, state)?;
+        self.put_file(&self.site_path(name), &content)
+    }
+
+    /// Writes one fcm-owned site file and reloads, or puts it back.
+    fn put_file(&self, path: &Path, content: &str) -> Result<(), CaddyError> {
         let _guard = self.lock();
         self.ensure_import_locked()?;
-        let path = self.site_path(name);
-        let previous = read_optional(&path)?;
+        let previous = read_optional(path)?;
         if previous.as_deref() != Some(content.as_bytes())
             && let Some(source) = self.admin_refused()
         {
@@ -440,9 +486,9 @@ impl Caddy {
             // puts the old one back), so the same content is live already.
             return Ok(());
         }
-        host::write_atomic(&path, content.as_bytes(), SITE_MODE)
-            .map_err(|source| io_err("write", &path, source))?;
-        self.apply_or_restore(&path, previous)
+        host::write_atomic(path, content.as_bytes(), SITE_MODE)
+            .map_err(|source| io_err("write", path, source))?;
+        self.apply_or_restore(path, previous)
     }
 
     /// Validates and reloads; on failure puts `site` back to `previous`

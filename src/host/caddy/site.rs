@@ -172,6 +172,64 @@ pub(super) fn render_site(domain: &str, name: &VmName, state: SiteState) -> Stri
     }
 }
 
+/// The E2B API's site file (`<sites_dir>/_e2b.caddy`): `api.<domain>` is
+/// the control API, `*.<domain>` answers only `49983-<sandbox>.<domain>`
+/// (certificates made per name on demand: no wildcard certificate, so an
+/// ACME CA's HTTP challenge works), both proxied to the daemon's API at
+/// `dial` with the `Host` kept (Caddy's default), which is how the daemon routes them. The
+/// domain is checked and `dial` is a socket address; `tls_ca` (the
+/// daemon's certificate, when its API speaks TLS) was checked by the caller.
+pub(super) fn render_e2b_site(
+    domain: &str,
+    envd_port: u16,
+    dial: SocketAddr,
+    tls_ca: Option<&Path>,
+) -> String {
+    let (scheme, tls) = match tls_ca {
+        Some(ca) => (
+            "https://",
+            format!(
+                "\t\t\ttls_trusted_ca_certs {}\n\t\t\ttls_server_name localhost\n",
+                ca.display()
+            ),
+        ),
+        None => ("", String::new()),
+    };
+    let proxy = |indent: &str| {
+        format!(
+            "{indent}\treverse_proxy {scheme}{dial} {{\n\
+             {indent}\t\tflush_interval -1\n\
+             {indent}\t\ttransport http {{\n\
+             {indent}\t\t\tdial_timeout {DIAL_TIMEOUT}\n\
+             {tls}\
+             {indent}\t\t}}\n\
+             {indent}\t}}\n"
+        )
+    };
+    let host_re = domain.replace('.', "[.]");
+    format!(
+        "# Written by fcm for the E2B API (e2b.caddy in fcm's config); fcm rewrites and removes this file.\n\
+         api.{domain} {{\n\
+         {api}\
+         }}\n\
+         \n\
+         *.{domain} {{\n\
+         \ttls {{\n\
+         \t\ton_demand\n\
+         \t}}\n\
+         \t@envd header_regexp Host ^{envd_port}-[a-z0-9-]+[.]{host_re}(:[0-9]+)?$\n\
+         \thandle @envd {{\n\
+         {envd}\
+         \t}}\n\
+         \thandle {{\n\
+         \t\trespond \"no such E2B sandbox address: names here are {envd_port}-<sandbox id>.{domain}\" 404\n\
+         \t}}\n\
+         }}\n",
+        api = proxy(""),
+        envd = proxy("\t"),
+    )
+}
+
 /// A site's proxy to the guest (`options` inside `reverse_proxy`), and
 /// the page Caddy answers when the guest does not.
 fn proxy(name: &VmName, upstream: SocketAddr, options: &str) -> String {
@@ -338,5 +396,44 @@ mod tests {
         assert!(with_import_line(b"import /etc/caddy/other/*.caddy\n", line).is_some());
         let empty = with_import_line(b"", line).expect("appended");
         assert!(empty.starts_with(b"# Added once by fcm"));
+    }
+
+    #[test]
+    fn the_e2b_site_proxies_api_and_only_envd_names_to_the_daemon() {
+        let dial: SocketAddr = "127.0.0.1:7777".parse().expect("addr");
+        let text = render_e2b_site("1-2-3-4.sslip.io", 49983, dial, None);
+        assert!(text.contains("\napi.1-2-3-4.sslip.io {\n\treverse_proxy 127.0.0.1:7777 {\n\t\tflush_interval -1\n"), "{text}");
+        assert!(
+            text.contains("\n*.1-2-3-4.sslip.io {\n\ttls {\n\t\ton_demand\n\t}\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\t@envd header_regexp Host ^49983-[a-z0-9-]+[.]1-2-3-4[.]sslip[.]io(:[0-9]+)?$\n\thandle @envd {\n\t\treverse_proxy 127.0.0.1:7777 {"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\thandle {\n\t\trespond \"no such E2B sandbox address"),
+            "{text}"
+        );
+        assert!(!text.contains("https://"), "{text}");
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+        let tls = render_e2b_site(
+            "1-2-3-4.sslip.io",
+            49983,
+            dial,
+            Some(Path::new("/etc/caddy/fcm.d/fcm-daemon-cert.pem")),
+        );
+        assert_eq!(
+            tls.matches("reverse_proxy https://127.0.0.1:7777 {")
+                .count(),
+            2,
+            "{tls}"
+        );
+        assert_eq!(
+            tls.matches("tls_trusted_ca_certs /etc/caddy/fcm.d/fcm-daemon-cert.pem\n")
+                .count(),
+            2,
+            "{tls}"
+        );
     }
 }
