@@ -49,6 +49,12 @@ pub struct Builder {
     pub timeout: Duration,
 }
 
+/// Where a build of `context` keeps the builder's scratch files: beside
+/// the context, in the build's own stage (removed with it).
+pub(super) fn scratch_of(context: &Path) -> PathBuf {
+    context.with_file_name("builder-tmp")
+}
+
 /// A fresh name for a temporary builder image or container.
 pub(super) fn temp_name() -> String {
     let n: u64 = rand::thread_rng().r#gen();
@@ -153,6 +159,19 @@ impl Builder {
         args: &[OsString],
         log: &mut LogSink<'_>,
     ) -> Result<(), ImageError> {
+        self.stream_in(program, args, None, log)
+    }
+
+    /// [`Self::stream`] with the builder's scratch files (`TMPDIR`: a
+    /// `RUN`'s run directory, left behind when the build is killed) in
+    /// `tmpdir`, which the caller removes.
+    fn stream_in(
+        &self,
+        program: &str,
+        args: &[OsString],
+        tmpdir: Option<&Path>,
+        log: &mut LogSink<'_>,
+    ) -> Result<(), ImageError> {
         let cmd_line = crate::host::process::render(program, args);
         let (mut reader, writer) =
             io::pipe().map_err(ImageError::io("could not make a pipe for", program))?;
@@ -160,6 +179,10 @@ impl Builder {
             .try_clone()
             .map_err(ImageError::io("could not make a pipe for", program))?;
         let mut command = Command::new(program);
+        if let Some(dir) = tmpdir {
+            std::fs::create_dir_all(dir).map_err(ImageError::io("could not make", dir))?;
+            command.env("TMPDIR", dir);
+        }
         command
             .args(args)
             .stdin(Stdio::null())
@@ -315,7 +338,7 @@ impl Builder {
                 let verb = if program == "podman" { "build" } else { "bud" };
                 let mut args = self.args(&[verb, "--isolation", "chroot", "--layers=false"]);
                 args.extend(build);
-                self.stream(program, &args, log)
+                self.stream_in(program, &args, Some(&scratch_of(context)), log)
             }
             BuilderKind::Docker => {
                 let mut args: Vec<OsString> = vec!["build".into()];

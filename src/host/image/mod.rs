@@ -249,6 +249,7 @@ pub fn build(
         .and_then(|()| convert::convert(builder, &tmp, stage.dir(), &req.limits, log));
     builder.remove_image(&tmp);
     let _ = std::fs::remove_dir_all(&unpacked);
+    let _ = std::fs::remove_dir_all(builder::scratch_of(&unpacked));
     let (config, tools, digest) = result?;
     stage.commit(&req.name, Source::Build, digest, config, tools)
 }
