@@ -241,7 +241,12 @@ impl<'a> Worker<'a> {
                 t => t,
             };
             if let Then::Done = then {
-                self.ok_epoch = self.sh.epoch();
+                // Done, though no call of it succeeded: a daemon kill cut
+                // it (e.g. a start adopted as running after the restart,
+                // whose readiness wait was lost with the daemon: its guest
+                // may still be booting). The next failures are still the
+                // restart's until an operation succeeds, so `ok_epoch`
+                // stays.
                 self.record(kind, first.elapsed(), attempts);
                 return None;
             }
