@@ -22,7 +22,7 @@
 //! both threads of the connection return; tmux in the guest keeps the
 //! session.
 
-mod attach;
+pub(crate) mod attach;
 mod door;
 
 use std::io::{self, Read, Write};
@@ -35,14 +35,10 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 
 use super::gate::{Gate, GateLimits, Slot};
-use super::guest::Tty;
 use super::manager::Manager;
 use super::poller::{self, LINGER, Server, Settings};
-use super::sessions::{SessionError, Sessions};
+use super::sessions::Sessions;
 use crate::config::Limits;
-use crate::error::chain;
-use crate::names::SessionId;
-use crate::wire::DEFAULT_SESSION;
 #[cfg(test)]
 use crate::wire::stream::MAX_HANDSHAKE;
 use crate::wire::stream::{HANDSHAKE_TIMEOUT, Handshake, HandshakeReply, keepalive};
@@ -148,76 +144,28 @@ fn attach(link: Link, hs: Handshake, _slot: Slot, m: &Manager, s: &Sessions) -> 
     let _ = conn.set_nodelay(true);
     keepalive(conn, Duration::from_secs(20), Duration::from_secs(5));
     conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let session = match SessionId::parse(hs.session.as_deref().unwrap_or(DEFAULT_SESSION)) {
-        Ok(id) => id,
-        Err(e) => {
-            let e = SessionError::from(e);
-            return refuse(&link, chain(&e), e.hint());
-        }
+    let want = attach::Want {
+        vm: &hs.vm,
+        session: hs.session.as_deref(),
+        create: hs.create,
+        term: hs.term.clone(),
+        cols: hs.cols,
+        rows: hs.rows,
     };
-    let rec = match m.running_console(&hs.vm) {
-        Ok(r) => r,
-        Err(e) => {
-            let e = SessionError::from(e);
-            return refuse(&link, chain(&e), e.hint());
-        }
+    let console = match attach::open(m, want, conn) {
+        Ok(c) => c,
+        Err(attach::Refusal::ClientGone) => return Ok(()),
+        Err(attach::Refusal::Said(error, hint)) => return refuse(&link, error, hint),
     };
-    let term = hs
-        .term
-        .filter(|t| valid_term(t))
-        .unwrap_or_else(|| "xterm-256color".into());
-    let (cols, rows) = (clamp_size(hs.cols, 80), clamp_size(hs.rows, 24));
-
-    let tty = Tty { cols, rows, term };
-    let mut process = match m.guest(&rec).exec(&attach::spec(&session, hs.create, tty)) {
-        Ok(p) => p,
-        Err(e) => return refuse(&link, chain(&e), e.hint()),
-    };
-    let control = process.control();
-    let (Some(to_guest), Some(from_guest)) = (process.stdin(), process.stdout()) else {
-        return refuse(
-            &link,
-            "the guest's terminal has no input or output".into(),
-            None,
-        );
-    };
-    let output = attach::output_queue(from_guest)?;
-    // Answer only once tmux is about to run in the guest, so that "ok"
-    // means attached and a missing session is a clean refusal.
-    let early = match attach::await_ready(&output, conn) {
-        Ok(early) => early,
-        Err(attach::NotReady::ClientGone) => return Ok(()),
-        Err(attach::NotReady::Ended) => {
-            let e = match process.wait() {
-                Ok(exit) if exit.code == attach::NO_SESSION_STATUS => SessionError::NotFound {
-                    vm: rec.name.to_string(),
-                    session: session.to_string(),
-                },
-                Ok(exit) => {
-                    return refuse(
-                        &link,
-                        format!(
-                            "could not reach tmux in VM {}: it exited with status {}",
-                            rec.name, exit.code
-                        ),
-                        Some("the guest may still be booting; try again in a few seconds".into()),
-                    );
-                }
-                Err(source) => SessionError::Guest {
-                    vm: rec.name.to_string(),
-                    source: Box::new(source),
-                },
-            };
-            return refuse(&link, chain(&e), e.hint());
-        }
-        Err(attach::NotReady::Failed(why)) => {
-            return refuse(
-                &link,
-                format!("could not reach tmux in VM {}: {why}", rec.name),
-                Some("the guest may still be booting; try again in a few seconds".into()),
-            );
-        }
-    };
+    let attach::Console {
+        rec,
+        session,
+        process,
+        control,
+        to_guest,
+        output,
+        early,
+    } = console;
     // Input is taken only after the reply: bytes sent before it are a
     // protocol error, not keystrokes for the guest.
     if link.pending_input() {
@@ -253,10 +201,7 @@ fn attach(link: Link, hs: Handshake, _slot: Slot, m: &Manager, s: &Sessions) -> 
     };
     attach::pump_output(&output, &mut out);
     if reg.vm_gone.load(Ordering::Acquire) {
-        let note = format!(
-            "\r\n[fcm: VM {} is stopping; its sessions have ended]\r\n",
-            rec.name
-        );
+        let note = format!("\r\n{}\r\n", attach::vm_gone_note(rec.name.as_str()));
         let _ = out.write_all(note.as_bytes());
     }
     link.shutdown();
