@@ -52,6 +52,20 @@ if ! grep -qF "\"version\": \"$E2B_JS_SDK_VERSION\"" "$TOOLS/e2b-js/node_modules
 	(cd "$TOOLS/e2b-js" && npm install --no-audit --no-fund --silent "e2b@$E2B_JS_SDK_VERSION")
 fi
 
+# The web console's browser tests (tests/ui.rs): Debian's Chromium and
+# playwright-core, pinned, driving it (Playwright cannot fetch a browser here).
+if ! command -v chromium >/dev/null; then
+	echo "== test tools: chromium (Debian)" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
+PLAYWRIGHT_VERSION=1.65.0
+if ! grep -qF "\"version\": \"$PLAYWRIGHT_VERSION\"" "$TOOLS/ui-js/node_modules/playwright-core/package.json" 2>/dev/null; then
+	echo "== test tools: npm playwright-core $PLAYWRIGHT_VERSION into $TOOLS/ui-js" >&2
+	mkdir -p "$TOOLS/ui-js"
+	[ -f "$TOOLS/ui-js/package.json" ] || echo '{"name": "fcm-test-tools-ui-js", "private": true}' >"$TOOLS/ui-js/package.json"
+	(cd "$TOOLS/ui-js" && npm install --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_VERSION")
+fi
+
 echo "== lints" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

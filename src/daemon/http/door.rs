@@ -97,6 +97,10 @@ impl HttpDoor {
         if let Some(step) = super::e2b::admit(ctx, &head, len) {
             return step;
         }
+        // The web console's files and its terminal WebSocket.
+        if let Some(step) = super::ui::admit(ctx, &head, len) {
+            return step;
+        }
         let route = match api::route(&head.method, &head.target) {
             Ok(r) => r,
             Err(e) => return answer(&e),

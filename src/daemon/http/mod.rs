@@ -41,6 +41,8 @@ mod exec;
 mod message;
 mod streams;
 mod transfer;
+mod ui;
+mod ui_ws;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -169,6 +171,10 @@ struct Ctx {
     m: Arc<Manager>,
     /// The E2B API (`daemon::e2b`): its requests run on threads of their own.
     e2b: Arc<E2b>,
+    /// The consoles attached (the web console's terminals register there).
+    s: Arc<Sessions>,
+    /// Whether the port speaks TLS (the web console's origin is https).
+    tls: bool,
 }
 
 /// Serves the API on `listener` (TLS when `tls` is given) until the
@@ -195,6 +201,7 @@ pub fn serve(
     };
     let (queue, jobs) = sync_channel::<Job>(limits.http_requests);
     let jobs = Arc::new(Mutex::new(jobs));
+    let https = tls.is_some();
     for i in 0..WORKERS {
         let (jobs, m, s) = (Arc::clone(&jobs), Arc::clone(&m), Arc::clone(&s));
         let spawned = thread::Builder::new()
@@ -213,6 +220,8 @@ pub fn serve(
         idle_secs: limits.http_idle_secs,
         m,
         e2b,
+        s,
+        tls: https,
     });
     let settings = Settings {
         pre_auth: limits.pre_auth_connections,
