@@ -143,7 +143,12 @@ pub(super) fn admit(ctx: &Arc<Ctx>, head: &Head, len: usize) -> Step {
         && head
             .header("Upgrade")
             .is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket"));
-    if head.method != "GET" || !upgrade {
+    if head.method != "GET" {
+        let mut e = ApiError::new(405, "the terminal WebSocket is opened with GET");
+        e.allow = Some("GET".into());
+        return Step::Answer(error_response(&e));
+    }
+    if !upgrade {
         return refuse(
             400,
             "this is the web console's terminal WebSocket",
