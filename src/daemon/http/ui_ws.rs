@@ -148,13 +148,6 @@ pub(super) fn admit(ctx: &Arc<Ctx>, head: &Head, len: usize) -> Step {
         e.allow = Some("GET".into());
         return Step::Answer(error_response(&e));
     }
-    if !upgrade {
-        return refuse(
-            400,
-            "this is the web console's terminal WebSocket",
-            Some("open it from the page at /ui/"),
-        );
-    }
     if !same_origin(head.header("Origin"), head.header("Host"), ctx.tls) {
         return refuse(
             403,
@@ -168,6 +161,13 @@ pub(super) fn admit(ctx: &Arc<Ctx>, head: &Head, len: usize) -> Step {
         Some(t) if token_matches(t, &ctx.token) => {}
         Some(_) => return refuse(401, "invalid token", Some(TOKEN_HINT)),
         None => return refuse(401, "missing token subprotocol", Some(TOKEN_HINT)),
+    }
+    if !upgrade {
+        return refuse(
+            400,
+            "this is the web console's terminal WebSocket",
+            Some("open it from the page at /ui/"),
+        );
     }
     if !offered.contains(&PROTOCOL) {
         return refuse(400, "the page must offer the subprotocol fcm.v1", None);
