@@ -138,6 +138,14 @@ try {
     await step(`destroyed ${made}`);
 
     // Stop the first VM: its state follows and the terminal says it ended.
+    // Esc closes the dialog and nothing happens; then, confirmed, it stops.
+    await row(vm).getByRole("button", { name: "Stop" }).click();
+    await page.locator("#confirm").waitFor({ state: "visible" });
+    await shot("dialog-stop");
+    await page.keyboard.press("Escape");
+    await page.locator("#confirm").waitFor({ state: "hidden" });
+    await page.waitForTimeout(2500);
+    check((await row(vm).locator(".state").innerText()).trim() === "running", "Esc on the dialog stopped the VM");
     await row(vm).getByRole("button", { name: "Stop" }).click();
     await confirmDialog("stop");
     await row(vm).locator(".state", { hasText: "stopped" }).waitFor({ timeout: 120000 });
