@@ -354,12 +354,13 @@ fn bridge(ctx: &Ctx, link: &Link, mut ws: WebSocket<Link>, c: Console) -> io::Re
             )
         };
         let _ = ws.send(text(json!({ "ended": why })));
-        let _ = ws.close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "ended".into(),
-        }));
-        let _ = ws.flush();
     }
+    // The close handshake's frame: an answer to the page's close, or ours.
+    let _ = ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "ended".into(),
+    }));
+    let _ = ws.flush();
     link.shutdown();
     control.kill();
     let _ = reader.join();
