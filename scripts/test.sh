@@ -19,6 +19,17 @@ bash scripts/setup.sh
 # The guest agent, a static binary, into the guest assets.
 bash scripts/build-agent.sh
 
+# etcd for tests/cluster.rs (a 3-member etcd in network namespaces): Debian's
+# etcd-server and etcd-client (3.4). The package's own service is not wanted
+# on a test machine: the tests run their members themselves.
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+	echo "== test tools: etcd-server, etcd-client (apt)" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-server etcd-client >&2
+	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+		systemctl disable --now etcd >/dev/null 2>&1 || true
+	fi
+fi
+
 # Test tools from PyPI, pinned, in their own venv (not the system's Python).
 TOOLS=/var/lib/fcm-test-tools
 SCHEMATHESIS_VERSION=4.32.5

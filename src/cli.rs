@@ -194,6 +194,12 @@ pub enum Cmd {
     },
     /// Print the manual page (roff): fcm man | man -l -
     Man,
+    /// List the hosts of the cluster: state, address, capacity and load.
+    Hosts {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the daemon (root).
     Daemon(Box<DaemonArgs>),
 }
@@ -470,6 +476,16 @@ pub struct DaemonArgs {
     /// Warm create from a template of the default size: on (default) or off.
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     pub templates: Option<bool>,
+    /// Join a cluster: etcd's client URLs, comma-separated (docs/cluster.md).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub cluster: Option<Vec<String>>,
+    /// This host's name in the cluster (default: the machine's hostname).
+    #[arg(long)]
+    pub host_name: Option<String>,
+    /// The API address other hosts and clients reach this host at
+    /// (default: --listen's).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub advertise: Option<SocketAddr>,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -512,6 +528,15 @@ impl DaemonArgs {
         }
         if self.no_caddy {
             c.caddy.enabled = false;
+        }
+        if let Some(e) = self.cluster {
+            c.cluster.endpoints = e.into_iter().filter(|e| !e.is_empty()).collect();
+        }
+        if self.host_name.is_some() {
+            c.cluster.host_name = self.host_name;
+        }
+        if self.advertise.is_some() {
+            c.cluster.advertise = self.advertise;
         }
         Ok(c)
     }

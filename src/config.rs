@@ -11,7 +11,9 @@ use thiserror::Error;
 
 use crate::wire::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
 
+mod cluster;
 mod images;
+pub use cluster::{ClusterConfig, host_name_problem};
 pub use images::{ImageBuilder, ImagesConfig};
 
 #[derive(Debug, Error)]
@@ -166,6 +168,8 @@ pub struct DaemonConfig {
     pub templates: bool,
     /// Building and importing images (`fcm image`).
     pub images: ImagesConfig,
+    /// Several hosts on etcd (docs/cluster.md); off unless endpoints are given.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for DaemonConfig {
@@ -206,6 +210,7 @@ impl Default for DaemonConfig {
             cgroup: CgroupConfig::default(),
             templates: true,
             images: ImagesConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -260,6 +265,9 @@ impl DaemonConfig {
         }
         if let Some(p) = self.images.problem() {
             return bad(p);
+        }
+        if let Some(p) = self.cluster.problem() {
+            return Err(ConfigError::Invalid(p));
         }
         let l = &self.limits;
         if l.pre_auth_connections == 0

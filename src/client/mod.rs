@@ -23,6 +23,7 @@ mod checkpoints;
 pub mod console;
 mod exec;
 mod files;
+mod hosts;
 mod images;
 mod logs;
 mod manual;
@@ -123,6 +124,7 @@ fn run_plain(cmd: Cmd) -> Result<(), Failure> {
         )),
         Cmd::Create(a) => vms::create(a),
         Cmd::Ls { json } => vms::ls(json),
+        Cmd::Hosts { json } => hosts::list(json),
         Cmd::Ssh { vm, command } => ssh::ssh(&vm, &command),
         Cmd::Exec(_) => Err(Failure::new("exec is run by client::run", None)),
         Cmd::Cp(a) => files::cp(a),

@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod e2b;
 pub mod fault;
 pub mod gate;
@@ -78,6 +79,8 @@ pub enum DaemonError {
     Tls(#[from] tls::TlsError),
     #[error("could not handle termination signals")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     #[error("the HTTP API stopped serving")]
     Stopped,
 }
@@ -101,7 +104,11 @@ fn handle_signals(m: Arc<Manager>) -> Result<(), DaemonError> {
                     "fcm daemon: signal {sig}: shutting down (VMs keep running); waiting up to {} s for operations under way",
                     SHUTDOWN_GRACE.as_secs()
                 );
-                if m.shut_down(SHUTDOWN_GRACE) {
+                let finished = m.shut_down(SHUTDOWN_GRACE);
+                if let Some(c) = m.cluster() {
+                    c.leave();
+                }
+                if finished {
                     eprintln!("fcm daemon: every operation reached a recorded state; exiting");
                 } else {
                     eprintln!(
@@ -126,6 +133,7 @@ impl DaemonError {
                 "drop `\"tls\": \"off\"` (or --tls off): beyond loopback TLS is used by default; or listen on 127.0.0.1 and reach it through ssh -L"
                     .into(),
             ),
+            Self::Cluster(e) => e.hint(),
             _ => None,
         }
     }
@@ -363,6 +371,15 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     // The certificate is made on every first run, TLS or not, so that
     // `--print-fingerprint` and a later switch to TLS find the same one.
     let identity = tls::ensure_identity(&cfg)?;
+    // A cluster (docs/cluster.md): a host that may not join stops here;
+    // etcd out of reach only delays the join.
+    let cluster = Arc::new(cluster::Cluster::new(
+        &cfg,
+        &identity.fingerprint,
+        use_tls,
+        &token,
+    )?);
+    cluster.join_at_start()?;
 
     let caddy = start_caddy(&cfg);
     let hook = caddy
@@ -381,6 +398,11 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     // The VMs on record, as recorded: recovery runs once the API serves.
     let manager = Arc::new(Manager::new(Arc::clone(&cfg), caddy, hook)?);
     manager.set_handle();
+    {
+        let weak = Arc::downgrade(&manager);
+        cluster.set_vms(move || weak.upgrade().map(|m| m.list()).unwrap_or_default());
+        manager.set_cluster(cluster);
+    }
     let sessions = Arc::new(Sessions::new());
     let token = Arc::new(token);
 

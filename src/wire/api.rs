@@ -337,6 +337,10 @@ pub struct Health {
     /// `off` or `failed: why`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// With `--cluster`: `connected`, `joining`, or `unreachable: why`
+    /// (this host's VMs are served all the same), `refused: why`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// `GET /passes`: how long the daemon's background passes take.

@@ -8,6 +8,7 @@
 //! ends of a TLS connection share (fingerprints, deadlines, a split stream).
 
 pub mod api;
+pub mod cluster;
 pub mod e2b;
 pub mod exec;
 pub mod size;

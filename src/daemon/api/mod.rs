@@ -31,6 +31,8 @@ pub const MAX_EXEC_BODY: usize = 12 << 20;
 pub enum Route {
     Health,
     Passes,
+    /// `GET /hosts`: the hosts of the cluster (docs/cluster.md).
+    Hosts,
     ListVms,
     CreateVm,
     GetVm(String),
@@ -215,6 +217,7 @@ fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
     Some(match (method, segs) {
         ("GET", ["health"]) => Route::Health,
         ("GET", ["passes"]) => Route::Passes,
+        ("GET", ["hosts"]) => Route::Hosts,
         ("GET", ["vms"]) => Route::ListVms,
         ("POST", ["vms"]) => Route::CreateVm,
         ("GET", ["vms", v]) => Route::GetVm(vm(v)),
@@ -379,6 +382,13 @@ pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply,
     match r {
         Route::Health => vms::health(m),
         Route::Passes => ok(200, m.passes()),
+        Route::Hosts => match m.cluster() {
+            Some(c) => ok(200, c.hosts()),
+            None => Err(ApiError::new(
+                503,
+                "the host's cluster membership is not set up yet",
+            )),
+        },
         Route::ListVms => {
             super::fault::panic_point("api:panic-in-list");
             ok(200, m.list())

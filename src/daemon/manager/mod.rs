@@ -158,6 +158,8 @@ pub struct Manager {
     /// The daemon's own handle on the manager, for work on threads of its
     /// own (`Self::set_handle`).
     me: std::sync::OnceLock<std::sync::Weak<Manager>>,
+    /// This host's membership of a cluster (`daemon::cluster`), once set.
+    cluster: std::sync::OnceLock<Arc<crate::daemon::cluster::Cluster>>,
 }
 
 /// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
@@ -232,9 +234,19 @@ impl Manager {
             template_builds: Mutex::new(()),
             images: std::sync::OnceLock::new(),
             me: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         };
         m.load();
         Ok(m)
+    }
+
+    /// The host's cluster membership (the daemon sets it once at start).
+    pub fn set_cluster(&self, c: Arc<crate::daemon::cluster::Cluster>) {
+        let _ = self.cluster.set(c);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::daemon::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// Gives the manager its own handle, once it is shared: it can then

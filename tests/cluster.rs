@@ -1,0 +1,277 @@
+//! Several hosts, one fcm (docs/cluster.md), stage 1: three hosts (network
+//! namespaces on a bridge), a 3-member etcd, the real daemons. Hosts
+//! register under a lease and list each other; a second host with a name,
+//! subnet, bridge or token of the cluster's is refused; a host killed shows
+//! `dead` within the lease time and `live` again when it comes back; one
+//! etcd member down changes nothing; a host cut off from etcd serves its
+//! own VMs and says the cluster is unreachable. No guests are booted.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{self, Cluster, TOKEN};
+use common::{Netns, fcm_bin, wait_for};
+
+fn states(c: &Cluster, i: usize) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = c.hosts(i)["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap_or_default().to_owned(),
+                h["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn all_live() -> Vec<(String, String)> {
+    (0..3)
+        .map(|i| (format!("h{i}"), "live".to_owned()))
+        .collect()
+}
+
+/// Starts a fourth daemon on the LAN with these flags; its exit status and
+/// log (it is expected to be refused, and to exit within 30 s).
+fn refused_join(
+    c: &Cluster,
+    ns: &Netns,
+    token: &str,
+    name: &str,
+    bridge: &str,
+    subnet_of: usize,
+) -> String {
+    let f = cluster::unstarted(Netns::new("cl-x"), Vec::new(), token);
+    // The fourth host's namespace is `ns` (joined to the LAN); `f` only
+    // lends its state dir and harness flags.
+    let config = cluster::host_config(c.dir.path(), subnet_of, 1024);
+    let mut args = f.daemon_args();
+    args.extend(cluster::host_args(&config, 3, name, bridge));
+    let out_path = f.dir.path().join("x.log");
+    let log = std::fs::File::create(&out_path).expect("log");
+    let mut child = ns
+        .cmd(fcm_bin())
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("daemon");
+    let status = wait_for(Duration::from_secs(30), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        common::kill_pid(child.id());
+        let _ = child.wait();
+    }
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a conflicting host ({name}, bridge {bridge}, subnet of h{subnet_of}) was not refused: {status:?}\n{text}"
+    );
+    text
+}
+
+#[test]
+fn hosts_register_list_each_other_and_conflicts_are_refused() {
+    if !common::e2e_ready() {
+        return;
+    }
+    let c = Cluster::start("cl1", [4096, 2048, 1024]);
+    // Every host sees all three live, with what each registered.
+    for i in 0..3 {
+        let seen = wait_for(Duration::from_secs(15), || {
+            (states(&c, i) == all_live()).then_some(())
+        });
+        assert!(seen.is_some(), "h{i} sees {:?}", states(&c, i));
+    }
+    let hosts = c.hosts(1);
+    assert_eq!(hosts["cluster"]["state"], "connected", "{hosts}");
+    assert_eq!(hosts["cluster"]["host"], "h1");
+    for (i, mem) in [4096u64, 2048, 1024].into_iter().enumerate() {
+        let h = hosts["hosts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == format!("h{i}")))
+            .expect("host")
+            .clone();
+        assert_eq!(h["address"], format!("{}:7777", cluster::host_ip(i)));
+        assert_eq!(h["stream_address"], format!("{}:7778", cluster::host_ip(i)));
+        assert_eq!(h["subnet"], format!("172.16.{}.0/24", i + 1));
+        assert_eq!(h["bridge"], format!("fcmb{i}"));
+        assert_eq!(h["tls"], true);
+        assert_eq!(h["capacity"]["memory_mib"], mem);
+        assert_eq!(h["load"]["free_memory_mib"], mem, "no VMs yet: {h}");
+        assert!(h["capacity"]["cpus"].as_u64().unwrap_or(0) >= 1, "{h}");
+        // The fingerprint is the one the daemon presents (its log says it).
+        let fp = h["fingerprint"].as_str().unwrap_or_default().to_owned();
+        assert!(fp.starts_with("sha256:"), "{h}");
+        let log = std::fs::read_to_string(c.hosts[i].log()).unwrap_or_default();
+        assert!(log.contains(&fp), "h{i}'s log does not name {fp}");
+    }
+    let health = c.hosts[0].health().expect("health");
+    assert_eq!(health["cluster"], "connected", "{health}");
+    // The table a person reads.
+    let table = c.ok(2, &["hosts"]);
+    eprintln!("fcm hosts on h2:\n{table}");
+    assert!(table.starts_with("HOST"), "{table}");
+    for i in 0..3 {
+        assert!(
+            table.lines().any(|l| l.starts_with(&format!("h{i} "))
+                && l.contains("live")
+                && l.contains(&cluster::host_ip(i))),
+            "{table}"
+        );
+    }
+
+    // A fourth machine on the LAN that would take what is the cluster's.
+    let ns = Netns::new("cl1-h3");
+    cluster::plug(&c.lan, &ns, 3);
+    let began = Instant::now();
+    let log = refused_join(&c, &ns, TOKEN, "h1", "fcmb3", 3);
+    assert!(
+        log.contains("host name h1 is held by another live host"),
+        "{log}"
+    );
+    let log = refused_join(&c, &ns, TOKEN, "h3", "fcmb3", 1);
+    assert!(log.contains("overlaps h1's"), "{log}");
+    let log = refused_join(&c, &ns, TOKEN, "h3", "fcmb2", 3);
+    assert!(log.contains("the bridge fcmb2 is h2's"), "{log}");
+    let log = refused_join(
+        &c,
+        &ns,
+        "another-token-0123456789abcdefgh",
+        "h3",
+        "fcmb3",
+        3,
+    );
+    assert!(log.contains("token is not the cluster's"), "{log}");
+    eprintln!("four refused joins took {:?}", began.elapsed());
+    // None of them left a trace: still three hosts, all live.
+    assert_eq!(states(&c, 0), all_live());
+}
+
+#[test]
+fn a_lost_host_is_dead_then_back_and_a_lost_etcd_is_said() {
+    if !common::e2e_ready() {
+        return;
+    }
+    let mut c = Cluster::start("cl2", [2048, 2048, 2048]);
+    for i in 0..3 {
+        assert!(
+            wait_for(Duration::from_secs(15), || (states(&c, i) == all_live())
+                .then_some(()))
+            .is_some(),
+            "h{i} sees {:?}",
+            states(&c, i)
+        );
+    }
+    // h2's daemon killed: dead within the lease time (4 s) on h0 and h1.
+    c.hosts[2].kill_daemon();
+    let killed = Instant::now();
+    let dead = wait_for(Duration::from_secs(12), || {
+        (c.state_of(0, "h2").as_deref() == Some("dead")).then_some(())
+    });
+    assert!(dead.is_some(), "h0 sees {:?}", states(&c, 0));
+    eprintln!("h2 dead on h0 after {:?} (lease 4 s)", killed.elapsed());
+    assert_eq!(c.state_of(1, "h2").as_deref(), Some("dead"));
+    assert_eq!(c.state_of(1, "h0").as_deref(), Some("live"));
+    // Back: live again, the same record, nothing duplicated.
+    c.hosts[2].spawn_daemon();
+    assert!(
+        wait_for(Duration::from_secs(15), || (states(&c, 0) == all_live())
+            .then_some(()))
+        .is_some(),
+        "h0 sees {:?}",
+        states(&c, 0)
+    );
+    // Killed and restarted at once (its old lease still running): it takes
+    // its own name back.
+    c.hosts[2].kill_daemon();
+    c.hosts[2].spawn_daemon();
+    assert!(
+        wait_for(Duration::from_secs(15), || (states(&c, 1) == all_live())
+            .then_some(()))
+        .is_some(),
+        "h1 sees {:?}",
+        states(&c, 1)
+    );
+
+    // One etcd member stopped (h0's own): the cluster works on.
+    c.etcd[0].stop();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(states(&c, 0), all_live());
+    assert_eq!(c.hosts[0].health().expect("health")["cluster"], "connected");
+
+    // etcd out of reach from h1: h1 says so and serves its own VMs; the
+    // others see h1 dead once its lease runs out.
+    let drop_etcd = "add table inet fcmtest\n\
+        add chain inet fcmtest out { type filter hook output priority 0; }\n\
+        add rule inet fcmtest out tcp dport 2379 drop\n";
+    let out = c.hosts[1]
+        .ns
+        .exec(&["nft", "-f", &write_tmp(&c, "drop.nft", drop_etcd)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = wait_for(Duration::from_secs(20), || {
+        c.hosts[1].health().and_then(|h| {
+            h["cluster"]
+                .as_str()
+                .filter(|s| s.starts_with("unreachable"))
+                .map(str::to_owned)
+        })
+    });
+    assert!(said.is_some(), "h1's health: {:?}", c.hosts[1].health());
+    let out = c.run_at(1, 1, &["hosts"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster unreachable"), "{err}");
+    assert!(
+        c.run_at(1, 1, &["ls"]).status.success(),
+        "h1 serves its own VMs"
+    );
+    assert!(
+        wait_for(Duration::from_secs(12), || (c.state_of(0, "h1").as_deref()
+            == Some("dead"))
+        .then_some(()))
+        .is_some(),
+        "h0 sees {:?}",
+        states(&c, 0)
+    );
+    // etcd back: h1 rejoins (its lease expired meanwhile).
+    assert!(
+        c.hosts[1]
+            .ns
+            .exec(&["nft", "delete", "table", "inet", "fcmtest"])
+            .status
+            .success()
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || (states(&c, 0) == all_live())
+            .then_some(()))
+        .is_some(),
+        "h0 sees {:?}",
+        states(&c, 0)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || (c.hosts[1].health()?["cluster"]
+            == "connected")
+            .then_some(()))
+        .is_some(),
+        "h1's health: {:?}",
+        c.hosts[1].health()
+    );
+    let log = std::fs::read_to_string(c.hosts[1].log()).unwrap_or_default();
+    assert!(log.contains("cluster unreachable"), "{log}");
+    assert!(log.contains("rejoined"), "{log}");
+}
+
+fn write_tmp(c: &Cluster, name: &str, text: &str) -> String {
+    let p = c.dir.path().join(name);
+    std::fs::write(&p, text).expect("write");
+    p.display().to_string()
+}
