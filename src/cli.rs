@@ -25,11 +25,14 @@ const VM_HELP: &str = "The VM: its name or its id";
 pub enum Cmd {
     /// Create a VM with a random name; waits until its SSH answers.
     Create(CreateArgs),
-    /// List VMs.
+    /// List VMs (in a cluster: every host's, with a HOST column).
     Ls {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Only the VMs of this host of the cluster.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// SSH into a VM, or run a command in it: fcm ssh <vm> [-- cmd...].
     Ssh {

@@ -275,3 +275,151 @@ fn write_tmp(c: &Cluster, name: &str, text: &str) -> String {
     std::fs::write(&p, text).expect("write");
     p.display().to_string()
 }
+
+/// `POST /vms` on host `at` from host `from`, with curl: the status code.
+fn create_status(c: &Cluster, from: usize, at: usize, body: &str) -> String {
+    let url = format!("https://{}:7777/vms", cluster::host_ip(at));
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let out = c.hosts[from].ns.exec(&[
+        "curl",
+        "-sk",
+        "--max-time",
+        "60",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+        &url,
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn ls(c: &Cluster, i: usize, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["ls", "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(c.ok(i, &args).trim()).expect("ls --json")
+}
+
+/// (host, state) of each VM named `name` that host `i` lists.
+fn listed(c: &Cluster, i: usize, name: &str) -> Vec<(String, String)> {
+    ls(c, i, &[])
+        .iter()
+        .filter(|v| v["name"] == name)
+        .map(|v| {
+            (
+                v["host"].as_str().unwrap_or_default().to_owned(),
+                v["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
+    if !common::e2e_ready() {
+        return;
+    }
+    let mut c = Cluster::start("cl3", [2048, 2048, 2048]);
+    for i in 0..3 {
+        assert!(
+            wait_for(Duration::from_secs(15), || (states(&c, i) == all_live())
+                .then_some(()))
+            .is_some(),
+            "h{i} sees {:?}",
+            states(&c, i)
+        );
+    }
+    // Two creates of `web` at once, on h0 and on h1: one wins.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| c.run_at(0, 0, &["create", "--name", "web", "--no-wait", "--json"]));
+        let b = s.spawn(|| c.run_at(1, 1, &["create", "--name", "web", "--no-wait", "--json"]));
+        (
+            a.join().expect("h0's create"),
+            b.join().expect("h1's create"),
+        )
+    });
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(
+        a.status.success() != b.status.success(),
+        "exactly one create of web must win:\nh0: {}\nh1: {}",
+        text(&a),
+        text(&b)
+    );
+    let (w, lost) = if a.status.success() { (0, &b) } else { (1, &a) };
+    let loser = 1 - w;
+    let err = text(lost);
+    assert!(
+        err.contains("already exists") && err.contains(&format!("on host h{w}")),
+        "{err}"
+    );
+    // The same through the API on the third host: 409.
+    assert_eq!(
+        create_status(&c, 2, 2, r#"{"name":"web","wait_ready":false}"#),
+        "409"
+    );
+    let host = format!("h{w}");
+    // Every host lists it, on its host.
+    for i in 0..3 {
+        let seen = wait_for(Duration::from_secs(10), || {
+            (listed(&c, i, "web").len() == 1 && listed(&c, i, "web")[0].0 == host).then_some(())
+        });
+        assert!(seen.is_some(), "h{i} lists {:?}", listed(&c, i, "web"));
+    }
+    let table = c.ok(2, &["ls"]);
+    eprintln!("fcm ls on h2:\n{table}");
+    assert!(table.starts_with("HOST"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&format!("{host} ")) && l.contains("web")),
+        "{table}"
+    );
+    assert_eq!(ls(&c, 2, &["--host", &host]).len(), 1);
+    assert!(ls(&c, 2, &["--host", &format!("h{loser}")]).is_empty());
+
+    // The winner's daemon killed (its VM runs on): unreachable elsewhere.
+    c.hosts[w].kill_daemon();
+    let gone = wait_for(Duration::from_secs(12), || {
+        (listed(&c, 2, "web") == vec![(host.clone(), "unreachable".to_owned())]).then_some(())
+    });
+    assert!(gone.is_some(), "h2 lists {:?}", listed(&c, 2, "web"));
+    assert!(c.ok(loser, &["ls"]).contains("unreachable"));
+    // Back: listed as it is, once.
+    c.hosts[w].spawn_daemon();
+    let back = wait_for(Duration::from_secs(15), || {
+        let l = listed(&c, 2, "web");
+        (l.len() == 1 && l[0].0 == host && l[0].1 != "unreachable").then_some(())
+    });
+    assert!(back.is_some(), "h2 lists {:?}", listed(&c, 2, "web"));
+
+    // Destroyed: gone from every list, and the name is free on another host.
+    c.ok(w, &["destroy", "web"]);
+    let freed = wait_for(Duration::from_secs(10), || {
+        listed(&c, 2, "web").is_empty().then_some(())
+    });
+    assert!(freed.is_some(), "h2 lists {:?}", listed(&c, 2, "web"));
+    let made = c.run_at(
+        loser,
+        loser,
+        &["create", "--name", "web", "--no-wait", "--json"],
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    let on_loser = wait_for(Duration::from_secs(10), || {
+        (listed(&c, w, "web").first().map(|v| v.0.clone()) == Some(format!("h{loser}")))
+            .then_some(())
+    });
+    assert!(on_loser.is_some(), "h{w} lists {:?}", listed(&c, w, "web"));
+    c.ok(loser, &["destroy", "web"]);
+}

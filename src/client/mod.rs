@@ -123,7 +123,7 @@ fn run_plain(cmd: Cmd) -> Result<(), Failure> {
             Some("run it as: sudo fcm daemon".into()),
         )),
         Cmd::Create(a) => vms::create(a),
-        Cmd::Ls { json } => vms::ls(json),
+        Cmd::Ls { json, host } => vms::ls(json, host.as_deref()),
         Cmd::Hosts { json } => hosts::list(json),
         Cmd::Ssh { vm, command } => ssh::ssh(&vm, &command),
         Cmd::Exec(_) => Err(Failure::new("exec is run by client::run", None)),

@@ -180,6 +180,9 @@ pub struct VmView {
     /// A sandbox of the E2B API (docs/e2b.md): its id, template, metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2b: Option<Box<super::e2b::E2bInfo>>,
+    /// In a cluster: the host the VM is on (docs/cluster.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The image the VM was made from (absent: the base image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

@@ -391,7 +391,11 @@ pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply,
         },
         Route::ListVms => {
             super::fault::panic_point("api:panic-in-list");
-            ok(200, m.list())
+            // In a cluster: every host's VMs (docs/cluster.md).
+            match m.cluster() {
+                Some(c) => ok(200, c.list_vms(m.list())),
+                None => ok(200, m.list()),
+            }
         }
         Route::CreateVm => vms::create(m, parse_body(body)?),
         Route::GetVm(v) => ok(200, m.get(&v)?),

@@ -203,6 +203,7 @@ impl Cluster {
             ));
         }
         lock(&self.link).lease = lease;
+        lock(&self.mirror).reset();
         self.set_state("connected", None);
         Ok(())
     }

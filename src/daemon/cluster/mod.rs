@@ -10,13 +10,17 @@
 //! | `etcd.rs` | the synchronous JSON client of etcd's v3 API |
 //! | `join.rs` | joining: the name, subnet, bridge and token claimed in transactions |
 //! | `capacity.rs` | what the host has, what its VMs take |
+//! | `vms.rs` | the VMs' records mirrored to etcd, their names claimed, every host's VMs listed |
 
 mod capacity;
 pub mod etcd;
 mod join;
+mod vms;
+
+pub use vms::ClaimError;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,6 +112,10 @@ pub struct Cluster {
     token_digest: String,
     /// This host's VMs (the manager's listing), once the manager exists.
     vms: OnceLock<LoadFn>,
+    /// What this host last wrote of its VMs to etcd.
+    mirror: Mutex<vms::Mirror>,
+    /// Wakes the keep-alive thread early (a VM's record changed).
+    wake: (Mutex<bool>, Condvar),
 }
 
 impl Cluster {
@@ -170,6 +178,8 @@ impl Cluster {
             }),
             token_digest: join::digest(token),
             vms: OnceLock::new(),
+            mirror: Mutex::new(vms::Mirror::default()),
+            wake: (Mutex::new(false), Condvar::new()),
         })
     }
 
@@ -186,11 +196,19 @@ impl Cluster {
         let _ = self.vms.set(Box::new(f));
     }
 
+    /// This host's VMs now (none before the manager is set).
+    fn local_vms(&self) -> Vec<VmView> {
+        self.vms.get().map(|f| f()).unwrap_or_default()
+    }
+
     /// This host's record with its load now.
     fn fresh(&self) -> HostRecord {
-        let vms = self.vms.get().map(|f| f()).unwrap_or_default();
+        self.fresh_with(&self.local_vms())
+    }
+
+    fn fresh_with(&self, vms: &[VmView]) -> HostRecord {
         let mut me = lock(&self.me);
-        me.load = capacity::load(&me.capacity, &self.state_dir, &vms);
+        me.load = capacity::load(&me.capacity, &self.state_dir, vms);
         me.updated = unix_now();
         me.clone()
     }
@@ -247,6 +265,7 @@ impl Cluster {
         let every = Duration::from_millis((self.cfg.lease_ttl_secs * 1000 / 3).max(500));
         loop {
             let lease = lock(&self.link).lease;
+            let vms = self.local_vms();
             let r = if lease == 0 {
                 self.join(etcd)
             } else {
@@ -260,12 +279,14 @@ impl Cluster {
                         self.join(etcd)
                     }
                     Ok(_) => etcd
-                        .put(&self.keys.host(&self.name()), &self.record_json(), 0)
+                        .put(&self.keys.host(&self.name()), &self.record_json(&vms), 0)
                         .map_err(ClusterError::from)
                         .map(|()| self.set_state("connected", None)),
                     Err(e) => Err(e.into()),
                 }
             };
+            // Joined: the VMs' records and names in line with the disk.
+            let r = r.and_then(|()| self.reconcile(etcd, &vms).map_err(ClusterError::from));
             match r {
                 Ok(()) => {}
                 Err(ClusterError::Refused { message, .. }) => {
@@ -273,12 +294,36 @@ impl Cluster {
                 }
                 Err(e) => self.set_state("unreachable", Some(crate::error::chain(&e))),
             }
-            thread::sleep(every);
+            self.sleep(every);
         }
     }
 
-    fn record_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.fresh()).unwrap_or_default()
+    /// Waits `d`, or less if [`Self::nudge`]d (but at least a moment, so
+    /// a burst of changes makes one pass).
+    fn sleep(&self, d: Duration) {
+        thread::sleep(Duration::from_millis(200));
+        let (flag, cv) = &self.wake;
+        let mut woken = lock(flag);
+        if !*woken {
+            woken = cv
+                .wait_timeout(woken, d)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        *woken = false;
+    }
+
+    /// A VM's record changed: mirror it now rather than at the next beat.
+    pub fn nudge(&self) {
+        if self.etcd.is_some() {
+            let (flag, cv) = &self.wake;
+            *lock(flag) = true;
+            cv.notify_one();
+        }
+    }
+
+    fn record_json(&self, vms: &[VmView]) -> Vec<u8> {
+        serde_json::to_vec(&self.fresh_with(vms)).unwrap_or_default()
     }
 
     /// One word and why, for `GET /health`: `None` for a single host.

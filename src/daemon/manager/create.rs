@@ -81,6 +81,10 @@ impl Manager {
             }
             Some(s) => Some(s),
         };
+        // In a cluster the name is claimed across the hosts first (a
+        // random one picked now); given back if the create fails.
+        let claim = self.claim_names(wanted_name.into_iter().collect(), 1)?;
+        let wanted_name = claim.names().pop();
 
         if !req.cold.unwrap_or(false)
             && backend == crate::host::vmm::Backend::Qemu
@@ -111,7 +115,10 @@ impl Manager {
                 no_url: req.url == Some(false),
             };
             match self.create_warm(&t, &like, wanted_name.clone(), user_key.as_deref()) {
-                Warm::Made(view) => return Ok(*view),
+                Warm::Made(view) => {
+                    claim.keep();
+                    return Ok(*view);
+                }
                 Warm::Refused(e) => return Err(e),
                 Warm::Failed(e) => fell_back(wanted_name.as_ref(), &e),
             }
@@ -203,7 +210,10 @@ impl Manager {
             }
         };
         match self.build(&mut op, &source_disk, user_key.as_deref(), timing) {
-            Ok(view) => Ok(view),
+            Ok(view) => {
+                claim.keep();
+                Ok(view)
+            }
             Err(e) => {
                 abandon(&op.r);
                 Err(e)

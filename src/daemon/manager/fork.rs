@@ -146,7 +146,11 @@ impl Manager {
             return Err(not("its memory is not shared"));
         }
         self.check_prerequisites(op.r.backend)?;
-        let forks = self.reserve_forks(&op.r, count, names)?;
+        let claim = self.claim_names(names, count as usize)?;
+        let forks = self.reserve_forks(&op.r, count, claim.names())?;
+        // Forks that fail later give their names back at the next
+        // reconcile pass of the cluster.
+        claim.keep();
         op.begin()?;
         fault::crash_point("fork:after-record");
         let src_dir = self.dir(&op.r.id);

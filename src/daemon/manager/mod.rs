@@ -41,6 +41,7 @@ mod idle;
 mod images;
 mod launch;
 mod logs;
+mod names;
 mod operation;
 mod ops;
 mod passes;
@@ -368,6 +369,9 @@ impl Manager {
     fn save(&self, e: &Entry, rec: &VmRecord) -> Result<(), store::StoreError> {
         store::save(&self.cfg.state_dir, rec)?;
         *lock(&e.rec) = rec.clone();
+        if let Some(c) = self.cluster.get() {
+            c.nudge();
+        }
         Ok(())
     }
 

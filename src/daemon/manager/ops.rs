@@ -134,6 +134,7 @@ impl Manager {
             return Err(op.fail(Cause::Several(errors)));
         }
         op.done()?;
+        self.release_name(&op.r.name);
         let mut view = op.r.view();
         view.state = "destroyed".into();
         view.pid = None;
