@@ -327,6 +327,10 @@ pub struct CreateArgs {
     /// exec too.
     #[arg(long, value_name = "NAME", conflicts_with = "from")]
     pub image: Option<String>,
+    /// In a cluster: the host to make it on (default: the live host with
+    /// the most free memory).
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 /// `--idle-pause`: a duration (`90s`, `10m`, `1h 30m`) in whole seconds,

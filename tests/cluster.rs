@@ -335,10 +335,38 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
             states(&c, i)
         );
     }
-    // Two creates of `web` at once, on h0 and on h1: one wins.
+    // Two creates of `web` at once, made on h0 and on h1: one wins.
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| c.run_at(0, 0, &["create", "--name", "web", "--no-wait", "--json"]));
-        let b = s.spawn(|| c.run_at(1, 1, &["create", "--name", "web", "--no-wait", "--json"]));
+        let a = s.spawn(|| {
+            c.run_at(
+                0,
+                0,
+                &[
+                    "create",
+                    "--name",
+                    "web",
+                    "--host",
+                    "h0",
+                    "--no-wait",
+                    "--json",
+                ],
+            )
+        });
+        let b = s.spawn(|| {
+            c.run_at(
+                1,
+                1,
+                &[
+                    "create",
+                    "--name",
+                    "web",
+                    "--host",
+                    "h1",
+                    "--no-wait",
+                    "--json",
+                ],
+            )
+        });
         (
             a.join().expect("h0's create"),
             b.join().expect("h1's create"),
@@ -413,7 +441,15 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
     let made = c.run_at(
         loser,
         loser,
-        &["create", "--name", "web", "--no-wait", "--json"],
+        &[
+            "create",
+            "--name",
+            "web",
+            "--host",
+            &format!("h{loser}"),
+            "--no-wait",
+            "--json",
+        ],
     );
     assert!(made.status.success(), "{}", text(&made));
     let on_loser = wait_for(Duration::from_secs(10), || {
@@ -422,4 +458,113 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
     });
     assert!(on_loser.is_some(), "h{w} lists {:?}", listed(&c, w, "web"));
     c.ok(loser, &["destroy", "web"]);
+}
+
+#[test]
+fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
+    if !common::e2e_ready() {
+        return;
+    }
+    // h1 has the most memory: a create sent to h0 lands there.
+    let mut c = Cluster::start("cl4", [1024, 4096, 2048]);
+    for i in 0..3 {
+        assert!(
+            wait_for(Duration::from_secs(15), || (states(&c, i) == all_live())
+                .then_some(()))
+            .is_some(),
+            "h{i} sees {:?}",
+            states(&c, i)
+        );
+    }
+    let began = Instant::now();
+    let made: serde_json::Value =
+        serde_json::from_str(c.ok(0, &["create", "--name", "far", "--json"]).trim()).expect("json");
+    eprintln!(
+        "create through h0, placed on {}: {:?}",
+        made["host"],
+        began.elapsed()
+    );
+    assert_eq!(made["host"], "h1", "{made}");
+    assert!(
+        made["ip"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("172.16.2."),
+        "{made}"
+    );
+    assert_eq!(
+        listed(&c, 2, "far"),
+        vec![("h1".to_owned(), "running".to_owned())]
+    );
+    // Through h0, a buffered exec reaches the guest on h1.
+    let out: serde_json::Value = serde_json::from_str(
+        c.ok(
+            0,
+            &[
+                "exec", "--json", "far", "--", "ip", "-4", "-o", "addr", "show", "eth0",
+            ],
+        )
+        .trim(),
+    )
+    .expect("exec --json");
+    assert_eq!(out["exit_code"], 0, "{out}");
+    assert!(
+        out["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(made["ip"].as_str().unwrap_or("?")),
+        "{out}"
+    );
+    // Through h2: its console log, stop, start.
+    assert!(!c.ok(2, &["logs", "far"]).is_empty());
+    c.ok(2, &["stop", "far"]);
+    assert_eq!(
+        listed(&c, 0, "far"),
+        vec![("h1".to_owned(), "stopped".to_owned())]
+    );
+    c.ok(2, &["start", "far", "--no-wait"]);
+    assert_eq!(listed(&c, 1, "far")[0].1, "running");
+    // --host chooses: through h0, onto h2.
+    let near: serde_json::Value = serde_json::from_str(
+        c.ok(
+            0,
+            &[
+                "create",
+                "--name",
+                "near",
+                "--host",
+                "h2",
+                "--no-wait",
+                "--json",
+            ],
+        )
+        .trim(),
+    )
+    .expect("json");
+    assert_eq!(near["host"], "h2", "{near}");
+    let out = c.run_at(0, 0, &["create", "--host", "h9", "--no-wait"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no host named h9"));
+    // A VM of a host that is down: said, not hung.
+    c.hosts[2].kill_daemon();
+    let said = wait_for(Duration::from_secs(15), || {
+        let out = c.run_at(0, 0, &["stop", "near"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success() && err.contains("not answering")).then_some(err)
+    });
+    assert!(said.is_some(), "stop of a dead host's VM");
+    c.hosts[2].spawn_daemon();
+    // Destroyed through other hosts.
+    let back = wait_for(Duration::from_secs(20), || {
+        c.run_at(1, 1, &["destroy", "near"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(back.is_some(), "destroy near through h1");
+    c.ok(0, &["destroy", "far"]);
+    let empty = wait_for(Duration::from_secs(10), || {
+        ls(&c, 2, &[]).is_empty().then_some(())
+    });
+    assert!(empty.is_some(), "{:?}", ls(&c, 2, &[]));
 }

@@ -24,6 +24,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         cold: a.cold.then_some(true),
         image: a.image,
         url: None,
+        host: a.host,
     };
     match user_ssh_key() {
         Some((_, public)) => req.ssh_public_key = Some(public),

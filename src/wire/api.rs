@@ -46,6 +46,10 @@ pub struct CreateRequest {
     /// image, `fcm/base`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// In a cluster: the host to make it on (default: the live host with
+    /// the most free memory; with `from`, the checkpoint's VM's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Body of `POST /vms/{vm}/start`, `/resume` and `/checkpoints/{cp}/restore`.

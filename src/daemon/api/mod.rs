@@ -4,11 +4,13 @@
 //! status codes (`status.rs`). See `docs/openapi.yaml`.
 
 mod checkpoints;
+mod cluster;
 mod guest;
 mod sessions;
 mod status;
 mod vms;
 
+pub use cluster::serve;
 pub use guest::{Answer, stream};
 pub use status::{cause_status_of, guest_status_of, session_status_of, status_of};
 

@@ -10,13 +10,16 @@
 //! | `etcd.rs` | the synchronous JSON client of etcd's v3 API |
 //! | `join.rs` | joining: the name, subnet, bridge and token claimed in transactions |
 //! | `capacity.rs` | what the host has, what its VMs take |
+//! | `forward.rs` | requests for another host's VM forwarded there (pinned TLS); placement |
 //! | `vms.rs` | the VMs' records mirrored to etcd, their names claimed, every host's VMs listed |
 
 mod capacity;
 pub mod etcd;
+mod forward;
 mod join;
 mod vms;
 
+pub use forward::{FORWARDED_HEADER, Owner};
 pub use vms::ClaimError;
 
 use std::path::PathBuf;
@@ -110,6 +113,8 @@ pub struct Cluster {
     link: Mutex<Link>,
     /// SHA-256 (hex) of the API token: every host of a cluster has the same.
     token_digest: String,
+    /// The token itself, presented to the host a request is forwarded to.
+    token: String,
     /// This host's VMs (the manager's listing), once the manager exists.
     vms: OnceLock<LoadFn>,
     /// What this host last wrote of its VMs to etcd.
@@ -177,6 +182,7 @@ impl Cluster {
                 seen: Vec::new(),
             }),
             token_digest: join::digest(token),
+            token: token.trim().to_owned(),
             vms: OnceLock::new(),
             mirror: Mutex::new(vms::Mirror::default()),
             wake: (Mutex::new(false), Condvar::new()),

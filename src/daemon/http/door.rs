@@ -243,6 +243,9 @@ fn job(
         body,
         method: head.method.clone(),
         target: head.target.clone(),
+        forwarded: head
+            .header(crate::daemon::cluster::FORWARDED_HEADER)
+            .is_some(),
         keep: head.keeps_alive().then(|| Keep {
             ctx: Arc::clone(ctx),
             rest,

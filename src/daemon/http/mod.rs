@@ -149,6 +149,8 @@ struct Job {
     body: Vec<u8>,
     method: String,
     target: String,
+    /// Sent by another host of the cluster: served here, never forwarded.
+    forwarded: bool,
     /// Set when the client keeps its connection alive.
     keep: Option<Keep>,
     _slot: Slot,
@@ -267,10 +269,12 @@ fn run(job: Job, m: &Manager, s: &Sessions) {
         body,
         method,
         target,
+        forwarded,
         keep,
         _slot,
     } = job;
-    let result = guarded(|| api::handle(m, s, route, &body)).map(Answer::Json);
+    let result =
+        guarded(|| api::serve(m, s, route, &method, &target, &body, forwarded)).map(Answer::Json);
     finish(io, &method, &target, result, keep);
 }
 

@@ -1,0 +1,204 @@
+//! Forwarding a request to the host that owns its VM (docs/cluster.md):
+//! over TLS, accepting only the certificate whose fingerprint that host
+//! registered in etcd, presenting the cluster's token; the answer is
+//! handed back as it came. Placement: the live host with the most free
+//! memory.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::Value;
+
+use super::Cluster;
+use crate::wire::api::VmView;
+use crate::wire::cluster::{HostRecord, HostView};
+use crate::wire::tls::{fingerprint, provider};
+
+/// The header a forwarded request carries (the host it came from): a
+/// host never forwards such a request again.
+pub const FORWARDED_HEADER: &str = "X-Fcm-Forwarded";
+/// The largest answer taken from another host (an exec's output is at most
+/// 1 MiB per stream, base64).
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// Accepts exactly one certificate: the one a host registered.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if fingerprint(end_entity) == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the host's certificate is not the one it registered in the cluster".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// A TLS client configuration that trusts only `fingerprint`.
+pub fn pinned_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    let p = provider();
+    let algs = p.signature_verification_algorithms;
+    let cfg = rustls::ClientConfig::builder_with_provider(p)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            fingerprint: fingerprint.to_owned(),
+            algs,
+        }))
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Where a VM is, as the cluster sees it.
+pub enum Owner {
+    /// On a live host: forward there.
+    Live(Box<HostRecord>),
+    /// On a host whose lease expired.
+    Dead(String),
+}
+
+impl Cluster {
+    /// The other host that has VM `vm` (a name or an id), if any.
+    pub fn owner_of(&self, vm: &str) -> Option<Owner> {
+        let me = self.name();
+        let found: Vec<VmView> = self
+            .list_vms(Vec::new())
+            .into_iter()
+            .filter(|v| (v.name == vm || v.id == vm) && v.host.as_deref() != Some(me.as_str()))
+            .collect();
+        let v = found.first()?;
+        let host = v.host.clone()?;
+        if v.state == "unreachable" {
+            return Some(Owner::Dead(host));
+        }
+        match self.host(&host) {
+            Some(h) if h.state == "live" => Some(Owner::Live(Box::new(h.record))),
+            _ => Some(Owner::Dead(host)),
+        }
+    }
+
+    /// One host of the cluster, as listed now.
+    pub fn host(&self, name: &str) -> Option<HostView> {
+        self.hosts()
+            .hosts
+            .into_iter()
+            .find(|h| h.record.name == name)
+    }
+
+    /// The live host with the most free memory (ties: by name).
+    pub fn place(&self) -> Option<HostRecord> {
+        self.hosts()
+            .hosts
+            .into_iter()
+            .filter(|h| h.state == "live")
+            .map(|h| h.record)
+            .max_by(|a, b| {
+                a.load
+                    .free_memory_mib
+                    .cmp(&b.load.free_memory_mib)
+                    .then_with(|| b.name.cmp(&a.name))
+            })
+    }
+
+    /// Sends `method target` with `body` to `host` as this host's client:
+    /// the answer's status and JSON body.
+    pub fn forward(
+        &self,
+        host: &HostRecord,
+        method: &str,
+        target: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(u16, Value), String> {
+        let mut agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(timeout)
+            .timeout_write(Duration::from_secs(60));
+        let scheme = if host.tls {
+            agent = agent.tls_config(pinned_config(&host.fingerprint)?);
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}{target}", host.address);
+        let req = agent
+            .build()
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set(FORWARDED_HEADER, &self.name())
+            .set("Content-Type", "application/json");
+        let resp = match req.send_bytes(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(format!("host {} at {}: {e}", host.name, host.address)),
+        };
+        let status = resp.status();
+        let mut text = Vec::new();
+        resp.into_reader()
+            .take(MAX_ANSWER)
+            .read_to_end(&mut text)
+            .map_err(|e| format!("host {}: reading its answer: {e}", host.name))?;
+        let mut v: Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("host {}: its answer is not JSON: {e}", host.name))?;
+        // A VM in the answer says where it is.
+        if let Some(o) = v.as_object_mut()
+            && o.contains_key("id")
+            && o.contains_key("state")
+            && !o.contains_key("host")
+        {
+            o.insert("host".into(), Value::String(host.name.clone()));
+        }
+        Ok((status, v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_config_is_made() {
+        assert!(pinned_config(&format!("sha256:{}", "a".repeat(64))).is_ok());
+    }
+}
