@@ -568,3 +568,91 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
     });
     assert!(empty.is_some(), "{:?}", ls(&c, 2, &[]));
 }
+
+#[test]
+fn a_rolling_restart_of_every_daemon_loses_nothing() {
+    if !common::e2e_ready() {
+        return;
+    }
+    let mut c = Cluster::start("cl5", [2048, 2048, 2048]);
+    for i in 0..3 {
+        assert!(
+            wait_for(Duration::from_secs(15), || (states(&c, i) == all_live())
+                .then_some(()))
+            .is_some(),
+            "h{i} sees {:?}",
+            states(&c, i)
+        );
+    }
+    c.ok(2, &["create", "--name", "va", "--host", "h0", "--json"]);
+    c.ok(2, &["create", "--name", "vb", "--host", "h1", "--json"]);
+    let both = |c: &Cluster, i: usize| -> Vec<(String, String, String)> {
+        let mut v: Vec<(String, String, String)> = ls(c, i, &[])
+            .iter()
+            .map(|v| {
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                (s("name"), s("host"), s("state"))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let running = vec![
+        ("va".to_owned(), "h0".to_owned(), "running".to_owned()),
+        ("vb".to_owned(), "h1".to_owned(), "running".to_owned()),
+    ];
+    for i in 0..3 {
+        assert!(
+            wait_for(Duration::from_secs(10), || (both(&c, i) == running)
+                .then_some(()))
+            .is_some()
+        );
+    }
+    // Each daemon in turn stopped (SIGTERM: its lease revoked) and started.
+    for i in 0..3 {
+        let pid = c.hosts[i].daemon_pid().expect("daemon");
+        // SAFETY: kill(2) on the daemon this test started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+        assert!(
+            c.hosts[i]
+                .wait_daemon_exit(Duration::from_secs(40))
+                .is_some(),
+            "h{i} did not stop"
+        );
+        let other = (i + 1) % 3;
+        // Its VMs show unreachable meanwhile; the others' do not change.
+        let during = wait_for(Duration::from_secs(10), || {
+            let l = both(&c, other);
+            let ok = l.len() == 2
+                && l.iter()
+                    .all(|(_, host, state)| (host == &format!("h{i}")) == (state == "unreachable"));
+            ok.then_some(())
+        });
+        assert!(
+            during.is_some(),
+            "h{other} lists {:?} while h{i} is down",
+            both(&c, other)
+        );
+        c.hosts[i].spawn_daemon();
+        for j in 0..3 {
+            let back = wait_for(Duration::from_secs(20), || {
+                (both(&c, j) == running).then_some(())
+            });
+            assert!(
+                back.is_some(),
+                "after h{i}'s restart h{j} lists {:?}",
+                both(&c, j)
+            );
+        }
+    }
+    // Nothing lost: both guests answer, through a third host.
+    for vm in ["va", "vb"] {
+        let out: serde_json::Value =
+            serde_json::from_str(c.ok(2, &["exec", "--json", vm, "--", "true"]).trim())
+                .expect("json");
+        assert_eq!(out["exit_code"], 0, "{vm}: {out}");
+    }
+    assert_eq!(states(&c, 0), all_live());
+}
