@@ -240,17 +240,23 @@ impl Cluster {
 
     /// `fcm args…` run on host `i` against host `at`'s API (TLS, pinned on first use).
     pub fn run_at(&self, i: usize, at: usize, args: &[&str]) -> Output {
-        let h = &self.hosts[i];
-        h.ns.cmd("env")
-            .args(["-u", "FCM_TOKEN", "-u", "FCM_STREAM"])
-            .arg(format!("HOME={}", h.home().display()))
-            .arg(format!("FCM_TOKEN={TOKEN}"))
-            .arg(format!("FCM_HOST={}", host_ip(at)))
-            .arg(fcm_bin())
+        self.cli_at(i, at)
             .args(args)
             .stdin(Stdio::null())
             .output()
             .expect("fcm")
+    }
+
+    /// The `fcm` command line on host `i`, aimed at host `at`.
+    pub fn cli_at(&self, i: usize, at: usize) -> Command {
+        let h = &self.hosts[i];
+        let mut c = h.ns.cmd("env");
+        c.args(["-u", "FCM_TOKEN", "-u", "FCM_STREAM"])
+            .arg(format!("HOME={}", h.home().display()))
+            .arg(format!("FCM_TOKEN={TOKEN}"))
+            .arg(format!("FCM_HOST={}", host_ip(at)))
+            .arg(fcm_bin());
+        c
     }
 
     /// `fcm args…` on host `i` against its own daemon; panics unless it succeeds.

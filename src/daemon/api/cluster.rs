@@ -24,7 +24,7 @@ fn timeout_of(r: &Route) -> Duration {
 }
 
 /// The VM a route is about, if it is about one.
-fn vm_of(r: &Route) -> Option<&str> {
+pub fn vm_of(r: &Route) -> Option<&str> {
     Some(match r {
         Route::GetVm(v)
         | Route::VmSsh(v)
@@ -44,7 +44,11 @@ fn vm_of(r: &Route) -> Option<&str> {
         | Route::DeleteCheckpoint(v, _)
         | Route::ResizeVm(v)
         | Route::Exec(v)
-        | Route::Logs { vm: v, .. } => v,
+        | Route::Logs { vm: v, .. }
+        | Route::GetFile { vm: v, .. }
+        | Route::PutFile { vm: v, .. }
+        | Route::GetArchive { vm: v, .. }
+        | Route::PutArchive { vm: v, .. } => v,
         _ => return None,
     })
 }

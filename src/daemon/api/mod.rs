@@ -10,7 +10,7 @@ mod sessions;
 mod status;
 mod vms;
 
-pub use cluster::serve;
+pub use cluster::{serve, vm_of};
 pub use guest::{Answer, stream};
 pub use status::{cause_status_of, guest_status_of, session_status_of, status_of};
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::Cluster;
 use crate::wire::api::VmView;
 use crate::wire::cluster::{HostRecord, HostView};
-use crate::wire::tls::{fingerprint, provider};
+use crate::wire::tls::{DeadlineStream, Link, TlsLink, fingerprint, handshake, provider};
 
 /// The header a forwarded request carries (the host it came from): a
 /// host never forwards such a request again.
@@ -191,6 +191,109 @@ impl Cluster {
         }
         Ok((status, v))
     }
+}
+
+impl Cluster {
+    /// A connection to `host`'s API port for a relayed stream: TLS with the
+    /// certificate it registered (plain for a host without TLS); connect
+    /// and handshake within 10 s.
+    pub fn connect(&self, host: &HostRecord) -> Result<Link, String> {
+        connect_at(host, &host.address)
+    }
+
+    /// The same to its terminal-stream port (a console relayed there).
+    pub fn connect_stream(&self, host: &HostRecord) -> Result<Link, String> {
+        connect_at(host, &host.stream_address)
+    }
+}
+
+/// Copies both ways between `down` (the client) and `up` (the owner), one
+/// thread each way, until either side ends; then closes both.
+pub fn splice(down: Link, up: Link) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for l in [&down, &up] {
+        crate::wire::stream::keepalive(l.sock(), Duration::from_secs(20), Duration::from_secs(5));
+        let _ = l.sock().set_read_timeout(Some(IDLE_TURN));
+        let _ = l.sock().set_write_timeout(Some(IDLE_TURN));
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let upward = {
+        let (from, to, done) = (down.clone(), up.clone(), Arc::clone(&done));
+        std::thread::Builder::new()
+            .name("fcm-relay-up".into())
+            .spawn(move || {
+                pump(from, to.clone(), &done);
+                // The client finished sending: the owner reads the end.
+                let _ = to.sock().shutdown(std::net::Shutdown::Write);
+            })
+    };
+    if upward.is_err() {
+        down.shutdown();
+        up.shutdown();
+        return;
+    }
+    pump(up.clone(), down.clone(), &done);
+    done.store(true, Ordering::Release);
+    down.close_notify();
+    let _ = down.sock().shutdown(std::net::Shutdown::Both);
+    up.shutdown();
+}
+
+/// How long one side may stay silent before its read gives up a turn (a
+/// relay ends when a side closes, or after a whole day idle).
+const IDLE_TURN: Duration = Duration::from_secs(60);
+const IDLE_MAX_TURNS: u32 = 24 * 60;
+
+/// Copies `from` to `to` until `from` ends (or fails, or the other
+/// direction ended and `from` stays idle).
+fn pump(mut from: Link, mut to: Link, done: &std::sync::atomic::AtomicBool) {
+    use std::io::Write;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut idle = 0;
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                idle = 0;
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) && !done.load(std::sync::atomic::Ordering::Acquire)
+                    && idle < IDLE_MAX_TURNS =>
+            {
+                idle += 1;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+fn connect_at(host: &HostRecord, address: &str) -> Result<Link, String> {
+    let addr: std::net::SocketAddr = address
+        .parse()
+        .map_err(|_| format!("host {} has no valid address ({address})", host.name))?;
+    let sock = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("host {} at {addr}: {e}", host.name))?;
+    let _ = sock.set_nodelay(true);
+    if !host.tls {
+        return Ok(Link::Plain(Arc::new(sock)));
+    }
+    let cfg = pinned_config(&host.fingerprint)?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let mut conn = rustls::ClientConnection::new(cfg, name)
+        .map_err(|e| format!("host {}: TLS: {e}", host.name))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut io = DeadlineStream::new(sock.try_clone().map_err(|e| e.to_string())?, Some(deadline));
+    handshake(&mut conn, &mut io).map_err(|e| format!("host {}: TLS: {e}", host.name))?;
+    Ok(Link::Tls(TlsLink::new(
+        rustls::Connection::Client(conn),
+        sock,
+    )))
 }
 
 #[cfg(test)]

@@ -178,12 +178,19 @@ fn dispatch(
     let mut io = transport(sock, tls);
     let m = Arc::clone(&ctx.m);
     match kind {
+        // In a cluster, another host's VM's stream is relayed there.
         Kind::Exec(vm) => spawn("fcm-http-exec", move || {
-            exec_stream(io, &m, &vm, &head, early);
+            if let Some((io, early)) = super::relay::unless_elsewhere(io, &m, &route, &head, early)
+            {
+                exec_stream(io, &m, &vm, &head, early);
+            }
             drop(slot);
         }),
         Kind::Transfer => spawn("fcm-http-stream", move || {
-            transfer(io, &m, route, &head, early);
+            if let Some((io, early)) = super::relay::unless_elsewhere(io, &m, &route, &head, early)
+            {
+                transfer(io, &m, route, &head, early);
+            }
             drop(slot);
         }),
         Kind::Json => match head.body_in(&early) {

@@ -39,6 +39,7 @@ mod door;
 mod e2b;
 mod exec;
 mod message;
+mod relay;
 mod streams;
 mod transfer;
 
