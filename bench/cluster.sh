@@ -45,6 +45,7 @@ section="<!-- cluster:begin -->
 Made by \`bench/cluster.sh\` (fcm build: $build).
 
 $(cat "$TMP/out.md")
+
 Each wall time is a whole \`fcm\` command (process start, TLS to the host with its pinned certificate, the request), ${BENCH_N:-20} runs each, the two ways alternating. Through another host, \`exec --json\` is forwarded to the owner (a second TLS connection, the owner's record and host looked up in etcd); \`ls\` is served by the host asked either way (its own VMs from disk, the others' from etcd). Placement picks the live host with the most free memory (capacity minus the memory of the VMs it holds), read from etcd at each create. Three hosts as network namespaces of one machine ($cpu, shared, 2 cores), guests under QEMU TCG. Measured $(date -u +%Y-%m-%d).
 <!-- cluster:end -->"
 write_doc_section "$DOC" cluster "$section"
