@@ -133,9 +133,12 @@ impl Cluster {
         token: &str,
     ) -> Result<Self, ClusterError> {
         let c = &cfg.cluster;
-        let name = match &c.host_name {
-            Some(n) => n.clone(),
-            None => join::machine_name()?,
+        // A single host never fails on its name or id: they only matter
+        // in a cluster.
+        let name = match (&c.host_name, c.enabled()) {
+            (Some(n), _) => n.clone(),
+            (None, true) => join::machine_name()?,
+            (None, false) => join::machine_name().unwrap_or_else(|_| "localhost".into()),
         };
         let advertise = match c.advertise {
             Some(a) => a,
@@ -151,7 +154,11 @@ impl Cluster {
         let capacity = capacity::capacity(c, &cfg.state_dir);
         let started = unix_now();
         let me = HostRecord {
-            host_id: join::host_id(&cfg.state_dir)?,
+            host_id: if c.enabled() {
+                join::host_id(&cfg.state_dir)?
+            } else {
+                String::new()
+            },
             name,
             address: advertise.to_string(),
             stream_address: stream.to_string(),
