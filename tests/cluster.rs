@@ -204,6 +204,8 @@ fn a_lost_host_is_dead_then_back_and_a_lost_etcd_is_said() {
     assert_eq!(states(&c, 0), all_live());
     assert_eq!(c.hosts[0].health().expect("health")["cluster"], "connected");
 
+    // A VM of h1's own, to be served while h1 cannot reach etcd.
+    c.ok(1, &["create", "--name", "own", "--host", "h1", "--json"]);
     // etcd out of reach from h1: h1 says so and serves its own VMs; the
     // others see h1 dead once its lease runs out.
     let drop_etcd = "add table inet fcmtest\n\
@@ -230,9 +232,21 @@ fn a_lost_host_is_dead_then_back_and_a_lost_etcd_is_said() {
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster unreachable"), "{err}");
+    assert_eq!(
+        listed(&c, 1, "own"),
+        vec![("h1".to_owned(), "running".to_owned())],
+        "h1 lists its own VMs"
+    );
+    let out: serde_json::Value =
+        serde_json::from_str(c.ok(1, &["exec", "--json", "own", "--", "true"]).trim())
+            .expect("exec --json");
+    assert_eq!(out["exit_code"], 0, "h1 serves its own VMs: {out}");
+    // A new VM's name cannot be claimed: refused (503), nothing made.
+    let out = c.run_at(1, 1, &["create", "--name", "new", "--no-wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        c.run_at(1, 1, &["ls"]).status.success(),
-        "h1 serves its own VMs"
+        !out.status.success() && err.contains("cluster is unreachable"),
+        "{err}"
     );
     assert!(
         wait_for(Duration::from_secs(12), || (c.state_of(0, "h1").as_deref()
@@ -268,6 +282,16 @@ fn a_lost_host_is_dead_then_back_and_a_lost_etcd_is_said() {
     let log = std::fs::read_to_string(c.hosts[1].log()).unwrap_or_default();
     assert!(log.contains("cluster unreachable"), "{log}");
     assert!(log.contains("rejoined"), "{log}");
+    // Its VM as it was, listed once everywhere; the refused create left nothing.
+    let own = vec![("h1".to_owned(), "running".to_owned())];
+    for i in 0..3 {
+        let seen = wait_for(Duration::from_secs(10), || {
+            (listed(&c, i, "own") == own).then_some(())
+        });
+        assert!(seen.is_some(), "h{i} lists {:?}", listed(&c, i, "own"));
+        assert!(listed(&c, i, "new").is_empty());
+    }
+    c.ok(0, &["destroy", "own"]);
 }
 
 fn write_tmp(c: &Cluster, name: &str, text: &str) -> String {
