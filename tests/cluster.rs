@@ -410,6 +410,9 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
         text(&b)
     );
     let (w, lost) = if a.status.success() { (0, &b) } else { (1, &a) };
+    let won: serde_json::Value =
+        serde_json::from_slice(if w == 0 { &a.stdout } else { &b.stdout }).expect("json");
+    assert_eq!(won["host"], format!("h{w}"), "{won}");
     let loser = 1 - w;
     let err = text(lost);
     assert!(

@@ -48,6 +48,9 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         return out_json(&v);
     }
     out(&format!("created {}", v.name));
+    if let Some(h) = &v.host {
+        out(&format!("  host:  {}", visible(h)));
+    }
     out(&format!("  id:    {}", v.id));
     out(&format!("  ip:    {}", v.ip));
     if let Some(d) = v.disk_bytes {

@@ -63,9 +63,12 @@ pub fn serve(
     body: &[u8],
     forwarded: bool,
 ) -> Result<Reply, ApiError> {
-    let Some(c) = m.cluster().filter(|c| c.enabled() && !forwarded) else {
+    let Some(c) = m.cluster().filter(|c| c.enabled()) else {
         return handle(m, s, r, body);
     };
+    if forwarded {
+        return here(c, m, s, r, body);
+    }
     let elsewhere = match &r {
         Route::CreateVm => placed(c, parse_body(body)?)?,
         r => match vm_of(r) {
@@ -91,9 +94,16 @@ pub fn serve(
         },
     };
     match elsewhere {
-        None => handle(m, s, r, body),
+        None => here(c, m, s, r, body),
         Some(h) => forward(c, &h, &r, method, target, body),
     }
+}
+
+/// Served on this host; a VM in the answer says it is here.
+fn here(c: &Cluster, m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply, ApiError> {
+    let mut reply = handle(m, s, r, body)?;
+    crate::daemon::cluster::mark_host(&mut reply.body, &c.name());
+    Ok(reply)
 }
 
 /// Where a create goes: `None` here, else the host to forward it to.

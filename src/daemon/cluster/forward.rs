@@ -90,6 +90,18 @@ pub fn pinned_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, Str
     Ok(Arc::new(cfg))
 }
 
+/// A VM in an answer (an object with `id` and `state`) says which host it
+/// is on, unless it already does.
+pub fn mark_host(v: &mut Value, host: &str) {
+    if let Some(o) = v.as_object_mut()
+        && o.contains_key("id")
+        && o.contains_key("state")
+        && !o.contains_key("host")
+    {
+        o.insert("host".into(), Value::String(host.to_owned()));
+    }
+}
+
 /// Where a VM is, as the cluster sees it.
 pub enum Owner {
     /// On a live host: forward there.
@@ -181,14 +193,7 @@ impl Cluster {
             .map_err(|e| format!("host {}: reading its answer: {e}", host.name))?;
         let mut v: Value = serde_json::from_slice(&text)
             .map_err(|e| format!("host {}: its answer is not JSON: {e}", host.name))?;
-        // A VM in the answer says where it is.
-        if let Some(o) = v.as_object_mut()
-            && o.contains_key("id")
-            && o.contains_key("state")
-            && !o.contains_key("host")
-        {
-            o.insert("host".into(), Value::String(host.name.clone()));
-        }
+        mark_host(&mut v, &host.name);
         Ok((status, v))
     }
 }

@@ -19,7 +19,7 @@ mod forward;
 mod join;
 mod vms;
 
-pub use forward::{FORWARDED_HEADER, Owner, splice};
+pub use forward::{FORWARDED_HEADER, Owner, mark_host, splice};
 pub use vms::ClaimError;
 
 use std::path::PathBuf;
