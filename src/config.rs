@@ -12,8 +12,9 @@ use thiserror::Error;
 use crate::wire::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
 
 mod cluster;
-mod images;
 pub use cluster::{ClusterConfig, host_name_problem};
+
+mod images;
 pub use images::{ImageBuilder, ImagesConfig};
 
 #[derive(Debug, Error)]
@@ -163,13 +164,13 @@ pub struct DaemonConfig {
     pub vm_users: VmUsersConfig,
     /// CPU and memory limits of each VMM.
     pub cgroup: CgroupConfig,
+    /// Several hosts on etcd (docs/cluster.md); off unless endpoints are given.
+    pub cluster: ClusterConfig,
     /// Warm create: keep a template of the default-sized VM (booted once to
     /// agent-ready and saved) and make plain creates from it (QEMU only).
     pub templates: bool,
     /// Building and importing images (`fcm image`).
     pub images: ImagesConfig,
-    /// Several hosts on etcd (docs/cluster.md); off unless endpoints are given.
-    pub cluster: ClusterConfig,
 }
 
 impl Default for DaemonConfig {
@@ -207,10 +208,10 @@ impl Default for DaemonConfig {
             jailer: JailerConfig::default(),
             qemu_sandbox: QemuSandboxConfig::default(),
             vm_users: VmUsersConfig::default(),
+            cluster: ClusterConfig::default(),
             cgroup: CgroupConfig::default(),
             templates: true,
             images: ImagesConfig::default(),
-            cluster: ClusterConfig::default(),
         }
     }
 }

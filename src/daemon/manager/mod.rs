@@ -32,6 +32,7 @@
 
 mod cause;
 mod checkpoints;
+mod claims;
 mod create;
 mod error;
 pub mod exec;
@@ -41,7 +42,6 @@ mod idle;
 mod images;
 mod launch;
 mod logs;
-mod names;
 mod operation;
 mod ops;
 mod passes;
@@ -156,11 +156,11 @@ pub struct Manager {
     template_builds: Mutex<()>,
     /// The image store (`images.rs`), opened at first use.
     images: std::sync::OnceLock<Result<crate::host::image::Store, String>>,
+    /// This host's membership of a cluster (`daemon::cluster`), once set.
+    cluster: std::sync::OnceLock<Arc<crate::daemon::cluster::Cluster>>,
     /// The daemon's own handle on the manager, for work on threads of its
     /// own (`Self::set_handle`).
     me: std::sync::OnceLock<std::sync::Weak<Manager>>,
-    /// This host's membership of a cluster (`daemon::cluster`), once set.
-    cluster: std::sync::OnceLock<Arc<crate::daemon::cluster::Cluster>>,
 }
 
 /// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
@@ -233,9 +233,9 @@ impl Manager {
             template: Mutex::new(template::Slot::default()),
             builds: images::Builds::default(),
             template_builds: Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
             images: std::sync::OnceLock::new(),
             me: std::sync::OnceLock::new(),
-            cluster: std::sync::OnceLock::new(),
         };
         m.load();
         Ok(m)
@@ -369,9 +369,6 @@ impl Manager {
     fn save(&self, e: &Entry, rec: &VmRecord) -> Result<(), store::StoreError> {
         store::save(&self.cfg.state_dir, rec)?;
         *lock(&e.rec) = rec.clone();
-        if let Some(c) = self.cluster.get() {
-            c.nudge();
-        }
         Ok(())
     }
 
