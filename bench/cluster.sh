@@ -8,9 +8,9 @@
 # Drives the harness of tests/cluster.rs (its ignored test
 # `bench_forwarding_and_placement`): three hosts (network namespaces on a
 # bridge), a 3-member etcd, the real daemons. One VM on h1; then, BENCH_N
-# times each, alternating: `fcm ls --json` and `fcm exec --json vm -- true`
-# sent to h0 (which forwards the exec to h1; ls reads etcd) and to h1 (the
-# owner) directly. Then BENCH_CREATES creates of BENCH_VM_MIB MiB sent to
+# times each, alternating: `fcm ls --json`, `fcm exec --json vm -- true` and
+# the streamed `fcm exec vm -- true` sent to h0 (which forwards or relays the
+# exec to h1; ls reads etcd) and to h1 (the owner) directly. Then BENCH_CREATES creates of BENCH_VM_MIB MiB sent to
 # h0 with hosts offering memory in the ratio 1:2:3, and where each landed.
 # Only traffic inside the test's namespaces; everything is cleaned up by
 # the harness, also on failure.
@@ -46,7 +46,7 @@ Made by \`bench/cluster.sh\` (fcm build: $build).
 
 $(cat "$TMP/out.md")
 
-Each wall time is a whole \`fcm\` command (process start, TLS to the host with its pinned certificate, the request), ${BENCH_N:-20} runs each, the two ways alternating. Through another host, \`exec --json\` is forwarded to the owner (a second TLS connection, the owner's record and host looked up in etcd); \`ls\` is served by the host asked either way (its own VMs from disk, the others' from etcd). Placement picks the live host with the most free memory (capacity minus the memory of the VMs it holds), read from etcd at each create. Three hosts as network namespaces of one machine ($cpu, shared, 2 cores), guests under QEMU TCG. Measured $(date -u +%Y-%m-%d).
+Each wall time is a whole \`fcm\` command (process start, TLS to the host with its pinned certificate, the request), ${BENCH_N:-20} runs each, the two ways alternating. Through another host, \`exec --json\` is forwarded to the owner (a second TLS connection, the owner's record and host looked up in etcd), the streamed \`exec\` relayed to it byte for byte (the same look-up and connection, then a thread each way); \`ls\` is served by the host asked either way (its own VMs from disk, the others' from etcd). Placement picks the live host with the most free memory (capacity minus the memory of the VMs it holds), read from etcd at each create. Three hosts as network namespaces of one machine ($cpu, shared, 2 cores), guests under QEMU TCG. Measured $(date -u +%Y-%m-%d).
 <!-- cluster:end -->"
 write_doc_section "$DOC" cluster "$section"
 printf '%s\n' "$section"

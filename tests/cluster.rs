@@ -791,13 +791,17 @@ fn bench_forwarding_and_placement() {
         t.elapsed().as_secs_f64() * 1000.0
     };
     let exec = ["exec", "--json", "bench", "--", "true"];
+    let stream = ["exec", "bench", "--", "true"];
     let ls = ["ls", "--json"];
     let (mut ls_fwd, mut ls_own, mut ex_fwd, mut ex_own) = (vec![], vec![], vec![], vec![]);
+    let (mut st_fwd, mut st_own) = (vec![], vec![]);
     for _ in 0..n {
         ls_fwd.push(time(0, &ls));
         ls_own.push(time(1, &ls));
         ex_fwd.push(time(0, &exec));
         ex_own.push(time(1, &exec));
+        st_fwd.push(time(0, &stream));
+        st_own.push(time(1, &stream));
     }
     c.ok(1, &["destroy", "bench"]);
     let mut on = [0usize; 3];
@@ -841,6 +845,7 @@ fn bench_forwarding_and_placement() {
     md.push_str("| wall time, ms | on the owning host | through another host | ratio |\n|---|---:|---:|---:|\n");
     md.push_str(&row("`fcm ls --json`", ls_fwd, ls_own));
     md.push_str(&row("`fcm exec --json vm -- true`", ex_fwd, ex_own));
+    md.push_str(&row("`fcm exec vm -- true` (streamed)", st_fwd, st_own));
     md.push_str(&format!(
         "\nPlacement: {creates} creates of {vm_mib} MiB sent to h0, onto hosts of {} / {} / {} MiB (1:2:3), in {create_s:.1} s:\n\n| host | memory, MiB | VMs placed |\n|---|---:|---:|\n| h0 | {} | {} |\n| h1 | {} | {} |\n| h2 | {} | {} |\n",
         caps[0], caps[1], caps[2], caps[0], on[0], caps[1], on[1], caps[2], on[2]
