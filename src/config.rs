@@ -12,7 +12,9 @@ use thiserror::Error;
 use crate::wire::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
 
 mod images;
+mod metrics;
 pub use images::{ImageBuilder, ImagesConfig};
+pub use metrics::MetricsConfig;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -166,6 +168,8 @@ pub struct DaemonConfig {
     pub templates: bool,
     /// Building and importing images (`fcm image`).
     pub images: ImagesConfig,
+    /// The sampler of VM resource use (`fcm stats`, `/metrics`).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for DaemonConfig {
@@ -206,6 +210,7 @@ impl Default for DaemonConfig {
             cgroup: CgroupConfig::default(),
             templates: true,
             images: ImagesConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -346,6 +351,11 @@ impl DaemonConfig {
 
     pub fn token_path(&self) -> PathBuf {
         self.state_dir.join(".token")
+    }
+
+    /// The token that may only read `GET /metrics` (docs/metrics.md).
+    pub fn metrics_token_path(&self) -> PathBuf {
+        self.state_dir.join(".metrics-token")
     }
 
     /// The token that may only wake VMs (written into Caddy's sites of VMs

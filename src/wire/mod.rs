@@ -11,6 +11,7 @@ pub mod api;
 pub mod e2b;
 pub mod exec;
 pub mod size;
+pub mod stats;
 pub mod stream;
 pub mod text;
 pub mod tls;

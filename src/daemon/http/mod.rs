@@ -37,6 +37,7 @@
 
 mod door;
 mod e2b;
+mod events;
 mod exec;
 mod message;
 mod streams;
@@ -159,6 +160,8 @@ struct Ctx {
     token: Arc<String>,
     /// The token that may only wake VMs (Caddy's, for idle sleep).
     wake_token: Option<Arc<String>>,
+    /// The token that may only read `GET /metrics` (a Prometheus scraper's).
+    metrics_token: Option<Arc<String>>,
     queue: SyncSender<Job>,
     gate: Arc<Gate>,
     /// Where kept-alive connections wait for their next request.
@@ -182,6 +185,7 @@ pub fn serve(
     s: Arc<Sessions>,
     token: Arc<String>,
     wake_token: Option<Arc<String>>,
+    metrics_token: Option<Arc<String>>,
     e2b: Arc<E2b>,
 ) -> io::Error {
     let gate = Gate::new(GateLimits {
@@ -207,6 +211,7 @@ pub fn serve(
     let ctx = Arc::new(Ctx {
         token,
         wake_token,
+        metrics_token,
         queue,
         gate,
         handback,
@@ -270,7 +275,18 @@ fn run(job: Job, m: &Manager, s: &Sessions) {
         keep,
         _slot,
     } = job;
-    let result = guarded(|| api::handle(m, s, route, &body)).map(Answer::Json);
+    let result = match route {
+        // Prometheus text, not JSON.
+        Route::Metrics => guarded(|| {
+            let page = super::metrics::prometheus::render(m).into_bytes();
+            Ok(Answer::Bytes {
+                content_type: super::metrics::prometheus::CONTENT_TYPE,
+                length: Some(page.len() as u64),
+                body: Box::new(io::Cursor::new(page)),
+            })
+        }),
+        route => guarded(|| api::handle(m, s, route, &body)).map(Answer::Json),
+    };
     finish(io, &method, &target, result, keep);
 }
 
