@@ -286,6 +286,22 @@ fn metrics_stats_and_events_of_a_real_guest() {
     assert_eq!(every.len(), 1);
     assert_eq!(every[0]["name"], VM);
 
+    // `-w --json`: one line per refresh (every interval, 1 s here).
+    let watched =
+        f.ns.cmd("timeout")
+            .arg("3.5")
+            // `env ... fcm` of the CLI command, after `ip netns exec NS`.
+            .args(f.cli().get_args().skip(3))
+            .args(["stats", "-w", "--json"])
+            .output()
+            .expect("stats -w");
+    let refreshes: Vec<Vec<Value>> = String::from_utf8_lossy(&watched.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON array per line"))
+        .collect();
+    assert!(refreshes.len() >= 2, "{refreshes:?}");
+    assert!(refreshes.iter().all(|r| r.len() == 1 && r[0]["name"] == VM));
+
     // /metrics through the Prometheus parser, with the API token.
     metrics_page(&f, &python);
 
