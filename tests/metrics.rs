@@ -92,7 +92,15 @@ impl Follower {
                 }
             }
         });
-        Self { child, lines }
+        let f = Self { child, lines };
+        // The daemon's first line (a heartbeat) says it is subscribed.
+        assert!(
+            wait_for(Duration::from_secs(20), || (!f.lines().is_empty())
+                .then_some(()))
+            .is_some(),
+            "the event stream said nothing"
+        );
+        f
     }
 
     fn lines(&self) -> Vec<Value> {
@@ -147,7 +155,6 @@ fn metrics_stats_and_events_of_a_real_guest() {
     let mut all_cmd = f.cli();
     all_cmd.args(["events", "--json"]);
     let all = Follower::start(all_cmd);
-    std::thread::sleep(Duration::from_millis(500));
 
     let vm = f.create(&["--name", VM]);
     let ip = vm["ip"].as_str().expect("ip").to_string();

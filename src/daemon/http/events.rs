@@ -1,6 +1,6 @@
 //! `GET /events`: the daemon's events as NDJSON, one object per line
 //! (docs/metrics.md), on a thread of its own with a slot of the streams'
-//! budget, until the client goes. A heartbeat line every
+//! budget, until the client goes. A heartbeat line once subscribed, then every
 //! [`HEARTBEAT`] when nothing happens, each write within
 //! [`EVENT_WRITE_DEADLINE`]: a client that went away, or stopped reading,
 //! is noticed and its subscription ends.
@@ -52,8 +52,16 @@ pub(super) fn serve(mut io: Box<dyn Transport>, m: &Manager, vm: Option<String>)
     {
         return;
     }
+    // A heartbeat first: the client knows it is subscribed (nothing it
+    // does after this line is missed).
+    let mut first = true;
     loop {
-        let ev = match sub.next(HEARTBEAT) {
+        let next = if std::mem::take(&mut first) {
+            Next::Idle
+        } else {
+            sub.next(HEARTBEAT)
+        };
+        let ev = match next {
             Next::Event(e) => *e,
             Next::Lagged(n) => Event {
                 kind: "lagged".into(),
