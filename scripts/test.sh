@@ -53,6 +53,13 @@ if ! "$TOOLS/e2b-old-venv/bin/python" -c "import importlib.metadata as m; assert
 	python3 -m venv "$TOOLS/e2b-old-venv"
 	"$TOOLS/e2b-old-venv/bin/pip" install --quiet "e2b==$E2B_OLD_SDK_VERSION"
 fi
+# The Prometheus text-format parser, pinned, for tests/metrics.rs.
+PROMETHEUS_CLIENT_VERSION=0.26.0
+if ! "$TOOLS/prom-venv/bin/python" -c "import importlib.metadata as m; assert m.version('prometheus-client') == '$PROMETHEUS_CLIENT_VERSION'" 2>/dev/null; then
+	echo "== test tools: prometheus-client $PROMETHEUS_CLIENT_VERSION into $TOOLS/prom-venv" >&2
+	python3 -m venv "$TOOLS/prom-venv"
+	"$TOOLS/prom-venv/bin/pip" install --quiet "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+fi
 # The E2B JS SDK, pinned, for tests/e2b.rs (it needs Node >= 20.18; the
 # machines this runs on have Node 20).
 E2B_JS_SDK_VERSION=2.51.0

@@ -58,6 +58,17 @@ pub enum Cmd {
     Cp(CpArgs),
     /// Print a VM's console log (boot messages); -f follows it.
     Logs(LogsArgs),
+    /// Resource use of VMs, one line each (CPU, memory, disk, network); -w refreshes.
+    Stats(StatsArgs),
+    /// Follow the daemon's events (state changes, operations) until Ctrl-C.
+    Events {
+        /// Only this VM's events (its name or id).
+        #[arg(long)]
+        vm: Option<String>,
+        /// Print each event as it comes, one JSON object a line (NDJSON).
+        #[arg(long)]
+        json: bool,
+    },
     /// Shut a VM down cleanly (killed after a deadline).
     Stop {
         #[arg(help = VM_HELP)]
@@ -422,6 +433,18 @@ pub struct LogsArgs {
     /// Print each piece as a JSON line {offset, next_offset, size, data, reset}.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// One VM (its name or id); all of them if left out.
+    pub vm: Option<String>,
+    /// Print JSON: one object for a VM, an array for all (with -w, one line per refresh).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every sampling interval until Ctrl-C.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
 }
 
 #[derive(Args, Debug)]

@@ -15,7 +15,9 @@ mod cluster;
 pub use cluster::{ClusterConfig, host_name_problem};
 
 mod images;
+mod metrics;
 pub use images::{ImageBuilder, ImagesConfig};
+pub use metrics::MetricsConfig;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -171,6 +173,8 @@ pub struct DaemonConfig {
     pub templates: bool,
     /// Building and importing images (`fcm image`).
     pub images: ImagesConfig,
+    /// The sampler of VM resource use (`fcm stats`, `/metrics`).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for DaemonConfig {
@@ -212,6 +216,7 @@ impl Default for DaemonConfig {
             cgroup: CgroupConfig::default(),
             templates: true,
             images: ImagesConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -355,6 +360,11 @@ impl DaemonConfig {
 
     pub fn token_path(&self) -> PathBuf {
         self.state_dir.join(".token")
+    }
+
+    /// The token that may only read `GET /metrics` (docs/metrics.md).
+    pub fn metrics_token_path(&self) -> PathBuf {
+        self.state_dir.join(".metrics-token")
     }
 
     /// The token that may only wake VMs (written into Caddy's sites of VMs

@@ -30,6 +30,7 @@ mod manual;
 mod progress;
 mod sessions;
 mod ssh;
+mod stats;
 mod terminal;
 pub mod trust;
 mod unpack;
@@ -129,6 +130,8 @@ fn run_plain(cmd: Cmd) -> Result<(), Failure> {
         Cmd::Exec(_) => Err(Failure::new("exec is run by client::run", None)),
         Cmd::Cp(a) => files::cp(a),
         Cmd::Logs(a) => logs::logs(a),
+        Cmd::Stats(a) => stats::stats(a),
+        Cmd::Events { vm, json } => stats::events(vm.as_deref(), json),
         Cmd::Stop { vm, json } => vms::stop(&vm, json),
         Cmd::Start { vm, no_wait, json } => vms::start(&vm, no_wait, json),
         Cmd::Resize(a) => vms::resize(a),

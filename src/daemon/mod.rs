@@ -11,6 +11,8 @@
 //! | `api` | `(method, path)` → typed route; handlers; error → status |
 //! | `auth` | the token file and constant-time comparison |
 //! | `manager` | the VM table and every VM operation |
+//! | `events` | state changes and operations as they happen (`GET /events`), operation numbers |
+//! | `metrics` | the sampler of VM resource use; `/stats`, `/metrics` |
 //! | `lifecycle` | VM states and the transitions every operation goes through |
 //! | `store` | the per-VM record `<state>/<id>/config.json` |
 //! | `sessions` | tmux sessions in guests; attached-stream registry |
@@ -21,12 +23,14 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod e2b;
+pub mod events;
 pub mod fault;
 pub mod gate;
 pub mod guest;
 pub mod http;
 pub mod lifecycle;
 pub mod manager;
+pub mod metrics;
 pub mod poller;
 pub mod sessions;
 pub mod store;
@@ -368,6 +372,12 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             path: cfg.wake_token_path().display().to_string(),
             source,
         })?;
+    // A Prometheus scraper's token: `GET /metrics` only (docs/metrics.md).
+    let metrics_token =
+        auth::ensure_token(&cfg.metrics_token_path()).map_err(|source| DaemonError::StateDir {
+            path: cfg.metrics_token_path().display().to_string(),
+            source,
+        })?;
     // The certificate is made on every first run, TLS or not, so that
     // `--print-fingerprint` and a later switch to TLS find the same one.
     let identity = tls::ensure_identity(&cfg)?;
@@ -456,6 +466,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             }
         });
     }
+    metrics::start(Arc::clone(&manager));
     let e2b = Arc::new(e2b::E2b::new(
         Arc::clone(&manager),
         Arc::clone(&sessions),
@@ -532,6 +543,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         sessions,
         token,
         Some(Arc::new(wake_token)),
+        Some(Arc::new(metrics_token)),
         e2b,
     );
     // The poller only returns when it fails: the daemon cannot serve.

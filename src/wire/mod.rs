@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod e2b;
 pub mod exec;
 pub mod size;
+pub mod stats;
 pub mod stream;
 pub mod text;
 pub mod tls;

@@ -44,6 +44,7 @@ pub fn vm_of(r: &Route) -> Option<&str> {
         | Route::DeleteCheckpoint(v, _)
         | Route::ResizeVm(v)
         | Route::Exec(v)
+        | Route::VmStats(v)
         | Route::Logs { vm: v, .. }
         | Route::GetFile { vm: v, .. }
         | Route::PutFile { vm: v, .. }

@@ -35,6 +35,8 @@ enum Kind {
     Exec(String),
     /// A file transfer.
     Transfer,
+    /// `GET /events`, of one VM or all.
+    Events(Option<String>),
     /// A JSON request for the workers.
     Json,
 }
@@ -107,6 +109,7 @@ impl HttpDoor {
                 .is_some_and(|u| u.trim().eq_ignore_ascii_case(crate::wire::exec::PROTOCOL));
         let kind = match &route {
             Route::Exec(vm) if upgrade => Kind::Exec(vm.clone()),
+            Route::Events(vm) => Kind::Events(vm.clone()),
             r if r.streams() => Kind::Transfer,
             _ => Kind::Json,
         };
@@ -121,6 +124,16 @@ impl HttpDoor {
                     if matches!(route, Route::WakeVm(_))
                         && ctx
                             .wake_token
+                            .as_deref()
+                            .is_some_and(|w| token_matches(t, w)) =>
+                {
+                    ctx.gate.authenticated()
+                }
+                // The metrics token opens `GET /metrics` and nothing else.
+                Some(t)
+                    if route == Route::Metrics
+                        && ctx
+                            .metrics_token
                             .as_deref()
                             .is_some_and(|w| token_matches(t, w)) =>
                 {
@@ -191,6 +204,10 @@ fn dispatch(
             {
                 transfer(io, &m, route, &head, early);
             }
+            drop(slot);
+        }),
+        Kind::Events(vm) => spawn("fcm-http-events", move || {
+            super::events::serve(io, &m, vm);
             drop(slot);
         }),
         Kind::Json => match head.body_in(&early) {

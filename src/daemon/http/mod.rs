@@ -37,6 +37,7 @@
 
 mod door;
 mod e2b;
+mod events;
 mod exec;
 mod message;
 mod relay;
@@ -162,6 +163,8 @@ struct Ctx {
     token: Arc<String>,
     /// The token that may only wake VMs (Caddy's, for idle sleep).
     wake_token: Option<Arc<String>>,
+    /// The token that may only read `GET /metrics` (a Prometheus scraper's).
+    metrics_token: Option<Arc<String>>,
     queue: SyncSender<Job>,
     gate: Arc<Gate>,
     /// Where kept-alive connections wait for their next request.
@@ -185,6 +188,7 @@ pub fn serve(
     s: Arc<Sessions>,
     token: Arc<String>,
     wake_token: Option<Arc<String>>,
+    metrics_token: Option<Arc<String>>,
     e2b: Arc<E2b>,
 ) -> io::Error {
     let gate = Gate::new(GateLimits {
@@ -210,6 +214,7 @@ pub fn serve(
     let ctx = Arc::new(Ctx {
         token,
         wake_token,
+        metrics_token,
         queue,
         gate,
         handback,
@@ -274,8 +279,20 @@ fn run(job: Job, m: &Manager, s: &Sessions) {
         keep,
         _slot,
     } = job;
-    let result =
-        guarded(|| api::serve(m, s, route, &method, &target, &body, forwarded)).map(Answer::Json);
+    let result = match route {
+        // Prometheus text, not JSON.
+        Route::Metrics => guarded(|| {
+            let page = super::metrics::prometheus::render(m).into_bytes();
+            Ok(Answer::Bytes {
+                content_type: super::metrics::prometheus::CONTENT_TYPE,
+                length: Some(page.len() as u64),
+                body: Box::new(io::Cursor::new(page)),
+            })
+        }),
+        // In a cluster, another host's VM's request is forwarded there.
+        route => guarded(|| api::serve(m, s, route, &method, &target, &body, forwarded))
+            .map(Answer::Json),
+    };
     finish(io, &method, &target, result, keep);
 }
 

@@ -29,7 +29,7 @@ const KEY_MAX: usize = 4 * 1024;
 const IDLE_PAUSE_MAX_SECS: u64 = 365 * 24 * 3600;
 
 impl Manager {
-    pub fn create(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
+    pub(super) fn do_create(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
         let timing = Timing::start();
         if self.cfg.cgroup.enabled {
             crate::host::cgroup::warm_up(&self.cfg.cgroup);
@@ -190,6 +190,7 @@ impl Manager {
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)?;
+            self.told_created(&rec);
             let entry = Entry::new(rec);
             vms.insert(id, Arc::clone(&entry));
             // Its operation lock is taken (a new lock: no wait) before the
@@ -200,6 +201,7 @@ impl Manager {
         let abandon = |r: &VmRecord| {
             self.undo_create(r);
             lock(&self.vms).remove(&r.id);
+            self.told_destroyed(r);
         };
         let rec = held.record();
         let mut op = match held.check(Transition::Launched) {

@@ -108,7 +108,7 @@ impl Manager {
     /// `fcm fork`: one result per fork asked, in order; an error of the
     /// whole (the source cannot be forked, nothing could be reserved) is
     /// the `Err`.
-    pub fn fork(
+    pub(super) fn do_fork(
         &self,
         vm: &str,
         req: ForkRequest,
@@ -328,6 +328,7 @@ impl Manager {
         }
         let mut held = Vec::new();
         for r in recs {
+            self.told_created(&r);
             let entry = Entry::new(r.clone());
             vms.insert(r.id, Arc::clone(&entry));
             held.push(self.held(entry, self.begin()?));
@@ -339,6 +340,7 @@ impl Manager {
     fn abandon(&self, r: &VmRecord) {
         self.undo_create(r);
         lock(&self.vms).remove(&r.id);
+        self.told_destroyed(r);
     }
 
     /// One fork, from its reservation to running with its own identity;

@@ -20,6 +20,7 @@
 //! | `checkpoints.rs` | checkpoints and restore |
 //! | `resize.rs` | resize a stopped VM (disk, vCPUs, memory); disk size rules |
 //! | `logs.rs` | reading the console log |
+//! | `measured.rs` | every public operation timed and told as events (`daemon::events`); the records for the metrics sampler |
 //! | `idle.rs` | idle sleep: use, pausing idle VMs, waking them |
 //! | `views.rs` | the list, one VM, ssh info, the running record; the URL |
 //! | `tests/` | unit tests of every operation through a fake guest and a fake VMM |
@@ -42,6 +43,7 @@ mod idle;
 mod images;
 mod launch;
 mod logs;
+mod measured;
 mod operation;
 mod ops;
 mod passes;
@@ -70,6 +72,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::events::Telemetry;
 use super::guest::{Guest, Guests, Target};
 use super::lifecycle;
 use super::lock;
@@ -161,6 +164,8 @@ pub struct Manager {
     /// The daemon's own handle on the manager, for work on threads of its
     /// own (`Self::set_handle`).
     me: std::sync::OnceLock<std::sync::Weak<Manager>>,
+    /// Events and operation numbers (`daemon::events`; `measured.rs`).
+    telemetry: Arc<Telemetry>,
 }
 
 /// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
@@ -236,6 +241,7 @@ impl Manager {
             cluster: std::sync::OnceLock::new(),
             images: std::sync::OnceLock::new(),
             me: std::sync::OnceLock::new(),
+            telemetry: Telemetry::new(),
         };
         m.load();
         Ok(m)
@@ -366,9 +372,18 @@ impl Manager {
 
     /// Saves a record, then makes it the entry's: what is in memory is
     /// never ahead of what is on disk.
+    /// The one place a VM's state changes: the change is an event.
     fn save(&self, e: &Entry, rec: &VmRecord) -> Result<(), store::StoreError> {
         store::save(&self.cfg.state_dir, rec)?;
-        *lock(&e.rec) = rec.clone();
+        let from = std::mem::replace(&mut *lock(&e.rec), rec.clone()).state;
+        if from != rec.state {
+            self.telemetry.state(
+                rec.name.as_str(),
+                rec.id.as_str(),
+                Some(from.as_str()),
+                rec.state.as_str(),
+            );
+        }
         Ok(())
     }
 

@@ -168,6 +168,7 @@ impl Op<'_> {
             Some(s) => self.record(s),
             None => {
                 lock(&self.held.m.vms).remove(&self.r.id);
+                self.held.m.told_destroyed(&self.r);
                 Ok(())
             }
         }
