@@ -19,6 +19,17 @@ bash scripts/setup.sh
 # The guest agent, a static binary, into the guest assets.
 bash scripts/build-agent.sh
 
+# etcd for tests/cluster.rs (a 3-member etcd in network namespaces): Debian's
+# etcd-server and etcd-client (3.4). The package's own service is not wanted
+# on a test machine: the tests run their members themselves.
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+	echo "== test tools: etcd-server, etcd-client (apt)" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-server etcd-client >&2
+	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+		systemctl disable --now etcd >/dev/null 2>&1 || true
+	fi
+fi
+
 # Test tools from PyPI, pinned, in their own venv (not the system's Python).
 TOOLS=/var/lib/fcm-test-tools
 SCHEMATHESIS_VERSION=4.32.5
@@ -41,6 +52,13 @@ if ! "$TOOLS/e2b-old-venv/bin/python" -c "import importlib.metadata as m; assert
 	echo "== test tools: e2b $E2B_OLD_SDK_VERSION into $TOOLS/e2b-old-venv" >&2
 	python3 -m venv "$TOOLS/e2b-old-venv"
 	"$TOOLS/e2b-old-venv/bin/pip" install --quiet "e2b==$E2B_OLD_SDK_VERSION"
+fi
+# The Prometheus text-format parser, pinned, for tests/metrics.rs.
+PROMETHEUS_CLIENT_VERSION=0.26.0
+if ! "$TOOLS/prom-venv/bin/python" -c "import importlib.metadata as m; assert m.version('prometheus-client') == '$PROMETHEUS_CLIENT_VERSION'" 2>/dev/null; then
+	echo "== test tools: prometheus-client $PROMETHEUS_CLIENT_VERSION into $TOOLS/prom-venv" >&2
+	python3 -m venv "$TOOLS/prom-venv"
+	"$TOOLS/prom-venv/bin/pip" install --quiet "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 fi
 # The E2B JS SDK, pinned, for tests/e2b.rs (it needs Node >= 20.18; the
 # machines this runs on have Node 20).

@@ -25,11 +25,14 @@ const VM_HELP: &str = "The VM: its name or its id";
 pub enum Cmd {
     /// Create a VM with a random name; waits until its SSH answers.
     Create(CreateArgs),
-    /// List VMs.
+    /// List VMs (in a cluster: every host's, with a HOST column).
     Ls {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Only the VMs of this host of the cluster.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// SSH into a VM, or run a command in it: fcm ssh <vm> [-- cmd...].
     Ssh {
@@ -55,6 +58,17 @@ pub enum Cmd {
     Cp(CpArgs),
     /// Print a VM's console log (boot messages); -f follows it.
     Logs(LogsArgs),
+    /// Resource use of VMs, one line each (CPU, memory, disk, network); -w refreshes.
+    Stats(StatsArgs),
+    /// Follow the daemon's events (state changes, operations) until Ctrl-C.
+    Events {
+        /// Only this VM's events (its name or id).
+        #[arg(long)]
+        vm: Option<String>,
+        /// Print each event as it comes, one JSON object a line (NDJSON).
+        #[arg(long)]
+        json: bool,
+    },
     /// Shut a VM down cleanly (killed after a deadline).
     Stop {
         #[arg(help = VM_HELP)]
@@ -194,6 +208,12 @@ pub enum Cmd {
     },
     /// Print the manual page (roff): fcm man | man -l -
     Man,
+    /// List the hosts of the cluster: state, address, capacity and load.
+    Hosts {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the daemon (root).
     Daemon(Box<DaemonArgs>),
 }
@@ -318,6 +338,10 @@ pub struct CreateArgs {
     /// exec too.
     #[arg(long, value_name = "NAME", conflicts_with = "from")]
     pub image: Option<String>,
+    /// In a cluster: the host to make it on (default: the live host with
+    /// the most free memory).
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 /// `--idle-pause`: a duration (`90s`, `10m`, `1h 30m`) in whole seconds,
@@ -412,6 +436,18 @@ pub struct LogsArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// One VM (its name or id); all of them if left out.
+    pub vm: Option<String>,
+    /// Print JSON: one object for a VM, an array for all (with -w, one line per refresh).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every sampling interval until Ctrl-C.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct DaemonArgs {
     /// JSON config file (keys as in docs/config.md); flags override it.
     #[arg(long, env = "FCM_CONFIG")]
@@ -470,6 +506,16 @@ pub struct DaemonArgs {
     /// Warm create from a template of the default size: on (default) or off.
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     pub templates: Option<bool>,
+    /// Join a cluster: etcd's client URLs, comma-separated (docs/cluster.md).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub cluster: Option<Vec<String>>,
+    /// This host's name in the cluster (default: the machine's hostname).
+    #[arg(long)]
+    pub host_name: Option<String>,
+    /// The API address other hosts and clients reach this host at
+    /// (default: --listen's).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub advertise: Option<SocketAddr>,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -512,6 +558,15 @@ impl DaemonArgs {
         }
         if self.no_caddy {
             c.caddy.enabled = false;
+        }
+        if let Some(e) = self.cluster {
+            c.cluster.endpoints = e.into_iter().filter(|e| !e.is_empty()).collect();
+        }
+        if self.host_name.is_some() {
+            c.cluster.host_name = self.host_name;
+        }
+        if self.advertise.is_some() {
+            c.cluster.advertise = self.advertise;
         }
         Ok(c)
     }

@@ -11,8 +11,13 @@ use thiserror::Error;
 
 use crate::wire::{DEFAULT_API_PORT, DEFAULT_STATE_DIR, DEFAULT_STREAM_PORT};
 
+mod cluster;
+pub use cluster::{ClusterConfig, host_name_problem};
+
 mod images;
+mod metrics;
 pub use images::{ImageBuilder, ImagesConfig};
+pub use metrics::MetricsConfig;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -161,11 +166,15 @@ pub struct DaemonConfig {
     pub vm_users: VmUsersConfig,
     /// CPU and memory limits of each VMM.
     pub cgroup: CgroupConfig,
+    /// Several hosts on etcd (docs/cluster.md); off unless endpoints are given.
+    pub cluster: ClusterConfig,
     /// Warm create: keep a template of the default-sized VM (booted once to
     /// agent-ready and saved) and make plain creates from it (QEMU only).
     pub templates: bool,
     /// Building and importing images (`fcm image`).
     pub images: ImagesConfig,
+    /// The sampler of VM resource use (`fcm stats`, `/metrics`).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for DaemonConfig {
@@ -203,9 +212,11 @@ impl Default for DaemonConfig {
             jailer: JailerConfig::default(),
             qemu_sandbox: QemuSandboxConfig::default(),
             vm_users: VmUsersConfig::default(),
+            cluster: ClusterConfig::default(),
             cgroup: CgroupConfig::default(),
             templates: true,
             images: ImagesConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -260,6 +271,9 @@ impl DaemonConfig {
         }
         if let Some(p) = self.images.problem() {
             return bad(p);
+        }
+        if let Some(p) = self.cluster.problem() {
+            return Err(ConfigError::Invalid(p));
         }
         let l = &self.limits;
         if l.pre_auth_connections == 0
@@ -346,6 +360,11 @@ impl DaemonConfig {
 
     pub fn token_path(&self) -> PathBuf {
         self.state_dir.join(".token")
+    }
+
+    /// The token that may only read `GET /metrics` (docs/metrics.md).
+    pub fn metrics_token_path(&self) -> PathBuf {
+        self.state_dir.join(".metrics-token")
     }
 
     /// The token that may only wake VMs (written into Caddy's sites of VMs

@@ -121,6 +121,7 @@ pub fn attach(
         rows: Some(rows),
         term: std::env::var("TERM").ok(),
         create,
+        relayed_from: None,
     };
     let mut line = serde_json::to_vec(&hs).map_err(io::Error::other)?;
     line.push(b'\n');

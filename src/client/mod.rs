@@ -23,12 +23,14 @@ mod checkpoints;
 pub mod console;
 mod exec;
 mod files;
+mod hosts;
 mod images;
 mod logs;
 mod manual;
 mod progress;
 mod sessions;
 mod ssh;
+mod stats;
 mod terminal;
 pub mod trust;
 mod unpack;
@@ -122,11 +124,14 @@ fn run_plain(cmd: Cmd) -> Result<(), Failure> {
             Some("run it as: sudo fcm daemon".into()),
         )),
         Cmd::Create(a) => vms::create(a),
-        Cmd::Ls { json } => vms::ls(json),
+        Cmd::Ls { json, host } => vms::ls(json, host.as_deref()),
+        Cmd::Hosts { json } => hosts::list(json),
         Cmd::Ssh { vm, command } => ssh::ssh(&vm, &command),
         Cmd::Exec(_) => Err(Failure::new("exec is run by client::run", None)),
         Cmd::Cp(a) => files::cp(a),
         Cmd::Logs(a) => logs::logs(a),
+        Cmd::Stats(a) => stats::stats(a),
+        Cmd::Events { vm, json } => stats::events(vm.as_deref(), json),
         Cmd::Stop { vm, json } => vms::stop(&vm, json),
         Cmd::Start { vm, no_wait, json } => vms::start(&vm, no_wait, json),
         Cmd::Resize(a) => vms::resize(a),

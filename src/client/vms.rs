@@ -24,6 +24,7 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         cold: a.cold.then_some(true),
         image: a.image,
         url: None,
+        host: a.host,
     };
     match user_ssh_key() {
         Some((_, public)) => req.ssh_public_key = Some(public),
@@ -47,6 +48,9 @@ pub(super) fn create(a: CreateArgs) -> Result<(), Failure> {
         return out_json(&v);
     }
     out(&format!("created {}", v.name));
+    if let Some(h) = &v.host {
+        out(&format!("  host:  {}", visible(h)));
+    }
     out(&format!("  id:    {}", v.id));
     out(&format!("  ip:    {}", v.ip));
     if let Some(d) = v.disk_bytes {
@@ -102,9 +106,12 @@ pub(super) fn fork(vm: &str, count: u32, name: Option<String>, json: bool) -> Re
     Ok(())
 }
 
-pub(super) fn ls(json: bool) -> Result<(), Failure> {
+pub(super) fn ls(json: bool, host: Option<&str>) -> Result<(), Failure> {
     let c = Client::from_env()?;
-    let list: Vec<VmView> = c.get("/vms")?;
+    let mut list: Vec<VmView> = c.get("/vms")?;
+    if let Some(h) = host {
+        list.retain(|x| x.host.as_deref() == Some(h));
+    }
     if json {
         return out_json(&list);
     }
@@ -112,10 +119,22 @@ pub(super) fn ls(json: bool) -> Result<(), Failure> {
         eprintln!("no VMs; create one with: fcm create");
         return Ok(());
     }
-    // Sandboxes of the E2B API show their template and metadata.
+    // Sandboxes of the E2B API show their template and metadata; in a
+    // cluster, each VM its host.
     let e2b = list.iter().any(|x| x.e2b.is_some());
+    let hosts = list.iter().any(|x| x.host.is_some());
+    let host_col = |h: &str| {
+        if hosts {
+            format!("{:<16} ", visible(h))
+        } else {
+            String::new()
+        }
+    };
+    // "unreachable" (a VM of a dead host) is wider than the other states.
+    let sw = if hosts { 11 } else { 9 };
     out(&format!(
-        "{:<22} {:<9} {:<9} {:<15} {:<9} {:<24}{}",
+        "{}{:<22} {:<9} {:<sw$} {:<15} {:<9} {:<24}{}",
+        host_col("HOST"),
         "NAME",
         "ID",
         "STATE",
@@ -127,7 +146,8 @@ pub(super) fn ls(json: bool) -> Result<(), Failure> {
     for x in list {
         let sandbox = x.e2b.as_deref().map(e2b_column).unwrap_or_default();
         let line = format!(
-            "{:<22} {:<9} {:<9} {:<15} {:<9} {:<24}{}",
+            "{}{:<22} {:<9} {:<sw$} {:<15} {:<9} {:<24}{}",
+            host_col(x.host.as_deref().unwrap_or("-")),
             x.name,
             x.id,
             x.state,

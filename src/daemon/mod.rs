@@ -11,6 +11,8 @@
 //! | `api` | `(method, path)` → typed route; handlers; error → status |
 //! | `auth` | the token file and constant-time comparison |
 //! | `manager` | the VM table and every VM operation |
+//! | `events` | state changes and operations as they happen (`GET /events`), operation numbers |
+//! | `metrics` | the sampler of VM resource use; `/stats`, `/metrics` |
 //! | `lifecycle` | VM states and the transitions every operation goes through |
 //! | `store` | the per-VM record `<state>/<id>/config.json` |
 //! | `sessions` | tmux sessions in guests; attached-stream registry |
@@ -19,13 +21,16 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod e2b;
+pub mod events;
 pub mod fault;
 pub mod gate;
 pub mod guest;
 pub mod http;
 pub mod lifecycle;
 pub mod manager;
+pub mod metrics;
 pub mod poller;
 pub mod sessions;
 pub mod store;
@@ -78,6 +83,8 @@ pub enum DaemonError {
     Tls(#[from] tls::TlsError),
     #[error("could not handle termination signals")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     #[error("the HTTP API stopped serving")]
     Stopped,
 }
@@ -101,7 +108,11 @@ fn handle_signals(m: Arc<Manager>) -> Result<(), DaemonError> {
                     "fcm daemon: signal {sig}: shutting down (VMs keep running); waiting up to {} s for operations under way",
                     SHUTDOWN_GRACE.as_secs()
                 );
-                if m.shut_down(SHUTDOWN_GRACE) {
+                let finished = m.shut_down(SHUTDOWN_GRACE);
+                if let Some(c) = m.cluster() {
+                    c.leave();
+                }
+                if finished {
                     eprintln!("fcm daemon: every operation reached a recorded state; exiting");
                 } else {
                     eprintln!(
@@ -126,6 +137,7 @@ impl DaemonError {
                 "drop `\"tls\": \"off\"` (or --tls off): beyond loopback TLS is used by default; or listen on 127.0.0.1 and reach it through ssh -L"
                     .into(),
             ),
+            Self::Cluster(e) => e.hint(),
             _ => None,
         }
     }
@@ -360,9 +372,24 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             path: cfg.wake_token_path().display().to_string(),
             source,
         })?;
+    // A Prometheus scraper's token: `GET /metrics` only (docs/metrics.md).
+    let metrics_token =
+        auth::ensure_token(&cfg.metrics_token_path()).map_err(|source| DaemonError::StateDir {
+            path: cfg.metrics_token_path().display().to_string(),
+            source,
+        })?;
     // The certificate is made on every first run, TLS or not, so that
     // `--print-fingerprint` and a later switch to TLS find the same one.
     let identity = tls::ensure_identity(&cfg)?;
+    // A cluster (docs/cluster.md): a host that may not join stops here;
+    // etcd out of reach only delays the join.
+    let cluster = Arc::new(cluster::Cluster::new(
+        &cfg,
+        &identity.fingerprint,
+        use_tls,
+        &token,
+    )?);
+    cluster.join_at_start()?;
 
     let caddy = start_caddy(&cfg);
     let hook = caddy
@@ -381,6 +408,11 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     // The VMs on record, as recorded: recovery runs once the API serves.
     let manager = Arc::new(Manager::new(Arc::clone(&cfg), caddy, hook)?);
     manager.set_handle();
+    {
+        let weak = Arc::downgrade(&manager);
+        cluster.set_vms(move || weak.upgrade().map(|m| m.list()).unwrap_or_default());
+        manager.set_cluster(cluster);
+    }
     let sessions = Arc::new(Sessions::new());
     let token = Arc::new(token);
 
@@ -434,6 +466,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             }
         });
     }
+    metrics::start(Arc::clone(&manager));
     let e2b = Arc::new(e2b::E2b::new(
         Arc::clone(&manager),
         Arc::clone(&sessions),
@@ -510,6 +543,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         sessions,
         token,
         Some(Arc::new(wake_token)),
+        Some(Arc::new(metrics_token)),
         e2b,
     );
     // The poller only returns when it fails: the daemon cannot serve.

@@ -152,6 +152,7 @@ impl VmRecord {
             agent: self.agent_drive.is_some(),
             e2b: None,
             image: self.image.as_ref().map(|i| i.name.clone()),
+            host: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | `firewall` | the network policy: guests isolated from the host, each other, metadata; anti-spoofing |
 //! | `network` | the bridge, `tap_<id>` devices with their policy rules, addresses |
 //! | `tap` | tap devices in process: TUN ioctls, rtnetlink link changes |
+//! | `usage` | what a VM uses: a process's CPU time and RSS, a file's allocated size, interface counters |
 //! | `disk` | per-VM rootfs copies, growing them |
 //! | `agent_drive` | the read-only drive with the guest agent, one per agent build |
 //! | `config_drive` | the read-only drive with a guest's identity (host key, authorized keys) |
@@ -36,6 +37,7 @@ pub mod process;
 pub mod pty;
 pub mod ssh;
 pub mod tap;
+pub mod usage;
 pub mod vmm;
 
 pub use fs::{set_mode, write_atomic};

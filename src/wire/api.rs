@@ -46,6 +46,10 @@ pub struct CreateRequest {
     /// image, `fcm/base`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// In a cluster: the host to make it on (default: the live host with
+    /// the most free memory; with `from`, the checkpoint's VM's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Body of `POST /vms/{vm}/start`, `/resume` and `/checkpoints/{cp}/restore`.
@@ -180,6 +184,9 @@ pub struct VmView {
     /// A sandbox of the E2B API (docs/e2b.md): its id, template, metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2b: Option<Box<super::e2b::E2bInfo>>,
+    /// In a cluster: the host the VM is on (docs/cluster.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The image the VM was made from (absent: the base image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -337,6 +344,10 @@ pub struct Health {
     /// `off` or `failed: why`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// With `--cluster`: `connected`, `joining`, or `unreachable: why`
+    /// (this host's VMs are served all the same), `refused: why`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// `GET /passes`: how long the daemon's background passes take.

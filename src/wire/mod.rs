@@ -8,9 +8,11 @@
 //! ends of a TLS connection share (fingerprints, deadlines, a split stream).
 
 pub mod api;
+pub mod cluster;
 pub mod e2b;
 pub mod exec;
 pub mod size;
+pub mod stats;
 pub mod stream;
 pub mod text;
 pub mod tls;

@@ -36,6 +36,10 @@ pub struct Handshake {
     /// Create the session if it does not exist (what `fcm console` does).
     #[serde(default)]
     pub create: bool,
+    /// In a cluster: the host that relayed this connection (docs/cluster.md);
+    /// such a connection is served where it arrives, never relayed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_from: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod caddy;
+pub mod cluster;
 pub mod outer;
 pub mod pty;
 

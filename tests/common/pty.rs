@@ -25,9 +25,15 @@ pub struct OnPty {
 
 impl OnPty {
     pub fn start(f: &Fcm, args: &[&str], cols: u16, rows: u16) -> Self {
-        let (master, slave) = fcm::host::pty::open_cooked(cols, rows).expect("pty");
         let mut cmd = f.cli();
-        cmd.args(args).env("TERM", "xterm-256color");
+        cmd.args(args);
+        Self::start_cmd(cmd, cols, rows)
+    }
+
+    /// `cmd` (an `fcm` command line made by the caller) on a pty.
+    pub fn start_cmd(mut cmd: std::process::Command, cols: u16, rows: u16) -> Self {
+        let (master, slave) = fcm::host::pty::open_cooked(cols, rows).expect("pty");
+        cmd.env("TERM", "xterm-256color");
         let child = fcm::host::pty::spawn_on(cmd, slave).expect("spawn on pty");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut reader = master.try_clone().expect("clone");

@@ -4,11 +4,13 @@
 //! status codes (`status.rs`). See `docs/openapi.yaml`.
 
 mod checkpoints;
+mod cluster;
 mod guest;
 mod sessions;
 mod status;
 mod vms;
 
+pub use cluster::{serve, vm_of};
 pub use guest::{Answer, stream};
 pub use status::{cause_status_of, guest_status_of, session_status_of, status_of};
 
@@ -16,6 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::manager::{ImageSource, Manager};
+use super::metrics;
 use super::sessions::Sessions;
 use crate::wire::api::ErrorBody;
 use crate::wire::text::printable;
@@ -31,6 +34,8 @@ pub const MAX_EXEC_BODY: usize = 12 << 20;
 pub enum Route {
     Health,
     Passes,
+    /// `GET /hosts`: the hosts of the cluster (docs/cluster.md).
+    Hosts,
     ListVms,
     CreateVm,
     GetVm(String),
@@ -81,6 +86,13 @@ pub enum Route {
     },
     GetImage(String),
     DeleteImage(String),
+    /// `GET /stats`: every VM's resource use.
+    Stats,
+    VmStats(String),
+    /// `GET /metrics`: Prometheus text (the metrics token opens it too).
+    Metrics,
+    /// `GET /events[?vm=V]`: NDJSON, streamed on a thread of its own.
+    Events(Option<String>),
 }
 
 impl Route {
@@ -215,6 +227,7 @@ fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
     Some(match (method, segs) {
         ("GET", ["health"]) => Route::Health,
         ("GET", ["passes"]) => Route::Passes,
+        ("GET", ["hosts"]) => Route::Hosts,
         ("GET", ["vms"]) => Route::ListVms,
         ("POST", ["vms"]) => Route::CreateVm,
         ("GET", ["vms", v]) => Route::GetVm(vm(v)),
@@ -268,6 +281,10 @@ fn match_route(method: &str, segs: &[&str]) -> Option<Route> {
         // percent-encoded segment.
         ("GET", ["images", rest @ ..]) => Route::GetImage(image_name(rest)?),
         ("DELETE", ["images", rest @ ..]) => Route::DeleteImage(image_name(rest)?),
+        ("GET", ["stats"]) => Route::Stats,
+        ("GET", ["vms", v, "stats"]) => Route::VmStats(vm(v)),
+        ("GET", ["metrics"]) => Route::Metrics,
+        ("GET", ["events"]) => Route::Events(None),
         _ => return None,
     })
 }
@@ -331,6 +348,7 @@ fn with_query(r: Route, url: &str) -> Result<Route, ApiError> {
             };
             Route::PostImage { name, source }
         }
+        Route::Events(_) => Route::Events(query(url, "vm")?.filter(|v| !v.is_empty())),
         other => other,
     })
 }
@@ -379,9 +397,20 @@ pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply,
     match r {
         Route::Health => vms::health(m),
         Route::Passes => ok(200, m.passes()),
+        Route::Hosts => match m.cluster() {
+            Some(c) => ok(200, c.hosts()),
+            None => Err(ApiError::new(
+                503,
+                "the host's cluster membership is not set up yet",
+            )),
+        },
         Route::ListVms => {
             super::fault::panic_point("api:panic-in-list");
-            ok(200, m.list())
+            // In a cluster: every host's VMs (docs/cluster.md).
+            match m.cluster() {
+                Some(c) => ok(200, c.list_vms(m.list())),
+                None => ok(200, m.list()),
+            }
         }
         Route::CreateVm => vms::create(m, parse_body(body)?),
         Route::GetVm(v) => ok(200, m.get(&v)?),
@@ -406,11 +435,15 @@ pub fn handle(m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result<Reply,
         Route::ListImages => ok(200, m.images()?),
         Route::GetImage(name) => ok(200, m.image(&name)?),
         Route::DeleteImage(name) => ok(200, m.remove_image(&name)?),
+        Route::Stats => ok(200, metrics::all(m)),
+        Route::VmStats(v) => ok(200, metrics::one(m, &v)?),
         Route::GetFile { .. }
         | Route::PutFile { .. }
         | Route::GetArchive { .. }
         | Route::PutArchive { .. }
-        | Route::PostImage { .. } => Err(ApiError::new(
+        | Route::PostImage { .. }
+        | Route::Metrics
+        | Route::Events(_) => Err(ApiError::new(
             500,
             "a streamed route reached the JSON handler",
         )),
@@ -512,6 +545,17 @@ mod tests {
             Some("GET, DELETE")
         );
         assert_eq!(route("GET", "/etc/passwd").expect_err("404").status, 404);
+        assert_eq!(route("GET", "/stats").expect("route"), Route::Stats);
+        assert_eq!(
+            route("GET", "/vms/x/stats").expect("route"),
+            Route::VmStats("x".into())
+        );
+        assert_eq!(route("GET", "/metrics").expect("route"), Route::Metrics);
+        assert_eq!(
+            route("GET", "/events?vm=web").expect("route"),
+            Route::Events(Some("web".into()))
+        );
+        assert_eq!(route("GET", "/events").expect("route"), Route::Events(None));
         assert_eq!(route("GET", "/vms/a/b/c/d/e").expect_err("404").status, 404);
     }
 

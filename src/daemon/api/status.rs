@@ -23,6 +23,7 @@ pub fn status_of(e: &ManagerError) -> u16 {
         ManagerError::Missing { .. }
         | ManagerError::PoolExhausted(_)
         | ManagerError::ShuttingDown
+        | ManagerError::ClusterUnreachable { .. }
         | ManagerError::Recovering(_) => 503,
         ManagerError::CreateStep { cause, .. } | ManagerError::Operation { cause, .. } => {
             cause_status_of(cause)

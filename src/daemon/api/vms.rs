@@ -17,6 +17,7 @@ pub(super) fn health(m: &Manager) -> Result<Reply, ApiError> {
             backend: m.backend().as_str().into(),
             recovering: m.recovering(),
             template: Some(m.template_status()),
+            cluster: m.cluster().and_then(|c| c.health()),
         },
     )
 }

@@ -35,6 +35,8 @@ enum Kind {
     Exec(String),
     /// A file transfer.
     Transfer,
+    /// `GET /events`, of one VM or all.
+    Events(Option<String>),
     /// A JSON request for the workers.
     Json,
 }
@@ -111,6 +113,7 @@ impl HttpDoor {
                 .is_some_and(|u| u.trim().eq_ignore_ascii_case(crate::wire::exec::PROTOCOL));
         let kind = match &route {
             Route::Exec(vm) if upgrade => Kind::Exec(vm.clone()),
+            Route::Events(vm) => Kind::Events(vm.clone()),
             r if r.streams() => Kind::Transfer,
             _ => Kind::Json,
         };
@@ -125,6 +128,16 @@ impl HttpDoor {
                     if matches!(route, Route::WakeVm(_))
                         && ctx
                             .wake_token
+                            .as_deref()
+                            .is_some_and(|w| token_matches(t, w)) =>
+                {
+                    ctx.gate.authenticated()
+                }
+                // The metrics token opens `GET /metrics` and nothing else.
+                Some(t)
+                    if route == Route::Metrics
+                        && ctx
+                            .metrics_token
                             .as_deref()
                             .is_some_and(|w| token_matches(t, w)) =>
                 {
@@ -182,12 +195,23 @@ fn dispatch(
     let mut io = transport(sock, tls);
     let m = Arc::clone(&ctx.m);
     match kind {
+        // In a cluster, another host's VM's stream is relayed there.
         Kind::Exec(vm) => spawn("fcm-http-exec", move || {
-            exec_stream(io, &m, &vm, &head, early);
+            if let Some((io, early)) = super::relay::unless_elsewhere(io, &m, &route, &head, early)
+            {
+                exec_stream(io, &m, &vm, &head, early);
+            }
             drop(slot);
         }),
         Kind::Transfer => spawn("fcm-http-stream", move || {
-            transfer(io, &m, route, &head, early);
+            if let Some((io, early)) = super::relay::unless_elsewhere(io, &m, &route, &head, early)
+            {
+                transfer(io, &m, route, &head, early);
+            }
+            drop(slot);
+        }),
+        Kind::Events(vm) => spawn("fcm-http-events", move || {
+            super::events::serve(io, &m, vm);
             drop(slot);
         }),
         Kind::Json => match head.body_in(&early) {
@@ -247,6 +271,9 @@ fn job(
         body,
         method: head.method.clone(),
         target: head.target.clone(),
+        forwarded: head
+            .header(crate::daemon::cluster::FORWARDED_HEADER)
+            .is_some(),
         keep: head.keeps_alive().then(|| Keep {
             ctx: Arc::clone(ctx),
             rest,

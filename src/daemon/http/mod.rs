@@ -37,8 +37,10 @@
 
 mod door;
 mod e2b;
+mod events;
 mod exec;
 mod message;
+mod relay;
 mod streams;
 mod transfer;
 mod ui;
@@ -151,6 +153,8 @@ struct Job {
     body: Vec<u8>,
     method: String,
     target: String,
+    /// Sent by another host of the cluster: served here, never forwarded.
+    forwarded: bool,
     /// Set when the client keeps its connection alive.
     keep: Option<Keep>,
     _slot: Slot,
@@ -161,6 +165,8 @@ struct Ctx {
     token: Arc<String>,
     /// The token that may only wake VMs (Caddy's, for idle sleep).
     wake_token: Option<Arc<String>>,
+    /// The token that may only read `GET /metrics` (a Prometheus scraper's).
+    metrics_token: Option<Arc<String>>,
     queue: SyncSender<Job>,
     gate: Arc<Gate>,
     /// Where kept-alive connections wait for their next request.
@@ -188,6 +194,7 @@ pub fn serve(
     s: Arc<Sessions>,
     token: Arc<String>,
     wake_token: Option<Arc<String>>,
+    metrics_token: Option<Arc<String>>,
     e2b: Arc<E2b>,
 ) -> io::Error {
     let gate = Gate::new(GateLimits {
@@ -214,6 +221,7 @@ pub fn serve(
     let ctx = Arc::new(Ctx {
         token,
         wake_token,
+        metrics_token,
         queue,
         gate,
         handback,
@@ -276,10 +284,24 @@ fn run(job: Job, m: &Manager, s: &Sessions) {
         body,
         method,
         target,
+        forwarded,
         keep,
         _slot,
     } = job;
-    let result = guarded(|| api::handle(m, s, route, &body)).map(Answer::Json);
+    let result = match route {
+        // Prometheus text, not JSON.
+        Route::Metrics => guarded(|| {
+            let page = super::metrics::prometheus::render(m).into_bytes();
+            Ok(Answer::Bytes {
+                content_type: super::metrics::prometheus::CONTENT_TYPE,
+                length: Some(page.len() as u64),
+                body: Box::new(io::Cursor::new(page)),
+            })
+        }),
+        // In a cluster, another host's VM's request is forwarded there.
+        route => guarded(|| api::serve(m, s, route, &method, &target, &body, forwarded))
+            .map(Answer::Json),
+    };
     finish(io, &method, &target, result, keep);
 }
 

@@ -140,7 +140,7 @@ impl Manager {
     /// `fcm checkpoint`: with the guest's file system frozen (or synced)
     /// and its vCPUs stopped, the memory state is saved and the disk
     /// reflinked (or sparse-copied); then the guest runs on.
-    pub fn checkpoint(
+    pub(super) fn do_checkpoint(
         &self,
         vm: &str,
         req: CheckpointRequest,
@@ -257,7 +257,7 @@ impl Manager {
 
     /// `fcm restore`: the VMM (if any) ends, the disk becomes a copy of
     /// the checkpoint's, and a VMM loads the checkpoint's memory state.
-    pub fn restore(&self, vm: &str, cp: &str) -> Result<VmView, ManagerError> {
+    pub(super) fn do_restore(&self, vm: &str, cp: &str) -> Result<VmView, ManagerError> {
         // An unknown checkpoint is the first thing to say, in any state.
         let held = self.hold(vm)?;
         let (cp_dir, meta) = self.find_checkpoint(&held.record(), cp)?;
@@ -342,7 +342,11 @@ impl Manager {
     }
 
     /// `fcm checkpoint rm`.
-    pub fn delete_checkpoint(&self, vm: &str, cp: &str) -> Result<CheckpointView, ManagerError> {
+    pub(super) fn do_delete_checkpoint(
+        &self,
+        vm: &str,
+        cp: &str,
+    ) -> Result<CheckpointView, ManagerError> {
         // A checkpoint changes no state of its VM: held, not checked.
         let held = self.hold(vm)?;
         let r = held.record();

@@ -29,7 +29,7 @@ const KEY_MAX: usize = 4 * 1024;
 const IDLE_PAUSE_MAX_SECS: u64 = 365 * 24 * 3600;
 
 impl Manager {
-    pub fn create(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
+    pub(super) fn do_create(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
         let timing = Timing::start();
         if self.cfg.cgroup.enabled {
             crate::host::cgroup::warm_up(&self.cfg.cgroup);
@@ -81,6 +81,10 @@ impl Manager {
             }
             Some(s) => Some(s),
         };
+        // In a cluster the name is claimed across the hosts first (a
+        // random one picked now); given back if the create fails.
+        let claim = self.claim_names(wanted_name.into_iter().collect(), 1)?;
+        let wanted_name = claim.names().pop();
 
         if !req.cold.unwrap_or(false)
             && backend == crate::host::vmm::Backend::Qemu
@@ -111,7 +115,10 @@ impl Manager {
                 no_url: req.url == Some(false),
             };
             match self.create_warm(&t, &like, wanted_name.clone(), user_key.as_deref()) {
-                Warm::Made(view) => return Ok(*view),
+                Warm::Made(view) => {
+                    claim.keep();
+                    return Ok(*view);
+                }
                 Warm::Refused(e) => return Err(e),
                 Warm::Failed(e) => fell_back(wanted_name.as_ref(), &e),
             }
@@ -183,6 +190,7 @@ impl Manager {
             };
             // The directory appears with its record in it, or not at all.
             self.make_vm_dir(&rec)?;
+            self.told_created(&rec);
             let entry = Entry::new(rec);
             vms.insert(id, Arc::clone(&entry));
             // Its operation lock is taken (a new lock: no wait) before the
@@ -193,6 +201,7 @@ impl Manager {
         let abandon = |r: &VmRecord| {
             self.undo_create(r);
             lock(&self.vms).remove(&r.id);
+            self.told_destroyed(r);
         };
         let rec = held.record();
         let mut op = match held.check(Transition::Launched) {
@@ -203,7 +212,10 @@ impl Manager {
             }
         };
         match self.build(&mut op, &source_disk, user_key.as_deref(), timing) {
-            Ok(view) => Ok(view),
+            Ok(view) => {
+                claim.keep();
+                Ok(view)
+            }
             Err(e) => {
                 abandon(&op.r);
                 Err(e)

@@ -27,6 +27,9 @@ pub enum ManagerError {
     },
     #[error("a VM named {0} already exists")]
     NameTaken(String),
+    /// In a cluster, a new VM's name cannot be claimed while etcd is out of reach.
+    #[error("the cluster is unreachable, so the name {name} cannot be claimed: {why}")]
+    ClusterUnreachable { name: String, why: String },
     #[error("the daemon's limit of {0} VMs is reached")]
     TooManyVms(u32),
     #[error("invalid request: {0}")]
@@ -116,6 +119,10 @@ impl ManagerError {
                 "nothing can be done with it but remove it: fcm destroy {id}"
             )),
             Self::ShuttingDown => Some("try again once the daemon is back".into()),
+            Self::ClusterUnreachable { .. } => Some(
+                "names are unique across the cluster: try again once etcd answers (fcm hosts says whether it does)"
+                    .into(),
+            ),
             Self::Recovering(_) => Some(
                 "the daemon brings every VM in line with the host after a restart; try again in a moment"
                     .into(),

@@ -152,7 +152,7 @@ impl Manager {
     /// Runs `req.cmd` in the guest: no terminal, stdin fed, stdout and
     /// stderr kept apart (each cut at [`EXEC_OUTPUT_CAP`]), killed at its
     /// timeout.
-    pub fn exec(&self, vm: &str, req: ExecRequest) -> Result<ExecResponse, ManagerError> {
+    pub(super) fn do_exec(&self, vm: &str, req: ExecRequest) -> Result<ExecResponse, ManagerError> {
         // An unknown or stopped VM is the first thing to say.
         let rec = self.running(vm)?;
         let spec = exec_spec(&req, false)?;
@@ -181,7 +181,7 @@ impl Manager {
 
     /// Starts a streamed exec: the running VM (woken if asleep), its
     /// checked program, started.
-    pub fn exec_start(
+    pub(super) fn do_exec_start(
         &self,
         vm: &str,
         req: &ExecRequest,

@@ -108,7 +108,7 @@ impl Manager {
     /// `fcm fork`: one result per fork asked, in order; an error of the
     /// whole (the source cannot be forked, nothing could be reserved) is
     /// the `Err`.
-    pub fn fork(
+    pub(super) fn do_fork(
         &self,
         vm: &str,
         req: ForkRequest,
@@ -146,7 +146,11 @@ impl Manager {
             return Err(not("its memory is not shared"));
         }
         self.check_prerequisites(op.r.backend)?;
-        let forks = self.reserve_forks(&op.r, count, names)?;
+        let claim = self.claim_names(names, count as usize)?;
+        let forks = self.reserve_forks(&op.r, count, claim.names())?;
+        // Forks that fail later give their names back at the next
+        // reconcile pass of the cluster.
+        claim.keep();
         op.begin()?;
         fault::crash_point("fork:after-record");
         let src_dir = self.dir(&op.r.id);
@@ -324,6 +328,7 @@ impl Manager {
         }
         let mut held = Vec::new();
         for r in recs {
+            self.told_created(&r);
             let entry = Entry::new(r.clone());
             vms.insert(r.id, Arc::clone(&entry));
             held.push(self.held(entry, self.begin()?));
@@ -335,6 +340,7 @@ impl Manager {
     fn abandon(&self, r: &VmRecord) {
         self.undo_create(r);
         lock(&self.vms).remove(&r.id);
+        self.told_destroyed(r);
     }
 
     /// One fork, from its reservation to running with its own identity;

@@ -15,7 +15,7 @@ use crate::wire::api::{CreateRequest, VmView};
 
 impl Manager {
     /// A create whose `from` is `VM:CHECKPOINT`.
-    pub fn create_from(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
+    pub(super) fn do_create_from(&self, req: CreateRequest) -> Result<VmView, ManagerError> {
         let from = req.from.as_deref().unwrap_or_default();
         let (vm, cp) = from.split_once(':').ok_or_else(|| {
             ManagerError::BadRequest(format!(

@@ -58,25 +58,12 @@ pub(super) fn still_idle(e: &Entry, secs: Option<u64>) -> bool {
     secs.is_some_and(|s| lock(&e.activity).last.elapsed() >= Duration::from_secs(s))
 }
 
-/// Packets in and out of each interface of this network namespace.
+/// Packets in and out of each interface of this network namespace
+/// (`host::usage`, which the metrics sampler reads too).
 fn packet_counts() -> HashMap<String, u64> {
-    std::fs::read_to_string("/proc/net/dev")
-        .map(|t| parse_net_dev(&t))
-        .unwrap_or_default()
-}
-
-/// `/proc/net/dev`: after `name:`, receive bytes, packets, ... (8 fields),
-/// then transmit bytes, packets, ...
-fn parse_net_dev(text: &str) -> HashMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            let f: Vec<u64> = rest
-                .split_whitespace()
-                .map(|n| n.parse().ok())
-                .collect::<Option<_>>()?;
-            (f.len() >= 10).then(|| (name.trim().to_owned(), f[1].saturating_add(f[9])))
-        })
+    crate::host::usage::interfaces()
+        .into_iter()
+        .map(|(name, c)| (name, c.rx_packets.saturating_add(c.tx_packets)))
         .collect()
 }
 
@@ -189,22 +176,5 @@ impl Manager {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn net_dev_counts_packets_both_ways() {
-        let text = "Inter-|   Receive                                                |  Transmit\n \
-                    face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
-                    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0\n\
-                    tap_ab12cd34: 5000 7 0 0 0 0 0 0 9000 5 0 0 0 0 0 0\n";
-        let c = parse_net_dev(text);
-        assert_eq!(c.get("tap_ab12cd34"), Some(&12));
-        assert_eq!(c.get("lo"), Some(&20));
-        assert_eq!(c.len(), 2);
     }
 }

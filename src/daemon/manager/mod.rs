@@ -20,6 +20,7 @@
 //! | `checkpoints.rs` | checkpoints and restore |
 //! | `resize.rs` | resize a stopped VM (disk, vCPUs, memory); disk size rules |
 //! | `logs.rs` | reading the console log |
+//! | `measured.rs` | every public operation timed and told as events (`daemon::events`); the records for the metrics sampler |
 //! | `idle.rs` | idle sleep: use, pausing idle VMs, waking them |
 //! | `views.rs` | the list, one VM, ssh info, the running record; the URL |
 //! | `tests/` | unit tests of every operation through a fake guest and a fake VMM |
@@ -32,6 +33,7 @@
 
 mod cause;
 mod checkpoints;
+mod claims;
 mod create;
 mod error;
 pub mod exec;
@@ -41,6 +43,7 @@ mod idle;
 mod images;
 mod launch;
 mod logs;
+mod measured;
 mod operation;
 mod ops;
 mod passes;
@@ -69,6 +72,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::events::Telemetry;
 use super::guest::{Guest, Guests, Target};
 use super::lifecycle;
 use super::lock;
@@ -155,9 +159,13 @@ pub struct Manager {
     template_builds: Mutex<()>,
     /// The image store (`images.rs`), opened at first use.
     images: std::sync::OnceLock<Result<crate::host::image::Store, String>>,
+    /// This host's membership of a cluster (`daemon::cluster`), once set.
+    cluster: std::sync::OnceLock<Arc<crate::daemon::cluster::Cluster>>,
     /// The daemon's own handle on the manager, for work on threads of its
     /// own (`Self::set_handle`).
     me: std::sync::OnceLock<std::sync::Weak<Manager>>,
+    /// Events and operation numbers (`daemon::events`; `measured.rs`).
+    telemetry: Arc<Telemetry>,
 }
 
 /// Makes the [`Vmm`] of a backend under a config: [`vmm::make`] in the
@@ -230,11 +238,22 @@ impl Manager {
             template: Mutex::new(template::Slot::default()),
             builds: images::Builds::default(),
             template_builds: Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
             images: std::sync::OnceLock::new(),
             me: std::sync::OnceLock::new(),
+            telemetry: Telemetry::new(),
         };
         m.load();
         Ok(m)
+    }
+
+    /// The host's cluster membership (the daemon sets it once at start).
+    pub fn set_cluster(&self, c: Arc<crate::daemon::cluster::Cluster>) {
+        let _ = self.cluster.set(c);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::daemon::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// Gives the manager its own handle, once it is shared: it can then
@@ -353,9 +372,18 @@ impl Manager {
 
     /// Saves a record, then makes it the entry's: what is in memory is
     /// never ahead of what is on disk.
+    /// The one place a VM's state changes: the change is an event.
     fn save(&self, e: &Entry, rec: &VmRecord) -> Result<(), store::StoreError> {
         store::save(&self.cfg.state_dir, rec)?;
-        *lock(&e.rec) = rec.clone();
+        let from = std::mem::replace(&mut *lock(&e.rec), rec.clone()).state;
+        if from != rec.state {
+            self.telemetry.state(
+                rec.name.as_str(),
+                rec.id.as_str(),
+                Some(from.as_str()),
+                rec.state.as_str(),
+            );
+        }
         Ok(())
     }
 

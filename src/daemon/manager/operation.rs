@@ -168,6 +168,7 @@ impl Op<'_> {
             Some(s) => self.record(s),
             None => {
                 lock(&self.held.m.vms).remove(&self.r.id);
+                self.held.m.told_destroyed(&self.r);
                 Ok(())
             }
         }
@@ -189,7 +190,12 @@ impl Op<'_> {
 
     /// Saves the record as it is now (create: with the guest's host key).
     pub(super) fn save(&mut self) -> Result<(), StoreError> {
-        self.held.m.save(&self.held.e, &self.r)
+        self.held.m.save(&self.held.e, &self.r)?;
+        // In a cluster, the record goes to etcd now (`daemon::cluster`).
+        if let Some(c) = self.held.m.cluster() {
+            c.nudge();
+        }
+        Ok(())
     }
 
     fn record(&mut self, state: VmState) -> Result<(), ManagerError> {

@@ -48,7 +48,7 @@ impl Manager {
         clean
     }
 
-    pub fn stop(&self, vm: &str) -> Result<VmView, ManagerError> {
+    pub(super) fn do_stop(&self, vm: &str) -> Result<VmView, ManagerError> {
         let mut op = self.operation(vm, Transition::Stop)?;
         let was_paused = op.r.state == VmState::Paused;
         op.begin()?;
@@ -88,7 +88,7 @@ impl Manager {
         Ok(view)
     }
 
-    pub fn start(&self, vm: &str) -> Result<VmView, ManagerError> {
+    pub(super) fn do_start(&self, vm: &str) -> Result<VmView, ManagerError> {
         let (_, e) = self.resolve(vm)?;
         if lock(&e.rec).state == VmState::Paused {
             // Starting a paused VM resumes it, as it was.
@@ -121,7 +121,7 @@ impl Manager {
         Ok(view)
     }
 
-    pub fn destroy(&self, vm: &str) -> Result<VmView, ManagerError> {
+    pub(super) fn do_destroy(&self, vm: &str) -> Result<VmView, ManagerError> {
         let mut op = match self.operation(vm, Transition::Destroy) {
             Err(ManagerError::Broken { id, .. }) => return self.destroy_broken(&id),
             other => other?,
@@ -134,6 +134,7 @@ impl Manager {
             return Err(op.fail(Cause::Several(errors)));
         }
         op.done()?;
+        self.release_name(&op.r.name);
         let mut view = op.r.view();
         view.state = "destroyed".into();
         view.pid = None;

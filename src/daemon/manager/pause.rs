@@ -92,7 +92,7 @@ impl Manager {
 
     /// `fcm pause`: the guest's memory and devices go to `paused/`, then
     /// the VMM exits and its tap is released.
-    pub fn pause(&self, vm: &str) -> Result<VmView, ManagerError> {
+    pub(super) fn do_pause(&self, vm: &str) -> Result<VmView, ManagerError> {
         self.pause_as(vm, false)
     }
 
@@ -147,7 +147,7 @@ impl Manager {
     /// `fcm resume` (and `fcm start` of a paused VM): a VMM with the same
     /// command line, tap and disk lock loads `paused/`; the guest runs on,
     /// its clock set from the host's.
-    pub fn resume(&self, vm: &str) -> Result<VmView, ManagerError> {
+    pub(super) fn do_resume(&self, vm: &str) -> Result<VmView, ManagerError> {
         let mut op = self.operation(vm, Transition::Resume)?;
         self.check_prerequisites(op.r.backend)?;
         let saved = self.saved_dir(&op.r.id);

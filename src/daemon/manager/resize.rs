@@ -54,7 +54,7 @@ impl Manager {
     }
 
     /// Changes disk, vCPUs and memory of a stopped VM (409 otherwise).
-    pub fn resize(&self, vm: &str, req: ResizeRequest) -> Result<VmView, ManagerError> {
+    pub(super) fn do_resize(&self, vm: &str, req: ResizeRequest) -> Result<VmView, ManagerError> {
         // An unknown VM is the first thing to say.
         self.resolve(vm)?;
         if req.disk.is_none() && req.cpus.is_none() && req.memory_mib.is_none() {

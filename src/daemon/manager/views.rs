@@ -188,5 +188,6 @@ pub(super) fn broken_view(id: &VmId, reason: &str) -> VmView {
         agent: false,
         e2b: None,
         image: None,
+        host: None,
     }
 }

@@ -24,6 +24,7 @@
 
 pub(crate) mod attach;
 mod door;
+mod relay;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener};
@@ -140,6 +141,11 @@ fn clamp_size(v: Option<u16>, default: u16) -> u16 {
 /// checked by the door), on a thread of its own: the VM, the session, the
 /// guest's terminal, then the two pumps.
 fn attach(link: Link, hs: Handshake, _slot: Slot, m: &Manager, s: &Sessions) -> io::Result<()> {
+    // In a cluster, another host's VM's console is relayed there.
+    let (link, hs) = match relay::unless_elsewhere(link, hs, m) {
+        Some(both) => both,
+        None => return Ok(()),
+    };
     let conn = link.sock();
     let _ = conn.set_nodelay(true);
     keepalive(conn, Duration::from_secs(20), Duration::from_secs(5));

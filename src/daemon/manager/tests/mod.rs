@@ -23,6 +23,7 @@
 
 mod checkpoints;
 mod create;
+mod events;
 mod exec;
 mod fake_vmm;
 mod fork;
