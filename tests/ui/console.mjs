@@ -63,6 +63,10 @@ try {
   check(ip === env("FCM_VM_IP"), `IP shown ${ip}, expected ${process.env.FCM_VM_IP}`);
   check((await page.evaluate(() => sessionStorage.getItem("fcm.token"))) === token, "token not kept in sessionStorage");
   check((await page.evaluate(() => localStorage.getItem("fcm.token"))) === null, "token in localStorage");
+  // CPU and memory from GET /stats, each with its sparkline.
+  await row(vm).locator('td[data-label="CPU"]', { hasText: "%" }).waitFor({ timeout: 20000 });
+  await row(vm).locator('td[data-label="Memory"]', { hasText: /[KMG]iB/ }).waitFor({ timeout: 20000 });
+  await row(vm).locator('td[data-label="CPU"] svg.spark polyline').waitFor({ timeout: 20000 });
   await shot("list");
 
   // Its terminal: 42 back from the guest.
