@@ -12,14 +12,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-
 use super::api::ClientError;
 use crate::host;
-use crate::wire::tls::{fingerprint, parse_fingerprint, provider};
+use crate::wire::pin::{self, Pin};
+use crate::wire::tls::parse_fingerprint;
 
 /// The file of pinned daemons.
 pub fn known_daemons_path() -> Option<PathBuf> {
@@ -124,18 +120,8 @@ impl Trust {
 
     /// A rustls client configuration that checks the daemon against this.
     pub fn client_config(self: &Arc<Self>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
-        let p = provider();
-        let algs = p.signature_verification_algorithms;
-        let cfg = rustls::ClientConfig::builder_with_provider(p)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                trust: Arc::clone(self),
-                algs,
-            }))
-            .with_no_client_auth();
-        Ok(Arc::new(cfg))
+        pin::client_config(Arc::new(TrustPin(Arc::clone(self))))
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// After a failed connection: the error that explains it, if the
@@ -210,62 +196,27 @@ impl Trust {
     }
 }
 
-/// Accepts exactly the expected certificate (by fingerprint), whatever
-/// names it carries, and checks the handshake's signatures with it.
-struct PinVerifier {
-    trust: Arc<Trust>,
-    algs: WebPkiSupportedAlgorithms,
-}
+/// The daemon's certificate as [`Trust`] expects it; remembers what was
+/// presented, for [`Trust::failure`].
+struct TrustPin(Arc<Trust>);
 
-impl fmt::Debug for PinVerifier {
+impl fmt::Debug for TrustPin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinVerifier")
-            .field("daemon", &self.trust.daemon)
+        f.debug_struct("TrustPin")
+            .field("daemon", &self.0.daemon)
             .finish()
     }
 }
 
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let fp = fingerprint(end_entity);
-        let ok = self.trust.check(&fp);
-        *lock(&self.trust.seen) = Some(fp);
+impl Pin for TrustPin {
+    fn accept(&self, presented: String) -> Result<(), String> {
+        let ok = self.0.check(&presented);
+        *lock(&self.0.seen) = Some(presented);
         if ok {
-            Ok(ServerCertVerified::assertion())
+            Ok(())
         } else {
-            Err(rustls::Error::General(
-                "the daemon's certificate is not the pinned one".into(),
-            ))
+            Err("the daemon's certificate is not the pinned one".into())
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
     }
 }
 

@@ -5,12 +5,14 @@
 //! change in one place. `api` is the HTTP API (docs/openapi.yaml), `exec` the
 //! streamed exec's frames, `stream` the terminal stream on port 7778
 //! (docs/console.md), `e2b` what a VM made through the E2B API shows, `tls` what both
-//! ends of a TLS connection share (fingerprints, deadlines, a split stream).
+//! ends of a TLS connection share (fingerprints, deadlines, a split stream),
+//! `pin` a TLS client that trusts one certificate by its fingerprint.
 
 pub mod api;
 pub mod cluster;
 pub mod e2b;
 pub mod exec;
+pub mod pin;
 pub mod size;
 pub mod stats;
 pub mod stream;

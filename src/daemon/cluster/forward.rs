@@ -8,16 +8,14 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 
 use super::Cluster;
 use crate::wire::api::VmView;
 use crate::wire::cluster::{HostRecord, HostView};
-use crate::wire::tls::{DeadlineStream, Link, TlsLink, fingerprint, handshake, provider};
+use crate::wire::pin::{self, Pin};
+use crate::wire::tls::{DeadlineStream, Link, TlsLink, handshake};
 
 /// The header a forwarded request carries (the host it came from): a
 /// host never forwards such a request again.
@@ -28,66 +26,21 @@ const MAX_ANSWER: u64 = 16 << 20;
 
 /// Accepts exactly one certificate: the one a host registered.
 #[derive(Debug)]
-struct Pinned {
-    fingerprint: String,
-    algs: WebPkiSupportedAlgorithms,
-}
+struct Registered(String);
 
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity) == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
+impl Pin for Registered {
+    fn accept(&self, presented: String) -> Result<(), String> {
+        if presented == self.0 {
+            Ok(())
         } else {
-            Err(rustls::Error::General(
-                "the host's certificate is not the one it registered in the cluster".into(),
-            ))
+            Err("the host's certificate is not the one it registered in the cluster".into())
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
     }
 }
 
 /// A TLS client configuration that trusts only `fingerprint`.
 pub fn pinned_config(fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    let p = provider();
-    let algs = p.signature_verification_algorithms;
-    let cfg = rustls::ClientConfig::builder_with_provider(p)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            fingerprint: fingerprint.to_owned(),
-            algs,
-        }))
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
+    pin::client_config(Arc::new(Registered(fingerprint.to_owned()))).map_err(|e| e.to_string())
 }
 
 /// A VM in an answer (an object with `id` and `state`) says which host it
