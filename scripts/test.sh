@@ -22,9 +22,11 @@ bash scripts/build-agent.sh
 # etcd for tests/cluster.rs (a 3-member etcd in network namespaces): Debian's
 # etcd-server and etcd-client (3.4). The package's own service is not wanted
 # on a test machine: the tests run their members themselves.
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
 	echo "== test tools: etcd-server, etcd-client (apt)" >&2
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-server etcd-client >&2
+	ensure_packages etcd-server etcd-client
 	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
 		systemctl disable --now etcd >/dev/null 2>&1 || true
 	fi
@@ -74,7 +76,9 @@ fi
 # playwright-core, pinned, driving it (Playwright cannot fetch a browser here).
 if ! command -v chromium >/dev/null; then
 	echo "== test tools: chromium (Debian)" >&2
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+	# With its recommended packages (fonts among them), as a user would.
+	apt-get update -q >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2
 fi
 PLAYWRIGHT_VERSION=1.65.0
 if ! grep -qF "\"version\": \"$PLAYWRIGHT_VERSION\"" "$TOOLS/ui-js/node_modules/playwright-core/package.json" 2>/dev/null; then
