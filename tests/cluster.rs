@@ -443,6 +443,21 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
     );
     assert_eq!(ls(&c, 2, &["--host", &host]).len(), 1);
     assert!(ls(&c, 2, &["--host", &format!("h{loser}")]).is_empty());
+    // Its id is claimed in etcd too, by its host (ids are unique across
+    // the cluster, as names).
+    let id = won["id"].as_str().expect("id").to_owned();
+    let ids = c.etcd_keys("ids/");
+    eprintln!("ids in etcd: {ids:?}");
+    let claim = ids
+        .iter()
+        .find(|(k, _)| *k == format!("/fcm/ids/{id}"))
+        .unwrap_or_else(|| panic!("no claim of id {id} in {ids:?}"));
+    assert!(
+        claim.1.contains(&format!("\"host\":\"{host}\"")),
+        "{claim:?}"
+    );
+    // The losing create gave back what it claimed: one id claim per VM.
+    assert_eq!(ids.len(), 1, "{ids:?}");
 
     // The winner's daemon and its VM killed: unreachable elsewhere.
     c.hosts[w].kill_daemon();
@@ -470,6 +485,12 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
         listed(&c, 2, "web").is_empty().then_some(())
     });
     assert!(freed.is_some(), "h2 lists {:?}", listed(&c, 2, "web"));
+    // Its id is given back with its name.
+    let ids = c.etcd_keys("ids/");
+    assert!(
+        !ids.iter().any(|(k, _)| k.ends_with(&id)),
+        "id {id} still claimed: {ids:?}"
+    );
     let made = c.run_at(
         loser,
         loser,
