@@ -513,6 +513,26 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
     c.ok(loser, &["destroy", "web"]);
 }
 
+/// `fcm stats --json` on host `i`: (host, name) of each VM, sorted.
+fn stats(c: &Cluster, i: usize, extra: &[&str]) -> Vec<(String, String)> {
+    let mut args = vec!["stats", "--json"];
+    args.extend_from_slice(extra);
+    let v: serde_json::Value = serde_json::from_str(c.ok(i, &args).trim()).expect("stats");
+    let mut l: Vec<(String, String)> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| {
+            (
+                s["host"].as_str().unwrap_or("-").to_owned(),
+                s["name"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    l.sort();
+    l
+}
+
 #[test]
 fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
     if !common::e2e_ready() {
@@ -652,6 +672,27 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
     let out = c.run_at(0, 0, &["create", "--host", "h9", "--no-wait"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no host named h9"));
+    // Stats on any host: every live host's VMs, each with its host.
+    let pair = |h: &str, n: &str| (h.to_owned(), n.to_owned());
+    assert_eq!(
+        stats(&c, 0, &[]),
+        vec![pair("h1", "far"), pair("h2", "near")]
+    );
+    assert_eq!(stats(&c, 2, &["--host", "h1"]), vec![pair("h1", "far")]);
+    assert_eq!(stats(&c, 1, &["--host", "h2"]), vec![pair("h2", "near")]);
+    assert!(stats(&c, 1, &["--host", "h0"]).is_empty());
+    let table = c.ok(0, &["stats"]);
+    eprintln!("fcm stats on h0:\n{table}");
+    assert!(table.starts_with("HOST"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("h1 ") && l.contains("far")),
+        "{table}"
+    );
+    let out = c.run_at(0, 0, &["stats", "--host", "h9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no host named h9"));
     // A VM of a host that is down: said, not hung.
     c.hosts[2].kill_daemon();
     let said = wait_for(Duration::from_secs(15), || {
@@ -660,6 +701,10 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
         (!out.status.success() && err.contains("not answering")).then_some(err)
     });
     assert!(said.is_some(), "stop of a dead host's VM");
+    // Its VMs are left out of the stats (fcm ls lists them unreachable).
+    assert_eq!(stats(&c, 0, &[]), vec![pair("h1", "far")]);
+    let out = c.run_at(0, 0, &["stats", "--host", "h2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not answering"));
     c.hosts[2].spawn_daemon();
     // Destroyed through other hosts.
     let back = wait_for(Duration::from_secs(20), || {

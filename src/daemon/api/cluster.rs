@@ -71,6 +71,7 @@ pub fn serve(
         return here(c, m, s, r, body);
     }
     let elsewhere = match &r {
+        Route::Stats => return super::cluster_stats::stats(c, m, target),
         Route::CreateVm => placed(c, parse_body(body)?)?,
         r => match vm_of(r) {
             // A VM this host has (or an error other than "no such VM") is served here.
