@@ -672,6 +672,53 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
     let out = c.run_at(0, 0, &["create", "--host", "h9", "--no-wait"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no host named h9"));
+    // An image only h0 has (the least free memory): a create of it
+    // without --host, sent to h2, is placed on h0; one no host has: 404.
+    let tar = busybox_tarball(c.dir.path());
+    c.ok(
+        0,
+        &["image", "import", &tar.display().to_string(), "-t", "bb"],
+    );
+    let listed_bb = wait_for(Duration::from_secs(15), || {
+        let hosts = c.hosts(2);
+        let has = |h: &str| {
+            hosts["hosts"].as_array().is_some_and(|l| {
+                l.iter().any(|x| {
+                    x["name"] == h
+                        && x["images"]
+                            .as_array()
+                            .is_some_and(|i| i.iter().any(|n| n == "bb"))
+                })
+            })
+        };
+        (has("h0") && !has("h1") && !has("h2")).then_some(())
+    });
+    assert!(listed_bb.is_some(), "h0's record lists bb: {}", c.hosts(2));
+    let bb: serde_json::Value = serde_json::from_str(
+        c.ok(
+            2,
+            &[
+                "create",
+                "--image",
+                "bb",
+                "--name",
+                "bb1",
+                "--no-wait",
+                "--json",
+            ],
+        )
+        .trim(),
+    )
+    .expect("json");
+    assert_eq!(bb["host"], "h0", "{bb}");
+    let out = c.run_at(2, 2, &["create", "--image", "nothere", "--no-wait"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no live host of the cluster has image nothere") && err.contains("fcm image"),
+        "{err}"
+    );
+    c.ok(1, &["destroy", "bb1"]);
     // Stats on any host: every live host's VMs, each with its host.
     let pair = |h: &str, n: &str| (h.to_owned(), n.to_owned());
     assert_eq!(
@@ -920,4 +967,38 @@ fn bench_forwarding_and_placement() {
     if let Ok(p) = std::env::var("FCM_BENCH_OUT") {
         std::fs::write(p, md).expect("bench out");
     }
+}
+
+/// A root file system of Debian's busybox-static only (as tests/images.rs):
+/// the fastest image to import.
+fn busybox_tarball(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("bb-root");
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    assert!(list.status.success(), "busybox --list failed");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !applet.is_empty() && applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("link");
+        }
+    }
+    for d in ["etc", "root", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).expect("dir");
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
+    let tar = dir.join("bb.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&root)
+        .arg(".")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "tar failed");
+    tar
 }
