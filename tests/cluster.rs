@@ -719,6 +719,41 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
         "{err}"
     );
     c.ok(1, &["destroy", "bb1"]);
+    // Two creates placed through h0 at the same moment: the first's
+    // memory is reserved on its host (h1: 3584 MiB free, then 1408), so
+    // the second goes to h2 (1536 free), not to h1 as well.
+    let (a, b) = std::thread::scope(|s| {
+        let go = |n: &'static str| {
+            let c = &c;
+            s.spawn(move || {
+                c.run_at(
+                    0,
+                    0,
+                    &[
+                        "create",
+                        "--name",
+                        n,
+                        "--memory",
+                        "2176",
+                        "--no-wait",
+                        "--json",
+                    ],
+                )
+            })
+        };
+        let (a, b) = (go("twin-a"), go("twin-b"));
+        (a.join().expect("twin-a"), b.join().expect("twin-b"))
+    });
+    let host_of = |o: &std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        v["host"].as_str().unwrap_or("-").to_owned()
+    };
+    let mut placed = vec![host_of(&a), host_of(&b)];
+    placed.sort();
+    assert_eq!(placed, vec!["h1".to_owned(), "h2".to_owned()]);
+    c.ok(2, &["destroy", "twin-a"]);
+    c.ok(2, &["destroy", "twin-b"]);
     // Stats on any host: every live host's VMs, each with its host.
     let pair = |h: &str, n: &str| (h.to_owned(), n.to_owned());
     assert_eq!(
