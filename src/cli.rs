@@ -445,6 +445,9 @@ pub struct StatsArgs {
     /// Refresh every sampling interval until Ctrl-C.
     #[arg(long, short = 'w')]
     pub watch: bool,
+    /// In a cluster: only the VMs of this host (all live hosts' if left out).
+    #[arg(long, conflicts_with = "vm")]
+    pub host: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -443,6 +443,21 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
     );
     assert_eq!(ls(&c, 2, &["--host", &host]).len(), 1);
     assert!(ls(&c, 2, &["--host", &format!("h{loser}")]).is_empty());
+    // Its id is claimed in etcd too, by its host (ids are unique across
+    // the cluster, as names).
+    let id = won["id"].as_str().expect("id").to_owned();
+    let ids = c.etcd_keys("ids/");
+    eprintln!("ids in etcd: {ids:?}");
+    let claim = ids
+        .iter()
+        .find(|(k, _)| *k == format!("/fcm/ids/{id}"))
+        .unwrap_or_else(|| panic!("no claim of id {id} in {ids:?}"));
+    assert!(
+        claim.1.contains(&format!("\"host\":\"{host}\"")),
+        "{claim:?}"
+    );
+    // The losing create gave back what it claimed: one id claim per VM.
+    assert_eq!(ids.len(), 1, "{ids:?}");
 
     // The winner's daemon and its VM killed: unreachable elsewhere.
     c.hosts[w].kill_daemon();
@@ -470,6 +485,12 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
         listed(&c, 2, "web").is_empty().then_some(())
     });
     assert!(freed.is_some(), "h2 lists {:?}", listed(&c, 2, "web"));
+    // Its id is given back with its name.
+    let ids = c.etcd_keys("ids/");
+    assert!(
+        !ids.iter().any(|(k, _)| k.ends_with(&id)),
+        "id {id} still claimed: {ids:?}"
+    );
     let made = c.run_at(
         loser,
         loser,
@@ -490,6 +511,26 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
     });
     assert!(on_loser.is_some(), "h{w} lists {:?}", listed(&c, w, "web"));
     c.ok(loser, &["destroy", "web"]);
+}
+
+/// `fcm stats --json` on host `i`: (host, name) of each VM, sorted.
+fn stats(c: &Cluster, i: usize, extra: &[&str]) -> Vec<(String, String)> {
+    let mut args = vec!["stats", "--json"];
+    args.extend_from_slice(extra);
+    let v: serde_json::Value = serde_json::from_str(c.ok(i, &args).trim()).expect("stats");
+    let mut l: Vec<(String, String)> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| {
+            (
+                s["host"].as_str().unwrap_or("-").to_owned(),
+                s["name"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    l.sort();
+    l
 }
 
 #[test]
@@ -631,6 +672,109 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
     let out = c.run_at(0, 0, &["create", "--host", "h9", "--no-wait"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no host named h9"));
+    // An image only h0 has (the least free memory): a create of it
+    // without --host, sent to h2, is placed on h0; one no host has: 404.
+    let tar = busybox_tarball(c.dir.path());
+    c.ok(
+        0,
+        &["image", "import", &tar.display().to_string(), "-t", "bb"],
+    );
+    let listed_bb = wait_for(Duration::from_secs(15), || {
+        let hosts = c.hosts(2);
+        let has = |h: &str| {
+            hosts["hosts"].as_array().is_some_and(|l| {
+                l.iter().any(|x| {
+                    x["name"] == h
+                        && x["images"]
+                            .as_array()
+                            .is_some_and(|i| i.iter().any(|n| n == "bb"))
+                })
+            })
+        };
+        (has("h0") && !has("h1") && !has("h2")).then_some(())
+    });
+    assert!(listed_bb.is_some(), "h0's record lists bb: {}", c.hosts(2));
+    let bb: serde_json::Value = serde_json::from_str(
+        c.ok(
+            2,
+            &[
+                "create",
+                "--image",
+                "bb",
+                "--name",
+                "bb1",
+                "--no-wait",
+                "--json",
+            ],
+        )
+        .trim(),
+    )
+    .expect("json");
+    assert_eq!(bb["host"], "h0", "{bb}");
+    let out = c.run_at(2, 2, &["create", "--image", "nothere", "--no-wait"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no live host of the cluster has image nothere") && err.contains("fcm image"),
+        "{err}"
+    );
+    c.ok(1, &["destroy", "bb1"]);
+    // Two creates placed through h0 at the same moment: the first's
+    // memory is reserved on its host (h1: 3584 MiB free, then 1408), so
+    // the second goes to h2 (1536 free), not to h1 as well.
+    let (a, b) = std::thread::scope(|s| {
+        let go = |n: &'static str| {
+            let c = &c;
+            s.spawn(move || {
+                c.run_at(
+                    0,
+                    0,
+                    &[
+                        "create",
+                        "--name",
+                        n,
+                        "--memory",
+                        "2176",
+                        "--no-wait",
+                        "--json",
+                    ],
+                )
+            })
+        };
+        let (a, b) = (go("twin-a"), go("twin-b"));
+        (a.join().expect("twin-a"), b.join().expect("twin-b"))
+    });
+    let host_of = |o: &std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        v["host"].as_str().unwrap_or("-").to_owned()
+    };
+    let mut placed = vec![host_of(&a), host_of(&b)];
+    placed.sort();
+    assert_eq!(placed, vec!["h1".to_owned(), "h2".to_owned()]);
+    c.ok(2, &["destroy", "twin-a"]);
+    c.ok(2, &["destroy", "twin-b"]);
+    // Stats on any host: every live host's VMs, each with its host.
+    let pair = |h: &str, n: &str| (h.to_owned(), n.to_owned());
+    assert_eq!(
+        stats(&c, 0, &[]),
+        vec![pair("h1", "far"), pair("h2", "near")]
+    );
+    assert_eq!(stats(&c, 2, &["--host", "h1"]), vec![pair("h1", "far")]);
+    assert_eq!(stats(&c, 1, &["--host", "h2"]), vec![pair("h2", "near")]);
+    assert!(stats(&c, 1, &["--host", "h0"]).is_empty());
+    let table = c.ok(0, &["stats"]);
+    eprintln!("fcm stats on h0:\n{table}");
+    assert!(table.starts_with("HOST"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("h1 ") && l.contains("far")),
+        "{table}"
+    );
+    let out = c.run_at(0, 0, &["stats", "--host", "h9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no host named h9"));
     // A VM of a host that is down: said, not hung.
     c.hosts[2].kill_daemon();
     let said = wait_for(Duration::from_secs(15), || {
@@ -639,6 +783,10 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
         (!out.status.success() && err.contains("not answering")).then_some(err)
     });
     assert!(said.is_some(), "stop of a dead host's VM");
+    // Its VMs are left out of the stats (fcm ls lists them unreachable).
+    assert_eq!(stats(&c, 0, &[]), vec![pair("h1", "far")]);
+    let out = c.run_at(0, 0, &["stats", "--host", "h2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not answering"));
     c.hosts[2].spawn_daemon();
     // Destroyed through other hosts.
     let back = wait_for(Duration::from_secs(20), || {
@@ -854,4 +1002,38 @@ fn bench_forwarding_and_placement() {
     if let Ok(p) = std::env::var("FCM_BENCH_OUT") {
         std::fs::write(p, md).expect("bench out");
     }
+}
+
+/// A root file system of Debian's busybox-static only (as tests/images.rs):
+/// the fastest image to import.
+fn busybox_tarball(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("bb-root");
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    assert!(list.status.success(), "busybox --list failed");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !applet.is_empty() && applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("link");
+        }
+    }
+    for d in ["etc", "root", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).expect("dir");
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
+    let tar = dir.join("bb.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&root)
+        .arg(".")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "tar failed");
+    tar
 }

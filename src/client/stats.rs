@@ -23,7 +23,10 @@ pub(super) fn stats(a: StatsArgs) -> Result<(), Failure> {
     loop {
         let list: Vec<VmStats> = match &a.vm {
             Some(vm) => vec![c.get(&format!("/vms/{}/stats", seg(vm)))?],
-            None => c.get("/stats")?,
+            None => match &a.host {
+                Some(h) => c.get(&format!("/stats?host={}", seg(h)))?,
+                None => c.get("/stats")?,
+            },
         };
         if a.json {
             match (&a.vm, list.first()) {
@@ -60,10 +63,20 @@ fn pair(used: Option<u64>, total: u64) -> String {
     }
 }
 
-/// The table's lines: a header, then one line per VM.
+/// The table's lines: a header, then one line per VM; in a cluster (the
+/// VMs say their host) a HOST column first.
 fn table(list: &[VmStats]) -> Vec<String> {
+    let hosts = list.iter().any(|s| s.host.is_some());
+    let host_col = |h: &str| {
+        if hosts {
+            format!("{:<16} ", printable(h))
+        } else {
+            String::new()
+        }
+    };
     let mut lines = vec![format!(
-        "{:<22} {:<13} {:>6}  {:<21} {:<21} {:<21} {}",
+        "{}{:<22} {:<13} {:>6}  {:<21} {:<21} {:<21} {}",
+        host_col("HOST"),
         "NAME",
         "STATE",
         "CPU%",
@@ -78,7 +91,8 @@ fn table(list: &[VmStats]) -> Vec<String> {
             |g| pair(Some(g.used_bytes), g.total_bytes),
         );
         lines.push(format!(
-            "{:<22} {:<13} {:>6.1}  {:<21} {:<21} {:<21} {} / {}",
+            "{}{:<22} {:<13} {:>6.1}  {:<21} {:<21} {:<21} {} / {}",
+            host_col(s.host.as_deref().unwrap_or("")),
             printable(&s.name),
             printable(&s.state),
             s.cpu.percent,
@@ -193,8 +207,20 @@ mod tests {
             state: "stopped".into(),
             ..VmStats::default()
         };
-        let t = table(&[s]);
+        let t = table(std::slice::from_ref(&s));
         assert_eq!(t.len(), 2);
         assert!(t[1].starts_with("web "), "{}", t[1]);
+        assert!(t[0].starts_with("NAME "), "{}", t[0]);
+        // In a cluster: a HOST column first.
+        let t = table(&[VmStats {
+            host: Some("h1".into()),
+            ..s
+        }]);
+        assert!(t[0].starts_with("HOST "), "{}", t[0]);
+        assert!(
+            t[1].starts_with("h1 ") && t[1].contains(" web "),
+            "{}",
+            t[1]
+        );
     }
 }

@@ -411,6 +411,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     {
         let weak = Arc::downgrade(&manager);
         cluster.set_vms(move || weak.upgrade().map(|m| m.list()).unwrap_or_default());
+        let weak = Arc::downgrade(&manager);
+        cluster.set_images(move || {
+            weak.upgrade()
+                .and_then(|m| m.images().ok())
+                .map(|l| l.into_iter().map(|i| i.name).collect())
+                .unwrap_or_default()
+        });
         manager.set_cluster(cluster);
     }
     let sessions = Arc::new(Sessions::new());

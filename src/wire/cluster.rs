@@ -49,6 +49,9 @@ pub struct HostRecord {
     /// Unix seconds: when the daemon started, and when this record was written.
     pub started: u64,
     pub updated: u64,
+    /// The names of the images this host has (placement of `create --image`).
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 /// A host in `GET /hosts`: its record and whether it is alive.

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 /// One VM's numbers at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VmStats {
+    /// In a cluster, the VM's host (`GET /stats` lists every live host's
+    /// VMs); absent on a single host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub name: String,
     pub id: String,
     pub state: String,

@@ -271,6 +271,36 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The values of etcd's keys under `/fcm/<prefix>` (key → value), read
+    /// with etcdctl from host 2's namespace.
+    pub fn etcd_keys(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.hosts[2]
+            .ns
+            .cmd("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &endpoints(3),
+                "--command-timeout=5s",
+                "get",
+                "--prefix",
+                &format!("/fcm/{prefix}"),
+            ])
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .filter_map(|kv| Some((kv.first()?.to_string(), kv.get(1)?.to_string())))
+            .collect()
+    }
+
     /// `fcm hosts --json` on host `i`.
     pub fn hosts(&self, i: usize) -> serde_json::Value {
         serde_json::from_str(self.ok(i, &["hosts", "--json"]).trim()).expect("hosts --json")

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use super::{ApiError, Reply, Route, handle, parse_body};
-use crate::daemon::cluster::{Cluster, Owner};
+use crate::daemon::cluster::{Cluster, Owner, PlaceError, Reservation};
+use crate::daemon::manager::is_base;
 use crate::daemon::manager::{Manager, ManagerError};
 use crate::daemon::sessions::Sessions;
 use crate::wire::api::CreateRequest;
@@ -70,8 +71,15 @@ pub fn serve(
     if forwarded {
         return here(c, m, s, r, body);
     }
+    // A create placed here holds its memory on its host until it ended.
+    let mut _reserved = None;
     let elsewhere = match &r {
-        Route::CreateVm => placed(c, parse_body(body)?)?,
+        Route::Stats => return super::cluster_stats::stats(c, m, target),
+        Route::CreateVm => {
+            let (h, reserved) = placed(c, m, parse_body(body)?)?;
+            _reserved = reserved;
+            h
+        }
         r => match vm_of(r) {
             // A VM this host has (or an error other than "no such VM") is served here.
             Some(vm) if matches!(m.get(vm), Err(ManagerError::NotFound(_))) => {
@@ -107,8 +115,13 @@ fn here(c: &Cluster, m: &Manager, s: &Sessions, r: Route, body: &[u8]) -> Result
     Ok(reply)
 }
 
-/// Where a create goes: `None` here, else the host to forward it to.
-fn placed(c: &Cluster, req: CreateRequest) -> Result<Option<HostRecord>, ApiError> {
+/// Where a create goes: `None` here, else the host to forward it to;
+/// placed by free memory and image, with its memory reserved there.
+fn placed<'a>(
+    c: &'a Cluster,
+    m: &Manager,
+    req: CreateRequest,
+) -> Result<(Option<HostRecord>, Option<Reservation<'a>>), ApiError> {
     let me = c.name();
     let wanted = match (&req.host, &req.from) {
         (Some(h), _) => Some(h.clone()),
@@ -116,7 +129,7 @@ fn placed(c: &Cluster, req: CreateRequest) -> Result<Option<HostRecord>, ApiErro
         (None, Some(from)) => {
             let vm = from.split_once(':').map_or(from.as_str(), |(v, _)| v);
             match c.owner_of(vm) {
-                Some(Owner::Live(h)) => return Ok(Some(*h)),
+                Some(Owner::Live(h)) => return Ok((Some(*h), None)),
                 Some(Owner::Dead(host)) => {
                     return Err(ApiError::new(
                         503,
@@ -130,7 +143,7 @@ fn placed(c: &Cluster, req: CreateRequest) -> Result<Option<HostRecord>, ApiErro
         (None, None) => None,
     };
     let target = match wanted {
-        Some(h) if h == me => return Ok(None),
+        Some(h) if h == me => return Ok((None, None)),
         Some(h) => match c.host(&h) {
             Some(v) if v.state == "live" => v.record,
             Some(_) => {
@@ -147,12 +160,29 @@ fn placed(c: &Cluster, req: CreateRequest) -> Result<Option<HostRecord>, ApiErro
                 );
             }
         },
-        None => match c.place() {
-            Some(h) if h.name != me => h,
-            _ => return Ok(None),
-        },
+        None => {
+            let image = req
+                .image
+                .as_deref()
+                .filter(|i| !i.is_empty() && !is_base(i));
+            let memory = u64::from(req.memory_mib.unwrap_or(m.config().default_memory_mib));
+            match c.place_for(image, memory) {
+                Ok(Some((h, reserved))) if h.name != me => return Ok((Some(h), Some(reserved))),
+                Ok(Some((_, reserved))) => return Ok((None, Some(reserved))),
+                Ok(None) => return Ok((None, None)),
+                Err(PlaceError::NoImage(i)) => {
+                    return Err(ApiError::new(
+                        404,
+                        format!("no live host of the cluster has image {i}"),
+                    )
+                    .with_hint(
+                        "make it on a host with fcm image build or fcm image import (see fcm hosts --json: each host's images)",
+                    ));
+                }
+            }
+        }
     };
-    Ok(Some(target))
+    Ok((Some(target), None))
 }
 
 fn forward(

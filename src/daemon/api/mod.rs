@@ -5,6 +5,7 @@
 
 mod checkpoints;
 mod cluster;
+mod cluster_stats;
 mod guest;
 mod sessions;
 mod status;
@@ -165,7 +166,7 @@ pub(super) fn ok<T: Serialize>(status: u16, v: T) -> Result<Reply, ApiError> {
 }
 
 /// The value of `key` in a URL's query string, percent-decoded.
-fn query(url: &str, key: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn query(url: &str, key: &str) -> Result<Option<String>, ApiError> {
     let Some((_, q)) = url.split_once('?') else {
         return Ok(None);
     };

@@ -91,21 +91,6 @@ impl Cluster {
             .find(|h| h.record.name == name)
     }
 
-    /// The live host with the most free memory (ties: by name).
-    pub fn place(&self) -> Option<HostRecord> {
-        self.hosts()
-            .hosts
-            .into_iter()
-            .filter(|h| h.state == "live")
-            .map(|h| h.record)
-            .max_by(|a, b| {
-                a.load
-                    .free_memory_mib
-                    .cmp(&b.load.free_memory_mib)
-                    .then_with(|| b.name.cmp(&a.name))
-            })
-    }
-
     /// Sends `method target` with `body` to `host` as this host's client:
     /// the answer's status and JSON body.
     pub fn forward(

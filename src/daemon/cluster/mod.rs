@@ -11,15 +11,18 @@
 //! | `join.rs` | joining: the name, subnet, bridge and token claimed in transactions |
 //! | `capacity.rs` | what the host has, what its VMs take |
 //! | `forward.rs` | requests for another host's VM forwarded there (pinned TLS); placement |
+//! | `placement.rs` | where a create goes: free memory, images, reservations |
 //! | `vms.rs` | the VMs' records mirrored to etcd, their names claimed, every host's VMs listed |
 
 mod capacity;
 pub mod etcd;
 mod forward;
 mod join;
+mod placement;
 mod vms;
 
 pub use forward::{FORWARDED_HEADER, Owner, mark_host, splice};
+pub use placement::{PlaceError, Reservation};
 pub use vms::ClaimError;
 
 use std::path::PathBuf;
@@ -101,6 +104,7 @@ struct Link {
 }
 
 type LoadFn = Box<dyn Fn() -> Vec<VmView> + Send + Sync>;
+type ImagesFn = Box<dyn Fn() -> Vec<String> + Send + Sync>;
 
 pub struct Cluster {
     cfg: ClusterConfig,
@@ -117,6 +121,10 @@ pub struct Cluster {
     token: String,
     /// This host's VMs (the manager's listing), once the manager exists.
     vms: OnceLock<LoadFn>,
+    /// This host's images' names, once the manager exists.
+    images: OnceLock<ImagesFn>,
+    /// Memory reserved by creates placed from here (placement.rs).
+    reserved: Mutex<Vec<placement::Held>>,
     /// What this host last wrote of its VMs to etcd.
     mirror: Mutex<vms::Mirror>,
     /// Wakes the keep-alive thread early (a VM's record changed).
@@ -171,6 +179,7 @@ impl Cluster {
             version: env!("CARGO_PKG_VERSION").into(),
             started,
             updated: started,
+            images: Vec::new(),
         };
         let etcd = c
             .enabled()
@@ -191,6 +200,8 @@ impl Cluster {
             token_digest: join::digest(token),
             token: token.trim().to_owned(),
             vms: OnceLock::new(),
+            images: OnceLock::new(),
+            reserved: Mutex::new(Vec::new()),
             mirror: Mutex::new(vms::Mirror::default()),
             wake: (Mutex::new(false), Condvar::new()),
         })
@@ -209,6 +220,11 @@ impl Cluster {
         let _ = self.vms.set(Box::new(f));
     }
 
+    /// Where the image names of this host's record come from.
+    pub fn set_images(&self, f: impl Fn() -> Vec<String> + Send + Sync + 'static) {
+        let _ = self.images.set(Box::new(f));
+    }
+
     /// This host's VMs now (none before the manager is set).
     fn local_vms(&self) -> Vec<VmView> {
         self.vms.get().map(|f| f()).unwrap_or_default()
@@ -220,8 +236,13 @@ impl Cluster {
     }
 
     fn fresh_with(&self, vms: &[VmView]) -> HostRecord {
+        // Read before the record is locked (the manager's image store).
+        let images = self.images.get().map(|f| f());
         let mut me = lock(&self.me);
         me.load = capacity::load(&me.capacity, &self.state_dir, vms);
+        if let Some(images) = images {
+            me.images = images;
+        }
         me.updated = unix_now();
         me.clone()
     }

@@ -1,16 +1,24 @@
 //! New VMs' names claimed across the cluster (`daemon::cluster`) before a
 //! create's or a fork's first side effect: 409 when a VM of another host
 //! has the name, 503 while etcd is out of reach. A single host claims
-//! nothing. A claim not kept (the create failed) is given back.
+//! nothing. A claim not kept (the create failed) is given back. Each new
+//! VM's id is claimed too (picked here, then used by the reservation): an
+//! id another host holds is picked again.
 
 use super::{Manager, ManagerError, lock};
 use crate::daemon::cluster::ClaimError;
-use crate::names::VmName;
+use crate::names::{VmId, VmName};
+
+/// Ids tried for one VM before a create gives up (a clash of random ids
+/// of 36^8 is already rare).
+const ID_TRIES: usize = 8;
 
 /// Names claimed for VMs being made; released on drop unless kept.
 pub(super) struct Claims<'a> {
     m: &'a Manager,
     names: Vec<VmName>,
+    /// The new VMs' ids, claimed in a cluster (empty alone: picked at reservation).
+    ids: Vec<VmId>,
     kept: bool,
 }
 
@@ -18,6 +26,11 @@ impl Claims<'_> {
     /// The names the new VMs get (in a cluster, random ones were picked).
     pub(super) fn names(&self) -> Vec<VmName> {
         self.names.clone()
+    }
+
+    /// The ids the new VMs get (in a cluster; empty alone).
+    pub(super) fn ids(&self) -> Vec<VmId> {
+        self.ids.clone()
     }
 
     /// The VMs exist: their names stay claimed (destroy gives them back).
@@ -35,6 +48,9 @@ impl Drop for Claims<'_> {
             for n in &self.names {
                 c.release_name(n.as_str());
             }
+            for id in &self.ids {
+                c.release_id(id.as_str());
+            }
         }
     }
 }
@@ -51,6 +67,7 @@ impl Manager {
         let mut claims = Claims {
             m: self,
             names: Vec::new(),
+            ids: Vec::new(),
             kept: false,
         };
         let Some(c) = self.cluster().filter(|c| c.enabled()) else {
@@ -67,6 +84,8 @@ impl Manager {
             }
         }
         for n in names {
+            let id = self.claim_id(c, &claims.ids)?;
+            claims.ids.push(id);
             match c.claim_name(n.as_str()) {
                 Ok(()) => claims.names.push(n),
                 Err(ClaimError::Taken { host }) => {
@@ -83,10 +102,44 @@ impl Manager {
         Ok(claims)
     }
 
-    /// A destroyed VM's name, given back to the cluster.
-    pub(super) fn release_name(&self, name: &VmName) {
+    /// A new id, unused on this host, claimed across the cluster: one
+    /// another host holds is refused there and another picked.
+    fn claim_id(
+        &self,
+        c: &crate::daemon::cluster::Cluster,
+        picked: &[VmId],
+    ) -> Result<VmId, ManagerError> {
+        let mut clash = String::new();
+        for _ in 0..ID_TRIES {
+            let id = {
+                let vms = lock(&self.vms);
+                let mut id = VmId::random();
+                while vms.contains_key(&id) || self.dir(&id).exists() || picked.contains(&id) {
+                    id = VmId::random();
+                }
+                id
+            };
+            match c.claim_id(id.as_str()) {
+                Ok(()) => return Ok(id),
+                Err(ClaimError::Taken { host }) => clash = format!("{id} (on host {host})"),
+                Err(ClaimError::Unreachable(why)) => {
+                    return Err(ManagerError::ClusterUnreachable {
+                        name: format!("a new VM's id {id}"),
+                        why,
+                    });
+                }
+            }
+        }
+        Err(ManagerError::NameTaken(format!(
+            "{ID_TRIES} random ids in a row, the last {clash}"
+        )))
+    }
+
+    /// A destroyed VM's name and id, given back to the cluster.
+    pub(super) fn release_name(&self, name: &VmName, id: &VmId) {
         if let Some(c) = self.cluster() {
             c.release_name(name.as_str());
+            c.release_id(id.as_str());
         }
     }
 }

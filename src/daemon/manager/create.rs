@@ -85,6 +85,7 @@ impl Manager {
         // random one picked now); given back if the create fails.
         let claim = self.claim_names(wanted_name.into_iter().collect(), 1)?;
         let wanted_name = claim.names().pop();
+        let claimed_id = claim.ids().pop();
 
         if !req.cold.unwrap_or(false)
             && backend == crate::host::vmm::Backend::Qemu
@@ -92,7 +93,7 @@ impl Manager {
         {
             // Reserved like a fork: all but these fields are its own.
             let like = VmRecord {
-                id: VmId::random(),
+                id: claimed_id.clone().unwrap_or_else(VmId::random),
                 name: VmName::random_unique(&|_: &VmName| false),
                 ip: self.cfg.pool_start,
                 state: VmState::Creating,
@@ -146,7 +147,8 @@ impl Manager {
                     self.cfg.pool_start, self.cfg.pool_end
                 ))
             })?;
-            let mut id = VmId::random();
+            // In a cluster the id was claimed across the hosts with the name.
+            let mut id = claimed_id.unwrap_or_else(VmId::random);
             while vms.contains_key(&id) || self.dir(&id).exists() {
                 id = VmId::random();
             }

@@ -147,7 +147,7 @@ impl Manager {
         }
         self.check_prerequisites(op.r.backend)?;
         let claim = self.claim_names(names, count as usize)?;
-        let forks = self.reserve_forks(&op.r, count, claim.names())?;
+        let forks = self.reserve_forks(&op.r, count, claim.names(), claim.ids())?;
         // Forks that fail later give their names back at the next
         // reconcile pass of the cluster.
         claim.keep();
@@ -258,6 +258,7 @@ impl Manager {
         source: &VmRecord,
         count: u32,
         names: Vec<VmName>,
+        ids: Vec<VmId>,
     ) -> Result<Vec<Held<'_>>, ManagerError> {
         let mut vms = lock(&self.vms);
         if let Some(max) = self.cfg.max_vms
@@ -285,7 +286,8 @@ impl Manager {
                 ))
             })?;
             used.insert(ip);
-            let mut id = VmId::random();
+            // In a cluster: the id claimed across the hosts.
+            let mut id = ids.get(i).cloned().unwrap_or_else(VmId::random);
             while vms.contains_key(&id)
                 || self.dir(&id).exists()
                 || recs.iter().any(|r: &VmRecord| r.id == id)

@@ -67,7 +67,12 @@ impl Manager {
             },
             ..source.clone()
         };
-        let mut reserved = self.reserve_forks(&like, 1, names)?;
+        // In a cluster the name and id are claimed across the hosts (kept
+        // once reserved, as a fork's: a failure later is released by the
+        // cluster's reconcile pass).
+        let claim = self.claim_names(names, 1)?;
+        let mut reserved = self.reserve_forks(&like, 1, claim.names(), claim.ids())?;
+        claim.keep();
         let Some(new) = reserved.pop() else {
             return Err(ManagerError::BadRequest("nothing was reserved".into()));
         };

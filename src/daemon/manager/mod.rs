@@ -61,7 +61,7 @@ use views::broken_view;
 
 pub use cause::{Cause, Kind};
 pub use error::ManagerError;
-pub use images::{ImageJob, ImageSource, image_status};
+pub use images::{ImageJob, ImageSource, image_status, is_base};
 pub use logs::LOG_CHUNK_MAX;
 pub use passes::Pass;
 

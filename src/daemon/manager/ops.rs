@@ -134,7 +134,7 @@ impl Manager {
             return Err(op.fail(Cause::Several(errors)));
         }
         op.done()?;
-        self.release_name(&op.r.name);
+        self.release_name(&op.r.name, &op.r.id);
         let mut view = op.r.view();
         view.state = "destroyed".into();
         view.pid = None;

@@ -49,14 +49,15 @@ impl Manager {
         user_key: Option<&str>,
     ) -> Warm {
         let started = Instant::now();
-        let mut reserved = match self.reserve_forks(like, 1, name.into_iter().collect()) {
-            Ok(r) => r,
-            Err(e @ (ManagerError::NameTaken(_) | ManagerError::TooManyVms(_))) => {
-                return Warm::Refused(e);
-            }
-            // The cold path says it in a create's words (a full pool…).
-            Err(e) => return Warm::Failed(e),
-        };
+        let mut reserved =
+            match self.reserve_forks(like, 1, name.into_iter().collect(), vec![like.id.clone()]) {
+                Ok(r) => r,
+                Err(e @ (ManagerError::NameTaken(_) | ManagerError::TooManyVms(_))) => {
+                    return Warm::Refused(e);
+                }
+                // The cold path says it in a create's words (a full pool…).
+                Err(e) => return Warm::Failed(e),
+            };
         let Some(held) = reserved.pop() else {
             return Warm::Failed(ManagerError::BadRequest("nothing was reserved".into()));
         };

@@ -149,6 +149,7 @@ fn host_stats(m: &Manager, r: &VmRecord, ifs: &BTreeMap<String, IfCounters>) -> 
         .copied()
         .unwrap_or_default();
     VmStats {
+        host: None,
         name: r.name.to_string(),
         id: r.id.to_string(),
         state: r.state.as_str().to_owned(),
