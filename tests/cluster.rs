@@ -642,6 +642,8 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
     let _ = con.wait_exit(1);
     let sessions = c.ok(2, &["sessions", "far"]);
     assert!(sessions.contains("main"), "{sessions}");
+    // The web console's terminal through h0, relayed to h1 too.
+    web_console_through(&c, 0, "far");
     // Through h2: its console log, stop, start.
     assert!(!c.ok(2, &["logs", "far"]).is_empty());
     c.ok(2, &["stop", "far"]);
@@ -787,6 +789,11 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
     assert_eq!(stats(&c, 0, &[]), vec![pair("h1", "far")]);
     let out = c.run_at(0, 0, &["stats", "--host", "h2"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not answering"));
+    let mut ws = web_socket(&c, 0, "vm=near&session=main&create=1");
+    ws.wait_until(30, |s| {
+        s.contains("\"error\"") && s.contains("not answering")
+    });
+    ws.close();
     c.hosts[2].spawn_daemon();
     // Destroyed through other hosts.
     let back = wait_for(Duration::from_secs(20), || {
@@ -1036,4 +1043,38 @@ fn busybox_tarball(dir: &std::path::Path) -> std::path::PathBuf {
         .is_ok_and(|s| s.success());
     assert!(ok, "tar failed");
     tar
+}
+
+/// `/ui/ws?{query}` on host `at`'s API, as a page served by it opens it.
+fn web_socket(c: &Cluster, at: usize, query: &str) -> common::ws::Ws {
+    let hosts = c.hosts(at);
+    let fingerprint = hosts["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["name"] == format!("h{at}")))
+        .and_then(|h| h["fingerprint"].as_str())
+        .expect("fingerprint in fcm hosts --json")
+        .to_owned();
+    let addr = format!("{}:7777", cluster::host_ip(at))
+        .parse()
+        .expect("address");
+    common::ws::Ws::open(&c.hosts[at].ns.name, addr, &fingerprint, TOKEN, query)
+}
+
+/// Input, output and a resize on `vm`'s console through host `at`'s page.
+fn web_console_through(c: &Cluster, at: usize, vm: &str) {
+    let began = Instant::now();
+    let mut ws = web_socket(
+        c,
+        at,
+        &format!("vm={vm}&session=main&create=1&cols=100&rows=30"),
+    );
+    ws.wait_until(30, |s| s.contains("\"attached\""));
+    eprintln!("web console through h{at} attached: {:?}", began.elapsed());
+    ws.type_keys(b"echo ui-$((6*7))\r");
+    ws.wait_until(30, |s| s.contains("ui-42"));
+    ws.control(r#"{"resize":{"cols":91,"rows":33}}"#);
+    std::thread::sleep(Duration::from_secs(1));
+    ws.type_keys(b"echo size-$(stty size | tr ' ' x)\r");
+    ws.wait_until(30, |s| s.contains("32x91") || s.contains("33x91"));
+    ws.close();
 }

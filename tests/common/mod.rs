@@ -8,6 +8,7 @@ pub mod caddy;
 pub mod cluster;
 pub mod outer;
 pub mod pty;
+pub mod ws;
 
 use std::fs;
 use std::path::{Path, PathBuf};

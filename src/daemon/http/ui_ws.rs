@@ -20,6 +20,9 @@
 //! [`MAX_MESSAGE`] bytes; the output queue is bounded; a client that
 //! takes no output for [`WRITE_TIMEOUT`] is dropped; TCP keepalive tells
 //! a quiet page from a gone one.
+//!
+//! For a VM of another cluster host the console is opened on its owner
+//! (`stream::relay::open`) and bridged the same way.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -39,7 +42,8 @@ use super::{Ctx, error_response};
 use crate::daemon::api::ApiError;
 use crate::daemon::auth::{TOKEN_HINT, token_matches};
 use crate::daemon::poller::{Opened, Step};
-use crate::daemon::stream::attach::{self, Console, Refusal, Want};
+use crate::daemon::stream::attach::{self, Refusal, Terminal, Want};
+use crate::daemon::stream::relay;
 use crate::wire::stream::keepalive;
 use crate::wire::tls::Link;
 
@@ -277,7 +281,12 @@ fn serve(ctx: &Ctx, link: Link, accept: &str, q: Query) -> io::Result<()> {
         cols: q.cols,
         rows: q.rows,
     };
-    let console = match attach::open(&ctx.m, want, conn) {
+    // A VM of another host: its console is opened there (docs/cluster.md).
+    let opened = match relay::open(&ctx.m, &want, &ctx.token) {
+        Some(relayed) => relayed,
+        None => attach::open(&ctx.m, want, conn).map(Terminal::from),
+    };
+    let console = match opened {
         Ok(c) => c,
         Err(Refusal::ClientGone) => return Ok(()),
         Err(Refusal::Said(error, hint)) => {
@@ -291,20 +300,23 @@ fn serve(ctx: &Ctx, link: Link, accept: &str, q: Query) -> io::Result<()> {
     bridge(ctx, &link, ws, console)
 }
 
-fn bridge(ctx: &Ctx, link: &Link, mut ws: WebSocket<Link>, c: Console) -> io::Result<()> {
-    let Console {
-        rec,
+fn bridge(ctx: &Ctx, link: &Link, mut ws: WebSocket<Link>, c: Terminal) -> io::Result<()> {
+    let Terminal {
+        vm,
         session,
-        process,
         control,
         mut to_guest,
         output,
         early,
+        local,
     } = c;
-    let reg = ctx.s.register(&rec, Arc::clone(&control));
+    // A relayed console is registered on its owner, which ends it there.
+    let reg = local
+        .as_ref()
+        .map(|(rec, _)| ctx.s.register(rec, Arc::clone(&control)));
     let sent = ws
         .send(text(
-            json!({ "attached": { "vm": rec.name.as_str(), "session": session.as_str() } }),
+            json!({ "attached": { "vm": vm.as_str(), "session": session.as_str() } }),
         ))
         .and_then(|()| ws.send(Message::binary(early)));
     let (tx, from_page) = sync_channel::<FromPage>(CONTROL_QUEUE);
@@ -345,12 +357,14 @@ fn bridge(ctx: &Ctx, link: &Link, mut ws: WebSocket<Link>, c: Console) -> io::Re
         Err(_) => true,
     };
     if !page_closed {
-        let why = if reg.vm_gone.load(Ordering::Acquire) {
-            attach::vm_gone_note(rec.name.as_str())
+        let why = if reg
+            .as_ref()
+            .is_some_and(|r| r.vm_gone.load(Ordering::Acquire))
+        {
+            attach::vm_gone_note(&vm)
         } else {
             format!(
-                "[fcm: detached from session {session}; rejoin with: fcm attach {} {session}]",
-                rec.name
+                "[fcm: detached from session {session}; rejoin with: fcm attach {vm} {session}]"
             )
         };
         let _ = ws.send(text(json!({ "ended": why })));
@@ -366,7 +380,9 @@ fn bridge(ctx: &Ctx, link: &Link, mut ws: WebSocket<Link>, c: Console) -> io::Re
     let _ = reader.join();
     drop(reg);
     drop(output);
-    let _ = process.wait();
+    if let Some((_, process)) = local {
+        let _ = process.wait();
+    }
     Ok(())
 }
 

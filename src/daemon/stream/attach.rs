@@ -71,6 +71,32 @@ pub(crate) struct Console {
     pub early: Vec<u8>,
 }
 
+/// A console as the web console bridges it: here (`local`: the VM's
+/// record and the program) or relayed to the VM's owner (`stream::relay`).
+pub(crate) struct Terminal {
+    pub vm: String,
+    pub session: String,
+    pub control: Arc<dyn Control>,
+    pub to_guest: Box<dyn Write + Send>,
+    pub output: Receiver<Vec<u8>>,
+    pub early: Vec<u8>,
+    pub local: Option<(VmRecord, Box<dyn Process>)>,
+}
+
+impl From<Console> for Terminal {
+    fn from(c: Console) -> Self {
+        Self {
+            vm: c.rec.name.to_string(),
+            session: c.session.to_string(),
+            control: c.control,
+            to_guest: c.to_guest,
+            output: c.output,
+            early: c.early,
+            local: Some((c.rec, c.process)),
+        }
+    }
+}
+
 fn said(e: &SessionError) -> Refusal {
     Refusal::Said(chain(e), e.hint())
 }
@@ -176,7 +202,7 @@ fn spec(session: &SessionId, create: bool, tty: Tty) -> ExecSpec {
 
 /// The terminal's output as chunks on a bounded queue, read by a thread
 /// of its own (so the wait for the marker can watch the client too).
-fn output_queue(mut out: Box<dyn Read + Send>) -> io::Result<Receiver<Vec<u8>>> {
+pub(crate) fn output_queue(mut out: Box<dyn Read + Send>) -> io::Result<Receiver<Vec<u8>>> {
     let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
     thread::Builder::new()
         .name("fcm-stream-out".into())

@@ -24,7 +24,7 @@
 
 pub(crate) mod attach;
 mod door;
-mod relay;
+pub(crate) mod relay;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener};
