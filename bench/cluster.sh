@@ -5,8 +5,8 @@
 #   sudo bash bench/cluster.sh    # build, measure, print, rewrite the
 #                                 # cluster section of docs/benchmarks.md
 #
-# Drives the harness of tests/cluster.rs (its ignored test
-# `bench_forwarding_and_placement`): three hosts (network namespaces on a
+# Drives bench/cluster_harness.rs (a cargo bench target on the cluster
+# harness of tests/cluster.rs, tests/common/cluster.rs): three hosts (network namespaces on a
 # bridge), a 3-member etcd, the real daemons. One VM on h1; then, BENCH_N
 # times each, alternating: `fcm ls --json`, `fcm exec --json vm -- true` and
 # the streamed `fcm exec vm -- true` sent to h0 (which forwards or relays the
@@ -33,8 +33,7 @@ TMP=$(mktemp -d /var/tmp/fcm-bench-cluster-XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 log "measuring (3 hosts, etcd, forwarding, then ${BENCH_CREATES:-30} creates)"
 (cd "$ROOT" && FCM_TEST_BIN=$FCM FCM_BENCH_OUT=$TMP/out.md \
-	cargo test --quiet --test cluster -- --ignored --exact bench_forwarding_and_placement \
-	--test-threads=1 --nocapture >&2)
+	cargo bench --quiet --bench cluster_harness >&2)
 [ -s "$TMP/out.md" ] || die "the benchmark wrote no table"
 build=release
 [ -n "${FCM_BIN:-}" ] && build="given ($FCM_BIN)"

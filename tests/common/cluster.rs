@@ -339,3 +339,27 @@ impl Drop for Cluster {
         self.hosts.clear();
     }
 }
+
+/// The hosts host `i` lists, with their state, sorted.
+pub fn states(c: &Cluster, i: usize) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = c.hosts(i)["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap_or_default().to_owned(),
+                h["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What [`states`] says of a cluster whose three hosts are up.
+pub fn all_live() -> Vec<(String, String)> {
+    (0..3)
+        .map(|i| (format!("h{i}"), "live".to_owned()))
+        .collect()
+}
