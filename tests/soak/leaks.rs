@@ -9,7 +9,15 @@ use std::path::PathBuf;
 use crate::common::Fcm;
 
 /// The daemon's own entries in its state dir (not VMs).
-const DAEMON_OWN: [&str; 6] = [".lock", ".token", ".wake-token", ".tls", "ssh", "agent"];
+const DAEMON_OWN: [&str; 7] = [
+    ".lock",
+    ".token",
+    ".metrics-token",
+    ".wake-token",
+    ".tls",
+    "ssh",
+    "agent",
+];
 
 /// Files a VM's directory holds only while its VMM runs.
 const RUNTIME_FILES: [&str; 5] = ["qemu.pid", "qmp.sock", "agent.sock", "ssh.mux", "jail"];
