@@ -9,10 +9,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::cluster::{Cluster, all_live, states};
-use common::wait_for;
+use common::cluster::Cluster;
 
 /// Median and 95th percentile of `ms`.
 fn p50_p95(mut ms: Vec<f64>) -> (f64, f64) {
@@ -40,14 +39,7 @@ fn main() {
     // Memory for placement in the ratio 1:2:3, room for every VM.
     let unit = (vm_mib * creates as u64).div_ceil(3).max(vm_mib);
     let caps = [unit, 2 * unit, 3 * unit];
-    let c = Cluster::start("clb", caps);
-    for i in 0..3 {
-        assert!(
-            wait_for(Duration::from_secs(15), || (states(&c, i) == all_live())
-                .then_some(()))
-            .is_some()
-        );
-    }
+    let c = Cluster::start_live("clb", caps);
     c.ok(1, &["create", "--name", "bench", "--host", "h1", "--json"]);
     let time = |i: usize, args: &[&str]| {
         let t = Instant::now();

@@ -60,14 +60,8 @@ fn hosts_register_list_each_other_and_conflicts_are_refused() {
     if !common::e2e_ready() {
         return;
     }
-    let c = Cluster::start("cl1", [4096, 2048, 1024]);
     // Every host sees all three live, with what each registered.
-    for i in 0..3 {
-        let seen = wait_for(Duration::from_secs(15), || {
-            (states(&c, i) == all_live()).then_some(())
-        });
-        assert!(seen.is_some(), "h{i} sees {:?}", states(&c, i));
-    }
+    let c = Cluster::start_live("cl1", [4096, 2048, 1024]);
     let hosts = c.hosts(1);
     assert_eq!(hosts["cluster"]["state"], "connected", "{hosts}");
     assert_eq!(hosts["cluster"]["host"], "h1");
@@ -138,16 +132,7 @@ fn a_lost_host_is_dead_then_back_and_a_lost_etcd_is_said() {
     if !common::e2e_ready() {
         return;
     }
-    let mut c = Cluster::start("cl2", [2048, 2048, 2048]);
-    for i in 0..3 {
-        assert!(
-            wait_for(Duration::from_secs(15), || (states(&c, i) == all_live())
-                .then_some(()))
-            .is_some(),
-            "h{i} sees {:?}",
-            states(&c, i)
-        );
-    }
+    let mut c = Cluster::start_live("cl2", [2048, 2048, 2048]);
     // h2's daemon killed: dead within the lease time (4 s) on h0 and h1.
     c.hosts[2].kill_daemon();
     let killed = Instant::now();
@@ -330,16 +315,7 @@ fn a_name_is_one_vm_across_hosts_and_ls_on_any_host_lists_every_vm() {
     if !common::e2e_ready() {
         return;
     }
-    let mut c = Cluster::start("cl3", [2048, 2048, 2048]);
-    for i in 0..3 {
-        assert!(
-            wait_for(Duration::from_secs(15), || (states(&c, i) == all_live())
-                .then_some(()))
-            .is_some(),
-            "h{i} sees {:?}",
-            states(&c, i)
-        );
-    }
+    let mut c = Cluster::start_live("cl3", [2048, 2048, 2048]);
     // Two creates of `web` at once, made on h0 and on h1: one wins.
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| {
@@ -520,16 +496,7 @@ fn requests_for_another_hosts_vm_are_forwarded_and_creates_placed() {
         return;
     }
     // h1 has the most memory: a create sent to h0 lands there.
-    let mut c = Cluster::start("cl4", [1024, 4096, 2048]);
-    for i in 0..3 {
-        assert!(
-            wait_for(Duration::from_secs(15), || (states(&c, i) == all_live())
-                .then_some(()))
-            .is_some(),
-            "h{i} sees {:?}",
-            states(&c, i)
-        );
-    }
+    let mut c = Cluster::start_live("cl4", [1024, 4096, 2048]);
     let began = Instant::now();
     let made: serde_json::Value =
         serde_json::from_str(c.ok(0, &["create", "--name", "far", "--json"]).trim()).expect("json");
@@ -799,16 +766,7 @@ fn a_rolling_restart_of_every_daemon_loses_nothing() {
     if !common::e2e_ready() {
         return;
     }
-    let mut c = Cluster::start("cl5", [2048, 2048, 2048]);
-    for i in 0..3 {
-        assert!(
-            wait_for(Duration::from_secs(15), || (states(&c, i) == all_live())
-                .then_some(()))
-            .is_some(),
-            "h{i} sees {:?}",
-            states(&c, i)
-        );
-    }
+    let mut c = Cluster::start_live("cl5", [2048, 2048, 2048]);
     c.ok(2, &["create", "--name", "va", "--host", "h0", "--json"]);
     c.ok(2, &["create", "--name", "vb", "--host", "h1", "--json"]);
     let both = |c: &Cluster, i: usize| -> Vec<(String, String, String)> {

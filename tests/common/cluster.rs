@@ -363,3 +363,18 @@ pub fn all_live() -> Vec<(String, String)> {
         .map(|i| (format!("h{i}"), "live".to_owned()))
         .collect()
 }
+
+impl Cluster {
+    /// [`Cluster::start`], then waits until every host lists all three
+    /// hosts live (15 s each).
+    pub fn start_live(tag: &str, memory_mib: [u64; 3]) -> Cluster {
+        let c = Cluster::start(tag, memory_mib);
+        for i in 0..3 {
+            let seen = wait_for(Duration::from_secs(15), || {
+                (states(&c, i) == all_live()).then_some(())
+            });
+            assert!(seen.is_some(), "h{i} sees {:?}", states(&c, i));
+        }
+        c
+    }
+}
